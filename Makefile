@@ -1,0 +1,42 @@
+# shardnet — the two setup commands are `make demo` and `make test` (see README.md).
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+APT_PKGS := zookeeper iproute2 iputils-ping ethtool netcat-openbsd tcpdump
+
+.PHONY: venv sysdeps demo test test-fast lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian packages the tests use: ZooKeeper (started by the test fixtures on loopback), iproute2, ping, ethtool, nc.
+sysdeps:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+demo: venv
+	$(BIN)/shardnet trace --demo
+
+test: venv sysdeps
+	$(BIN)/pytest tests
+
+test-fast: venv
+	$(BIN)/pytest tests/unit tests/scenario tests/fuzz
+
+lint: venv
+	$(BIN)/ruff check .
+
+bench: venv
+	$(BIN)/pytest bench --benchmark-enable --benchmark-only -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .benchmarks

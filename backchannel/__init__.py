@@ -1,0 +1,35 @@
+"""backchannel: the only way between shardnet processes (a leaf package: it imports nothing else of ours).
+
+messages.py  every wire message, typed, with its TAG, in one registry
+codec.py     msgpack encode/decode through that registry; DecodeError and the counting Decoder
+sockets.py   ZeroMQ socket creation (import it explicitly: ``from backchannel import sockets``)
+"""
+
+from backchannel.codec import DecodeError, Decoder, EncodeError, decode, decode_many, encode, encode_many
+from backchannel.messages import (
+    REGISTRY,
+    ArpLearned,
+    FlowDelete,
+    FlowInstall,
+    FlowRemoved,
+    FlowStateBatch,
+    FlowStateEntry,
+    InvalidateTags,
+    MacLearned,
+    PacketOut,
+    Ping,
+    Pong,
+    Shutdown,
+    StatsReply,
+    StatsRequest,
+    TopologyChanged,
+    Upcall,
+    UpcallBatch,
+)
+
+__all__ = [
+    "REGISTRY", "ArpLearned", "DecodeError", "Decoder", "EncodeError", "FlowDelete", "FlowInstall",
+    "FlowRemoved", "FlowStateBatch", "FlowStateEntry", "InvalidateTags", "MacLearned", "PacketOut", "Ping",
+    "Pong", "Shutdown", "StatsReply", "StatsRequest", "TopologyChanged", "Upcall", "UpcallBatch", "decode",
+    "decode_many", "encode", "encode_many",
+]

@@ -1,0 +1,85 @@
+"""The `shardnet` command line: subcommands share one parser and a `--store URI` option.
+
+Subcommands: `trace` (CONTRACTS §3).  The CLI is a thin shell: it parses arguments, loads the topology and
+hands the work to the same entry points the tests use (workers.trace.TraceSession for `trace`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DEMO_DIR = Path(__file__).resolve().parent / "demo"
+DEMO_TOPOLOGY = DEMO_DIR / "demo.yaml"
+DEMO_TRACE = DEMO_DIR / "demo.trace"
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", default="memory://", metavar="URI",
+                   help="topology store: memory:// (embedded default) or zk://HOST:PORT/ROOT")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shardnet", description="network-virtualization packet engine")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("trace", help="simulate packets through a topology and explain each decision")
+    _common(t)
+    t.add_argument("topology", nargs="?", help="topology file (YAML or JSON)")
+    t.add_argument("--port", action="append", default=[], help="ingress port id (device.port)")
+    t.add_argument("--packet", action="append", default=[], help="packet spec (key=value,...)")
+    t.add_argument("--host", default=None, help="the agent's host (default: the ingress port's host)")
+    t.add_argument("--stdin", action="store_true", help="read 'PORT SPEC' / 'advance S' lines from stdin")
+    t.add_argument("--demo", action="store_true", help="trace the shipped demo topology and packets")
+    t.set_defaults(func=cmd_trace)
+    return parser
+
+
+def cmd_trace(args) -> int:
+    from topology.errors import TopologyError
+    from topology.loader import load_topology
+    from workers.trace import TraceSession, dumps, result_json
+
+    path = str(DEMO_TOPOLOGY) if args.demo and not args.topology else args.topology
+    if path is None:
+        print("shardnet trace: a TOPOLOGY file is required (or --demo)", file=sys.stderr)
+        return 2
+    try:
+        topo = load_topology(path)
+    except (TopologyError, OSError) as e:
+        print(f"shardnet trace: {e}", file=sys.stderr)
+        return 2
+    session = TraceSession(topo, host=args.host)
+    if args.demo or args.stdin:
+        stream = open(DEMO_TRACE) if args.demo and not args.stdin else sys.stdin
+        for line in stream:
+            if line.strip() and not line.lstrip().startswith("#"):
+                print(dumps(session.run_line(line)), flush=True)
+        return 0
+    if len(args.port) != len(args.packet) or not args.port:
+        print("shardnet trace: give --port and --packet in pairs (or --stdin)", file=sys.stderr)
+        return 2
+    from workers.packet.spec import SpecError, parse_spec
+
+    try:
+        packets = [parse_spec(s) for s in args.packet]
+    except SpecError as e:
+        print(f"shardnet trace: {e}", file=sys.stderr)
+        return 2
+    for port in args.port:
+        if topo.port(port) is None:
+            print(f"shardnet trace: unknown port: {port!r}", file=sys.stderr)
+            return 2
+    for port, pkt in zip(args.port, packets, strict=True):
+        print(dumps(result_json(session.run(port, pkt))), flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

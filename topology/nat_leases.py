@@ -1,0 +1,58 @@
+"""SNAT port-block allocation: the interface and the in-process allocator.
+
+A block is 64 consecutive ports (aligned on 64) of one (device, ip).  An agent leases blocks and hands out ports
+from the blocks it holds; two holders never hold the same block.  The ZooKeeper allocator (ephemeral lease
+nodes) implements the same interface for several agents; this in-process one serves the embedded default,
+the trace and unit tests.  Ownership: one allocator per store backend; thread-safe.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from typing import Protocol
+
+BLOCK_SIZE = 64
+
+
+def blocks_in_range(port_start: int, port_end: int) -> list[int]:
+    """Starts of the blocks that overlap [port_start, port_end]."""
+    first = port_start - port_start % BLOCK_SIZE
+    return list(range(first, port_end + 1, BLOCK_SIZE))
+
+
+class NatAllocator(Protocol):
+    def lease(self, owner: str, device: str, ip: int, port_start: int, port_end: int) -> int | None: ...
+    def release(self, owner: str, device: str, ip: int, block: int) -> None: ...
+
+
+class MemoryNatAllocator:
+    """Blocks leased in process memory.  ``lease`` picks a free block at random inside the range; None when
+    every block of the range is held (exhaustion: the caller drops and counts)."""
+
+    def __init__(self, seed: int | None = None):
+        self._held: dict[tuple[str, int, int], str] = {}    # (device, ip, block) → owner
+        self._lock = threading.Lock()
+        self._rng = random.Random(seed)
+        self.counters = {"nat_leases": 0, "nat_releases": 0, "nat_exhausted": 0}
+
+    def lease(self, owner: str, device: str, ip: int, port_start: int, port_end: int) -> int | None:
+        with self._lock:
+            free = [b for b in blocks_in_range(port_start, port_end) if (device, ip, b) not in self._held]
+            if not free:
+                self.counters["nat_exhausted"] += 1
+                return None
+            block = self._rng.choice(free)
+            self._held[(device, ip, block)] = owner
+            self.counters["nat_leases"] += 1
+            return block
+
+    def release(self, owner: str, device: str, ip: int, block: int) -> None:
+        with self._lock:
+            if self._held.get((device, ip, block)) == owner:
+                del self._held[(device, ip, block)]
+                self.counters["nat_releases"] += 1
+
+    def held_by(self, owner: str) -> list[tuple[str, int, int]]:
+        with self._lock:
+            return [k for k, o in self._held.items() if o == owner]

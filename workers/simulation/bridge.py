@@ -1,0 +1,145 @@
+"""The virtual bridge: MAC learning, unicast/flood, VLAN access and trunk ports, ARP for router ports.
+
+``process`` takes a packet that entered the bridge at ``in_port`` and returns the (egress port, packet)
+pairs it leaves by.  MAC learning is an effect (MacLearned); the MAC table is read from the static entries in
+the topology, then the agent state.  Router ports peered with the bridge are known to it: their MACs are
+unicast destinations and the bridge answers ARP requests for their addresses on the routers' behalf.
+"""
+
+from __future__ import annotations
+
+from topology.model import Bridge, Port
+from workers.packet.packet import ARP_REQUEST, TCP_FLAGS, Packet
+from workers.simulation import generate
+from workers.simulation.chains import DROP, REJECT, run_chain
+from workers.simulation.context import Consumed, Ctx, Stop
+from workers.simulation.result import MacLearned
+
+_INDEX: dict[int, tuple[Bridge, dict, dict]] = {}
+
+
+def _router_ports(ctx: Ctx, bridge: Bridge) -> tuple[dict[int, str], dict[int, tuple[str, int]]]:
+    """(router-port MAC → our port name, router-port IP → (our port name, router MAC)), cached by identity."""
+    hit = _INDEX.get(id(bridge))
+    if hit is not None and hit[0] is bridge:
+        return hit[1], hit[2]
+    macs: dict[int, str] = {}
+    ips: dict[int, tuple[str, int]] = {}
+    for p in bridge.ports.values():
+        if p.peer is None:
+            continue
+        peer = ctx.port(p.peer)
+        if peer.mac is not None:
+            macs[peer.mac] = p.name
+            if peer.address is not None:
+                ips[peer.address] = (p.name, peer.mac)
+    if len(_INDEX) > 4096:
+        _INDEX.clear()
+    _INDEX[id(bridge)] = (bridge, macs, ips)
+    return macs, ips
+
+
+def _multicast(mac: int) -> bool:
+    return bool(mac & 0x010000000000)
+
+
+def process(ctx: Ctx, bridge: Bridge, in_port: Port, pkt: Packet) -> list[tuple[Port, Packet]]:
+    name = bridge.name
+    ctx.tags.add("bridge:" + name)
+    ctx.read("eth_src", "eth_dst", "vlan")
+    if in_port.vlan is not None:
+        if pkt.vlan is not None:
+            raise Stop("vlan_tag_on_access_port")
+        vlan = in_port.vlan
+    else:
+        vlan = pkt.vlan or 0
+
+    if bridge.inbound_filter:
+        verdict, pkt = run_chain(ctx, bridge.inbound_filter, pkt, name, in_port.id, None)
+        _verdict(ctx, verdict, pkt, in_port)
+
+    src = pkt.eth_src
+    if not _multicast(src):
+        ctx.tags.add(f"mac:{name}:{vlan}:{src:012x}")
+        known = bridge.mac_table.get((vlan, src)) or _learned(ctx, name, vlan, src)
+        if known != in_port.name and (vlan, src) not in bridge.mac_table:
+            ctx.effects.append(MacLearned(name, vlan, src, in_port.id))
+
+    router_macs, router_ips = _router_ports(ctx, bridge)
+    if pkt.is_arp and pkt.arp_op == ARP_REQUEST:
+        ctx.read("arp_op", "arp_tpa")
+        hit = router_ips.get(pkt.arp_tpa)
+        if hit is not None and hit[0] != in_port.name:
+            ctx.emit(in_port.id, generate.arp_reply(pkt, hit[1]))
+            raise Consumed()
+
+    dst = pkt.eth_dst
+    if _multicast(dst):
+        out_names = _flood(ctx, bridge, in_port, vlan)
+    else:
+        ctx.tags.add(f"mac:{name}:{vlan}:{dst:012x}")
+        out = bridge.mac_table.get((vlan, dst)) or router_macs.get(dst) or _learned(ctx, name, vlan, dst)
+        if out is None:
+            out_names = _flood(ctx, bridge, in_port, vlan)
+        elif out == in_port.name:
+            raise Stop("same_port")
+        else:
+            out_names = [out]
+
+    result = []
+    for pname in out_names:
+        port = bridge.ports[pname]
+        out_pkt = pkt
+        if bridge.outbound_filter:
+            verdict, out_pkt = run_chain(ctx, bridge.outbound_filter, pkt, name, in_port.id, port.id)
+            if verdict == REJECT and len(out_names) == 1:
+                _verdict(ctx, verdict, out_pkt, in_port)
+            if verdict != "accept":
+                continue
+        if port.vlan is not None:
+            if port.vlan != vlan:
+                continue
+            out_pkt = out_pkt._replace(vlan=None) if out_pkt.vlan is not None else out_pkt
+        else:
+            want = vlan or None
+            if out_pkt.vlan != want:
+                out_pkt = out_pkt._replace(vlan=want)
+        result.append((port, out_pkt))
+    if not result:
+        raise Stop("filtered" if bridge.outbound_filter else "no_egress_port")
+    return result
+
+
+def _learned(ctx: Ctx, bridge: str, vlan: int, mac: int) -> str | None:
+    port_id = ctx.state.mac_lookup(bridge, vlan, mac)
+    if port_id is None:
+        return None
+    return port_id[len(bridge) + 1:]
+
+
+def _flood(ctx: Ctx, bridge: Bridge, in_port: Port, vlan: int) -> list[str]:
+    """Every exterior port (and bridge-to-bridge link) of the VLAN but the ingress port.  Router ports are
+    not flooded to: the bridge answers ARP for them and knows their MACs."""
+    out = []
+    for p in bridge.ports.values():
+        if p.name == in_port.name or (p.vlan is not None and p.vlan != vlan):
+            continue
+        if p.peer is None:
+            out.append(p.name)
+        else:
+            peer = ctx.port(p.peer)
+            if ctx.topo.device_kind(peer.device) == "bridge":
+                out.append(p.name)
+    return out
+
+
+def _verdict(ctx: Ctx, verdict: str, pkt: Packet, in_port: Port) -> None:
+    if verdict == DROP:
+        raise Stop("filter_drop")
+    if verdict == REJECT:
+        if pkt.proto == 6 and not (pkt.tcp_flags or 0) & TCP_FLAGS["rst"]:
+            ctx.emit(in_port.id, generate.tcp_rst(pkt, pkt.eth_dst))
+        elif pkt.ip_src is not None:
+            # a bridge has no address of its own: answer as the destination would (admin prohibited)
+            ctx.emit(in_port.id, generate.icmp_error(pkt, 3, 13, pkt.eth_dst, pkt.ip_dst))
+        raise Stop("filter_reject")

@@ -1,0 +1,88 @@
+"""The per-simulation context: what one simulation has read, decided and wants done so far.
+
+A Ctx lives for exactly one call of ``simulate`` and is never shared.  Device functions append to it; the
+entry point turns it into the immutable SimResult.  Early exits (a missing fragment, a drop, a hop limit)
+are exceptions caught only by the entry point.
+"""
+
+from __future__ import annotations
+
+from workers.packet.packet import Packet
+from workers.simulation.result import EXPIRY_NORMAL, Generated, NeedArp, NeedFragment, NeedLease
+from workers.simulation.state import AgentState
+
+MAX_DEVICE_HOPS = 32
+
+
+class Stop(Exception):  # noqa: N818 - control flow, not an error
+    """Ends the simulation early with a drop (or parking when ``needs`` is set)."""
+
+    def __init__(self, reason: str, expiry: str = EXPIRY_NORMAL,
+                 needs: NeedFragment | NeedArp | NeedLease | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.expiry = expiry
+        self.needs = needs
+
+
+class Consumed(Exception):  # noqa: N818
+    """The agent answered the packet itself (ARP reply, echo reply); the replies are in ctx.generated."""
+
+
+class Ctx:
+    __slots__ = ("topo", "state", "now", "local_host", "path", "tags", "effects", "fields", "generated",
+                 "hops", "ingress_port", "ingress_packet", "outputs", "interested", "ct", "_flow_hash")
+
+    def __init__(self, topo, state: AgentState, now: float, local_host: str | None,
+                 ingress_port: str, ingress_packet: Packet):
+        self.topo = topo
+        self.state = state
+        self.now = now
+        self.local_host = local_host
+        self.ingress_port = ingress_port
+        self.ingress_packet = ingress_packet
+        self.path: list[str] = []
+        self.tags: set[str] = set()
+        self.effects: list = []
+        self.fields: set[str] = set()
+        self.generated: list[Generated] = []
+        self.outputs: list = []
+        self.interested: set[str] = set()
+        self.hops = 0
+        self.ct: str | None = None          # conntrack state once read (conntrack.ct_state)
+        self._flow_hash: int | None = None
+
+    # -- topology reads: a missing object parks the packet -------------------------------------------------
+    def need(self, kind: str, name: str):
+        getter = getattr(self.topo, kind)
+        obj = getter(name)
+        if obj is None:
+            raise Stop("fragment_missing", needs=NeedFragment(kind, name))
+        return obj
+
+    def port(self, port_id: str):
+        p = self.need("port", port_id)
+        self.tags.add("port:" + port_id)
+        return p
+
+    def hop(self, element: str) -> None:
+        self.hops += 1
+        if self.hops > MAX_DEVICE_HOPS:
+            raise Stop("hop_limit")
+        self.path.append(element)
+
+    def read(self, *fields: str) -> None:
+        self.fields.update(fields)
+
+    def emit(self, port_id: str, pkt: Packet) -> None:
+        self.generated.append(Generated(port_id, pkt))
+
+    def flow_hash(self) -> int:
+        """A stable (unsalted) hash of the ingress 5-tuple, for ECMP and pool choices."""
+        if self._flow_hash is None:
+            p = self.ingress_packet
+            h = 0x811C9DC5
+            for v in (p.ip_src, p.ip_dst, p.proto, p.tp_src, p.tp_dst, p.icmp_id):
+                h = ((h ^ (v if v is not None else 0xFFFF)) * 0x01000193) & 0xFFFFFFFF
+            self._flow_hash = h
+        return self._flow_hash

@@ -1,0 +1,81 @@
+"""L4 load balancing on a router: VIP → backend DNAT, sticky source IP, and the reverse translation.
+
+A packet to a VIP (address + port) is DNATed to a pool member chosen by weight among admin-up members with
+weight > 0; the choice is derived from the flow hash (or from the source IP when the VIP is sticky), so the
+simulation stays pure.  A connection keeps its backend while that member is still valid.  Sticky VIPs keep
+a per-client entry whose key has client port 0.  A VIP match skips the router's inbound chain.  Replies from
+a backend are reverse-DNATed to the VIP.  A packet to the VIP address with another protocol is dropped.
+"""
+
+from __future__ import annotations
+
+from topology.model import Member, Router, Vip
+from workers.packet.packet import Packet
+from workers.simulation import nat
+from workers.simulation.conntrack import five_tuple, reverse
+from workers.simulation.context import Ctx, Stop
+
+
+def process_inbound(ctx: Ctx, router: Router, pkt: Packet) -> tuple[Packet, bool]:
+    """Returns (packet, vip_matched)."""
+    lbal = ctx.need("load_balancer", router.load_balancer)
+    ctx.tags.add("load_balancer:" + lbal.name)
+    ctx.read("ip_dst")
+    for vip in lbal.vips:
+        if pkt.ip_dst != vip.address:
+            continue
+        ctx.read("proto", "tp_dst")
+        if pkt.proto != vip.proto:
+            raise Stop("vip_proto_mismatch")
+        if pkt.tp_dst != vip.port:
+            continue
+        if pkt.is_icmp_error:
+            return pkt, False
+        return _to_backend(ctx, router, lbal.pools[vip.pool].members, vip, pkt), True
+    new = nat.reverse_dnat(ctx, pkt, router.name)
+    return (new if new is not None else pkt), False
+
+
+def _valid(members: tuple[Member, ...]) -> list[Member]:
+    return [m for m in members if m.admin_up and m.weight > 0]
+
+
+def _choose(valid: list[Member], h: int) -> Member:
+    total = sum(m.weight for m in valid)
+    x = (h * 2654435761 & 0xFFFFFFFF) % total
+    for m in valid:
+        x -= m.weight
+        if x < 0:
+            return m
+    return valid[-1]
+
+
+def _to_backend(ctx: Ctx, router: Router, members: tuple[Member, ...], vip: Vip, pkt: Packet) -> Packet:
+    valid = _valid(members)
+    if not valid:
+        raise Stop("no_backend")
+    ctx.read("ip_src", "tp_src")
+    dev = router.name
+    t = five_tuple(pkt)
+    fkey = t + (dev,)
+    ok = {(m.address, m.port) for m in valid}
+    backend = nat.lookup(ctx, nat.FWD_DNAT, fkey)
+    if backend is not None and tuple(backend) in ok:
+        nat.touch(ctx, nat.FWD_DNAT, fkey)
+        return nat.set_dst(pkt, backend[0], backend[1])
+    if vip.sticky_source_ip:
+        skey = (t[0], t[1], t[2], 0, t[4], dev)
+        backend = nat.lookup(ctx, nat.FWD_STICK_DNAT, skey)
+        if backend is None or tuple(backend) not in ok:
+            m = _choose(valid, t[0])
+            backend = (m.address, m.port)
+            nat.write(ctx, nat.FWD_STICK_DNAT, skey, backend)
+        else:
+            nat.touch(ctx, nat.FWD_STICK_DNAT, skey)
+    else:
+        m = _choose(valid, ctx.flow_hash())
+        backend = (m.address, m.port)
+    new = nat.set_dst(pkt, backend[0], backend[1])
+    nat.write(ctx, nat.FWD_DNAT, fkey, backend)
+    nat.write(ctx, nat.REV_DNAT, reverse(five_tuple(new)) + (dev,), (vip.address, vip.port))
+    return new

@@ -1,0 +1,223 @@
+"""NAT: forward and reverse SNAT/DNAT, static (floating-IP) rewrites, and SNAT port choice.
+
+Flow-state keys (DESIGN §1.5): kind + 5-tuple + id of the device that did the NAT → (ip, port) binding.  A
+forward NAT writes its forward key (the original tuple → the translated address) and its reverse key (the
+reply's tuple → the original address).  ICMP echo uses the ICMP id as the port; an ICMP error is translated
+through the header it carries, and that header (ports included) is reverse-translated too.
+
+SNAT ports come from blocks of 64 ports the agent holds per (device, ip) (``state.nat_blocks``).  A binding is
+unique per destination (ip, port): one port may serve several destinations.  When no held block has a free
+port the simulation ends with NeedLease and the shell leases a block and simulates again.
+
+Randomness is derived from the flow hash, so the simulation stays a pure function of its inputs.
+"""
+
+from __future__ import annotations
+
+from topology.model import NatTarget, Rule
+from workers.packet.packet import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Packet
+from workers.simulation.conntrack import five_tuple, inner_five_tuple, reverse
+from workers.simulation.context import Ctx, Stop
+from workers.simulation.result import FlowStateTouch, FlowStateWrite, NeedLease
+from workers.simulation.state import MISSING
+
+FWD_SNAT, REV_SNAT = "fwd_snat", "rev_snat"
+FWD_DNAT, REV_DNAT = "fwd_dnat", "rev_dnat"
+FWD_STICK_DNAT = "fwd_stick_dnat"
+NAT_KINDS = (FWD_SNAT, REV_SNAT, FWD_DNAT, REV_DNAT, FWD_STICK_DNAT)
+BLOCK_SIZE = 64
+
+
+def _has_ports(pkt: Packet) -> bool:
+    return pkt.proto in (PROTO_TCP, PROTO_UDP) or (pkt.proto == PROTO_ICMP and pkt.icmp_id is not None
+                                                   and not pkt.is_icmp_error)
+
+
+# -- rewrites --------------------------------------------------------------------------------------------
+def set_src(pkt: Packet, ip: int, port: int | None) -> Packet:
+    if pkt.is_icmp_error:
+        # the carried header travelled the other way: its destination is our source
+        kw = {"ip_src": ip}
+        if pkt.inner_ip_dst == pkt.ip_src:
+            kw["inner_ip_dst"] = ip
+        return pkt._replace(**kw)
+    if port is None or not _has_ports(pkt):
+        return pkt._replace(ip_src=ip)
+    if pkt.proto == PROTO_ICMP:
+        return pkt._replace(ip_src=ip, icmp_id=port)
+    return pkt._replace(ip_src=ip, tp_src=port)
+
+
+def set_dst(pkt: Packet, ip: int, port: int | None) -> Packet:
+    if pkt.is_icmp_error:
+        kw = {"ip_dst": ip}
+        if pkt.inner_ip_src == pkt.ip_dst:
+            kw["inner_ip_src"] = ip
+        return pkt._replace(**kw)
+    if port is None or not _has_ports(pkt) or pkt.proto == PROTO_ICMP:
+        return pkt._replace(ip_dst=ip)
+    return pkt._replace(ip_dst=ip, tp_dst=port)
+
+
+def _set_inner_src(pkt: Packet, ip: int, port: int) -> Packet:
+    kw = {"inner_ip_src": ip}
+    if pkt.inner_proto == PROTO_ICMP:
+        kw["inner_icmp_id"] = port
+    elif pkt.inner_proto in (PROTO_TCP, PROTO_UDP):
+        kw["inner_tp_src"] = port
+    if pkt.ip_dst == pkt.inner_ip_src:
+        kw["ip_dst"] = ip
+    return pkt._replace(**kw)
+
+
+def _set_inner_dst(pkt: Packet, ip: int, port: int) -> Packet:
+    kw = {"inner_ip_dst": ip}
+    if pkt.inner_proto in (PROTO_TCP, PROTO_UDP):
+        kw["inner_tp_dst"] = port
+    if pkt.ip_src == pkt.inner_ip_dst:
+        kw["ip_src"] = ip
+    return pkt._replace(**kw)
+
+
+# -- state helpers -----------------------------------------------------------------------------------------
+def lookup(ctx: Ctx, kind: str, key: tuple):
+    v = ctx.state.flow_state_get(kind, key, ctx.now)
+    from workers.simulation.conntrack import key_str
+
+    ctx.tags.add(f"nat:{kind}:{key_str(key)}")
+    return None if v is MISSING else v
+
+
+def write(ctx: Ctx, kind: str, key: tuple, value: tuple) -> None:
+    ctx.effects.append(FlowStateWrite(kind, key, value))
+
+
+def touch(ctx: Ctx, kind: str, key: tuple) -> None:
+    ctx.effects.append(FlowStateTouch(kind, key))
+
+
+def _pick(ctx: Ctx, targets: tuple[NatTarget, ...], salt: int) -> tuple[NatTarget, int]:
+    h = (ctx.flow_hash() ^ salt) * 2654435761 & 0xFFFFFFFF
+    t = targets[h % len(targets)]
+    n_ips = t.ip_end - t.ip_start + 1
+    return t, t.ip_start + (h // len(targets)) % n_ips
+
+
+# -- rule actions ------------------------------------------------------------------------------------------
+def apply_rule(ctx: Ctx, rule: Rule, pkt: Packet, device: str) -> Packet | None:
+    """Apply a NAT rule that matched.  Returns the rewritten packet, or None when a reverse rule finds no
+    state (the chain goes on)."""
+    ctx.read("ip_src", "ip_dst", "proto", "tp_src", "tp_dst")
+    a = rule.action
+    if a == "rev_snat":
+        return reverse_snat(ctx, pkt, device)
+    if a == "rev_dnat":
+        return reverse_dnat(ctx, pkt, device)
+    if pkt.ip_src is None:
+        return None
+    if a == "dnat":
+        return forward_dnat(ctx, rule.targets, pkt, device)
+    return forward_snat(ctx, rule.targets, pkt, device)
+
+
+def forward_dnat(ctx: Ctx, targets: tuple[NatTarget, ...], pkt: Packet, device: str) -> Packet:
+    target, ip = _pick(ctx, targets, 0x0D)
+    if not target.dynamic or pkt.is_icmp_error:
+        return set_dst(pkt, ip, None)                   # static NAT: stateless
+    t = five_tuple(pkt)
+    fkey = t + (device,)
+    bound = lookup(ctx, FWD_DNAT, fkey)
+    if bound is None:
+        h = ctx.flow_hash()
+        port = target.port_start + h % (target.port_end - target.port_start + 1)
+        bound = (ip, port if pkt.proto != PROTO_ICMP else t[4])
+        new = set_dst(pkt, *bound)
+        write(ctx, FWD_DNAT, fkey, bound)
+        write(ctx, REV_DNAT, reverse(five_tuple(new)) + (device,), (t[1], t[4]))
+        return new
+    touch(ctx, FWD_DNAT, fkey)
+    return set_dst(pkt, bound[0], bound[1])
+
+
+def forward_snat(ctx: Ctx, targets: tuple[NatTarget, ...], pkt: Packet, device: str) -> Packet:
+    target, ip = _pick(ctx, targets, 0x05)
+    if not target.dynamic or pkt.is_icmp_error:
+        return set_src(pkt, ip, None)
+    t = five_tuple(pkt)
+    fkey = t + (device,)
+    bound = lookup(ctx, FWD_SNAT, fkey)
+    if bound is not None:
+        touch(ctx, FWD_SNAT, fkey)
+        touch(ctx, REV_SNAT, (t[1], bound[0], t[2], t[4], bound[1], device))
+        return set_src(pkt, bound[0], bound[1])
+    port = choose_snat_port(ctx, device, ip, target, t) if _has_ports(pkt) else 0
+    new = set_src(pkt, ip, port)
+    write(ctx, FWD_SNAT, fkey, (ip, port))
+    write(ctx, REV_SNAT, reverse(five_tuple(new)) + (device,), (t[0], t[3]))
+    return new
+
+
+def choose_snat_port(ctx: Ctx, device: str, ip: int, target: NatTarget, t: tuple) -> int:
+    """A port in a held block, inside the target's range, whose binding toward this destination is free.
+    Ports the state prefers (e.g. whose reply hashes to this worker) are taken first."""
+    lo, hi = target.port_start, target.port_end
+    blocks = [b for b in ctx.state.nat_blocks(device, ip) if b + BLOCK_SIZE - 1 >= lo and b <= hi]
+    ctx.tags.add(f"nat_block:{device}:{ip}")
+    prefer = getattr(ctx.state, "prefer_snat_port", None)
+    fallback = None
+    h = ctx.flow_hash()
+    for b in blocks:
+        first, last = max(b, lo), min(b + BLOCK_SIZE - 1, hi)
+        n = last - first + 1
+        for i in range(n):
+            port = first + (h + i) % n
+            rkey = (t[1], ip, t[2], t[4], port, device)
+            if ctx.state.flow_state_get(REV_SNAT, rkey, ctx.now) is not MISSING:
+                continue
+            if prefer is None or prefer((t[1], ip, t[2], t[4], port)):
+                return port
+            if fallback is None:
+                fallback = port
+    if fallback is not None:
+        return fallback
+    raise Stop("nat_lease_needed", needs=NeedLease(device, ip, lo, hi))
+
+
+def reverse_snat(ctx: Ctx, pkt: Packet, device: str) -> Packet | None:
+    if pkt.is_icmp_error:
+        inner = inner_five_tuple(pkt)
+        if inner is None:
+            return None
+        orig = lookup(ctx, REV_SNAT, reverse(inner) + (device,))
+        return None if orig is None else _set_inner_src(pkt, orig[0], orig[1])
+    t = five_tuple(pkt)
+    if t is None:
+        return None
+    key = t + (device,)
+    orig = lookup(ctx, REV_SNAT, key)
+    if orig is None:
+        return None
+    touch(ctx, REV_SNAT, key)
+    if pkt.proto == PROTO_ICMP:
+        return pkt._replace(ip_dst=orig[0], icmp_id=orig[1])
+    return set_dst(pkt, orig[0], orig[1] if _has_ports(pkt) else None)
+
+
+def reverse_dnat(ctx: Ctx, pkt: Packet, device: str) -> Packet | None:
+    if pkt.is_icmp_error:
+        inner = inner_five_tuple(pkt)
+        if inner is None:
+            return None
+        vip = lookup(ctx, REV_DNAT, reverse(inner) + (device,))
+        return None if vip is None else _set_inner_dst(pkt, vip[0], vip[1])
+    t = five_tuple(pkt)
+    if t is None:
+        return None
+    key = t + (device,)
+    vip = lookup(ctx, REV_DNAT, key)
+    if vip is None:
+        return None
+    touch(ctx, REV_DNAT, key)
+    if pkt.proto == PROTO_ICMP:
+        return pkt._replace(ip_src=vip[0])
+    return set_src(pkt, vip[0], vip[1] if _has_ports(pkt) else None)

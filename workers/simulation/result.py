@@ -1,0 +1,111 @@
+"""What a simulation returns: one immutable SimResult value, plus the effect and need records inside it.
+
+The simulation never performs I/O; everything it wants done is in the result:
+
+- ``outputs``   the packet as it leaves each exterior port (and whether it needs a tunnel to get there);
+- ``generated`` packets the agent itself emits (ARP requests and replies, ICMP errors and echo replies), each
+                with the port it leaves from;
+- ``effects``   changes to agent state the shell applies (MAC learned, ARP entry learned, flow state written);
+- ``needs``     why the packet must be parked (a topology fragment, an ARP entry, a NAT port block) — the shell
+                requests it and simulates the packet again from scratch when it arrives;
+- ``tags``      everything the decision read, for invalidation; ``fields_read`` the packet fields it read, so a
+                flow can be installed as a wildcard match.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from workers.packet.packet import Packet
+
+FORWARD = "forward"
+DROP = "drop"
+CONSUMED = "consumed"
+PARKED = "parked"
+
+# How long a drop flow may stay installed: "temporary" drops depend on state that changes soon (missing ARP,
+# a hop limit hit while the topology is being edited); "normal" drops are ordinary policy decisions.
+EXPIRY_NORMAL = "normal"
+EXPIRY_TEMPORARY = "temporary"
+
+
+class Output(NamedTuple):
+    port: str                  # exterior port id
+    host: str | None           # host the port is bound to
+    tunnel_key: int | None     # set when the port lives on another host: the VXLAN key to send with
+    packet: Packet
+
+
+class Generated(NamedTuple):
+    port: str                  # the port the packet leaves from (the agent injects it there)
+    packet: Packet
+
+
+# -- effects ------------------------------------------------------------------------------------------------
+class MacLearned(NamedTuple):
+    bridge: str
+    vlan: int
+    mac: int
+    port: str                  # port id
+
+
+class ArpLearned(NamedTuple):
+    router: str
+    ip: int
+    mac: int
+
+
+class FlowStateWrite(NamedTuple):
+    """A flow-state entry the simulation created (conntrack or NAT).  ``kind`` is "conntrack" or a NAT kind
+    (fwd_snat, rev_snat, fwd_dnat, rev_dnat, fwd_stick_dnat, rev_stick_dnat); ``value`` is None for conntrack
+    and an (ip, port) binding for NAT."""
+
+    kind: str
+    key: tuple
+    value: tuple | None
+
+
+class FlowStateTouch(NamedTuple):
+    """An existing flow-state entry was used: its idle timer restarts."""
+
+    kind: str
+    key: tuple
+
+
+# -- needs (parking) ----------------------------------------------------------------------------------------
+class NeedFragment(NamedTuple):
+    kind: str                  # "port", "bridge", "router", "chain", "load_balancer", "port_group", "host"
+    name: str
+
+
+class NeedArp(NamedTuple):
+    router: str
+    port: str                  # router port id the ARP request leaves from
+    ip: int
+
+
+class NeedLease(NamedTuple):
+    """A SNAT port block (64 ports) for (device, ip) inside [port_start, port_end] is needed."""
+
+    device: str
+    ip: int
+    port_start: int = 1
+    port_end: int = 65535
+
+
+class SimResult(NamedTuple):
+    result: str
+    path: tuple[str, ...] = ()
+    outputs: tuple[Output, ...] = ()
+    generated: tuple[Generated, ...] = ()
+    effects: tuple = ()
+    drop_reason: str | None = None
+    expiry: str = EXPIRY_NORMAL
+    needs: NeedFragment | NeedArp | NeedLease | None = None
+    tags: frozenset[str] = frozenset()
+    fields_read: frozenset[str] = frozenset()
+    interested_hosts: frozenset[str] = frozenset()
+
+    @property
+    def flow_state(self) -> tuple[FlowStateWrite, ...]:
+        return tuple(e for e in self.effects if type(e) is FlowStateWrite)

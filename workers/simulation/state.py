@@ -1,0 +1,106 @@
+"""Agent state the simulation reads: learned MACs, ARP entries, flow state (conntrack and NAT).
+
+The simulation only *reads* an AgentState; what it wants changed comes back as effects in the SimResult, and
+the shell (the trace session, a worker) applies them with ``LocalState.apply``.  ``LocalState`` is the
+in-memory implementation used by the trace and by each worker for its own shard; replicated tables in a store
+implement the same read methods.
+
+Ownership: a LocalState belongs to exactly one simulation shell (one trace session, one worker process).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from workers.simulation.result import ArpLearned, FlowStateTouch, FlowStateWrite, MacLearned
+
+DEFAULT_FLOW_STATE_IDLE_S = 60.0
+DEFAULT_MAC_EXPIRY_S = 300.0
+DEFAULT_ARP_EXPIRY_S = 3600.0
+DEFAULT_ARP_STALE_S = 1800.0
+
+
+class AgentState(Protocol):
+    def mac_lookup(self, bridge: str, vlan: int, mac: int) -> str | None: ...
+    def arp_lookup(self, router: str, ip: int, now: float) -> int | None: ...
+    def flow_state_get(self, kind: str, key: tuple, now: float) -> object: ...
+    def nat_blocks(self, device: str, ip: int) -> list[int]: ...
+
+
+MISSING = object()
+
+
+@dataclass(slots=True)
+class FlowStateEntry:
+    kind: str
+    key: tuple
+    value: tuple | None
+    last_used: float
+    idle_s: float
+
+
+@dataclass
+class LocalState:
+    """In-memory agent state.  ``now`` is always passed in; nothing here reads a clock."""
+
+    flow_state_idle_s: float = DEFAULT_FLOW_STATE_IDLE_S
+    mac_expiry_s: float = DEFAULT_MAC_EXPIRY_S
+    arp_expiry_s: float = DEFAULT_ARP_EXPIRY_S
+    macs: dict[tuple[str, int, int], tuple[str, float]] = field(default_factory=dict)   # → (port, learned_at)
+    arps: dict[tuple[str, int], tuple[int, float]] = field(default_factory=dict)        # → (mac, learned_at)
+    flow_state: dict[tuple[str, tuple], FlowStateEntry] = field(default_factory=dict)
+    blocks: dict[tuple[str, int], list[int]] = field(default_factory=dict)   # (device, ip) → held block starts
+
+    # -- reads (AgentState) -------------------------------------------------------------------------------
+    def mac_lookup(self, bridge: str, vlan: int, mac: int) -> str | None:
+        hit = self.macs.get((bridge, vlan, mac))
+        return hit[0] if hit else None
+
+    def arp_lookup(self, router: str, ip: int, now: float) -> int | None:
+        hit = self.arps.get((router, ip))
+        if hit is None or now - hit[1] > self.arp_expiry_s:
+            return None
+        return hit[0]
+
+    def flow_state_get(self, kind: str, key: tuple, now: float) -> object:
+        e = self.flow_state.get((kind, key))
+        if e is None or now - e.last_used > e.idle_s:
+            return MISSING
+        return e.value
+
+    def nat_blocks(self, device: str, ip: int) -> list[int]:
+        return self.blocks.get((device, ip), [])
+
+    # -- writes (effects) ----------------------------------------------------------------------------------
+    def apply(self, effects, now: float) -> None:
+        for e in effects:
+            t = type(e)
+            if t is MacLearned:
+                self.macs[(e.bridge, e.vlan, e.mac)] = (e.port, now)
+            elif t is ArpLearned:
+                self.arps[(e.router, e.ip)] = (e.mac, now)
+            elif t is FlowStateWrite:
+                self.flow_state[(e.kind, e.key)] = FlowStateEntry(e.kind, e.key, e.value, now,
+                                                                  self.flow_state_idle_s)
+            elif t is FlowStateTouch:
+                entry = self.flow_state.get((e.kind, e.key))
+                if entry is not None:
+                    entry.last_used = max(entry.last_used, now)
+
+    def add_nat_block(self, device: str, ip: int, start: int) -> None:
+        held = self.blocks.setdefault((device, ip), [])
+        if start not in held:
+            held.append(start)
+
+    def expire(self, now: float) -> list[FlowStateEntry]:
+        """Remove idle flow-state entries, stale MACs and ARP entries; return the flow-state entries removed
+        (their keys are the tags of the flows to invalidate; NAT entries release their ports)."""
+        gone = [e for e in self.flow_state.values() if now - e.last_used > e.idle_s]
+        for e in gone:
+            del self.flow_state[(e.kind, e.key)]
+        for k in [k for k, (_, t) in self.macs.items() if now - t > self.mac_expiry_s]:
+            del self.macs[k]
+        for k in [k for k, (_, t) in self.arps.items() if now - t > self.arp_expiry_s]:
+            del self.arps[k]
+        return gone

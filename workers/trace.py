@@ -1,0 +1,113 @@
+"""The trace shell: simulate packets in order against one agent's in-memory state and explain each decision.
+
+This is the one trace entry point: ``shardnet trace`` (engine/cli.py) and the scenario tests both drive a
+TraceSession.  It owns a LocalState, an in-process NAT allocator and a simulated clock.  Between packets it
+applies each result's effects, so a reply sees the state its request created.  A NAT lease the simulation asks
+for is granted here at once and the packet simulated again from scratch — what a worker does when the lease
+arrives.  ``advance`` moves the clock and reports expired flow state and the flow tags to invalidate.
+"""
+
+from __future__ import annotations
+
+import json
+
+from topology.addr import int2ip
+from topology.nat_leases import MemoryNatAllocator
+from workers.packet.spec import SpecError, packet_to_dict, parse_spec
+from workers.simulation.conntrack import CONNTRACK, key_str
+from workers.simulation.result import FlowStateWrite, NeedLease, SimResult
+from workers.simulation.simulate import simulate
+from workers.simulation.state import LocalState
+
+MAX_RESIMULATIONS = 4
+
+
+class TraceSession:
+    def __init__(self, topology, host: str | None = None, now: float = 0.0, state: LocalState | None = None,
+                 allocator: MemoryNatAllocator | None = None, seed: int = 0):
+        self.topology = topology
+        self.host = host
+        self.now = now
+        self.state = state or LocalState()
+        self.allocator = allocator or MemoryNatAllocator(seed=seed)
+        self.owner = f"trace:{host or '-'}"
+
+    def run(self, port: str, packet) -> SimResult:
+        """Simulate one packet (a Packet or a spec string) arriving at ``port``; apply its effects."""
+        pkt = parse_spec(packet) if isinstance(packet, str) else packet
+        for _ in range(MAX_RESIMULATIONS):
+            res = simulate(pkt, port, self.topology, self.state, self.now, self.host)
+            if isinstance(res.needs, NeedLease) and self._lease(res.needs):
+                continue
+            break
+        self.state.apply(res.effects, self.now)
+        return res
+
+    def _lease(self, need: NeedLease) -> bool:
+        block = self.allocator.lease(self.owner, need.device, need.ip, need.port_start, need.port_end)
+        if block is None:
+            return False
+        self.state.add_nat_block(need.device, need.ip, block)
+        return True
+
+    def advance(self, seconds: float) -> dict:
+        self.now += seconds
+        gone = self.state.expire(self.now)
+        return {
+            "now": self.now,
+            "expired": [_state_json(e.kind, e.key, e.value) for e in gone],
+            "invalidate": sorted({_state_tag(e.kind, e.key) for e in gone}),
+        }
+
+    def run_line(self, line: str) -> dict:
+        """One line of the --stdin protocol: 'PORT SPEC' or 'advance SECONDS'.  Errors become {"error"}."""
+        parts = line.split()
+        if not parts:
+            return {"error": "empty line"}
+        if parts[0] == "advance":
+            try:
+                return self.advance(float(parts[1]))
+            except (IndexError, ValueError):
+                return {"error": f"advance needs a number of seconds: {line.strip()!r}"}
+        if len(parts) != 2:
+            return {"error": f"expected 'PORT SPEC' or 'advance SECONDS': {line.strip()!r}"}
+        port, spec = parts
+        if self.topology.port(port) is None:
+            return {"error": f"unknown port: {port!r}"}
+        try:
+            return result_json(self.run(port, spec))
+        except SpecError as e:
+            return {"error": str(e)}
+
+
+def _state_tag(kind: str, key: tuple) -> str:
+    return ("ct:" if kind == CONNTRACK else f"nat:{kind}:") + key_str(key)
+
+
+def _state_json(kind: str, key: tuple, value) -> dict:
+    if kind == CONNTRACK:
+        return {"type": "conntrack", "key": key_str(key)}
+    return {"type": "nat", "kind": kind, "key": key_str(key), "binding": f"{int2ip(value[0])}:{value[1]}"}
+
+
+def result_json(res: SimResult) -> dict:
+    """The JSON object of CONTRACTS §3 for one simulated packet."""
+    out = {
+        "result": res.result,
+        "path": list(res.path),
+        "outputs": [{"port": o.port, "host": o.host, "tunnel_key": o.tunnel_key,
+                     "packet": packet_to_dict(o.packet)} for o in res.outputs],
+        "generated": [{"port": g.port, "packet": packet_to_dict(g.packet)} for g in res.generated],
+        "flow_state": [_state_json(e.kind, e.key, e.value) for e in res.effects if type(e) is FlowStateWrite],
+        "drop_reason": res.drop_reason,
+    }
+    if res.needs is not None:
+        out["needs"] = {"type": type(res.needs).__name__, **{
+            k: (int2ip(v) if k == "ip" else v) for k, v in res.needs._asdict().items()}}
+    if res.interested_hosts:
+        out["interested_hosts"] = sorted(res.interested_hosts)
+    return out
+
+
+def dumps(obj: dict) -> str:
+    return json.dumps(obj, separators=(", ", ": "))
