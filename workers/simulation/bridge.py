@@ -13,7 +13,7 @@ from workers.packet.packet import ARP_REQUEST, TCP_FLAGS, Packet
 from workers.simulation import generate
 from workers.simulation.chains import DROP, REJECT, run_chain
 from workers.simulation.context import Consumed, Ctx, Stop
-from workers.simulation.result import MacLearned
+from workers.simulation.result import ArpLearned, MacLearned
 
 _INDEX: dict[int, tuple[Bridge, dict, dict]] = {}
 
@@ -71,6 +71,10 @@ def process(ctx: Ctx, bridge: Bridge, in_port: Port, pkt: Packet) -> list[tuple[
         hit = router_ips.get(pkt.arp_tpa)
         if hit is not None and hit[0] != in_port.name:
             ctx.emit(in_port.id, generate.arp_reply(pkt, hit[1]))
+            if pkt.arp_spa:
+                # the router gleans the asker's address, as a host does from a request for its own IP
+                router_name = ctx.port(bridge.ports[hit[0]].peer).device
+                ctx.effects.append(ArpLearned(router_name, pkt.arp_spa, pkt.arp_sha))
             raise Consumed()
 
     dst = pkt.eth_dst

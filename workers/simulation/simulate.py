@@ -50,7 +50,7 @@ def simulate(pkt: Packet, in_port: str, topo, state, now: float, local_host: str
         kind = PARKED if s.needs is not None else DROP
         return _result(ctx, kind, drop_reason=None if s.needs is not None else s.reason,
                        expiry=s.expiry if s.needs is None else EXPIRY_TEMPORARY, needs=s.needs)
-    return _result(ctx, FORWARD, outputs=tuple(outputs), interested=interested)
+    return _result(ctx, FORWARD, outputs=tuple(outputs), interested_hosts=interested)
 
 
 def _result(ctx: Ctx, kind: str, **kw) -> SimResult:

@@ -1,0 +1,167 @@
+"""In-place rewrite of a raw frame with incremental checksum updates (RFC 1624): what the datapath does on a
+flow-cache hit instead of parse + build.
+
+Owns the set of rewritable fields and the checksum bookkeeping for them.  ``rewrite(frame, old, new)`` takes a
+frame, the Packet parsed from it and the Packet the simulation wants out, and patches only the bytes that
+differ.  Checksums are updated with pre-summed deltas: every rewritable field sits on a 16-bit boundary of the
+data its checksum covers, so a change contributes ``new - old`` (16-bit words, 32-bit addresses, or a byte
+shifted to its place in its word) to the ones-complement sum.  The result equals ``build(new)`` byte for byte
+when the frame is in build()'s canonical form.
+
+Not rewritten: the L4 checksum inside the header an ICMP error carries (build() keeps those bytes verbatim
+too); anything outside REWRITABLE raises ValueError.
+"""
+
+from __future__ import annotations
+
+import struct
+from operator import itemgetter
+
+from workers.packet.checksum import csum_delta
+from workers.packet.packet import (
+    ETH_TYPE_IPV4,
+    ETH_TYPE_VLAN,
+    FRAG_LATER,
+    PROTO_ICMP,
+    PROTO_TCP,
+    PROTO_UDP,
+    Packet,
+)
+
+REWRITABLE = frozenset({
+    "eth_src", "eth_dst", "vlan", "vlan_pcp", "ip_src", "ip_dst", "ttl", "tos", "ip_id", "tp_src", "tp_dst",
+    "icmp_id", "inner_ip_src", "inner_ip_dst", "inner_tp_src", "inner_tp_dst", "inner_icmp_id", "inner_ttl",
+    "inner_tos", "inner_ip_id",
+})
+_FIXED_NAMES = tuple(f for f in Packet._fields if f not in REWRITABLE)
+_fixed = itemgetter(*(Packet._fields.index(f) for f in _FIXED_NAMES))
+_L3_NAMES = tuple(sorted(REWRITABLE - {"eth_src", "eth_dst", "vlan", "vlan_pcp"}))
+_MACS = struct.Struct("!HIHI")
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+
+
+def rewrite(frame: bytes | bytearray, old: Packet, new: Packet) -> bytes:
+    """Patch ``frame`` (parsed as ``old``) so that it carries ``new``; checksums updated incrementally.
+
+    Raises ValueError if ``new`` differs from ``old`` in a field that is not rewritable.
+    """
+    if old == new:
+        return bytes(frame)
+    if _fixed(old) != _fixed(new):
+        bad = [f for f, a, b in zip(_FIXED_NAMES, _fixed(old), _fixed(new), strict=True) if a != b]
+        raise ValueError(f"rewrite cannot change {', '.join(bad)}")
+    try:
+        return _rewrite(bytearray(frame), old, new)
+    except (struct.error, TypeError, OverflowError) as e:
+        raise ValueError(f"rewrite: bad field value: {e}") from None
+
+
+def _rewrite(buf: bytearray, old: Packet, new: Packet) -> bytes:
+    if old.eth_src != new.eth_src or old.eth_dst != new.eth_dst:
+        d, s = new.eth_dst, new.eth_src
+        _MACS.pack_into(buf, 0, d >> 32, d & 0xFFFFFFFF, s >> 32, s & 0xFFFFFFFF)
+    if old.eth_type == ETH_TYPE_IPV4 and old.ip_src is not None:
+        _rewrite_ipv4(buf, 14 if old.vlan is None else 18, old, new)
+    else:
+        changed = [f for f in _L3_NAMES if getattr(old, f) != getattr(new, f)]
+        if changed:
+            raise ValueError(f"rewrite: {', '.join(changed)} of a frame that is not IPv4")
+    if old.vlan != new.vlan or (new.vlan is not None and old.vlan_pcp != new.vlan_pcp):
+        if new.vlan is None:                                   # pop
+            del buf[12:16]
+        else:
+            tag = _U16.pack((new.vlan_pcp & 7) << 13 | new.vlan)
+            if old.vlan is None:                               # push
+                buf[12:12] = _U16.pack(ETH_TYPE_VLAN) + tag
+            else:                                              # set
+                buf[14:16] = tag
+    return bytes(buf)
+
+
+def _rewrite_ipv4(buf: bytearray, ip: int, old: Packet, new: Packet) -> None:  # noqa: C901
+    d_ip = 0          # change of the IP header sum
+    d_ph = 0          # change of the pseudo-header sum (addresses)
+    if old.ip_src != new.ip_src:
+        _U32.pack_into(buf, ip + 12, new.ip_src)
+        d_ph += new.ip_src - old.ip_src
+    if old.ip_dst != new.ip_dst:
+        _U32.pack_into(buf, ip + 16, new.ip_dst)
+        d_ph += new.ip_dst - old.ip_dst
+    d_ip = d_ph
+    if old.ttl != new.ttl:
+        buf[ip + 8] = new.ttl
+        d_ip += (new.ttl - old.ttl) << 8
+    if old.tos != new.tos:
+        buf[ip + 1] = new.tos
+        d_ip += new.tos - old.tos
+    if old.ip_id != new.ip_id:
+        _U16.pack_into(buf, ip + 4, new.ip_id)
+        d_ip += new.ip_id - old.ip_id
+    if d_ip:
+        _U16.pack_into(buf, ip + 10, csum_delta(_U16.unpack_from(buf, ip + 10)[0], d_ip))
+    if old.frag == FRAG_LATER:
+        return
+    l4 = ip + ((buf[ip] & 15) << 2)
+    proto = old.proto
+    if proto == PROTO_TCP or proto == PROTO_UDP:
+        d = d_ph
+        if old.tp_src != new.tp_src:
+            _U16.pack_into(buf, l4, new.tp_src)
+            d += new.tp_src - old.tp_src
+        if old.tp_dst != new.tp_dst:
+            _U16.pack_into(buf, l4 + 2, new.tp_dst)
+            d += new.tp_dst - old.tp_dst
+        if d:
+            at = l4 + 16 if proto == PROTO_TCP else l4 + 6
+            (c,) = _U16.unpack_from(buf, at)
+            if proto == PROTO_TCP:
+                _U16.pack_into(buf, at, csum_delta(c, d))
+            elif c:                                # UDP checksum 0 = none: leave it so
+                _U16.pack_into(buf, at, csum_delta(c, d) or 0xFFFF)
+    elif proto == PROTO_ICMP:
+        d = 0
+        if old.icmp_id != new.icmp_id:
+            _U16.pack_into(buf, l4 + 4, new.icmp_id)
+            d += new.icmp_id - old.icmp_id
+        if old.inner_ip_src is not None:
+            d += _rewrite_carried(buf, l4 + 8, old, new)
+        if d:
+            _U16.pack_into(buf, l4 + 2, csum_delta(_U16.unpack_from(buf, l4 + 2)[0], d))
+    elif (old.tp_src, old.tp_dst) != (new.tp_src, new.tp_dst) or old.icmp_id != new.icmp_id:
+        raise ValueError(f"rewrite: no L4 ports to rewrite for IP protocol {proto}")
+
+
+def _rewrite_carried(buf: bytearray, p: int, old: Packet, new: Packet) -> int:
+    """Patch the header an ICMP error carries; return the change of the ICMP sum it causes."""
+    d_ip = 0
+    if old.inner_ip_src != new.inner_ip_src:
+        _U32.pack_into(buf, p + 12, new.inner_ip_src)
+        d_ip += new.inner_ip_src - old.inner_ip_src
+    if old.inner_ip_dst != new.inner_ip_dst:
+        _U32.pack_into(buf, p + 16, new.inner_ip_dst)
+        d_ip += new.inner_ip_dst - old.inner_ip_dst
+    if old.inner_ttl != new.inner_ttl:
+        buf[p + 8] = new.inner_ttl
+        d_ip += (new.inner_ttl - old.inner_ttl) << 8
+    if old.inner_tos != new.inner_tos:
+        buf[p + 1] = new.inner_tos
+        d_ip += new.inner_tos - old.inner_tos
+    if old.inner_ip_id != new.inner_ip_id:
+        _U16.pack_into(buf, p + 4, new.inner_ip_id)
+        d_ip += new.inner_ip_id - old.inner_ip_id
+    d = d_ip
+    if d_ip:
+        (c,) = _U16.unpack_from(buf, p + 10)
+        c2 = csum_delta(c, d_ip)
+        _U16.pack_into(buf, p + 10, c2)
+        d += c2 - c
+    q = p + ((buf[p] & 15) << 2)
+    for name, at in (("inner_tp_src", q), ("inner_tp_dst", q + 2), ("inner_icmp_id", q + 4)):
+        a, b = getattr(old, name), getattr(new, name)
+        if a != b:
+            if a is None or b is None:
+                raise ValueError(f"rewrite cannot add or remove {name}")
+            _U16.pack_into(buf, at, b)
+            d += b - a
+    return d
