@@ -345,3 +345,14 @@ def test_reject_rule_on_tcp_sends_a_reset():
     out = t("tenant.vm2", VM2_TO_VM1 + ",proto=udp,tp_src=5000,tp_dst=53")
     s = scapy_of(t.last, generated=True)
     assert (s[ICMP].type, s[ICMP].code) == (3, 13) and s[IPerror].dst == "10.0.0.2"
+
+
+def test_parked_or_dropped_packets_create_no_flow_state():
+    t = Tracer(GW)                               # no MACs learned, no ARP for 10.0.0.9
+    out = t("r1.uplink", CLIENT + ",ip_dst=198.51.100.80,proto=tcp,tp_src=1,tp_dst=80")
+    assert out["result"] == "forward"            # 10.0.0.3 is in the static ARP table
+    topo = GW.replace("{ip: 10.0.0.3-10.0.0.3, port: 8080}", "{ip: 10.0.0.9, port: 8080}")
+    t = Tracer(topo)
+    out = t("r1.uplink", CLIENT + ",ip_dst=198.51.100.80,proto=tcp,tp_src=1,tp_dst=80")
+    assert out["result"] == "parked" and out["flow_state"] == []
+    assert t.session.state.flow_state == {}

@@ -47,6 +47,9 @@ def simulate(pkt: Packet, in_port: str, topo, state, now: float, local_host: str
     except Consumed:
         return _result(ctx, CONSUMED)
     except Stop as s:
+        # flow state is created only by a packet that goes through: a parked packet will be simulated again
+        # from scratch, a dropped one has no connection
+        ctx.effects = [e for e in ctx.effects if type(e) is not FlowStateWrite]
         kind = PARKED if s.needs is not None else DROP
         return _result(ctx, kind, drop_reason=None if s.needs is not None else s.reason,
                        expiry=s.expiry if s.needs is None else EXPIRY_TEMPORARY, needs=s.needs)
