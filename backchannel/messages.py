@@ -1,0 +1,300 @@
+"""Every message that crosses a process boundary, defined once (kazoo's protocol style).
+
+This module owns the *vocabulary* of the backchannel: each wire message is a ``typing.NamedTuple`` with a
+class-level integer ``TAG``, registered through the ``@message`` decorator into ``REGISTRY`` (tag -> class).
+The codec (backchannel/codec.py) owns the bytes; socket setup lives in backchannel/sockets.py.
+
+Wire shape: a message travels as the msgpack array ``[TAG, field0, field1, ...]``.  A message nested in a
+field (an ``Upcall`` inside an ``UpcallBatch``) travels as its bare field array, without a tag: the schema of
+the outer message says what it is.  Tag 0 is reserved for the batch frame ``[0, [TAG, ...], [TAG, ...]]``.
+
+Field annotations are the schema.  ``@message`` turns them into ``SCHEMA[cls]``, a tuple of ``Field`` records
+that the codec compiles into one validating constructor per message.  Allowed annotations:
+
+  int                       an int in the int64 range (bool is *not* an int here)
+  float                     a float or an int
+  str, bytes, bool          exactly that type; ``X | None`` adds None
+  tuple[str, ...]           a tuple whose elements are all of that scalar type
+  tuple[Msg, ...] / Msg     nested registered messages, rebuilt as their types
+  Key, Keys                 a hashable tuple (flow keys: usable as dict keys once decoded)
+  tuple, dict[...], Any     only the top-level container type is checked (Any: nothing)
+
+Decoding checks arity and the types of top-level fields (and of nested messages' fields); it does not walk
+arbitrary containers (``actions``, ``value``, ``counters``).  Ints, strs, bytes, None, floats, bools and
+tuples/dicts of those are what a field may hold; lists come back as tuples.
+
+Who sends what (→ receiver):
+  datapath → dispatcher → worker    UpcallBatch
+  worker → datapath                 FlowInstall, FlowDelete, PacketOut
+  datapath → worker                 FlowRemoved
+  worker → all workers (broadcast)  InvalidateTags, FlowStateBatch, ArpLearned, MacLearned
+  store shell → workers             TopologyChanged
+  supervisor ↔ any process          StatsRequest/StatsReply, Ping/Pong, Shutdown
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Annotated, Any, NamedTuple
+
+BATCH_TAG = 0  # reserved: the batch frame of codec.encode_many
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+HASHABLE = "hashable"
+Key = Annotated[tuple, HASHABLE]  # a flow key / flow-state key: a tuple of scalars (or nested tuples)
+Keys = Annotated[tuple, HASHABLE]  # a tuple of Keys
+
+REGISTRY: dict[int, type] = {}  # TAG -> message class
+SCHEMA: dict[type, tuple[Field, ...]] = {}  # message class -> its fields
+
+
+class Field(NamedTuple):
+    """One field of a message schema.
+
+    kind: "scalar" (types = accepted python types), "tuple_of" (tuple whose elements are of ``types``),
+    "msg" (one nested message ``sub``), "msgs" (tuple of ``sub``), "key" (hashable tuple), "container"
+    (top-level type in ``types`` only), "any" (unchecked).
+    """
+
+    name: str
+    kind: str
+    types: frozenset = frozenset()
+    sub: type | None = None
+
+
+_SCALARS = {int, float, str, bytes, bool, type(None)}
+
+
+def _scalar_types(hint: Any) -> frozenset | None:
+    """The accepted types of a scalar annotation, or None if it is not one (float also takes int)."""
+    if hint is None or hint is type(None):
+        return frozenset({type(None)})
+    if hint in _SCALARS:
+        return frozenset({float, int}) if hint is float else frozenset({hint})
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        parts = [_scalar_types(a) for a in typing.get_args(hint)]
+        if all(p is not None for p in parts):
+            return frozenset().union(*parts)
+    return None
+
+
+def _field(name: str, hint: Any) -> Field:
+    scalar = _scalar_types(hint)
+    if scalar is not None:
+        return Field(name, "scalar", scalar)
+    if hint in SCHEMA:
+        return Field(name, "msg", sub=hint)
+    if hint is Any:
+        return Field(name, "any")
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Annotated and args[0] is tuple and HASHABLE in args[1:]:
+        return Field(name, "key", frozenset({tuple}))
+    if hint is tuple or hint is dict:
+        return Field(name, "container", frozenset({hint}))
+    if origin is dict:
+        return Field(name, "container", frozenset({dict}))
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            if args[0] in SCHEMA:
+                return Field(name, "msgs", frozenset({tuple}), sub=args[0])
+            elem = _scalar_types(args[0])
+            if elem is not None:
+                return Field(name, "tuple_of", elem)
+        return Field(name, "container", frozenset({tuple}))
+    raise TypeError(f"field {name!r}: annotation {hint!r} is not a wire type")
+
+
+def message(cls: type) -> type:
+    """Register a NamedTuple message class under its ``TAG`` and derive its schema from its annotations."""
+    tag = cls.__dict__.get("TAG")
+    if type(tag) is not int or tag <= BATCH_TAG:
+        raise TypeError(f"{cls.__name__}: TAG must be a positive int, got {tag!r}")
+    if tag in REGISTRY:
+        raise TypeError(f"{cls.__name__}: TAG {tag} already used by {REGISTRY[tag].__name__}")
+    hints = typing.get_type_hints(cls, globalns=globals(), include_extras=True)
+    SCHEMA[cls] = tuple(_field(name, hints[name]) for name in cls._fields)
+    REGISTRY[tag] = cls
+    return cls
+
+
+# ---------------------------------------------------------------------------------------------------------
+# datapath ↔ dispatcher ↔ worker
+
+
+@message
+class Upcall(NamedTuple):
+    """A flow-cache miss: ``frame`` arrived on ``port`` (a ``device.port`` name); ``seq`` is the datapath's
+    upcall number (echoed in FlowInstall); ``t_emit_ns`` the datapath's monotonic_ns when it left."""
+
+    TAG = 1
+    seq: int
+    port: str
+    frame: bytes
+    t_emit_ns: int
+
+
+@message
+class UpcallBatch(NamedTuple):
+    """Up to 64 upcalls in one frame (datapath → dispatcher → worker)."""
+
+    TAG = 2
+    upcalls: tuple[Upcall, ...]
+
+
+@message
+class FlowInstall(NamedTuple):
+    """Worker → datapath: install ``key`` → ``actions`` and execute ``frame`` (None: install only).
+
+    ``actions`` are tuples: ("set", field, value), ("output", port), ("tunnel", host_ip, tunnel_key),
+    ("drop",).  ``tags`` name every device/entry the decision read (for invalidation).  ``idle_s``/``hard_s``
+    are timeouts in seconds (0 = none).  ``seq``/``t_emit_ns`` echo the Upcall (setup-latency measurement)."""
+
+    TAG = 10
+    seq: int
+    in_port: str
+    key: Key
+    actions: tuple
+    tags: tuple[str, ...]
+    idle_s: float
+    hard_s: float
+    t_emit_ns: int
+    frame: bytes | None
+
+
+@message
+class PacketOut(NamedTuple):
+    """Worker → datapath: emit a generated packet (ARP request, ICMP error/reply) on ``port``."""
+
+    TAG = 11
+    port: str
+    frame: bytes
+
+
+@message
+class FlowDelete(NamedTuple):
+    """Worker → datapath: remove these flows (invalidated or expired on the worker's side)."""
+
+    TAG = 12
+    keys: Keys
+
+
+@message
+class FlowRemoved(NamedTuple):
+    """Datapath → worker: these flows left the cache (``reason``: "idle", "hard", "evicted")."""
+
+    TAG = 13
+    keys: Keys
+    reason: str
+
+
+# ---------------------------------------------------------------------------------------------------------
+# worker ↔ worker (and host ↔ host) broadcasts; ``origin`` is the sender's id so it can ignore its own echo
+
+
+@message
+class InvalidateTags(NamedTuple):
+    """Flows tagged with any of ``tags`` are stale: every worker deletes its own."""
+
+    TAG = 20
+    tags: tuple[str, ...]
+    origin: int
+
+
+@message
+class FlowStateEntry(NamedTuple):
+    """One flow-state entry: ``kind`` "conntrack" (value None) or a NAT kind (value: (ip, port) binding);
+    ``expires_at`` in the sender's simulated clock seconds."""
+
+    TAG = 21
+    kind: str
+    key: Key
+    value: Any
+    expires_at: float
+
+
+@message
+class FlowStateBatch(NamedTuple):
+    """Flow state pushed to the interested set before the packet is forwarded."""
+
+    TAG = 22
+    entries: tuple[FlowStateEntry, ...]
+    origin: int
+
+
+@message
+class ArpLearned(NamedTuple):
+    """Router ``router`` learned ``ip`` (int) → ``mac`` (int)."""
+
+    TAG = 23
+    router: str
+    ip: int
+    mac: int
+    origin: int
+
+
+@message
+class MacLearned(NamedTuple):
+    """Bridge ``bridge`` learned ``mac`` (int) behind ``port`` (a port name)."""
+
+    TAG = 24
+    bridge: str
+    mac: int
+    port: str
+    origin: int
+
+
+@message
+class TopologyChanged(NamedTuple):
+    """Store shell → workers: the ``kind`` object ``name`` changed (``kind``: "bridge", "router", ...)."""
+
+    TAG = 25
+    kind: str
+    name: str
+
+
+# ---------------------------------------------------------------------------------------------------------
+# control (supervisor ↔ any process)
+
+
+@message
+class StatsRequest(NamedTuple):
+    TAG = 30
+    req_id: int
+
+
+@message
+class StatsReply(NamedTuple):
+    """``worker``: the replier's index (-1 for the datapath); ``counters``: ``<part>_<event>`` → count."""
+
+    TAG = 31
+    req_id: int
+    worker: int
+    counters: dict[str, int]
+
+
+@message
+class Ping(NamedTuple):
+    TAG = 32
+    t_ns: int
+    seq: int
+
+
+@message
+class Pong(NamedTuple):
+    """Echo of a Ping (same ``t_ns`` and ``seq``)."""
+
+    TAG = 33
+    t_ns: int
+    seq: int
+
+
+@message
+class Shutdown(NamedTuple):
+    """Stop cleanly: drain nothing more, close sockets, exit."""
+
+    TAG = 34
+
+
+Message = typing.Union[tuple(REGISTRY.values())]  # noqa: UP007 - built from the registry at import
