@@ -30,6 +30,11 @@ Who sends what (→ receiver):
   worker → all workers (broadcast)  InvalidateTags, FlowStateBatch, ArpLearned, MacLearned
   store shell → workers             TopologyChanged
   supervisor ↔ any process          StatsRequest/StatsReply, Ping/Pong, Shutdown
+  worker → supervisor (store shell) FragmentRequest, LeaseRequest, LeaseRelease
+  supervisor → worker               Fragment, LeaseGranted
+  worker → datapath → workers       Fanout (ordered relay: state reaches a worker before any later upcall)
+  traffic source → datapath         Inject
+  supervisor ↔ datapath / workers   Query / Answer (flows, outputs, purge: tests and tools)
 """
 
 from __future__ import annotations
@@ -295,6 +300,103 @@ class Shutdown(NamedTuple):
     """Stop cleanly: drain nothing more, close sockets, exit."""
 
     TAG = 34
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the agent's own plumbing: fragments, leases, relays, injection and queries
+
+
+@message
+class FragmentRequest(NamedTuple):
+    """Worker ``worker`` needs topology object ``kind``/``name`` (kind "port" names a port id; "device" a
+    bridge or router; "port_groups" the membership index)."""
+
+    TAG = 40
+    worker: int
+    kind: str
+    name: str
+
+
+@message
+class Fragment(NamedTuple):
+    """Supervisor → worker: topology records, each (kind, name, record JSON bytes or None when the object does
+    not exist).  ``request`` echoes the (kind, name) asked for."""
+
+    TAG = 41
+    request_kind: str
+    request_name: str
+    records: tuple
+
+
+@message
+class LeaseRequest(NamedTuple):
+    """Worker → supervisor: lease a 64-port SNAT block of (device, ip) inside [port_start, port_end]."""
+
+    TAG = 42
+    worker: int
+    device: str
+    ip: int
+    port_start: int
+    port_end: int
+
+
+@message
+class LeaseGranted(NamedTuple):
+    """Supervisor → worker: ``block`` (first port) leased; -1 when the range is exhausted."""
+
+    TAG = 43
+    device: str
+    ip: int
+    block: int
+
+
+@message
+class LeaseRelease(NamedTuple):
+    TAG = 44
+    worker: int
+    device: str
+    ip: int
+    block: int
+
+
+@message
+class Fanout(NamedTuple):
+    """Worker → datapath: relay ``payload`` (an encoded message) to the inboxes of ``targets`` in order with
+    the upcalls the datapath sends them — so a worker sees flow state before any upcall emitted after it."""
+
+    TAG = 45
+    targets: tuple[int, ...]
+    payload: bytes
+
+
+@message
+class Inject(NamedTuple):
+    """Traffic source → datapath: frames arriving on a synthetic port (in-memory datapath)."""
+
+    TAG = 46
+    port: str
+    frames: tuple[bytes, ...]
+
+
+@message
+class Query(NamedTuple):
+    """Supervisor → process: ``what`` in "stats", "flows", "outputs" (arg: port or None), "purge" (arg: a
+    worker index), "latencies"."""
+
+    TAG = 47
+    req_id: int
+    what: str
+    arg: Any
+
+
+@message
+class Answer(NamedTuple):
+    """Process → supervisor: ``sender`` is a worker index, or -1 for the datapath."""
+
+    TAG = 48
+    req_id: int
+    sender: int
+    body: Any
 
 
 Message = typing.Union[tuple(REGISTRY.values())]  # noqa: UP007 - built from the registry at import
