@@ -152,6 +152,10 @@ class UpcallBatch(NamedTuple):
 class FlowInstall(NamedTuple):
     """Worker → datapath: install ``key`` → ``actions`` and execute ``frame`` (None: install only).
 
+    Every Upcall is answered by exactly one FlowInstall with its ``seq``.  ``hard_s < 0`` means "execute
+    ``frame`` with ``actions`` but install nothing" (consumed packets; the datapath re-upcalls frames it held
+    back for that key); ``key == ()`` is a packet the agent generated (no upcall, nothing held).
+
     ``actions`` are tuples: ("set", field, value), ("output", port), ("tunnel", host_ip, tunnel_key),
     ("drop",).  ``tags`` name every device/entry the decision read (for invalidation).  ``idle_s``/``hard_s``
     are timeouts in seconds (0 = none).  ``seq``/``t_emit_ns`` echo the Upcall (setup-latency measurement)."""
@@ -241,10 +245,11 @@ class ArpLearned(NamedTuple):
 
 @message
 class MacLearned(NamedTuple):
-    """Bridge ``bridge`` learned ``mac`` (int) behind ``port`` (a port name)."""
+    """Bridge ``bridge`` learned ``mac`` (int) on ``vlan`` (0: untagged) behind ``port`` (a port id)."""
 
     TAG = 24
     bridge: str
+    vlan: int
     mac: int
     port: str
     origin: int

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP, ICMPerror, IPerror, TCPerror, UDPerror
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import NoPayload
+from scapy.utils import checksum as scapy_checksum
 
 from workers.packet.packet import (
     ETH_TYPE_ARP,
@@ -194,12 +195,23 @@ def assert_fields(pkt: Packet, view: dict) -> None:
 
 def scapy_recomputed(frame: bytes) -> bytes:
     """``frame`` after scapy recomputed every checksum we are responsible for (IP, TCP, UDP, ICMP, the carried
-    IP header of an ICMP error).  Equal to ``frame`` iff all those checksums are valid."""
+    IP header of an ICMP error).  Equal to ``frame`` iff all those checksums are valid.
+
+    ICMP is checked with scapy's checksum function over the ICMP bytes rather than by a layer rebuild: when the
+    carried UDP header has a short length field scapy moves the tail into a Padding layer, which its ICMP
+    post_build then leaves out of the sum.  A bad ICMP checksum is reported by flipping the returned bytes.
+    """
     s = dissect(frame)
     layer = s
     while not isinstance(layer, NoPayload):
-        if type(layer) in (IP, TCP, UDP, ICMP, IPerror):
+        if type(layer) in (IP, TCP, UDP, IPerror):
             layer.chksum = None
+        if type(layer) is ICMP:
+            ip = layer.underlayer
+            start = 18 if isinstance(s.payload, Dot1Q) else 14
+            icmp = frame[start + ip.ihl * 4:start + ip.len]
+            if scapy_checksum(icmp) != 0:
+                return bytes(b ^ 0xFF for b in frame)
         layer = layer.payload
     with modelled_layers_only():
         return bytes(s)

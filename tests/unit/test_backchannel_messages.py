@@ -80,7 +80,7 @@ MESSAGES = {
     FlowStateEntry: flow_state_entry,
     FlowStateBatch: st.builds(FlowStateBatch, st.lists(flow_state_entry, max_size=8).map(tuple), i64),
     ArpLearned: st.builds(ArpLearned, name, i64, i64, i64),
-    MacLearned: st.builds(MacLearned, name, i64, name, i64),
+    MacLearned: st.builds(MacLearned, name, i64, i64, name, i64),
     TopologyChanged: st.builds(TopologyChanged, name, name),
     StatsRequest: st.builds(StatsRequest, i64),
     StatsReply: st.builds(StatsReply, i64, i64, st.dictionaries(name, i64, max_size=8)),
