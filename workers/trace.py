@@ -14,7 +14,7 @@ import json
 from topology.addr import int2ip
 from topology.nat_leases import MemoryNatAllocator
 from workers.packet.spec import SpecError, packet_to_dict, parse_spec
-from workers.simulation.conntrack import CONNTRACK, key_str
+from workers.simulation.conntrack import CONNTRACK, key_str, state_tag
 from workers.simulation.result import FlowStateWrite, NeedLease, SimResult
 from workers.simulation.simulate import simulate
 from workers.simulation.state import LocalState
@@ -56,7 +56,7 @@ class TraceSession:
         return {
             "now": self.now,
             "expired": [_state_json(e.kind, e.key, e.value) for e in gone],
-            "invalidate": sorted({_state_tag(e.kind, e.key) for e in gone}),
+            "invalidate": sorted({state_tag(e.kind, e.key) for e in gone}),
         }
 
     def run_line(self, line: str) -> dict:
@@ -78,10 +78,6 @@ class TraceSession:
             return result_json(self.run(port, spec))
         except SpecError as e:
             return {"error": str(e)}
-
-
-def _state_tag(kind: str, key: tuple) -> str:
-    return ("ct:" if kind == CONNTRACK else f"nat:{kind}:") + key_str(key)
 
 
 def _state_json(kind: str, key: tuple, value) -> dict:

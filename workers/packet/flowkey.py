@@ -66,6 +66,12 @@ def normalized_flow_hash(pkt: Packet) -> int:
             pa = pb = pkt.icmp_id or 0
         else:
             pa = pb = 0
+    return tuple_hash(proto, a, pa, b, pb)
+
+
+def tuple_hash(proto: int | None, a: int, pa: int, b: int, pb: int) -> int:
+    """The normalised hash of a 5-tuple (either direction gives the same value): what
+    normalized_flow_hash computes for an IPv4 packet with these addresses and ports."""
     if (a, pa) > (b, pb):
         a, pa, b, pb = b, pb, a, pa
     return zlib.crc32(_FIVE.pack((proto or 0) & 0xFF, a, pa, b, pb))

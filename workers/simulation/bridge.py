@@ -132,7 +132,7 @@ def _flood(ctx: Ctx, bridge: Bridge, in_port: Port, vlan: int) -> list[str]:
             out.append(p.name)
         else:
             peer = ctx.port(p.peer)
-            if ctx.topo.device_kind(peer.device) == "bridge":
+            if ctx.device_kind(peer.device) == "bridge":
                 out.append(p.name)
     return out
 

@@ -101,3 +101,8 @@ def key_str(key: tuple) -> str:
 
     src, dst, proto, sp, dp, dev = key
     return f"{int2ip(src)}:{sp}>{int2ip(dst)}:{dp}/{proto}@{dev}"
+
+
+def state_tag(kind: str, key: tuple) -> str:
+    """The tag of a flow-state entry: flows that read or wrote it carry it, and its expiry invalidates them."""
+    return ("ct:" if kind == CONNTRACK else f"nat:{kind}:") + key_str(key)

@@ -60,6 +60,18 @@ class Ctx:
             raise Stop("fragment_missing", needs=NeedFragment(kind, name))
         return obj
 
+    def device_kind(self, name: str) -> str:
+        kind = self.topo.device_kind(name)
+        if kind is None:
+            raise Stop("fragment_missing", needs=NeedFragment("device", name))
+        return kind
+
+    def groups_of_port(self, port_id: str) -> tuple[str, ...]:
+        groups = self.topo.groups_of_port(port_id)
+        if groups is None:
+            raise Stop("fragment_missing", needs=NeedFragment("port_groups", "*"))
+        return groups
+
     def port(self, port_id: str):
         p = self.need("port", port_id)
         self.tags.add("port:" + port_id)

@@ -130,7 +130,7 @@ def process(ctx: Ctx, router: Router, in_port: Port, pkt: Packet) -> list[tuple[
 def _next_hop_mac(ctx: Ctx, router: Router, out_port: Port, ip: int) -> int:
     if out_port.peer is not None:
         peer = ctx.port(out_port.peer)
-        if peer.mac is not None and ctx.topo.device_kind(peer.device) == "router":
+        if peer.mac is not None and ctx.device_kind(peer.device) == "router":
             return peer.mac
     mac = router.arp_table.get(ip)
     if mac is not None:

@@ -22,7 +22,6 @@ from workers.simulation.result import (
     FORWARD,
     PARKED,
     FlowStateWrite,
-    NeedFragment,
     Output,
     SimResult,
 )
@@ -63,7 +62,7 @@ def _result(ctx: Ctx, kind: str, **kw) -> SimResult:
 
 def _enter(ctx: Ctx, port: Port, pkt: Packet, egress: list) -> None:
     ctx.hop(port.id)
-    kind = ctx.topo.device_kind(port.device)
+    kind = ctx.device_kind(port.device)
     if kind == "bridge":
         dev = ctx.need("bridge", port.device)
         ctx.path.append(dev.name)
@@ -73,7 +72,7 @@ def _enter(ctx: Ctx, port: Port, pkt: Packet, egress: list) -> None:
         ctx.path.append(dev.name)
         outs = router.process(ctx, dev, port, pkt)
     else:
-        raise Stop("fragment_missing", needs=NeedFragment("device", port.device))
+        raise Stop("unknown_device_kind")
     for out_port, out_pkt in outs:
         ctx.path.append(out_port.id)
         if out_port.peer is None:
@@ -100,7 +99,7 @@ def _interested(ctx: Ctx, in_port: str, egress) -> frozenset[str]:
         port = ctx.port(pid)
         if port.host:
             hosts.add(port.host)
-        for gname in ctx.topo.groups_of_port(pid):
+        for gname in ctx.groups_of_port(pid):
             group = ctx.need("port_group", gname)
             if group.stateful:
                 for member in group.ports:

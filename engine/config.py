@@ -1,0 +1,72 @@
+"""Agent configuration: one dataclass, from keyword arguments or a TOML file (``[agent]`` table or top level).
+
+Unknown keys are errors that name the key; values are checked for type.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class AgentConfig:
+    workers: int = 2                       # simulation worker processes
+    host: str | None = None                # this agent's host name (ports bound to it are local)
+    store: str = "memory://"               # topology store URI
+    topology: str | None = None            # a topology file written into the store at start (a diff)
+    cpus: list[int] | None = None          # CPUs to pin workers to, round robin (default: all available)
+    datapath_cpu: int | None = None        # pin the datapath process (default: not pinned)
+    runtime_base: str | None = None        # where the private socket directory is made (default: tmp)
+    park_timeout_s: float = 5.0
+    max_parked: int = 10_000
+    max_flows: int = 100_000
+    flow_idle_s: float = 60.0
+    flow_hard_s: float = 0.0
+    flow_state_idle_s: float = 60.0
+    arp_retry_s: float = 1.0
+    arp_timeout_s: float = 5.0
+    max_inflight: int = 4096               # upcalls in flight per worker (admission control)
+    port_rate: float = 200_000.0           # upcalls/s per ingress port (token bucket)
+    port_burst: float = 20_000.0
+    batch: int = 64
+    keep_outputs: bool = True              # in-memory datapath: keep output frames for inspection
+    restart_workers: bool = True
+    start_timeout_s: float = 20.0
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ConfigError("workers: must be at least 1")
+        if self.cpus is None:
+            self.cpus = sorted(os.sched_getaffinity(0))
+
+    @classmethod
+    def from_toml(cls, path: str, **overrides) -> AgentConfig:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"{path}: {e}") from None
+        data = data.get("agent", data)
+        return cls.from_dict({**data, **{k: v for k, v in overrides.items() if v is not None}}, source=path)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "<config>") -> AgentConfig:
+        known = {f.name: f for f in fields(cls)}
+        for k, v in data.items():
+            if k not in known:
+                raise ConfigError(f"{source}: unknown key {k!r} (known: {', '.join(sorted(known))})")
+            want = known[k].type
+            if "float" in want and isinstance(v, int) and not isinstance(v, bool):
+                continue
+            if want.startswith("int") and (isinstance(v, bool) or not isinstance(v, int)):
+                raise ConfigError(f"{source}: {k}: expected an integer, got {v!r}")
+            if want.startswith("bool") and not isinstance(v, bool):
+                raise ConfigError(f"{source}: {k}: expected true or false, got {v!r}")
+        return cls(**data)

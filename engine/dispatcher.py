@@ -1,0 +1,122 @@
+"""The dispatcher: chooses a worker for each upcall, applies admission control, holds back duplicates.
+
+It runs inside the datapath process (the upcall handler *is* the dispatcher, as OVS handlers read upcalls where
+they arise: one hop fewer on the flow-setup path).  It owns:
+
+- the choice: ``normalized_flow_hash(packet) % n`` — both directions of a non-NATed connection reach the same
+  worker, an ICMP error reaches the worker of the flow it reports;
+- admission control, never blocking: a bounded number of upcalls in flight per worker and a token bucket per
+  ingress port; what does not fit is dropped and counted;
+- held-back upcalls: while a flow's first packet is being simulated, later packets of the same flow wait here
+  (bounded) and are executed with the installed actions when the answer comes;
+- the batches: upcalls accumulate per worker and leave in one UpcallBatch (≤ ``batch`` upcalls) per flush.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from backchannel.messages import Upcall, UpcallBatch
+from workers.packet.flowkey import normalized_flow_hash
+
+
+class TokenBucket:
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: float, now: float):
+        self.rate, self.burst, self.tokens, self.stamp = rate, burst, burst, now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class Dispatcher:
+    def __init__(self, n_workers: int, send: Callable[[int, UpcallBatch], bool], *, max_inflight: int = 4096,
+                 port_rate: float = 200_000.0, port_burst: float = 20_000.0, max_held: int = 16,
+                 batch: int = 64):
+        self.n = n_workers
+        self.send = send
+        self.max_inflight = max_inflight
+        self.port_rate, self.port_burst = port_rate, port_burst
+        self.max_held = max_held
+        self.batch = batch
+        self.inflight = [0] * n_workers
+        self.pending: list[list[Upcall]] = [[] for _ in range(n_workers)]
+        self.buckets: dict[str, TokenBucket] = {}
+        self.held: dict[tuple, list[tuple[str, bytes, object]]] = {}   # key → frames waiting for the answer
+        self.owner: dict[int, tuple[int, tuple]] = {}                  # upcall seq → (worker, key)
+        self.seq = 0
+        self.counters = {"dispatcher_upcalls": 0, "dispatcher_batches": 0, "dispatcher_queue_full": 0,
+                         "dispatcher_rate_limited": 0, "dispatcher_held": 0, "dispatcher_held_overflow": 0,
+                         "dispatcher_send_full": 0}
+
+    def worker_for(self, pkt) -> int:
+        return normalized_flow_hash(pkt) % self.n
+
+    def upcall(self, port: str, frame: bytes, pkt, key: tuple, now: float) -> bool:
+        """A miss.  Returns False when it was held back or dropped (not sent)."""
+        held = self.held.get(key)
+        if held is not None:
+            if len(held) >= self.max_held:
+                self.counters["dispatcher_held_overflow"] += 1
+            else:
+                held.append((port, frame, pkt))
+                self.counters["dispatcher_held"] += 1
+            return False
+        bucket = self.buckets.get(port)
+        if bucket is None:
+            bucket = self.buckets[port] = TokenBucket(self.port_rate, self.port_burst, now)
+        if not bucket.take(now):
+            self.counters["dispatcher_rate_limited"] += 1
+            return False
+        w = self.worker_for(pkt)
+        if self.inflight[w] >= self.max_inflight:
+            self.counters["dispatcher_queue_full"] += 1
+            return False
+        self.seq += 1
+        self.inflight[w] += 1
+        self.held[key] = []
+        self.owner[self.seq] = (w, key)
+        self.pending[w].append(Upcall(self.seq, port, frame, time.monotonic_ns()))
+        self.counters["dispatcher_upcalls"] += 1
+        if len(self.pending[w]) >= self.batch:
+            self._flush(w)
+        return True
+
+    def answered(self, seq: int) -> tuple[int, list[tuple[str, bytes, object]]]:
+        """The worker answered upcall ``seq``: returns (that worker, the frames held back for its flow)."""
+        owner = self.owner.pop(seq, None)
+        if owner is None:
+            return -1, []
+        w, key = owner
+        self.inflight[w] -= 1
+        return w, self.held.pop(key, None) or []
+
+    def flush(self) -> None:
+        for w in range(self.n):
+            if self.pending[w]:
+                self._flush(w)
+
+    def _flush(self, w: int) -> None:
+        batch, self.pending[w] = self.pending[w], []
+        self.counters["dispatcher_batches"] += 1
+        if not self.send(w, UpcallBatch(tuple(batch))):
+            # the worker's queue is full: these upcalls are lost; release their flows so later packets retry
+            self.counters["dispatcher_send_full"] += len(batch)
+            for up in batch:
+                self.answered(up.seq)
+
+    def forget_worker(self, w: int) -> int:
+        """A worker died: its in-flight upcalls will never be answered.  Returns how many were dropped."""
+        lost = [seq for seq, (ow, _) in self.owner.items() if ow == w]
+        for seq in lost:
+            self.answered(seq)
+        self.inflight[w] = 0
+        self.pending[w] = []
+        return len(lost)

@@ -1,0 +1,30 @@
+"""Entry point of the agent's child processes: ``python -m engine.procmain ROLE CONFIG_JSON``.
+
+The supervisor starts the datapath and the workers as plain subprocesses (not multiprocessing), so an embedding
+program needs no ``if __name__ == "__main__"`` guard and every child starts from a clean interpreter.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def main(argv: list[str]) -> int:
+    role, raw = argv[0], json.loads(argv[1])
+    if role == "datapath":
+        from engine.dpproc import DatapathConfig, datapath_main
+
+        datapath_main(DatapathConfig(**raw))
+    elif role == "worker":
+        from workers.loop import WorkerConfig, worker_main
+
+        worker_main(WorkerConfig(**raw))
+    else:
+        print(f"unknown role {role!r}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

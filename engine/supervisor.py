@@ -1,0 +1,289 @@
+"""The supervisor and embedding API: start, watch and stop one agent's process pool.
+
+    with Agent(workers=2, topology="topo.yaml") as agent:      # or Agent(AgentConfig.from_toml(path))
+        agent.inject("tenant.vm1", [frame, ...])
+        agent.stats()                                         # per worker and datapath counters
+
+Owns: the private runtime directory (0700) with the ipc sockets, the datapath process and the N worker
+processes (spawned, pinned, restarted when they die, stopped on exit), the store session, the topology mirror
+(topology.mirror) that serves fragments to workers and reports changes, and the NAT block allocator.
+
+All socket use happens on one service thread (``_run``): it serves fragment and lease requests, relays
+topology changes as TopologyChanged, collects query answers, and checks the children's health every 0.2 s.
+Public methods hand work to it through a queue and wait on a future.  Shutdown leaves no process, socket file
+or directory behind.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import queue
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import asdict
+
+import zmq
+
+from backchannel import messages as m
+from backchannel.codec import Decoder
+from backchannel.sockets import RuntimeDir, pull_bind, push_connect, recv_msgs, send_msg, worker_role
+from engine.config import AgentConfig
+from engine.dpproc import DATAPATH, SUPERVISOR, DatapathConfig
+from topology.loader import load_topology
+from topology.mirror import StoreMirror
+from topology.nat_leases import MemoryNatAllocator
+from topology.store.topo import read_tunnel_keys, write_topology
+from topology.store.uri import open_store
+from workers.loop import WorkerConfig
+
+DP = -1
+
+
+class AgentError(RuntimeError):
+    pass
+
+
+class Agent:
+    def __init__(self, config: AgentConfig | None = None, **kwargs):
+        self.cfg = config or AgentConfig(**kwargs)
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.pids: dict[int, int] = {}
+        self.counters = {"supervisor_worker_restarts": 0, "supervisor_fragment_requests": 0,
+                         "supervisor_lease_requests": 0, "supervisor_topology_changes": 0}
+        self._cmds: queue.Queue = queue.Queue()
+        self._changes: queue.Queue = queue.Queue()
+        self._pending: dict[int, tuple[set, dict, Future]] = {}
+        self._req = itertools.count(1)
+        self._ready: dict[int, threading.Event] = {}
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.rt: RuntimeDir | None = None
+        self.store = None
+        self.mirror: StoreMirror | None = None
+        self.allocator = None
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+    def __enter__(self) -> Agent:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> Agent:
+        cfg = self.cfg
+        try:
+            self.store = open_store(cfg.store)
+            if cfg.topology:
+                topo = load_topology(cfg.topology, tunnel_keys=read_tunnel_keys(self.store))
+                write_topology(self.store, topo)
+            self.mirror = StoreMirror(self.store, self._on_change)
+            if not self.mirror.wait_ready(cfg.start_timeout_s):
+                raise AgentError("the topology store did not answer")
+            self.allocator = self._make_allocator()
+            self.rt = RuntimeDir(cfg.runtime_base)
+            self._zctx = zmq.Context()
+            self._inbox = pull_bind(self._zctx, self.rt, SUPERVISOR)
+            self._to: dict[int, zmq.Socket] = {DP: push_connect(self._zctx, self.rt, DATAPATH)}
+            for i in range(cfg.workers):
+                self._to[i] = push_connect(self._zctx, self.rt, worker_role(i))
+            for i in (DP, *range(cfg.workers)):
+                self._spawn(i)
+            self._thread = threading.Thread(target=self._run, name="shardnet-supervisor", daemon=True)
+            self._thread.start()
+            deadline = time.monotonic() + cfg.start_timeout_s
+            for i, ev in self._ready.items():
+                if not ev.wait(max(0.0, deadline - time.monotonic())):
+                    raise AgentError(f"{'datapath' if i == DP else f'worker {i}'} did not start")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _make_allocator(self):
+        if self.cfg.store.startswith("zk://"):
+            try:
+                from topology.store.leases import StoreNatAllocator
+            except ImportError:
+                return MemoryNatAllocator()
+            return StoreNatAllocator(self.store, self.cfg.host or "agent")
+        return MemoryNatAllocator()
+
+    def _spawn(self, i: int) -> None:
+        cfg = self.cfg
+        self._ready[i] = threading.Event()
+        if i == DP:
+            pcfg = DatapathConfig(self.rt.path, cfg.workers, cfg.datapath_cpu, max(cfg.max_flows * 2, 1024),
+                                  cfg.max_inflight, cfg.port_rate, cfg.port_burst, cfg.batch, cfg.keep_outputs)
+            role, raw = "datapath", asdict(pcfg)
+        else:
+            cpu = cfg.cpus[i % len(cfg.cpus)] if cfg.cpus else None
+            wcfg = WorkerConfig(i, cfg.workers, self.rt.path, cfg.host, cpu, cfg.park_timeout_s, cfg.max_parked,
+                                cfg.max_flows, cfg.flow_idle_s, cfg.flow_hard_s, 5.0, cfg.flow_state_idle_s,
+                                cfg.arp_retry_s, cfg.arp_timeout_s, cfg.batch)
+            role, raw = "worker", asdict(wcfg)
+        p = subprocess.Popen([sys.executable, "-m", "engine.procmain", role, json.dumps(raw)],
+                             stdin=subprocess.DEVNULL)
+        self.procs[i] = p
+        self.pids[i] = p.pid
+
+    def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._thread is not None and self._thread.is_alive():
+            self._cmds.put(("shutdown", None, None))
+            self._thread.join(10)
+        for p in self.procs.values():
+            for signal_it in (None, p.terminate, p.kill):
+                if signal_it is not None:
+                    signal_it()
+                try:
+                    p.wait(5 if signal_it is None else 2)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        if getattr(self, "_zctx", None) is not None:
+            for s in [self._inbox, *self._to.values()]:
+                s.close(0)
+            self._zctx.term()
+            self._zctx = None
+        if self.rt is not None:
+            self.rt.close()
+        if self.mirror is not None:
+            self.mirror.close()
+        if self.store is not None:
+            self.store.close()
+
+    # -- public API (any thread) ------------------------------------------------------------------------------
+    def inject(self, port: str, frames) -> None:
+        """Frames arriving on a synthetic port of the in-memory datapath."""
+        self._call("send", (DP, m.Inject(port, tuple(frames))))
+
+    def query(self, targets, what: str, arg=None, timeout: float = 10.0) -> dict:
+        """Ask processes (indices; -1 is the datapath) a question; returns {index: answer}."""
+        fut = self._call("query", (tuple(targets), what, arg), wait=False)
+        return fut.result(timeout)
+
+    def stats(self, timeout: float = 10.0) -> dict:
+        answers = self.query([DP, *range(self.cfg.workers)], "stats", timeout=timeout)
+        return {"datapath": answers.get(DP, {}), "workers": [answers.get(i, {}) for i in range(self.cfg.workers)],
+                "supervisor": {**self.counters, **(self.mirror.counters if self.mirror else {})}}
+
+    def flows(self) -> list:
+        return self.query([DP], "flows")[DP]
+
+    def outputs(self, port: str | None = None) -> dict[str, list[bytes]]:
+        return self.query([DP], "outputs", port)[DP]
+
+    def latencies_ns(self) -> list[int]:
+        return self.query([DP], "latencies")[DP]
+
+    def health(self) -> dict:
+        return {"alive": {i: p.poll() is None for i, p in self.procs.items()}, "pids": dict(self.pids),
+                "restarts": self.counters["supervisor_worker_restarts"]}
+
+    def apply_topology(self, topology) -> dict:
+        """Write a topology (file path or Topology) into the store, as a diff; workers hear of each change."""
+        if isinstance(topology, str):
+            topology = load_topology(topology, tunnel_keys=read_tunnel_keys(self.store))
+        return write_topology(self.store, topology)
+
+    def _call(self, what: str, arg, wait: bool = True):
+        if self._thread is None or not self._thread.is_alive():
+            raise AgentError("agent is not running")
+        fut: Future = Future()
+        self._cmds.put((what, arg, fut))
+        return fut.result(10) if wait else fut
+
+    # -- service thread -------------------------------------------------------------------------------------
+    def _on_change(self, kind: str, name: str) -> None:
+        self._changes.put((kind, name))
+
+    def _run(self) -> None:
+        decoder = Decoder()
+        poller = zmq.Poller()
+        poller.register(self._inbox, zmq.POLLIN)
+        next_check = 0.0
+        while True:
+            if poller.poll(5):
+                for msg in recv_msgs(self._inbox, decoder, 256):
+                    self._handle(msg)
+            while True:
+                try:
+                    kind, name = self._changes.get_nowait()
+                except queue.Empty:
+                    break
+                self.counters["supervisor_topology_changes"] += 1
+                for i in range(self.cfg.workers):
+                    send_msg(self._to[i], m.TopologyChanged(kind, name))
+            while True:
+                try:
+                    what, arg, fut = self._cmds.get_nowait()
+                except queue.Empty:
+                    break
+                if what == "shutdown":
+                    for s in self._to.values():
+                        send_msg(s, m.Shutdown())
+                    return
+                self._command(what, arg, fut)
+            now = time.monotonic()
+            if now >= next_check:
+                next_check = now + 0.2
+                self._check_children()
+
+    def _command(self, what: str, arg, fut: Future) -> None:
+        if what == "send":
+            target, msg = arg
+            ok = send_msg(self._to[target], msg)
+            fut.set_result(ok)
+        elif what == "query":
+            targets, q, qarg = arg
+            req = next(self._req)
+            self._pending[req] = (set(targets), {}, fut)
+            for t in targets:
+                send_msg(self._to[t], m.Query(req, q, qarg))
+
+    def _handle(self, msg) -> None:
+        t = type(msg)
+        if t is m.FragmentRequest:
+            self.counters["supervisor_fragment_requests"] += 1
+            records = self.mirror.fragment(msg.kind, msg.name)
+            if 0 <= msg.worker < self.cfg.workers:
+                send_msg(self._to[msg.worker], m.Fragment(msg.kind, msg.name, records))
+        elif t is m.LeaseRequest:
+            self.counters["supervisor_lease_requests"] += 1
+            owner = f"{self.cfg.host or 'agent'}/worker-{msg.worker}"
+            block = self.allocator.lease(owner, msg.device, msg.ip, msg.port_start, msg.port_end)
+            if 0 <= msg.worker < self.cfg.workers:
+                send_msg(self._to[msg.worker], m.LeaseGranted(msg.device, msg.ip, -1 if block is None else block))
+        elif t is m.Answer:
+            if msg.req_id == 0 and isinstance(msg.body, dict) and "ready" in msg.body:
+                ev = self._ready.get(msg.sender)
+                if ev is not None:
+                    ev.set()
+                return
+            pending = self._pending.get(msg.req_id)
+            if pending is None:
+                return
+            targets, answers, fut = pending
+            answers[msg.sender] = msg.body
+            if targets <= answers.keys():
+                del self._pending[msg.req_id]
+                fut.set_result(answers)
+
+    def _check_children(self) -> None:
+        if self._stopping or not self.cfg.restart_workers:
+            return
+        for i, p in list(self.procs.items()):
+            if i == DP or p.poll() is None:
+                continue
+            # a dead worker: purge its flows from the datapath and start a new one in its place
+            req = next(self._req)
+            self._pending[req] = ({DP}, {}, Future())
+            send_msg(self._to[DP], m.Query(req, "purge", i))
+            self.counters["supervisor_worker_restarts"] += 1
+            self._spawn(i)

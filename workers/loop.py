@@ -1,0 +1,375 @@
+"""The simulation worker process: the only I/O in workers/.
+
+A worker is pinned to one core and owns, sharing them with nobody: its flow table (what it installed, tags,
+expiry), its flow-state shard (the conntrack/NAT entries it created, plus replicas other workers pushed), its
+ARP broker, its waiting room of parked simulations and its partial topology cache.  It talks to other
+processes only through ZeroMQ:
+
+    inbox    PULL worker-<i>   upcalls, relayed state, fragments, leases, invalidations, queries, shutdown
+    datapath PUSH             installs (every upcall answered once), packet-outs, deletes, fan-out relays
+    supervisor PUSH           fragment and lease requests, query answers
+
+The loop: take a batch from the inbox → handle each message (simulate upcalls) → housekeeping (expire parked
+simulations, ARP retries, flow and flow-state expiry).  Flow state a simulation created is relayed to the other
+workers through the datapath *before* the install (same socket, so in order): the datapath forwards it to them
+ahead of any later upcall, and no return flow is simulated without its state.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import zmq
+
+from backchannel import messages as m
+from backchannel.codec import Decoder, encode
+from backchannel.sockets import RuntimeDir, pull_bind, push_connect, recv_msgs, send_msg, worker_role
+from workers.arp import ArpBroker
+from workers.flowtable import FlowTable
+from workers.packet.codec import ParseError, build, parse
+from workers.packet.flowkey import flow_key, tuple_hash
+from workers.parking import ParkingLot
+from workers.plan import DROP_ACTIONS, output_actions
+from workers.simulation.conntrack import state_tag
+from workers.simulation.result import (
+    CONSUMED,
+    EXPIRY_TEMPORARY,
+    FORWARD,
+    PARKED,
+    ArpLearned,
+    FlowStateWrite,
+    MacLearned,
+    NeedArp,
+    NeedFragment,
+    NeedLease,
+)
+from workers.simulation.simulate import simulate
+from workers.simulation.state import LocalState
+from workers.topocache import TopologyCache
+
+SUPERVISOR = "supervisor"
+DATAPATH = "datapath"
+
+
+@dataclass
+class WorkerConfig:
+    index: int
+    n_workers: int
+    runtime_dir: str
+    host: str | None = None
+    cpu: int | None = None
+    park_timeout_s: float = 5.0
+    max_parked: int = 10_000
+    max_flows: int = 100_000
+    flow_idle_s: float = 60.0
+    flow_hard_s: float = 0.0
+    drop_flow_s: float = 5.0               # lifetime of "temporary" drop flows
+    flow_state_idle_s: float = 60.0
+    arp_retry_s: float = 1.0
+    arp_timeout_s: float = 5.0
+    batch: int = 64
+
+
+class Worker:
+    """The worker's logic over its sockets; ``send_dp`` / ``send_sup`` are the two outbound channels."""
+
+    def __init__(self, cfg: WorkerConfig, send_dp, send_sup):
+        self.cfg = cfg
+        self.i = cfg.index
+        self.send_dp = send_dp
+        self.send_sup = send_sup
+        self.topo = TopologyCache()
+        self.state = LocalState(flow_state_idle_s=cfg.flow_state_idle_s)
+        # SNAT prefers ports whose reply hashes to this worker (the reply's state is then local)
+        n, i = cfg.n_workers, cfg.index
+        self.state.prefer_snat_port = lambda t: tuple_hash(t[2], t[0], t[3], t[1], t[4]) % n == i
+        self.flows = FlowTable(cfg.max_flows, cfg.flow_hard_s)
+        self.parking = ParkingLot(cfg.park_timeout_s, cfg.max_parked)
+        self.arp = ArpBroker(cfg.arp_retry_s, cfg.arp_timeout_s, seed=cfg.index)
+        self.others = tuple(j for j in range(cfg.n_workers) if j != cfg.index)
+        self.c = Counter()
+        self.drops = Counter()
+        self.running = True
+        self._next_slow = 0.0
+
+    # -- upcalls ----------------------------------------------------------------------------------------------
+    def upcall(self, up: m.Upcall, now: float) -> None:
+        self.c["upcalls"] += 1
+        try:
+            pkt = parse(up.frame)
+        except ParseError as e:
+            self._drop(f"malformed_{e.reason}")
+            self._answer(up, (), DROP_ACTIONS, frozenset(), temporary=True, install=False)
+            return
+        self._simulate(up, pkt, now)
+
+    def _simulate(self, up: m.Upcall, pkt, now: float) -> None:
+        self.c["simulations"] += 1
+        res = simulate(pkt, up.port, self.topo, self.state, now, self.cfg.host)
+        key = flow_key(pkt, up.port)
+        if res.result == PARKED:
+            self._park(up, pkt, key, res, now)
+            return
+        self._apply(res.effects, now)
+        for g in res.generated:
+            self.emit_generated(g.port, g.packet, now)
+        if res.result == CONSUMED:
+            self.c["consumed"] += 1
+            self._answer(up, key, (), res.tags, install=False)
+        elif res.result == FORWARD:
+            actions = output_actions(pkt, res.outputs, self._tunnel_ip)
+            self._answer(up, key, actions, res.tags)
+        else:
+            self._drop(res.drop_reason or "unknown")
+            self._answer(up, key, DROP_ACTIONS, res.tags, temporary=res.expiry == EXPIRY_TEMPORARY)
+
+    def _answer(self, up, key, actions, tags, temporary=False, install=True) -> None:
+        now = time.monotonic()
+        if install and key:
+            evicted = self.flows.add(key, frozenset(tags), now)
+            if evicted:
+                send_msg(self.send_dp, m.FlowDelete(tuple(evicted)))
+        idle = self.cfg.drop_flow_s if temporary else self.cfg.flow_idle_s
+        hard = (self.cfg.drop_flow_s if temporary else self.cfg.flow_hard_s) if install else -1.0
+        if not send_msg(self.send_dp, m.FlowInstall(up.seq, up.port, key, actions, tuple(tags), idle, hard,
+                                                    up.t_emit_ns, up.frame)):
+            self.c["send_full"] += 1
+        self.c["installs" if install else "executes"] += 1
+
+    def _drop(self, reason: str) -> None:
+        self.drops[reason] += 1
+
+    def _tunnel_ip(self, host: str) -> int:
+        h = self.topo.host(host)
+        return h.tunnel_ip if h is not None else 0
+
+    # -- parking --------------------------------------------------------------------------------------------
+    def _park(self, up, pkt, key, res, now: float) -> None:
+        need = res.needs
+        if type(need) is NeedFragment and self.topo.is_absent(need.kind, need.name):
+            self._drop(f"unknown_{need.kind}")
+            self._answer(up, key, DROP_ACTIONS, res.tags, temporary=True)
+            return
+        new = self.parking.park(need, (up, pkt), now)
+        if new is None:
+            self._drop("parked_overflow")
+            self._answer(up, key, DROP_ACTIONS, (), temporary=True, install=False)
+            return
+        if type(need) is NeedArp:
+            for g in res.generated:                    # the ARP request the simulation built
+                if self.arp.request(need.router, need.ip, g.port, g.packet, now):
+                    self.emit_generated(g.port, g.packet, now)
+            return
+        if not new:
+            return
+        if type(need) is NeedFragment:
+            self.c["fragment_requests"] += 1
+            self.c["offbox_reads"] += 1
+            send_msg(self.send_sup, m.FragmentRequest(self.i, need.kind, need.name))
+        elif type(need) is NeedLease:
+            self.c["lease_requests"] += 1
+            send_msg(self.send_sup, m.LeaseRequest(self.i, need.device, need.ip, need.port_start,
+                                                   need.port_end))
+
+    def _resume(self, key: tuple, now: float) -> None:
+        for up, pkt in self.parking.satisfy(key):
+            self._simulate(up, pkt, now)
+
+    def _fail(self, key: tuple, reason: str) -> None:
+        for up, pkt in self.parking.satisfy(key):
+            self._drop(reason)
+            self._answer(up, flow_key(pkt, up.port), DROP_ACTIONS, (), temporary=True)
+
+    # -- effects and replication ----------------------------------------------------------------------------
+    def _apply(self, effects, now: float) -> None:
+        if not effects:
+            return
+        self.state.apply(effects, now)
+        relay, written = [], []
+        for e in effects:
+            t = type(e)
+            if t is FlowStateWrite:
+                written.append(m.FlowStateEntry(e.kind, e.key, e.value, now + self.cfg.flow_state_idle_s))
+            elif t is MacLearned:
+                relay.append(m.MacLearned(e.bridge, e.vlan, e.mac, e.port, self.i))
+                self._invalidate([f"mac:{e.bridge}:{e.vlan}:{e.mac:012x}"])
+            elif t is ArpLearned:
+                relay.append(m.ArpLearned(e.router, e.ip, e.mac, self.i))
+                self._arp_learned(e.router, e.ip, now)
+        if written:
+            self.c["state_written"] += len(written)
+            self._invalidate([state_tag(w.kind, w.key) for w in written])
+            relay.append(m.FlowStateBatch(tuple(written), self.i))
+        if relay and self.others:
+            for msg in relay:
+                self.c["state_relayed"] += 1
+                send_msg(self.send_dp, m.Fanout(self.others, encode(msg)))
+
+    def _invalidate(self, tags) -> None:
+        keys = self.flows.invalidate(tags)
+        if keys:
+            send_msg(self.send_dp, m.FlowDelete(tuple(keys)))
+
+    def _arp_learned(self, router: str, ip: int, now: float) -> None:
+        self._invalidate([f"arp:{router}:{ip}"])
+        self.arp.resolved(router, ip)
+        self._resume(("arp", router, ip), now)
+
+    def emit_generated(self, port_id: str, pkt, now: float) -> None:
+        """Send a packet the agent generated out of ``port_id``: directly when the port is exterior, through
+        a simulation from the peer port when it is interior (a router's ICMP error crossing a bridge)."""
+        self.c["generated"] += 1
+        port = self.topo.port(port_id)
+        if port is None:
+            self._drop("generated_unknown_port")
+            return
+        frame = build(pkt)
+        if port.peer is None:
+            if port.host is None or port.host == self.cfg.host or self.cfg.host is None:
+                send_msg(self.send_dp, m.PacketOut(port.id, frame))
+            else:
+                act = (("tunnel", self._tunnel_ip(port.host), port.tunnel_key),)
+                send_msg(self.send_dp, m.FlowInstall(-1, "", (), act, (), 0.0, -1.0, 0, frame))
+            return
+        res = simulate(pkt, port.peer, self.topo, self.state, now, self.cfg.host)
+        if res.result != FORWARD:
+            self._drop(f"generated_{res.drop_reason or res.result}")
+            return
+        self._apply(res.effects, now)
+        actions = output_actions(pkt, res.outputs, self._tunnel_ip)
+        send_msg(self.send_dp, m.FlowInstall(-1, "", (), actions, (), 0.0, -1.0, 0, frame))
+
+    # -- inbox ----------------------------------------------------------------------------------------------
+    def handle(self, msg, now: float) -> None:
+        t = type(msg)
+        if t is m.UpcallBatch:
+            for up in msg.upcalls:
+                self.upcall(up, now)
+        elif t is m.FlowStateBatch:
+            self.c["state_received"] += len(msg.entries)
+            self.state.apply([FlowStateWrite(e.kind, e.key, e.value) for e in msg.entries], now)
+            self._invalidate([state_tag(e.kind, e.key) for e in msg.entries])
+        elif t is m.MacLearned:
+            self.state.apply([MacLearned(msg.bridge, msg.vlan, msg.mac, msg.port)], now)
+            self._invalidate([f"mac:{msg.bridge}:{msg.vlan}:{msg.mac:012x}"])
+        elif t is m.ArpLearned:
+            self.state.apply([ArpLearned(msg.router, msg.ip, msg.mac)], now)
+            self._arp_learned(msg.router, msg.ip, now)
+        elif t is m.Fragment:
+            for kind, name, data in msg.records:
+                self.topo.add(kind, name, data)
+            self.c["fragments"] += 1
+            self._resume(("fragment", msg.request_kind, msg.request_name), now)
+        elif t is m.LeaseGranted:
+            if msg.block >= 0:
+                self.state.add_nat_block(msg.device, msg.ip, msg.block)
+                self._resume(("lease", msg.device, msg.ip), now)
+            else:
+                self._fail(("lease", msg.device, msg.ip), "nat_exhausted")
+        elif t is m.TopologyChanged:
+            self.topo.forget(msg.kind, msg.name)
+            self._invalidate([f"{msg.kind}:{msg.name}"])
+        elif t is m.InvalidateTags:
+            self._invalidate(msg.tags)
+        elif t is m.FlowRemoved:
+            self.flows.removed(msg.keys)
+        elif t is m.Query:
+            send_msg(self.send_sup, m.Answer(msg.req_id, self.i, self.answer(msg.what, msg.arg)))
+        elif t is m.Shutdown:
+            self.running = False
+        else:
+            self.c["unexpected_messages"] += 1
+
+    def answer(self, what: str, arg):
+        if what == "stats":
+            return self.stats()
+        if what == "state":
+            return [[k, repr(key), None if e.value is None else list(e.value)]
+                    for (k, key), e in self.state.flow_state.items()]
+        return {"error": f"unknown query {what!r}"}
+
+    def stats(self) -> dict:
+        out = {f"worker_{k}": v for k, v in self.c.items()}
+        out.update({f"worker_drops_{k}": v for k, v in self.drops.items()})
+        out.update(self.flows.counters)
+        out.update(self.parking.counters)
+        out.update(self.arp.counters)
+        out.update(self.topo.counters)
+        out["worker_flows"] = len(self.flows)
+        out["worker_parked_now"] = self.parking.size
+        out["worker_state_entries"] = len(self.state.flow_state)
+        out["worker_index"] = self.i
+        out["worker_pid"] = os.getpid()
+        return out
+
+    # -- housekeeping ---------------------------------------------------------------------------------------
+    def housekeeping(self, now: float) -> None:
+        for (kind, *_), items in self.parking.expire(now):
+            for up, pkt in items:
+                self._drop(f"parked_timeout_{kind}")
+                self._answer(up, flow_key(pkt, up.port), DROP_ACTIONS, (), temporary=True)
+        resend, failed = self.arp.tick(now)
+        for port, pkt in resend:
+            self.emit_generated(port, pkt, now)
+        for router, ip in failed:
+            self._fail(("arp", router, ip), "arp_timeout")
+        if now < self._next_slow:
+            return
+        self._next_slow = now + 1.0
+        gone = self.flows.expire(now)
+        if gone:
+            send_msg(self.send_dp, m.FlowDelete(tuple(gone)))
+        # flow state used by an installed flow is alive: its idle time counts from the last flow using it
+        for e in self.state.flow_state.values():
+            if state_tag(e.kind, e.key) in self.flows.by_tag:
+                e.last_used = now
+        expired = self.state.expire(now)
+        if expired:
+            self.c["state_expired"] += len(expired)
+            self._invalidate([state_tag(e.kind, e.key) for e in expired])
+
+
+def _pin(cpu: int | None) -> None:
+    if cpu is None:
+        return
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except OSError:
+        pass
+
+
+def worker_main(cfg: WorkerConfig) -> None:
+    """Process entry point."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)      # the supervisor stops us with Shutdown / SIGTERM
+    _pin(cfg.cpu)
+    rt = RuntimeDir.attach(cfg.runtime_dir)
+    ctx = zmq.Context()
+    inbox = pull_bind(ctx, rt, worker_role(cfg.index))
+    to_dp = push_connect(ctx, rt, DATAPATH)
+    to_sup = push_connect(ctx, rt, SUPERVISOR)
+    w = Worker(cfg, to_dp, to_sup)
+    decoder = Decoder(w.c)
+    poller = zmq.Poller()
+    poller.register(inbox, zmq.POLLIN)
+    send_msg(to_sup, m.Answer(0, cfg.index, {"ready": os.getpid()}))
+    try:
+        while w.running:
+            deadline = w.parking.next_deadline()
+            wait_ms = 100
+            if deadline is not None:
+                wait_ms = max(0, min(wait_ms, int((deadline - time.monotonic()) * 1000) + 1))
+            if poller.poll(wait_ms):
+                msgs = recv_msgs(inbox, decoder, cfg.batch)
+                now = time.monotonic()
+                for msg in msgs:
+                    w.handle(msg, now)
+            w.housekeeping(time.monotonic())
+    finally:
+        for s in (inbox, to_dp, to_sup):
+            s.close(0)
+        ctx.term()
+

@@ -1,0 +1,34 @@
+"""Turn a simulation result into datapath actions (pure).
+
+``flow_actions`` lists, for each output, the field rewrites from the ingress packet to that output's packet
+(cumulative, in order) followed by an output to a local port or a tunnel toward the port's host with the
+port's tunnel key.  A drop is ``(("drop",),)``.  Nothing here touches a socket.
+"""
+
+from __future__ import annotations
+
+from workers.packet.packet import Packet
+from workers.simulation.result import Output
+
+# Fields the datapath can rewrite in place (workers.packet.rewrite)
+REWRITABLE = ("eth_src", "eth_dst", "vlan", "ip_src", "ip_dst", "ttl", "tos", "tp_src", "tp_dst", "icmp_id",
+              "inner_ip_src", "inner_ip_dst", "inner_tp_src", "inner_tp_dst", "inner_icmp_id")
+DROP_ACTIONS = (("drop",),)
+
+
+def output_actions(ingress: Packet, outputs: tuple[Output, ...], tunnel_ip_of) -> tuple:
+    """``tunnel_ip_of(host) -> int`` gives the tunnel endpoint of another host."""
+    actions = []
+    cur = ingress
+    for o in outputs:
+        pkt = o.packet
+        for f in REWRITABLE:
+            v = getattr(pkt, f)
+            if v != getattr(cur, f):
+                actions.append(("set", f, v))
+        cur = pkt
+        if o.tunnel_key is None:
+            actions.append(("output", o.port))
+        else:
+            actions.append(("tunnel", tunnel_ip_of(o.host), o.tunnel_key))
+    return tuple(actions) if actions else DROP_ACTIONS
