@@ -25,6 +25,7 @@ sysdeps:
 
 demo: venv
 	$(BIN)/shardnet trace --demo
+	$(BIN)/shardnet run --store memory:// --demo --duration 5
 
 test: venv sysdeps
 	$(BIN)/pytest tests

@@ -1,6 +1,6 @@
 """The `shardnet` command line: subcommands share one parser and a `--store URI` option.
 
-Subcommands: `trace` (CONTRACTS §3).  The CLI is a thin shell: it parses arguments, loads the topology and
+Subcommands: `trace` (CONTRACTS §3), `run` (an agent), `topology` (apply/show a store), `bench` (CONTRACTS §4).  The CLI is a thin shell: it parses arguments, loads the topology and
 hands the work to the same entry points the tests use (workers.trace.TraceSession for `trace`).
 """
 
@@ -33,7 +33,37 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--stdin", action="store_true", help="read 'PORT SPEC' / 'advance S' lines from stdin")
     t.add_argument("--demo", action="store_true", help="trace the shipped demo topology and packets")
     t.set_defaults(func=cmd_trace)
+
+    r = sub.add_parser("run", help="start an agent (datapath, dispatcher, pinned workers)")
+    _common(r)
+    r.add_argument("--config", help="agent configuration (TOML)")
+    r.add_argument("--topology", help="topology file to write into the store first (a diff)")
+    r.add_argument("--host", help="this agent's host name in the topology")
+    r.add_argument("--workers", type=int, help="number of simulation workers")
+    r.add_argument("--demo", action="store_true", help="load the demo topology and drive synthetic traffic")
+    r.add_argument("--duration", type=float, help="stop after S seconds and print a summary")
+    r.add_argument("--rate", type=float, default=2000.0, help="demo: new flows per second")
+    r.set_defaults(func=cmd_run)
+
+    for extra in (_add_topology, _add_bench):
+        extra(sub)
     return parser
+
+
+def _add_topology(sub) -> None:
+    try:
+        from engine.topology_cmd import add_topology_parser
+    except ImportError:
+        return
+    add_topology_parser(sub)
+
+
+def _add_bench(sub) -> None:
+    try:
+        from bench.cli import add_bench_parser
+    except ImportError:
+        return
+    add_bench_parser(sub)
 
 
 def cmd_trace(args) -> int:
@@ -74,6 +104,12 @@ def cmd_trace(args) -> int:
     for port, pkt in zip(args.port, packets, strict=True):
         print(dumps(result_json(session.run(port, pkt))), flush=True)
     return 0
+
+
+def cmd_run(args) -> int:
+    from engine.run import run_agent
+
+    return run_agent(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,7 @@ class AgentConfig:
     port_burst: float = 20_000.0
     batch: int = 64
     keep_outputs: bool = True              # in-memory datapath: keep output frames for inspection
+    port_workers: dict | None = None       # ingress port id → worker index (pinned dispatch; default: hash)
     restart_workers: bool = True
     start_timeout_s: float = 20.0
     extra: dict = field(default_factory=dict)

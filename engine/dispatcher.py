@@ -4,7 +4,8 @@ It runs inside the datapath process (the upcall handler *is* the dispatcher, as 
 they arise: one hop fewer on the flow-setup path).  It owns:
 
 - the choice: ``normalized_flow_hash(packet) % n`` — both directions of a non-NATed connection reach the same
-  worker, an ICMP error reaches the worker of the flow it reports;
+  worker, an ICMP error reaches the worker of the flow it reports — unless the ingress port is pinned to a
+  worker (``port_workers``: e.g. an uplink served by one worker);
 - admission control, never blocking: a bounded number of upcalls in flight per worker and a token bucket per
   ingress port; what does not fit is dropped and counted;
 - held-back upcalls: while a flow's first packet is being simulated, later packets of the same flow wait here
@@ -39,8 +40,9 @@ class TokenBucket:
 class Dispatcher:
     def __init__(self, n_workers: int, send: Callable[[int, UpcallBatch], bool], *, max_inflight: int = 4096,
                  port_rate: float = 200_000.0, port_burst: float = 20_000.0, max_held: int = 16,
-                 batch: int = 64):
+                 batch: int = 64, port_workers: dict[str, int] | None = None):
         self.n = n_workers
+        self.port_workers = port_workers or {}
         self.send = send
         self.max_inflight = max_inflight
         self.port_rate, self.port_burst = port_rate, port_burst
@@ -56,7 +58,10 @@ class Dispatcher:
                          "dispatcher_rate_limited": 0, "dispatcher_held": 0, "dispatcher_held_overflow": 0,
                          "dispatcher_send_full": 0}
 
-    def worker_for(self, pkt) -> int:
+    def worker_for(self, pkt, port: str) -> int:
+        pinned = self.port_workers.get(port)
+        if pinned is not None:
+            return pinned % self.n
         return normalized_flow_hash(pkt) % self.n
 
     def upcall(self, port: str, frame: bytes, pkt, key: tuple, now: float) -> bool:
@@ -75,7 +80,7 @@ class Dispatcher:
         if not bucket.take(now):
             self.counters["dispatcher_rate_limited"] += 1
             return False
-        w = self.worker_for(pkt)
+        w = self.worker_for(pkt, port)
         if self.inflight[w] >= self.max_inflight:
             self.counters["dispatcher_queue_full"] += 1
             return False

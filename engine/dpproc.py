@@ -47,6 +47,7 @@ class DatapathConfig:
     port_burst: float = 20_000.0
     batch: int = 64
     keep_outputs: bool = True
+    port_workers: dict | None = None
 
 
 class DatapathProcess:
@@ -56,7 +57,8 @@ class DatapathProcess:
         self.to_sup = to_sup
         self.dp = MemoryDatapath(cfg.max_flows, cfg.keep_outputs)
         self.disp = Dispatcher(cfg.n_workers, self._send_batch, max_inflight=cfg.max_inflight,
-                               port_rate=cfg.port_rate, port_burst=cfg.port_burst, batch=cfg.batch)
+                               port_rate=cfg.port_rate, port_burst=cfg.port_burst, batch=cfg.batch,
+                               port_workers=cfg.port_workers)
         self.latencies = array("q")
         self.counters = self.dp.counters
         self.counters.update(self.disp.counters)

@@ -57,6 +57,7 @@ class Agent:
         self._cmds: queue.Queue = queue.Queue()
         self._changes: queue.Queue = queue.Queue()
         self._pending: dict[int, tuple[set, dict, Future]] = {}
+        self._awaited: dict[tuple[str, str], set[int]] = {}
         self._req = itertools.count(1)
         self._ready: dict[int, threading.Event] = {}
         self._thread: threading.Thread | None = None
@@ -117,7 +118,8 @@ class Agent:
         self._ready[i] = threading.Event()
         if i == DP:
             pcfg = DatapathConfig(self.rt.path, cfg.workers, cfg.datapath_cpu, max(cfg.max_flows * 2, 1024),
-                                  cfg.max_inflight, cfg.port_rate, cfg.port_burst, cfg.batch, cfg.keep_outputs)
+                                  cfg.max_inflight, cfg.port_rate, cfg.port_burst, cfg.batch, cfg.keep_outputs,
+                                  cfg.port_workers)
             role, raw = "datapath", asdict(pcfg)
         else:
             cpu = cfg.cpus[i % len(cfg.cpus)] if cfg.cpus else None
@@ -220,6 +222,7 @@ class Agent:
                 self.counters["supervisor_topology_changes"] += 1
                 for i in range(self.cfg.workers):
                     send_msg(self._to[i], m.TopologyChanged(kind, name))
+                self._push_awaited()
             while True:
                 try:
                     what, arg, fut = self._cmds.get_nowait()
@@ -234,6 +237,16 @@ class Agent:
             if now >= next_check:
                 next_check = now + 0.2
                 self._check_children()
+
+    def _push_awaited(self) -> None:
+        """Objects workers asked for that did not exist: send those that exist now."""
+        for (kind, name), workers in list(self._awaited.items()):
+            records = self.mirror.fragment(kind, name)
+            if records[0][2] is None:
+                continue
+            del self._awaited[(kind, name)]
+            for w in workers:
+                send_msg(self._to[w], m.Fragment(kind, name, records))
 
     def _command(self, what: str, arg, fut: Future) -> None:
         if what == "send":
@@ -252,6 +265,8 @@ class Agent:
         if t is m.FragmentRequest:
             self.counters["supervisor_fragment_requests"] += 1
             records = self.mirror.fragment(msg.kind, msg.name)
+            if records[0][2] is None:                  # not there (yet): push it when it appears
+                self._awaited.setdefault((msg.kind, msg.name), set()).add(msg.worker)
             if 0 <= msg.worker < self.cfg.workers:
                 send_msg(self._to[msg.worker], m.Fragment(msg.kind, msg.name, records))
         elif t is m.LeaseRequest:

@@ -150,10 +150,6 @@ class Worker:
     # -- parking --------------------------------------------------------------------------------------------
     def _park(self, up, pkt, key, res, now: float) -> None:
         need = res.needs
-        if type(need) is NeedFragment and self.topo.is_absent(need.kind, need.name):
-            self._drop(f"unknown_{need.kind}")
-            self._answer(up, key, DROP_ACTIONS, res.tags, temporary=True)
-            return
         new = self.parking.park(need, (up, pkt), now)
         if new is None:
             self._drop("parked_overflow")
@@ -167,6 +163,9 @@ class Worker:
         if not new:
             return
         if type(need) is NeedFragment:
+            if self.topo.is_absent(need.kind, need.name):
+                # the supervisor said it does not exist and will push it if it appears: wait (deadline)
+                return
             self.c["fragment_requests"] += 1
             self.c["offbox_reads"] += 1
             send_msg(self.send_sup, m.FragmentRequest(self.i, need.kind, need.name))
@@ -263,7 +262,11 @@ class Worker:
             for kind, name, data in msg.records:
                 self.topo.add(kind, name, data)
             self.c["fragments"] += 1
-            self._resume(("fragment", msg.request_kind, msg.request_name), now)
+            if msg.records and msg.records[0][2] is not None:
+                self._resume(("fragment", msg.request_kind, msg.request_name), now)
+            else:
+                # absent for now: the packets stay parked until it appears (pushed) or their deadline
+                self.topo.add(msg.request_kind, msg.request_name, None)
         elif t is m.LeaseGranted:
             if msg.block >= 0:
                 self.state.add_nat_block(msg.device, msg.ip, msg.block)
