@@ -1,7 +1,8 @@
 """The `shardnet` command line: subcommands share one parser and a `--store URI` option.
 
-Subcommands: `trace` (CONTRACTS §3), `run` (an agent), `topology` (apply/show a store), `bench` (CONTRACTS §4).  The CLI is a thin shell: it parses arguments, loads the topology and
-hands the work to the same entry points the tests use (workers.trace.TraceSession for `trace`).
+Subcommands: `trace` (CONTRACTS §3), `run` (an agent), `topology` (apply/show), `bench` (CONTRACTS §4).
+The CLI is a thin shell: it parses arguments, loads the topology and hands the work to the same entry points
+the tests use (workers.trace.TraceSession for `trace`, engine.supervisor.Agent for `run`).
 """
 
 from __future__ import annotations

@@ -105,8 +105,8 @@ def test_garbage_and_multipart_frames_are_counted_and_skipped(ctx, rt):
     dec = Decoder()
     raw.send(b"\xc1garbage")
     raw.send_multipart([codec.encode(Ping(1, 1)), b"second part"])
-    raw.send(codec.encode(Ping(2, 2)))
     raw.send(msgpack.packb((999, 1)))
+    raw.send(codec.encode(Ping(2, 2)))             # last: once it arrives, every frame before it was read
     assert _recv_all(pull, dec, 1) == [Ping(2, 2)]
     assert dec.counters["backchannel_rejected_malformed"] == 1
     assert dec.counters["backchannel_rejected_multipart"] == 1
