@@ -275,6 +275,8 @@ class Agent:
             block = self.allocator.lease(owner, msg.device, msg.ip, msg.port_start, msg.port_end)
             if 0 <= msg.worker < self.cfg.workers:
                 send_msg(self._to[msg.worker], m.LeaseGranted(msg.device, msg.ip, -1 if block is None else block))
+        elif t is m.LeaseRelease:
+            self.allocator.release(f"{self.cfg.host or 'agent'}/worker-{msg.worker}", msg.device, msg.ip, msg.block)
         elif t is m.Answer:
             if msg.req_id == 0 and isinstance(msg.body, dict) and "ready" in msg.body:
                 ev = self._ready.get(msg.sender)

@@ -34,6 +34,7 @@ from workers.packet.codec import ParseError, build, parse
 from workers.packet.flowkey import flow_key, tuple_hash
 from workers.parking import ParkingLot
 from workers.plan import DROP_ACTIONS, output_actions
+from workers.simulation import generate
 from workers.simulation.conntrack import state_tag
 from workers.simulation.result import (
     CONSUMED,
@@ -95,6 +96,7 @@ class Worker:
         self.drops = Counter()
         self.running = True
         self._next_slow = 0.0
+        self._idle_since: dict[tuple[str, int, int], float] = {}
 
     # -- upcalls ----------------------------------------------------------------------------------------------
     def upcall(self, up: m.Upcall, now: float) -> None:
@@ -334,6 +336,37 @@ class Worker:
         if expired:
             self.c["state_expired"] += len(expired)
             self._invalidate([state_tag(e.kind, e.key) for e in expired])
+        self._release_idle_blocks(now)
+        self._refresh_arp(now)
+
+    def _release_idle_blocks(self, now: float) -> None:
+        """SNAT blocks with no binding left go back to the allocator (after a grace period)."""
+        idle = set(self.state.idle_nat_blocks())
+        for blk in list(self._idle_since):
+            if blk not in idle:
+                del self._idle_since[blk]
+        for blk in idle:
+            since = self._idle_since.setdefault(blk, now)
+            if now - since >= self.cfg.flow_state_idle_s:
+                device, ip, block = blk
+                self.state.remove_nat_block(device, ip, block)
+                del self._idle_since[blk]
+                self.c["nat_blocks_released"] += 1
+                send_msg(self.send_sup, m.LeaseRelease(self.i, device, ip, block))
+
+    def _refresh_arp(self, now: float) -> None:
+        """Stale ARP entries still used by installed flows are asked for again before they expire."""
+        for router_name, ip in self.state.stale_arps(now):
+            if f"arp:{router_name}:{ip}" not in self.flows.by_tag:
+                continue
+            router = self.topo.router(router_name)
+            port = next((p for p in router.ports.values() if p.address is not None and p.prefix_len
+                         and (ip ^ p.address) >> (32 - p.prefix_len) == 0), None) if router else None
+            if port is None:
+                continue
+            pkt = generate.arp_request(port.mac, port.address, ip)
+            if self.arp.refresh(router_name, ip, port.id, pkt, now):
+                self.emit_generated(port.id, pkt, now)
 
 
 def _pin(cpu: int | None) -> None:

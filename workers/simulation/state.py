@@ -47,6 +47,7 @@ class LocalState:
     flow_state_idle_s: float = DEFAULT_FLOW_STATE_IDLE_S
     mac_expiry_s: float = DEFAULT_MAC_EXPIRY_S
     arp_expiry_s: float = DEFAULT_ARP_EXPIRY_S
+    arp_stale_s: float = DEFAULT_ARP_STALE_S
     macs: dict[tuple[str, int, int], tuple[str, float]] = field(default_factory=dict)   # → (port, learned_at)
     arps: dict[tuple[str, int], tuple[int, float]] = field(default_factory=dict)        # → (mac, learned_at)
     flow_state: dict[tuple[str, tuple], FlowStateEntry] = field(default_factory=dict)
@@ -92,6 +93,25 @@ class LocalState:
         held = self.blocks.setdefault((device, ip), [])
         if start not in held:
             held.append(start)
+
+    def idle_nat_blocks(self) -> list[tuple[str, int, int]]:
+        """Held (device, ip, block) with no SNAT binding left in them: candidates for release."""
+        used = set()
+        for kind, key in self.flow_state:
+            if kind == "rev_snat":
+                used.add((key[5], key[1], key[4] - key[4] % 64))
+        return [(dev, ip, b) for (dev, ip), blocks in self.blocks.items() for b in blocks
+                if (dev, ip, b) not in used]
+
+    def remove_nat_block(self, device: str, ip: int, block: int) -> None:
+        held = self.blocks.get((device, ip))
+        if held and block in held:
+            held.remove(block)
+            if not held:
+                del self.blocks[(device, ip)]
+
+    def stale_arps(self, now: float) -> list[tuple[str, int]]:
+        return [k for k, (_, t) in self.arps.items() if now - t > self.arp_stale_s]
 
     def expire(self, now: float) -> list[FlowStateEntry]:
         """Remove idle flow-state entries, stale MACs and ARP entries; return the flow-state entries removed
