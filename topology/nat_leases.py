@@ -2,7 +2,8 @@
 
 A block is 64 consecutive ports (aligned on 64) of one (device, ip).  An agent leases blocks and hands out ports
 from the blocks it holds; two holders never hold the same block.  The ZooKeeper allocator (ephemeral lease
-nodes) implements the same interface for several agents; this in-process one serves the embedded default,
+nodes, ``topology.store.leases.StoreNatAllocator``, which adds ``mark_idle``/``release_idle``) implements the
+same interface for several agents; this in-process one serves the embedded default,
 the trace and unit tests.  Ownership: one allocator per store backend; thread-safe.
 """
 
