@@ -31,7 +31,9 @@ Who sends what (→ receiver):
   store shell → workers             TopologyChanged
   supervisor ↔ any process          StatsRequest/StatsReply, Ping/Pong, Shutdown
   worker → supervisor (store shell) FragmentRequest, LeaseRequest, LeaseRelease
-  supervisor → worker               Fragment, LeaseGranted
+  supervisor → worker               Fragment, LeaseGranted, MacLearned/ArpLearned (learned by other agents),
+                                    TableEntryRemoved
+  worker → supervisor               MacLearned/ArpLearned (written to the replicated tables)
   worker → datapath → workers       Fanout (ordered relay: state reaches a worker before any later upcall)
   traffic source → datapath         Inject
   supervisor ↔ datapath / workers   Query / Answer (flows, outputs, purge: tests and tools)
@@ -402,6 +404,18 @@ class Answer(NamedTuple):
     req_id: int
     sender: int
     body: Any
+
+
+@message
+class TableEntryRemoved(NamedTuple):
+    """Supervisor → workers: a replicated table entry vanished (its owner's session died, or it expired).
+    ``kind`` "mac" (``entry`` = MAC, on ``vlan``) or "arp" (``entry`` = IP); ``device`` the bridge or router."""
+
+    TAG = 49
+    kind: str
+    device: str
+    vlan: int
+    entry: int
 
 
 Message = typing.Union[tuple(REGISTRY.values())]  # noqa: UP007 - built from the registry at import

@@ -52,11 +52,11 @@ class Dispatcher:
         self.pending: list[list[Upcall]] = [[] for _ in range(n_workers)]
         self.buckets: dict[str, TokenBucket] = {}
         self.held: dict[tuple, list[tuple[str, bytes, object]]] = {}   # key → frames waiting for the answer
-        self.owner: dict[int, tuple[int, tuple]] = {}                  # upcall seq → (worker, key)
+        self.owner: dict[int, tuple[int, tuple, float]] = {}           # upcall seq → (worker, key, sent at)
         self.seq = 0
         self.counters = {"dispatcher_upcalls": 0, "dispatcher_batches": 0, "dispatcher_queue_full": 0,
                          "dispatcher_rate_limited": 0, "dispatcher_held": 0, "dispatcher_held_overflow": 0,
-                         "dispatcher_send_full": 0}
+                         "dispatcher_send_full": 0, "dispatcher_reclaimed": 0}
 
     def worker_for(self, pkt, port: str) -> int:
         pinned = self.port_workers.get(port)
@@ -87,7 +87,7 @@ class Dispatcher:
         self.seq += 1
         self.inflight[w] += 1
         self.held[key] = []
-        self.owner[self.seq] = (w, key)
+        self.owner[self.seq] = (w, key, now)
         self.pending[w].append(Upcall(self.seq, port, frame, time.monotonic_ns()))
         self.counters["dispatcher_upcalls"] += 1
         if len(self.pending[w]) >= self.batch:
@@ -99,7 +99,7 @@ class Dispatcher:
         owner = self.owner.pop(seq, None)
         if owner is None:
             return -1, []
-        w, key = owner
+        w, key, _ = owner
         self.inflight[w] -= 1
         return w, self.held.pop(key, None) or []
 
@@ -117,9 +117,18 @@ class Dispatcher:
             for up in batch:
                 self.answered(up.seq)
 
+    def reclaim(self, now: float, older_than_s: float = 10.0) -> int:
+        """Upcalls unanswered for too long (a lost message, a stuck worker) stop counting as in flight, so
+        admission control cannot wedge; their held frames are dropped.  Counted."""
+        late = [seq for seq, (_, _, t) in self.owner.items() if now - t > older_than_s]
+        for seq in late:
+            self.answered(seq)
+        self.counters["dispatcher_reclaimed"] += len(late)
+        return len(late)
+
     def forget_worker(self, w: int) -> int:
         """A worker died: its in-flight upcalls will never be answered.  Returns how many were dropped."""
-        lost = [seq for seq, (ow, _) in self.owner.items() if ow == w]
+        lost = [seq for seq, (ow, _, _) in self.owner.items() if ow == w]
         for seq in lost:
             self.answered(seq)
         self.inflight[w] = 0

@@ -15,6 +15,7 @@ upcall leaving (t_emit_ns, CLOCK_MONOTONIC, shared by all processes) to the inst
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import time
@@ -48,6 +49,8 @@ class DatapathConfig:
     batch: int = 64
     keep_outputs: bool = True
     port_workers: dict | None = None
+    tunnel_ports: dict | None = None       # tunnel key → local port id (egress by key)
+    reclaim_s: float = 15.0                # an upcall unanswered this long no longer counts as in flight
 
 
 class DatapathProcess:
@@ -55,7 +58,7 @@ class DatapathProcess:
         self.cfg = cfg
         self.to_workers = to_workers
         self.to_sup = to_sup
-        self.dp = MemoryDatapath(cfg.max_flows, cfg.keep_outputs)
+        self.dp = MemoryDatapath(cfg.max_flows, cfg.keep_outputs, cfg.tunnel_ports)
         self.disp = Dispatcher(cfg.n_workers, self._send_batch, max_inflight=cfg.max_inflight,
                                port_rate=cfg.port_rate, port_burst=cfg.port_burst, batch=cfg.batch,
                                port_workers=cfg.port_workers)
@@ -83,8 +86,13 @@ class DatapathProcess:
         if t is m.FlowInstall:
             self.install(msg, now)
         elif t is m.Inject:
-            for frame in msg.frames:
-                self.receive(msg.port, frame, now)
+            if msg.port.startswith("tunnel:"):           # frames from another host's tunnel (in-memory)
+                vni = int(msg.port[7:])
+                for frame in msg.frames:
+                    self.dp.receive_tunnel(vni, frame)
+            else:
+                for frame in msg.frames:
+                    self.receive(msg.port, frame, now)
         elif t is m.Fanout:
             for w in msg.targets:
                 if 0 <= w < len(self.to_workers):
@@ -148,6 +156,9 @@ class DatapathProcess:
             out = self.latencies.tolist()
             self.latencies = array("q")
             return out
+        if what == "tunnel_ports":
+            self.dp.tunnel_ports = {int(k): v for k, v in arg.items()}
+            return len(self.dp.tunnel_ports)
         if what == "purge":
             w = int(arg)
             return {"flows_purged": self.dp.cache.purge_worker(w), "upcalls_lost": self.disp.forget_worker(w)}
@@ -158,6 +169,7 @@ class DatapathProcess:
         if now < self._next_expiry:
             return
         self._next_expiry = now + 0.5
+        self.disp.reclaim(now, self.cfg.reclaim_s)
         by_worker: dict[int, list] = {}
         for f in self.dp.cache.expire(now):
             by_worker.setdefault(f.worker, []).append(f.key)
@@ -183,6 +195,9 @@ def datapath_main(cfg: DatapathConfig) -> None:
     poller = zmq.Poller()
     poller.register(inbox, zmq.POLLIN)
     send_msg(to_sup, m.Answer(0, -1, {"ready": os.getpid()}))
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 50)
     try:
         while proc.running:
             if poller.poll(20):

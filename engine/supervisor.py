@@ -33,6 +33,7 @@ from backchannel.codec import Decoder
 from backchannel.sockets import RuntimeDir, pull_bind, push_connect, recv_msgs, send_msg, worker_role
 from engine.config import AgentConfig
 from engine.dpproc import DATAPATH, SUPERVISOR, DatapathConfig
+from engine.tables import SharedTables
 from topology.loader import load_topology
 from topology.mirror import StoreMirror
 from topology.nat_leases import MemoryNatAllocator
@@ -66,6 +67,7 @@ class Agent:
         self.store = None
         self.mirror: StoreMirror | None = None
         self.allocator = None
+        self.tables: SharedTables | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def __enter__(self) -> Agent:
@@ -85,6 +87,13 @@ class Agent:
             if not self.mirror.wait_ready(cfg.start_timeout_s):
                 raise AgentError("the topology store did not answer")
             self.allocator = self._make_allocator()
+            self.tables = SharedTables(self.store, self.cfg.host or "agent", self._relay)
+            for kind in ("bridge", "router"):
+                for name in [n for (k, n) in list(self.mirror.objects) if k == kind]:
+                    self.tables.watch_device(kind, name)
+            host = self.mirror.get("host", self.cfg.host) if self.cfg.host else None
+            if host is not None:
+                self.tables.register(host.tunnel_ip)
             self.rt = RuntimeDir(cfg.runtime_base)
             self._zctx = zmq.Context()
             self._inbox = pull_bind(self._zctx, self.rt, SUPERVISOR)
@@ -119,7 +128,7 @@ class Agent:
         if i == DP:
             pcfg = DatapathConfig(self.rt.path, cfg.workers, cfg.datapath_cpu, max(cfg.max_flows * 2, 1024),
                                   cfg.max_inflight, cfg.port_rate, cfg.port_burst, cfg.batch, cfg.keep_outputs,
-                                  cfg.port_workers)
+                                  cfg.port_workers, self._tunnel_ports())
             role, raw = "datapath", asdict(pcfg)
         else:
             cpu = cfg.cpus[i % len(cfg.cpus)] if cfg.cpus else None
@@ -131,6 +140,20 @@ class Agent:
                              stdin=subprocess.DEVNULL)
         self.procs[i] = p
         self.pids[i] = p.pid
+
+    def _tunnel_ports(self) -> dict[int, str]:
+        """Tunnel key → port id of the exterior ports bound to this host."""
+        out = {}
+        for (kind, _), dev in list(self.mirror.objects.items()):
+            if kind in ("bridge", "router"):
+                for p in dev.ports.values():
+                    if p.tunnel_key and p.host is not None and p.host == self.cfg.host:
+                        out[p.tunnel_key] = p.id
+        return out
+
+    def inject_tunnel(self, tunnel_key: int, frames) -> None:
+        """Frames arriving from another host's tunnel with ``tunnel_key`` (in-memory datapath)."""
+        self._call("send", (DP, m.Inject(f"tunnel:{tunnel_key}", tuple(frames))))
 
     def stop(self) -> None:
         if self._stopping:
@@ -155,6 +178,8 @@ class Agent:
             self._zctx = None
         if self.rt is not None:
             self.rt.close()
+        if self.tables is not None:
+            self.tables.close()
         if self.mirror is not None:
             self.mirror.close()
         if self.store is not None:
@@ -173,7 +198,8 @@ class Agent:
     def stats(self, timeout: float = 10.0) -> dict:
         answers = self.query([DP, *range(self.cfg.workers)], "stats", timeout=timeout)
         return {"datapath": answers.get(DP, {}), "workers": [answers.get(i, {}) for i in range(self.cfg.workers)],
-                "supervisor": {**self.counters, **(self.mirror.counters if self.mirror else {})}}
+                "supervisor": {**self.counters, **(self.mirror.counters if self.mirror else {}),
+                               **(self.tables.stats() if self.tables else {})}}
 
     def flows(self) -> list:
         return self.query([DP], "flows")[DP]
@@ -203,7 +229,10 @@ class Agent:
 
     # -- service thread -------------------------------------------------------------------------------------
     def _on_change(self, kind: str, name: str) -> None:
-        self._changes.put((kind, name))
+        self._changes.put(("topology", kind, name))
+
+    def _relay(self, msg) -> None:
+        self._changes.put(("relay", msg))
 
     def _run(self) -> None:
         decoder = Decoder()
@@ -216,10 +245,20 @@ class Agent:
                     self._handle(msg)
             while True:
                 try:
-                    kind, name = self._changes.get_nowait()
+                    item = self._changes.get_nowait()
                 except queue.Empty:
                     break
+                if item[0] == "relay":                # learned by another agent, or removed
+                    for i in range(self.cfg.workers):
+                        send_msg(self._to[i], item[1])
+                    continue
+                _, kind, name = item
                 self.counters["supervisor_topology_changes"] += 1
+                if kind in ("bridge", "router") and self.mirror.get(kind, name) is not None:
+                    self.tables.watch_device(kind, name)
+                    req = next(self._req)
+                    self._pending[req] = ({DP}, {}, Future())
+                    send_msg(self._to[DP], m.Query(req, "tunnel_ports", self._tunnel_ports()))
                 for i in range(self.cfg.workers):
                     send_msg(self._to[i], m.TopologyChanged(kind, name))
                 self._push_awaited()
@@ -237,6 +276,7 @@ class Agent:
             if now >= next_check:
                 next_check = now + 0.2
                 self._check_children()
+                self.tables.tick()
 
     def _push_awaited(self) -> None:
         """Objects workers asked for that did not exist: send those that exist now."""
@@ -275,6 +315,8 @@ class Agent:
             block = self.allocator.lease(owner, msg.device, msg.ip, msg.port_start, msg.port_end)
             if 0 <= msg.worker < self.cfg.workers:
                 send_msg(self._to[msg.worker], m.LeaseGranted(msg.device, msg.ip, -1 if block is None else block))
+        elif t is m.MacLearned or t is m.ArpLearned:
+            self.tables.learned(msg)
         elif t is m.LeaseRelease:
             self.allocator.release(f"{self.cfg.host or 'agent'}/worker-{msg.worker}", msg.device, msg.ip, msg.block)
         elif t is m.Answer:

@@ -17,6 +17,7 @@ ahead of any later upcall, and no return flow is simulated without its state.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import time
@@ -27,7 +28,7 @@ import zmq
 
 from backchannel import messages as m
 from backchannel.codec import Decoder, encode
-from backchannel.sockets import RuntimeDir, pull_bind, push_connect, recv_msgs, send_msg, worker_role
+from backchannel.sockets import RuntimeDir, pull_bind, push_connect, recv_msgs, send_many, send_msg, worker_role
 from workers.arp import ArpBroker
 from workers.flowtable import FlowTable
 from workers.packet.codec import ParseError, build, parse
@@ -36,6 +37,7 @@ from workers.parking import ParkingLot
 from workers.plan import DROP_ACTIONS, output_actions
 from workers.simulation import generate
 from workers.simulation.conntrack import state_tag
+from workers.simulation.nat import BLOCK_SIZE
 from workers.simulation.result import (
     CONSUMED,
     EXPIRY_TEMPORARY,
@@ -53,6 +55,7 @@ from workers.simulation.state import LocalState
 from workers.topocache import TopologyCache
 
 SUPERVISOR = "supervisor"
+FLUSH_CHUNK = 256                                   # messages per outgoing frame
 DATAPATH = "datapath"
 
 
@@ -92,11 +95,39 @@ class Worker:
         self.parking = ParkingLot(cfg.park_timeout_s, cfg.max_parked)
         self.arp = ArpBroker(cfg.arp_retry_s, cfg.arp_timeout_s, seed=cfg.index)
         self.others = tuple(j for j in range(cfg.n_workers) if j != cfg.index)
+        self.out_dp: list = []
+        self.out_sup: list = []
         self.c = Counter()
         self.drops = Counter()
         self.running = True
         self._next_slow = 0.0
         self._idle_since: dict[tuple[str, int, int], float] = {}
+        self.leases_out: dict[tuple, int] = {}          # lease requests in flight per (device, ip)
+
+    # -- outboxes: everything a batch produces leaves in one frame per destination, in order -------------------
+    def _dp(self, msg) -> None:
+        self.out_dp.append(msg)
+
+    def _sup(self, msg) -> None:
+        self.out_sup.append(msg)
+
+    def flush(self) -> bool:
+        """Send what the outboxes hold.  A full peer queue keeps the rest for later (every upcall must get
+        its answer); returns False while something is left, and the loop stops reading its inbox until the
+        peer drains: back-pressure instead of loss."""
+        done = True
+        for sock, box in ((self.send_dp, self.out_dp), (self.send_sup, self.out_sup)):
+            sent = 0
+            while sent < len(box):
+                chunk = box[sent:sent + FLUSH_CHUNK]
+                ok = send_msg(sock, chunk[0]) if len(chunk) == 1 else send_many(sock, chunk)
+                if not ok:
+                    self.c["send_blocked"] += 1
+                    done = False
+                    break
+                sent += len(chunk)
+            del box[:sent]
+        return done
 
     # -- upcalls ----------------------------------------------------------------------------------------------
     def upcall(self, up: m.Upcall, now: float) -> None:
@@ -134,12 +165,10 @@ class Worker:
         if install and key:
             evicted = self.flows.add(key, frozenset(tags), now)
             if evicted:
-                send_msg(self.send_dp, m.FlowDelete(tuple(evicted)))
+                self._dp(m.FlowDelete(tuple(evicted)))
         idle = self.cfg.drop_flow_s if temporary else self.cfg.flow_idle_s
         hard = (self.cfg.drop_flow_s if temporary else self.cfg.flow_hard_s) if install else -1.0
-        if not send_msg(self.send_dp, m.FlowInstall(up.seq, up.port, key, actions, tuple(tags), idle, hard,
-                                                    up.t_emit_ns, up.frame)):
-            self.c["send_full"] += 1
+        self._dp(m.FlowInstall(up.seq, up.port, key, actions, tuple(tags), idle, hard, up.t_emit_ns, up.frame))
         self.c["installs" if install else "executes"] += 1
 
     def _drop(self, reason: str) -> None:
@@ -162,6 +191,12 @@ class Worker:
                 if self.arp.request(need.router, need.ip, g.port, g.packet, now):
                     self.emit_generated(g.port, g.packet, now)
             return
+        if type(need) is NeedLease:
+            # one block (64 ports) per request: ask for as many as the waiting packets need
+            key = ("lease", need.device, need.ip)
+            if self.parking.waiting_on(key) > BLOCK_SIZE * self.leases_out.get(key, 0):
+                self._request_lease(need)
+            return
         if not new:
             return
         if type(need) is NeedFragment:
@@ -170,14 +205,18 @@ class Worker:
                 return
             self.c["fragment_requests"] += 1
             self.c["offbox_reads"] += 1
-            send_msg(self.send_sup, m.FragmentRequest(self.i, need.kind, need.name))
+            self._sup(m.FragmentRequest(self.i, need.kind, need.name))
         elif type(need) is NeedLease:
-            self.c["lease_requests"] += 1
-            send_msg(self.send_sup, m.LeaseRequest(self.i, need.device, need.ip, need.port_start,
-                                                   need.port_end))
+            self._request_lease(need)
 
-    def _resume(self, key: tuple, now: float) -> None:
-        for up, pkt in self.parking.satisfy(key):
+    def _request_lease(self, need: NeedLease) -> None:
+        key = ("lease", need.device, need.ip)
+        self.leases_out[key] = self.leases_out.get(key, 0) + 1
+        self.c["lease_requests"] += 1
+        self._sup(m.LeaseRequest(self.i, need.device, need.ip, need.port_start, need.port_end))
+
+    def _resume(self, key: tuple, now: float, limit: int | None = None) -> None:
+        for up, pkt in self.parking.satisfy(key, limit):
             self._simulate(up, pkt, now)
 
     def _fail(self, key: tuple, reason: str) -> None:
@@ -196,10 +235,14 @@ class Worker:
             if t is FlowStateWrite:
                 written.append(m.FlowStateEntry(e.kind, e.key, e.value, now + self.cfg.flow_state_idle_s))
             elif t is MacLearned:
-                relay.append(m.MacLearned(e.bridge, e.vlan, e.mac, e.port, self.i))
+                msg = m.MacLearned(e.bridge, e.vlan, e.mac, e.port, self.i)
+                relay.append(msg)
+                self._sup(msg)           # into the agents' replicated MAC table
                 self._invalidate([f"mac:{e.bridge}:{e.vlan}:{e.mac:012x}"])
             elif t is ArpLearned:
-                relay.append(m.ArpLearned(e.router, e.ip, e.mac, self.i))
+                msg = m.ArpLearned(e.router, e.ip, e.mac, self.i)
+                relay.append(msg)
+                self._sup(msg)
                 self._arp_learned(e.router, e.ip, now)
         if written:
             self.c["state_written"] += len(written)
@@ -208,12 +251,12 @@ class Worker:
         if relay and self.others:
             for msg in relay:
                 self.c["state_relayed"] += 1
-                send_msg(self.send_dp, m.Fanout(self.others, encode(msg)))
+                self._dp(m.Fanout(self.others, encode(msg)))
 
     def _invalidate(self, tags) -> None:
         keys = self.flows.invalidate(tags)
         if keys:
-            send_msg(self.send_dp, m.FlowDelete(tuple(keys)))
+            self._dp(m.FlowDelete(tuple(keys)))
 
     def _arp_learned(self, router: str, ip: int, now: float) -> None:
         self._invalidate([f"arp:{router}:{ip}"])
@@ -231,10 +274,10 @@ class Worker:
         frame = build(pkt)
         if port.peer is None:
             if port.host is None or port.host == self.cfg.host or self.cfg.host is None:
-                send_msg(self.send_dp, m.PacketOut(port.id, frame))
+                self._dp(m.PacketOut(port.id, frame))
             else:
                 act = (("tunnel", self._tunnel_ip(port.host), port.tunnel_key),)
-                send_msg(self.send_dp, m.FlowInstall(-1, "", (), act, (), 0.0, -1.0, 0, frame))
+                self._dp(m.FlowInstall(-1, "", (), act, (), 0.0, -1.0, 0, frame))
             return
         res = simulate(pkt, port.peer, self.topo, self.state, now, self.cfg.host)
         if res.result != FORWARD:
@@ -242,7 +285,7 @@ class Worker:
             return
         self._apply(res.effects, now)
         actions = output_actions(pkt, res.outputs, self._tunnel_ip)
-        send_msg(self.send_dp, m.FlowInstall(-1, "", (), actions, (), 0.0, -1.0, 0, frame))
+        self._dp(m.FlowInstall(-1, "", (), actions, (), 0.0, -1.0, 0, frame))
 
     # -- inbox ----------------------------------------------------------------------------------------------
     def handle(self, msg, now: float) -> None:
@@ -270,20 +313,29 @@ class Worker:
                 # absent for now: the packets stay parked until it appears (pushed) or their deadline
                 self.topo.add(msg.request_kind, msg.request_name, None)
         elif t is m.LeaseGranted:
+            key = ("lease", msg.device, msg.ip)
+            self.leases_out[key] = max(0, self.leases_out.get(key, 0) - 1)
             if msg.block >= 0:
                 self.state.add_nat_block(msg.device, msg.ip, msg.block)
-                self._resume(("lease", msg.device, msg.ip), now)
+                self._resume(key, now, BLOCK_SIZE)   # a block serves at most 64 of the waiting packets
             else:
-                self._fail(("lease", msg.device, msg.ip), "nat_exhausted")
+                self._fail(key, "nat_exhausted")
         elif t is m.TopologyChanged:
             self.topo.forget(msg.kind, msg.name)
             self._invalidate([f"{msg.kind}:{msg.name}"])
+        elif t is m.TableEntryRemoved:
+            if msg.kind == "mac":
+                self.state.forget_mac(msg.device, msg.vlan, msg.entry)
+                self._invalidate([f"mac:{msg.device}:{msg.vlan}:{msg.entry:012x}"])
+            else:
+                self.state.forget_arp(msg.device, msg.entry)
+                self._invalidate([f"arp:{msg.device}:{msg.entry}"])
         elif t is m.InvalidateTags:
             self._invalidate(msg.tags)
         elif t is m.FlowRemoved:
             self.flows.removed(msg.keys)
         elif t is m.Query:
-            send_msg(self.send_sup, m.Answer(msg.req_id, self.i, self.answer(msg.what, msg.arg)))
+            self._sup(m.Answer(msg.req_id, self.i, self.answer(msg.what, msg.arg)))
         elif t is m.Shutdown:
             self.running = False
         else:
@@ -327,10 +379,14 @@ class Worker:
         self._next_slow = now + 1.0
         gone = self.flows.expire(now)
         if gone:
-            send_msg(self.send_dp, m.FlowDelete(tuple(gone)))
+            self._dp(m.FlowDelete(tuple(gone)))
         # flow state used by an installed flow is alive: its idle time counts from the last flow using it
+        by_tag = self.flows.by_tag
         for e in self.state.flow_state.values():
-            if state_tag(e.kind, e.key) in self.flows.by_tag:
+            tag = e.tag
+            if tag is None:
+                tag = e.tag = state_tag(e.kind, e.key)
+            if tag in by_tag:
                 e.last_used = now
         expired = self.state.expire(now)
         if expired:
@@ -352,7 +408,7 @@ class Worker:
                 self.state.remove_nat_block(device, ip, block)
                 del self._idle_since[blk]
                 self.c["nat_blocks_released"] += 1
-                send_msg(self.send_sup, m.LeaseRelease(self.i, device, ip, block))
+                self._sup(m.LeaseRelease(self.i, device, ip, block))
 
     def _refresh_arp(self, now: float) -> None:
         """Stale ARP entries still used by installed flows are asked for again before they expire."""
@@ -391,9 +447,20 @@ def worker_main(cfg: WorkerConfig) -> None:
     decoder = Decoder(w.c)
     poller = zmq.Poller()
     poller.register(inbox, zmq.POLLIN)
+    blocked = zmq.Poller()
+    blocked.register(to_dp, zmq.POLLOUT)
+    blocked.register(to_sup, zmq.POLLOUT)
     send_msg(to_sup, m.Answer(0, cfg.index, {"ready": os.getpid()}))
+    gc.collect()
+    gc.freeze()                                    # start-up objects never need scanning again
+    gc.set_threshold(50_000, 20, 50)               # fewer collections: flow state is many small tuples
     try:
         while w.running:
+            if w.out_dp or w.out_sup:                  # a peer was full: drain before reading more
+                blocked.poll(20)
+                w.flush()
+                w.housekeeping(time.monotonic())
+                continue
             deadline = w.parking.next_deadline()
             wait_ms = 100
             if deadline is not None:
@@ -404,6 +471,7 @@ def worker_main(cfg: WorkerConfig) -> None:
                 for msg in msgs:
                     w.handle(msg, now)
             w.housekeeping(time.monotonic())
+            w.flush()
     finally:
         for s in (inbox, to_dp, to_sup):
             s.close(0)

@@ -45,13 +45,20 @@ class ParkingLot:
         self.counters["parked"] += 1
         return new
 
-    def satisfy(self, key: tuple) -> list:
+    def satisfy(self, key: tuple, limit: int | None = None) -> list:
+        """Hand back the items waiting on ``key`` (at most ``limit``, oldest first; the rest keep waiting)."""
         items = self.waiting.pop(key, None)
         if not items:
             return []
+        if limit is not None and len(items) > limit:
+            self.waiting[key] = items[limit:]
+            items = items[:limit]
         self.size -= len(items)
         self.counters["parked_resumed"] += len(items)
         return [i for i, _ in items]
+
+    def waiting_on(self, key: tuple) -> int:
+        return len(self.waiting.get(key, ()))
 
     def expire(self, now: float) -> list[tuple[tuple, list]]:
         out = []

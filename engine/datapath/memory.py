@@ -17,13 +17,16 @@ OUTPUT_QUEUE = 65_536
 
 
 class MemoryDatapath:
-    def __init__(self, max_flows: int = 200_000, keep_outputs: bool = True):
+    def __init__(self, max_flows: int = 200_000, keep_outputs: bool = True,
+                 tunnel_ports: dict[int, str] | None = None):
         self.cache = FlowCache(self._emit, max_flows)
+        self.tunnel_ports = {int(k): v for k, v in (tunnel_ports or {}).items()}
         self.keep_outputs = keep_outputs
         self.outputs: dict[str, deque] = {}
         self.tunnels: dict[tuple[int, int], deque] = {}
         self.counters = self.cache.counters
-        self.counters.update({"datapath_rx": 0, "datapath_tx": 0, "datapath_tunnel_tx": 0})
+        self.counters.update({"datapath_rx": 0, "datapath_tx": 0, "datapath_tunnel_tx": 0, "datapath_tunnel_rx": 0,
+                              "datapath_tunnel_unknown_key": 0})
 
     def _emit(self, kind: str, target, tkey, frame: bytes) -> None:
         if kind == "output":
@@ -43,6 +46,15 @@ class MemoryDatapath:
 
     def output(self, port: str, frame: bytes) -> None:
         self._emit("output", port, None, frame)
+
+    def receive_tunnel(self, vni: int, frame: bytes) -> None:
+        """A frame from another host: the tunnel key is the egress port's; output it there, no simulation."""
+        port = self.tunnel_ports.get(vni)
+        if port is None:
+            self.counters["datapath_tunnel_unknown_key"] += 1
+            return
+        self.counters["datapath_tunnel_rx"] += 1
+        self.output(port, frame)
 
     def receive(self, port: str, frame: bytes, now: float):
         """A frame arrived on ``port``.  Returns None when handled (hit or malformed), else (packet, key) of

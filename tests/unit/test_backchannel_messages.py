@@ -41,6 +41,7 @@ from backchannel.messages import (
     Shutdown,
     StatsReply,
     StatsRequest,
+    TableEntryRemoved,
     TopologyChanged,
     Upcall,
     UpcallBatch,
@@ -97,6 +98,7 @@ MESSAGES = {
     Inject: st.builds(Inject, name, st.lists(frame, max_size=4).map(tuple)),
     Query: st.builds(Query, i64, name, anything),
     Answer: st.builds(Answer, i64, i64, anything),
+    TableEntryRemoved: st.builds(TableEntryRemoved, name, name, i64, i64),
 }
 any_message = st.one_of(*MESSAGES.values())
 

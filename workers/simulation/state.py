@@ -38,6 +38,7 @@ class FlowStateEntry:
     value: tuple | None
     last_used: float
     idle_s: float
+    tag: str | None = None          # the flow tag of this entry, computed once by whoever needs it
 
 
 @dataclass
@@ -93,6 +94,12 @@ class LocalState:
         held = self.blocks.setdefault((device, ip), [])
         if start not in held:
             held.append(start)
+
+    def forget_mac(self, bridge: str, vlan: int, mac: int) -> None:
+        self.macs.pop((bridge, vlan, mac), None)
+
+    def forget_arp(self, router: str, ip: int) -> None:
+        self.arps.pop((router, ip), None)
 
     def idle_nat_blocks(self) -> list[tuple[str, int, int]]:
         """Held (device, ip, block) with no SNAT binding left in them: candidates for release."""
