@@ -36,7 +36,6 @@ from engine.dpproc import DATAPATH, SUPERVISOR, DatapathConfig
 from engine.tables import SharedTables
 from topology.loader import load_topology
 from topology.mirror import StoreMirror
-from topology.nat_leases import MemoryNatAllocator
 from topology.store.topo import read_tunnel_keys, write_topology
 from topology.store.uri import open_store
 from workers.loop import WorkerConfig
@@ -114,13 +113,11 @@ class Agent:
         return self
 
     def _make_allocator(self):
-        if self.cfg.store.startswith("zk://"):
-            try:
-                from topology.store.leases import StoreNatAllocator
-            except ImportError:
-                return MemoryNatAllocator()
-            return StoreNatAllocator(self.store, self.cfg.host or "agent")
-        return MemoryNatAllocator()
+        """SNAT blocks are leased in the store (ephemeral nodes), so agents sharing a store — ZooKeeper, or
+        one in-process memory backend — never hold the same block."""
+        from topology.store.leases import StoreNatAllocator
+
+        return StoreNatAllocator(self.store, self.cfg.host or "agent")
 
     def _spawn(self, i: int) -> None:
         cfg = self.cfg

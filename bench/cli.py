@@ -1,0 +1,158 @@
+"""``shardnet bench`` (CONTRACTS §4): the command line of the bench harness.
+
+    shardnet bench --scenario {l2,l3,full} --workers N|1,2,4 --flows F [--repeat-ratio R] [--json OUT]
+                   [--plot OUT.png] [--pcap FILE [--pcap-port PORT]] [--store URI]
+
+``add_bench_parser(subparsers)`` adds the subcommand to the shardnet parser (engine/cli.py); ``python -m
+bench.cli ...`` runs it alone.  One run writes the contract's JSON object; a sweep (``--workers 1,2,4``) writes
+the last run's object with ``sweep`` (every run) and ``scaling`` (setups/s and CPU per upcall by workers).
+A short summary goes to stdout; the progress bar to stderr when it is a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+SCENARIO_NAMES = ("l2", "l3", "full")
+
+
+def _workers(text: str) -> list[int]:
+    try:
+        ws = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or a list like 1,2,4, got {text!r}") from None
+    if not ws or any(w < 1 or w > 64 for w in ws):
+        raise argparse.ArgumentTypeError(f"worker counts must be between 1 and 64: {text!r}")
+    return ws
+
+
+def _ratio(text: str) -> float:
+    try:
+        r = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= r <= 0.95:
+        raise argparse.ArgumentTypeError("must be between 0 and 0.95")
+    return r
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return n
+
+
+def _cpu_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a list of cpu numbers, got {text!r}") from None
+
+
+def add_bench_parser(subparsers) -> argparse.ArgumentParser:
+    b = subparsers.add_parser("bench", help="measure flow setup through the real process pipeline",
+                              description="Measure flow-setup latency and throughput (CONTRACTS §4).")
+    configure(b)
+    return b
+
+
+def configure(b: argparse.ArgumentParser) -> None:
+    b.add_argument("--scenario", choices=SCENARIO_NAMES, default="full")
+    b.add_argument("--workers", type=_workers, default=[2], metavar="N|N,N,...",
+                   help="worker processes, or a comma list for a sweep (default 2)")
+    b.add_argument("--flows", type=_positive, default=10_000, metavar="F", help="distinct new flows (10000)")
+    b.add_argument("--repeat-ratio", type=_ratio, default=0.0, metavar="R",
+                   help="fraction of frames that repeat an installed flow (datapath hits), 0..0.95")
+    b.add_argument("--json", metavar="OUT", help="write the results as JSON")
+    b.add_argument("--plot", metavar="OUT.png", help="write a latency CDF (and setups/s against workers)")
+    b.add_argument("--pcap", metavar="FILE", help="replay a tcpdump (libpcap, Ethernet) file instead")
+    b.add_argument("--pcap-port", metavar="PORT", help="ingress port for every replayed frame "
+                   "(default: chosen by source MAC from the scenario's VMs)")
+    b.add_argument("--store", default="memory://", metavar="URI", help="topology store (memory:// default)")
+    b.add_argument("--batch", type=_positive, default=64, help="frames per Inject message (64)")
+    b.add_argument("--window", type=_positive, default=256, help="new flows in flight at most (256)")
+    b.add_argument("--warmup", type=int, default=1000, help="warm-up flows, not measured (1000)")
+    b.add_argument("--probe", type=int, default=300, help="flows of the unloaded latency probe (300)")
+    b.add_argument("--cpus", type=_cpu_list, default=None, help="cpus to pin workers to (default: all)")
+    b.add_argument("--datapath-cpu", type=int, default=None, help="pin the datapath process to a cpu")
+    b.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar on stderr (default: when stderr is a terminal)")
+    b.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    from bench.harness import BenchConfig, BenchError, build_feeds, measure_floors, run_bench
+    from bench.pcap import PcapError
+    from bench.scenarios import ScenarioError
+    from topology.loader import load_topology
+
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    if args.pcap_port and not args.pcap:
+        print("shardnet bench: --pcap-port needs --pcap", file=sys.stderr)
+        return 2
+    results = []
+    try:
+        floors = feeds = None
+        for n in args.workers:
+            cfg = BenchConfig(scenario=args.scenario, workers=n, flows=args.flows, repeat_ratio=args.repeat_ratio,
+                              batch=args.batch, window=args.window, warmup=max(0, args.warmup),
+                              probe=max(0, args.probe), store=args.store, pcap=args.pcap, pcap_port=args.pcap_port,
+                              cpus=args.cpus, datapath_cpu=args.datapath_cpu, progress=progress)
+            if feeds is None:
+                feeds = build_feeds(cfg)
+                if args.pcap_port and load_topology(str(feeds[0].topology)).port(args.pcap_port) is None:
+                    print(f"shardnet bench: unknown port {args.pcap_port!r} in scenario {args.scenario}",
+                          file=sys.stderr)
+                    return 2
+                floors = measure_floors(cfg, load_topology(str(feeds[0].topology)), feeds[1], feeds[3])
+            results.append(run_bench(cfg, floors, feeds))
+    except (BenchError, PcapError, ScenarioError, ValueError, OSError) as e:
+        print(f"shardnet bench: {e}", file=sys.stderr)
+        return 1
+    out = public(results[-1])
+    if len(results) > 1:
+        out["sweep"] = [public(r) for r in results]
+        out["scaling"] = [{"workers": r["workers"], "setups_per_s": r["setups_per_s"],
+                           "p50_us": r["setup_latency_us"]["p50"], "p99_us": r["setup_latency_us"]["p99"],
+                           **{k: r["cpu"].get(k) for k in ("datapath_us_per_upcall", "worker_us_per_upcall",
+                                                           "workers_per_dispatcher")}} for r in results]
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+            f.write("\n")
+    if args.plot:
+        from bench.plot import plot_results
+
+        plot_results(results, args.plot)
+    for r in results:
+        print(summary(r))
+    return 0
+
+
+def public(r: dict) -> dict:
+    return {k: v for k, v in r.items() if not k.startswith("_")}
+
+
+def summary(r: dict) -> str:
+    lat, f, u = r["setup_latency_us"], r["floor"], r["setup_latency_unloaded_us"]
+    return (f"{r['scenario']} workers={r['workers']} flows={r['flows']}: {r['setups_per_s']:,.0f} setups/s, "
+            f"setup p50 {lat['p50']:.0f} µs p99 {lat['p99']:.0f} µs (unloaded p50 {u['p50']:.0f} µs); "
+            f"floor rtt p50 {f['zmq_rtt_us_p50']:.0f} µs + simulation p50 {f['simulation_us_p50']:.0f} µs; "
+            f"parked {r['parked']} dropped {r['dropped']} offbox {r['offbox_read_ratio']:.4f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="shardnet bench", description="Measure flow setup (CONTRACTS §4).")
+    configure(parser)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Fixtures of the end-to-end tests (network namespaces; root and Linux tools required).
+
+- ``e2e_ready``       session scope: checks root and the tools (ip, ping, nc, ethtool); FAILS with what is
+                      missing and how to install it (never skips).
+- ``netns_factory``   function scope: a tests.e2e.netns.NetnsFactory; everything it made (namespaces, veths,
+                      TAPs, processes) is removed after the test.
+- ``dp_threads``      function scope: ``start(dp, on_miss)`` runs a datapath in a DatapathThread; stopped
+                      and the datapath closed after the test.
+
+Every test module here carries ``pytestmark = pytest.mark.e2e`` (``pytest -m e2e`` selects them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.e2e.netns import DatapathThread, E2eError, NetnsFactory, check_prerequisites
+
+
+@pytest.fixture(scope="session")
+def e2e_ready() -> None:
+    try:
+        check_prerequisites()
+    except E2eError as e:
+        pytest.fail(f"cannot run e2e tests: {e}", pytrace=False)
+
+
+@pytest.fixture
+def netns_factory(e2e_ready) -> Iterator[NetnsFactory]:
+    f = NetnsFactory()
+    yield f
+    f.close()
+
+
+@pytest.fixture
+def dp_threads() -> Iterator:
+    started: list[DatapathThread] = []
+
+    def start(dp, on_miss=None) -> DatapathThread:
+        t = DatapathThread(dp, on_miss).start()
+        started.append(t)
+        return t
+
+    yield start
+    errors = []
+    for t in started:
+        try:
+            t.stop()
+        except E2eError as e:
+            errors.append(str(e))
+        finally:
+            t.dp.close()
+    if errors:
+        pytest.fail("; ".join(errors))
