@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import queue
 import subprocess
 import sys
@@ -41,6 +42,7 @@ from topology.store.uri import open_store
 from workers.loop import WorkerConfig
 
 DP = -1
+SETTLE_S = 0.05        # quiet time after a topology change before pushing objects workers wait for
 
 
 class AgentError(RuntimeError):
@@ -55,6 +57,9 @@ class Agent:
         self.counters = {"supervisor_worker_restarts": 0, "supervisor_fragment_requests": 0,
                          "supervisor_lease_requests": 0, "supervisor_topology_changes": 0}
         self._cmds: queue.Queue = queue.Queue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self._changes: queue.Queue = queue.Queue()
         self._pending: dict[int, tuple[set, dict, Future]] = {}
         self._awaited: dict[tuple[str, str], set[int]] = {}
@@ -131,7 +136,7 @@ class Agent:
             cpu = cfg.cpus[i % len(cfg.cpus)] if cfg.cpus else None
             wcfg = WorkerConfig(i, cfg.workers, self.rt.path, cfg.host, cpu, cfg.park_timeout_s, cfg.max_parked,
                                 cfg.max_flows, cfg.flow_idle_s, cfg.flow_hard_s, 5.0, cfg.flow_state_idle_s,
-                                cfg.arp_retry_s, cfg.arp_timeout_s, cfg.batch)
+                                cfg.arp_retry_s, cfg.arp_timeout_s, cfg.batch, bool(cfg.port_workers))
             role, raw = "worker", asdict(wcfg)
         p = subprocess.Popen([sys.executable, "-m", "engine.procmain", role, json.dumps(raw)],
                              stdin=subprocess.DEVNULL)
@@ -175,6 +180,11 @@ class Agent:
             self._zctx = None
         if self.rt is not None:
             self.rt.close()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
         if self.tables is not None:
             self.tables.close()
         if self.mirror is not None:
@@ -222,24 +232,42 @@ class Agent:
             raise AgentError("agent is not running")
         fut: Future = Future()
         self._cmds.put((what, arg, fut))
+        self._wake()
         return fut.result(10) if wait else fut
 
     # -- service thread -------------------------------------------------------------------------------------
+    def _wake(self) -> None:
+        """Wake the service thread now (it otherwise sleeps in poll until a socket has input)."""
+        try:
+            os.write(self._wake_w, b"!")
+        except (BlockingIOError, OSError):
+            pass                                       # the pipe is full: a wake-up is pending anyway
+
     def _on_change(self, kind: str, name: str) -> None:
         self._changes.put(("topology", kind, name))
+        self._wake()
 
     def _relay(self, msg) -> None:
         self._changes.put(("relay", msg))
+        self._wake()
 
     def _run(self) -> None:
         decoder = Decoder()
         poller = zmq.Poller()
         poller.register(self._inbox, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
         next_check = 0.0
+        changed_at = None
         while True:
-            if poller.poll(5):
-                for msg in recv_msgs(self._inbox, decoder, 256):
-                    self._handle(msg)
+            for sock, _ in poller.poll(200 if changed_at is None else 10):
+                if sock == self._wake_r:
+                    try:
+                        os.read(self._wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+                else:
+                    for msg in recv_msgs(self._inbox, decoder, 256):
+                        self._handle(msg)
             while True:
                 try:
                     item = self._changes.get_nowait()
@@ -258,7 +286,7 @@ class Agent:
                     send_msg(self._to[DP], m.Query(req, "tunnel_ports", self._tunnel_ports()))
                 for i in range(self.cfg.workers):
                     send_msg(self._to[i], m.TopologyChanged(kind, name))
-                self._push_awaited()
+                changed_at = time.monotonic()
             while True:
                 try:
                     what, arg, fut = self._cmds.get_nowait()
@@ -270,6 +298,10 @@ class Agent:
                     return
                 self._command(what, arg, fut)
             now = time.monotonic()
+            if changed_at is not None and now - changed_at >= SETTLE_S:
+                # the records of one edit arrive one by one: push awaited objects once the edit settled
+                changed_at = None
+                self._push_awaited()
             if now >= next_check:
                 next_check = now + 0.2
                 self._check_children()

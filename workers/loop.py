@@ -76,6 +76,7 @@ class WorkerConfig:
     arp_retry_s: float = 1.0
     arp_timeout_s: float = 5.0
     batch: int = 64
+    pinned_ports: bool = False             # the dispatcher pins some ports to workers (port_workers)
 
 
 class Worker:
@@ -101,6 +102,7 @@ class Worker:
         self.drops = Counter()
         self.running = True
         self._next_slow = 0.0
+        self._next_blocks = 0.0
         self._idle_since: dict[tuple[str, int, int], float] = {}
         self.leases_out: dict[tuple, int] = {}          # lease requests in flight per (device, ip)
 
@@ -247,11 +249,32 @@ class Worker:
         if written:
             self.c["state_written"] += len(written)
             self._invalidate([state_tag(w.kind, w.key) for w in written])
-            relay.append(m.FlowStateBatch(tuple(written), self.i))
+            targets = self._state_targets(written)
+            if targets:
+                self.c["state_relayed"] += 1
+                self._dp(m.Fanout(targets, encode(m.FlowStateBatch(tuple(written), self.i))))
         if relay and self.others:
             for msg in relay:
-                self.c["state_relayed"] += 1
+                self.c["tables_relayed"] += 1
                 self._dp(m.Fanout(self.others, encode(msg)))
+
+    def _state_targets(self, written) -> tuple[int, ...]:
+        """The other workers that may simulate a packet needing this state: the worker each key's packets
+        hash to (a reply's tuple hashes to the worker that will see the reply).  Sticky LB entries serve any
+        connection of a client, and pinned ports bypass the hash: those go to every worker."""
+        if not self.others:
+            return ()
+        if self.cfg.pinned_ports:
+            return self.others
+        targets = set()
+        n = self.cfg.n_workers
+        for e in written:
+            if e.kind == "fwd_stick_dnat":
+                return self.others
+            k = e.key
+            targets.add(tuple_hash(k[2], k[0], k[3], k[1], k[4]) % n)
+        targets.discard(self.i)
+        return tuple(sorted(targets))
 
     def _invalidate(self, tags) -> None:
         keys = self.flows.invalidate(tags)
@@ -383,6 +406,8 @@ class Worker:
         # flow state used by an installed flow is alive: its idle time counts from the last flow using it
         by_tag = self.flows.by_tag
         for e in self.state.flow_state.values():
+            if now - e.last_used < e.idle_s / 2:       # young entries need no keep-alive yet
+                continue
             tag = e.tag
             if tag is None:
                 tag = e.tag = state_tag(e.kind, e.key)
@@ -392,7 +417,9 @@ class Worker:
         if expired:
             self.c["state_expired"] += len(expired)
             self._invalidate([state_tag(e.kind, e.key) for e in expired])
-        self._release_idle_blocks(now)
+        if now >= self._next_blocks:
+            self._next_blocks = now + 10.0
+            self._release_idle_blocks(now)
         self._refresh_arp(now)
 
     def _release_idle_blocks(self, now: float) -> None:

@@ -8,6 +8,9 @@ ICMP echo uses the ICMP id as both ports; an ICMP error is looked up through the
 
 from __future__ import annotations
 
+from functools import lru_cache
+
+from topology.addr import int2ip
 from workers.packet.packet import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Packet
 from workers.simulation.context import Ctx
 from workers.simulation.result import FlowStateTouch, FlowStateWrite
@@ -95,10 +98,9 @@ def finish(ctx: Ctx, egress: list[tuple[str, Packet]]) -> None:
         ctx.tags.add("ct:" + key_str(key))
 
 
+@lru_cache(maxsize=1 << 16)
 def key_str(key: tuple) -> str:
-    """Human/tag form of a flow-state key: 'src:sport>dst:dport/proto@device'."""
-    from topology.addr import int2ip
-
+    """Human/tag form of a flow-state key: 'src:sport>dst:dport/proto@device' (cached: it is a hot tag)."""
     src, dst, proto, sp, dp, dev = key
     return f"{int2ip(src)}:{sp}>{int2ip(dst)}:{dp}/{proto}@{dev}"
 
