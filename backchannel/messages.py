@@ -35,6 +35,7 @@ Who sends what (→ receiver):
                                     TableEntryRemoved
   worker → supervisor               MacLearned/ArpLearned (written to the replicated tables)
   worker → datapath → workers       Fanout (ordered relay: state reaches a worker before any later upcall)
+  worker → datapath → other hosts   StateToHosts (flow state on the reserved VNI, before the install)
   traffic source → datapath         Inject
   supervisor ↔ datapath / workers   Query / Answer (flows, outputs, purge: tests and tools)
 """
@@ -416,6 +417,17 @@ class TableEntryRemoved(NamedTuple):
     device: str
     vlan: int
     entry: int
+
+
+@message
+class StateToHosts(NamedTuple):
+    """Worker → datapath: send ``payload`` (an encoded FlowStateBatch) to the tunnel endpoints of ``hosts``
+    (host names; the datapath knows their tunnel addresses) on the flow-state VNI.  Sent before the install of
+    the packet that created the state, on the same socket, so the state leaves first."""
+
+    TAG = 50
+    hosts: tuple[str, ...]
+    payload: bytes
 
 
 Message = typing.Union[tuple(REGISTRY.values())]  # noqa: UP007 - built from the registry at import

@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--demo", action="store_true", help="load the demo topology and drive synthetic traffic")
     r.add_argument("--duration", type=float, help="stop after S seconds and print a summary")
     r.add_argument("--rate", type=float, default=2000.0, help="demo: new flows per second")
+    r.add_argument("--datapath", choices=("memory", "real"),
+                   help="real: bind the interfaces of the ports bound to --host and a VXLAN endpoint on its "
+                        "tunnel_ip (default when --host is given without --demo/--config); memory: synthetic")
+    r.add_argument("--tunnel-port", type=int, help="UDP port of the VXLAN endpoint (default 4789)")
+    r.add_argument("--state-file", help="flow-state snapshot file (real datapath; restored at start)")
     r.set_defaults(func=cmd_run)
 
     for extra in (_add_topology, _add_bench):

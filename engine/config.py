@@ -38,14 +38,30 @@ class AgentConfig:
     keep_outputs: bool = True              # in-memory datapath: keep output frames for inspection
     port_workers: dict | None = None       # ingress port id → worker index (pinned dispatch; default: hash)
     restart_workers: bool = True
+    datapath: str = "memory"               # "memory" (synthetic ports, Inject) or "real" (interfaces, VXLAN)
+    tunnel_port: int = 4789                # real: UDP port of the VXLAN endpoint (bound on the host's tunnel_ip)
+    state_file: str | None = None          # real: flow-state snapshot file (default: see state_path)
+    state_snapshot_s: float = 1.0          # real: how often the snapshot is written (0: never)
     start_timeout_s: float = 20.0
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ConfigError("workers: must be at least 1")
+        if self.datapath not in ("memory", "real"):
+            raise ConfigError(f"datapath: 'memory' or 'real', got {self.datapath!r}")
+        if not 0 < self.tunnel_port < 65536:
+            raise ConfigError(f"tunnel_port: 1..65535, got {self.tunnel_port!r}")
         if self.cpus is None:
             self.cpus = sorted(os.sched_getaffinity(0))
+
+    def state_path(self) -> str:
+        """Where the flow-state snapshot lives: ``state_file``, else under ``runtime_base`` or
+        $XDG_STATE_HOME / ~/.local/state."""
+        if self.state_file:
+            return self.state_file
+        base = self.runtime_base or os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+        return os.path.join(base, "shardnet", f"{self.host or 'agent'}.state")
 
     @classmethod
     def from_toml(cls, path: str, **overrides) -> AgentConfig:

@@ -11,6 +11,15 @@ It makes no decision of its own: a miss goes to a worker; a worker's answer inst
 packet (and the packets held back meanwhile); a Fanout relays a worker's message to other workers on the same
 sockets as their upcalls, so it reaches them before any later upcall.  Setup latency is measured from the
 upcall leaving (t_emit_ns, CLOCK_MONOTONIC, shared by all processes) to the install arriving here.
+
+Two datapaths (``mode``): "memory" (MemoryDatapath: synthetic ports fed by Inject) and "real" (RealDatapath:
+AF_PACKET sockets on the interfaces of the exterior ports bound to this host, and a VXLAN endpoint on the
+host's tunnel address).  In real mode the port and tunnel fds are polled next to the inbox; each readable fd
+is drained (one batch) into dispatcher upcalls, and the dispatcher is flushed after each burst.  The port map
+comes from the supervisor (Query "ports": ports, tunnel keys, hosts' tunnel addresses) at start and after each
+topology change; ports are added/removed as it changes.  Flow state: StateToHosts sends an encoded
+FlowStateBatch to other hosts on the reserved VNI; state arriving on that VNI is accepted only from a known
+host's address (else counted ``datapath_state_refused``) and relayed raw to every local worker.
 """
 
 from __future__ import annotations
@@ -51,6 +60,11 @@ class DatapathConfig:
     port_workers: dict | None = None
     tunnel_ports: dict | None = None       # tunnel key → local port id (egress by key)
     reclaim_s: float = 15.0                # an upcall unanswered this long no longer counts as in flight
+    mode: str = "memory"                   # "memory" or "real"
+    ports: dict | None = None              # real: port id → interface name (more come with Query "ports")
+    tunnel_ip: int | None = None           # real: this host's tunnel address (no tunnel when None)
+    tunnel_port: int = 4789
+    hosts: dict | None = None              # real: host name → tunnel address (state goes to / comes from them)
 
 
 class DatapathProcess:
@@ -58,14 +72,32 @@ class DatapathProcess:
         self.cfg = cfg
         self.to_workers = to_workers
         self.to_sup = to_sup
-        self.dp = MemoryDatapath(cfg.max_flows, cfg.keep_outputs, cfg.tunnel_ports)
+        self.tunnel = None
+        self.hosts: dict[str, int] = {}
+        self.known_ips: set[int] = set()
+        self.fds_changed = False
+        if cfg.mode == "real":
+            from engine.datapath.real import RealDatapath
+            from engine.datapath.tunnel import VxlanTunnel
+
+            if cfg.tunnel_ip:
+                self.tunnel = VxlanTunnel(cfg.tunnel_ip, cfg.tunnel_port)
+            self.dp = RealDatapath({}, self.tunnel, None, cfg.max_flows, cfg.keep_outputs,
+                                   on_state=self._on_state, batch=cfg.batch)
+        else:
+            self.dp = MemoryDatapath(cfg.max_flows, cfg.keep_outputs, cfg.tunnel_ports)
         self.disp = Dispatcher(cfg.n_workers, self._send_batch, max_inflight=cfg.max_inflight,
                                port_rate=cfg.port_rate, port_burst=cfg.port_burst, batch=cfg.batch,
                                port_workers=cfg.port_workers)
         self.latencies = array("q")
         self.counters = self.dp.counters
         self.counters.update(self.disp.counters)
-        self.counters.update({"datapath_relayed": 0, "datapath_relay_full": 0, "datapath_unexpected": 0})
+        self.counters.update({"datapath_relayed": 0, "datapath_relay_full": 0, "datapath_unexpected": 0,
+                              "datapath_state_tx": 0, "datapath_state_no_host": 0, "datapath_state_accepted": 0,
+                              "datapath_state_refused": 0, "datapath_port_errors": 0})
+        if cfg.mode == "real":
+            self.set_ports({"ports": cfg.ports or {}, "keys": cfg.tunnel_ports or {}, "hosts": cfg.hosts or {}})
+            self.fds_changed = True                    # the tunnel's fd, even with no port yet
         self.running = True
         self._next_expiry = 0.0
 
@@ -74,6 +106,64 @@ class DatapathProcess:
 
     def _sync_counters(self) -> None:
         self.counters.update(self.disp.counters)
+
+    # -- real mode: ports, fds, flow state ---------------------------------------------------------------
+    def set_ports(self, arg: dict) -> dict:
+        """The port map from the supervisor: {"ports": {id: ifname}, "keys": {key: id}, "hosts": {name: ip}}.
+        Ports no longer listed (or moved to another interface) are closed, new ones opened."""
+        self.hosts = {str(k): int(v) for k, v in (arg.get("hosts") or {}).items() if v}
+        self.known_ips = set(self.hosts.values())
+        if self.tunnel is not None:
+            self.known_ips.discard(self.tunnel.local_ip)
+        want = {str(k): str(v) for k, v in (arg.get("ports") or {}).items()}
+        have = {pid: p.ifname for pid, p in self.dp.ports.items()}
+        errors = []
+        for pid, ifname in have.items():
+            if want.get(pid) != ifname:
+                self.dp.remove_port(pid)
+                self.fds_changed = True
+        for pid, ifname in want.items():
+            if pid not in self.dp.ports:
+                try:
+                    self.dp.add_port(pid, ifname)
+                    self.fds_changed = True
+                except OSError as e:
+                    self.counters["datapath_port_errors"] += 1
+                    errors.append(f"{pid}: {e}")
+        self.dp.key_to_port.clear()
+        self.dp.key_to_port.update({int(k): str(v) for k, v in (arg.get("keys") or {}).items()})
+        return {"ports": sorted(self.dp.ports), "errors": errors}
+
+    def _on_state(self, src_ip: int, payload: bytes) -> None:
+        if src_ip not in self.known_ips:
+            self.counters["datapath_state_refused"] += 1
+            return
+        self.counters["datapath_state_accepted"] += 1
+        for sock in self.to_workers:
+            try:
+                sock.send(payload, zmq.NOBLOCK)
+                self.counters["datapath_relayed"] += 1
+            except zmq.Again:
+                self.counters["datapath_relay_full"] += 1
+
+    def _state_to_hosts(self, msg: m.StateToHosts) -> None:
+        for h in msg.hosts:
+            ip = self.hosts.get(h)
+            if ip is None or self.tunnel is None:
+                self.counters["datapath_state_no_host"] += 1
+                continue
+            if self.tunnel.send_state(ip, msg.payload):
+                self.counters["datapath_state_tx"] += 1
+
+    def poll_fd(self, fd: int, now: float) -> None:
+        for pid, frame, pkt, key in self.dp.poll_ready(fd, now):
+            self.disp.upcall(pid, frame, pkt, key, now)
+
+    def close(self) -> None:
+        if self.cfg.mode == "real":
+            self.dp.close()
+        if self.tunnel is not None:
+            self.tunnel.close()
 
     def receive(self, port: str, frame: bytes, now: float) -> None:
         miss = self.dp.receive(port, frame, now)
@@ -101,6 +191,8 @@ class DatapathProcess:
                         self.counters["datapath_relayed"] += 1
                     except zmq.Again:
                         self.counters["datapath_relay_full"] += 1
+        elif t is m.StateToHosts:
+            self._state_to_hosts(msg)
         elif t is m.PacketOut:
             self.dp.output(msg.port, msg.frame)
         elif t is m.FlowDelete:
@@ -144,6 +236,8 @@ class DatapathProcess:
 
     def answer(self, what: str, arg):
         if what == "stats":
+            if self.cfg.mode == "real":
+                self.dp.refresh_counters()
             out = dict(self.counters)
             out["datapath_flows"] = len(self.dp.cache.flows)
             out["datapath_pid"] = os.getpid()
@@ -156,7 +250,9 @@ class DatapathProcess:
             out = self.latencies.tolist()
             self.latencies = array("q")
             return out
-        if what == "tunnel_ports":
+        if what == "ports" and self.cfg.mode == "real":
+            return self.set_ports(arg or {})
+        if what == "tunnel_ports" and self.cfg.mode == "memory":
             self.dp.tunnel_ports = {int(k): v for k, v in arg.items()}
             return len(self.dp.tunnel_ports)
         if what == "purge":
@@ -194,18 +290,33 @@ def datapath_main(cfg: DatapathConfig) -> None:
     decoder = Decoder(proc.counters)
     poller = zmq.Poller()
     poller.register(inbox, zmq.POLLIN)
+    polled: set[int] = set()
     send_msg(to_sup, m.Answer(0, -1, {"ready": os.getpid()}))
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 50)
     try:
         while proc.running:
-            if poller.poll(20):
+            if proc.fds_changed:                       # ports came or went: poll their sockets
+                proc.fds_changed = False
+                fds = set(proc.dp.fds())
+                for fd in polled - fds:
+                    poller.unregister(fd)
+                for fd in fds - polled:
+                    poller.register(fd, zmq.POLLIN)
+                polled = fds
+            events = poller.poll(20)
+            if events:
                 now = time.monotonic()
-                for msg in recv_msgs(inbox, decoder, 256):
-                    proc.handle(msg, now)
+                for sock, _ in events:
+                    if sock is inbox:
+                        for msg in recv_msgs(inbox, decoder, 256):
+                            proc.handle(msg, now)
+                    elif sock in polled:
+                        proc.poll_fd(sock, now)
             proc.housekeeping(time.monotonic())
     finally:
+        proc.close()
         for s in (inbox, to_sup, *to_workers):
             s.close(0)
         ctx.term()

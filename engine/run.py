@@ -28,6 +28,11 @@ def _config(args) -> AgentConfig:
             "topology": args.topology or (str(DEMO_TOPOLOGY) if args.demo else None)}
     if args.demo and over["host"] is None:
         over["host"] = "host-a"
+    over["datapath"] = getattr(args, "datapath", None)
+    if over["datapath"] is None and args.host and not args.demo and not args.config:
+        over["datapath"] = "real"                      # an agent for a host binds that host's interfaces
+    over["tunnel_port"] = getattr(args, "tunnel_port", None)
+    over["state_file"] = getattr(args, "state_file", None)
     if args.config:
         return AgentConfig.from_toml(args.config, **over)
     return AgentConfig(**{k: v for k, v in over.items() if v is not None})
@@ -45,7 +50,7 @@ def run_agent(args) -> int:
     try:
         with Agent(cfg) as agent:
             print(f"shardnet: agent up: {cfg.workers} workers, store {cfg.store}, host {cfg.host}, "
-                  f"pids {agent.pids}", flush=True)
+                  f"datapath {cfg.datapath}, pids {agent.pids}", flush=True)
             t0 = time.monotonic()
             if args.demo:
                 _drive_demo(agent, args, stop, t0)

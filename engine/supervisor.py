@@ -12,6 +12,12 @@ All socket use happens on one service thread (``_run``): it serves fragment and 
 topology changes as TopologyChanged, collects query answers, and checks the children's health every 0.2 s.
 Public methods hand work to it through a queue and wait on a future.  Shutdown leaves no process, socket file
 or directory behind.
+
+With ``datapath="real"`` the datapath process binds the interfaces of the exterior ports bound to cfg.host and
+a VXLAN endpoint on the host's tunnel address.  The port map (``_port_map``: ports, tunnel keys, other hosts'
+tunnel addresses) is sent after the flow state saved by the previous run was restored into every worker, and
+again after each topology change.  Every ``state_snapshot_s`` the workers' flow state is written to
+``cfg.state_path()`` (atomically: temp file + rename), and once more at stop.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from dataclasses import asdict
 import zmq
 
 from backchannel import messages as m
-from backchannel.codec import Decoder
+from backchannel.codec import DecodeError, Decoder, decode, encode
 from backchannel.sockets import RuntimeDir, pull_bind, push_connect, recv_msgs, send_msg, worker_role
 from engine.config import AgentConfig
 from engine.dpproc import DATAPATH, SUPERVISOR, DatapathConfig
@@ -72,6 +78,9 @@ class Agent:
         self.mirror: StoreMirror | None = None
         self.allocator = None
         self.tables: SharedTables | None = None
+        self.restored = 0
+        self._next_snapshot: float | None = None
+        self._snapshot_busy = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def __enter__(self) -> Agent:
@@ -112,6 +121,12 @@ class Agent:
             for i, ev in self._ready.items():
                 if not ev.wait(max(0.0, deadline - time.monotonic())):
                     raise AgentError(f"{'datapath' if i == DP else f'worker {i}'} did not start")
+            if cfg.datapath == "real":
+                self.restored = self._restore_state()
+                answer = self.query([DP], "ports", self._port_map())[DP]
+                if answer.get("errors"):
+                    raise AgentError("cannot bind ports: " + "; ".join(answer["errors"]))
+                self._next_snapshot = time.monotonic() + cfg.state_snapshot_s
         except BaseException:
             self.stop()
             raise
@@ -128,15 +143,22 @@ class Agent:
         cfg = self.cfg
         self._ready[i] = threading.Event()
         if i == DP:
+            real = cfg.datapath == "real"
             pcfg = DatapathConfig(self.rt.path, cfg.workers, cfg.datapath_cpu, max(cfg.max_flows * 2, 1024),
-                                  cfg.max_inflight, cfg.port_rate, cfg.port_burst, cfg.batch, cfg.keep_outputs,
-                                  cfg.port_workers, self._tunnel_ports())
+                                  cfg.max_inflight, cfg.port_rate, cfg.port_burst, cfg.batch,
+                                  cfg.keep_outputs and not real, cfg.port_workers, self._tunnel_ports())
+            if real:                                   # ports come with Query "ports", after the state restore
+                pcfg.mode, pcfg.tunnel_port = "real", cfg.tunnel_port
+                host = self.mirror.get("host", cfg.host) if cfg.host else None
+                pcfg.tunnel_ip = host.tunnel_ip if host is not None else None
+                pcfg.hosts = self._port_map()["hosts"]
             role, raw = "datapath", asdict(pcfg)
         else:
             cpu = cfg.cpus[i % len(cfg.cpus)] if cfg.cpus else None
             wcfg = WorkerConfig(i, cfg.workers, self.rt.path, cfg.host, cpu, cfg.park_timeout_s, cfg.max_parked,
                                 cfg.max_flows, cfg.flow_idle_s, cfg.flow_hard_s, 5.0, cfg.flow_state_idle_s,
-                                cfg.arp_retry_s, cfg.arp_timeout_s, cfg.batch, bool(cfg.port_workers))
+                                cfg.arp_retry_s, cfg.arp_timeout_s, cfg.batch, bool(cfg.port_workers),
+                                cfg.datapath == "real")
             role, raw = "worker", asdict(wcfg)
         p = subprocess.Popen([sys.executable, "-m", "engine.procmain", role, json.dumps(raw)],
                              stdin=subprocess.DEVNULL)
@@ -153,6 +175,76 @@ class Agent:
                         out[p.tunnel_key] = p.id
         return out
 
+    def _port_map(self) -> dict:
+        """For the real datapath: the interfaces of the exterior ports bound to this host, tunnel key → port
+        id, and host name → tunnel address of every host."""
+        ports, keys, hosts = {}, {}, {}
+        for (kind, name), obj in list(self.mirror.objects.items()):
+            if kind == "host":
+                hosts[name] = obj.tunnel_ip
+            elif kind in ("bridge", "router"):
+                for p in obj.ports.values():
+                    if p.peer is None and p.host is not None and p.host == self.cfg.host and p.interface:
+                        ports[p.id] = p.interface
+                        if p.tunnel_key:
+                            keys[p.tunnel_key] = p.id
+        return {"ports": ports, "keys": keys, "hosts": hosts}
+
+    # -- flow-state persistence (real datapath) --------------------------------------------------------------
+    def _restore_state(self) -> int:
+        """Send the flow state saved by the previous run to every worker (before any port is bound)."""
+        try:
+            with open(self.cfg.state_path(), "rb") as f:
+                msg = decode(f.read())
+        except FileNotFoundError:
+            return 0
+        except (OSError, DecodeError):
+            self.counters["supervisor_state_file_bad"] = self.counters.get("supervisor_state_file_bad", 0) + 1
+            return 0
+        if type(msg) is not m.FlowStateBatch:
+            return 0
+        for i in range(self.cfg.workers):
+            self._call("send", (i, msg))
+        return len(msg.entries)
+
+    def _snapshot(self, then: Future | None = None) -> None:
+        """Ask every worker for its flow state; the answers are written to the state file (service thread),
+        then ``then`` is completed.  One at a time (an unanswered one is given up after 5 s)."""
+        now = time.monotonic()
+        if then is None and self._snapshot_busy and now - self._snapshot_busy < 5.0:
+            return
+        self._snapshot_busy = now
+        req = next(self._req)
+        fut: Future = Future()
+        fut.add_done_callback(self._write_state)
+        if then is not None:
+            fut.add_done_callback(lambda _f: then.set_result(True))
+        self._pending[req] = (set(range(self.cfg.workers)), {}, fut)
+        for i in range(self.cfg.workers):
+            send_msg(self._to[i], m.Query(req, "state_entries", None))
+
+    def _write_state(self, fut: Future) -> None:
+        self._snapshot_busy = 0.0
+        entries = []
+        for body in fut.result().values():
+            if isinstance(body, (list, tuple)):
+                entries.extend(m.FlowStateEntry(k, tuple(key), v, float(exp)) for k, key, v, exp in body)
+        path = self.cfg.state_path()
+        tmp = f"{path}.tmp"
+        try:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(encode(m.FlowStateBatch(tuple(entries), -1)))
+            os.replace(tmp, path)
+            self.counters["supervisor_state_snapshots"] = self.counters.get("supervisor_state_snapshots", 0) + 1
+        except OSError:
+            self.counters["supervisor_state_file_errors"] = self.counters.get("supervisor_state_file_errors", 0) + 1
+
+    def save_state(self, timeout: float = 5.0) -> None:
+        """Write the flow-state snapshot now (real datapath)."""
+        fut = self._call("snapshot", None, wait=False)
+        fut.result(timeout)
+
     def inject_tunnel(self, tunnel_key: int, frames) -> None:
         """Frames arriving from another host's tunnel with ``tunnel_key`` (in-memory datapath)."""
         self._call("send", (DP, m.Inject(f"tunnel:{tunnel_key}", tuple(frames))))
@@ -160,6 +252,11 @@ class Agent:
     def stop(self) -> None:
         if self._stopping:
             return
+        if self._next_snapshot is not None and self._thread is not None and self._thread.is_alive():
+            try:
+                self.save_state()
+            except Exception:                          # noqa: BLE001 - best effort; the periodic one stands
+                pass
         self._stopping = True
         if self._thread is not None and self._thread.is_alive():
             self._cmds.put(("shutdown", None, None))
@@ -281,6 +378,12 @@ class Agent:
                 self.counters["supervisor_topology_changes"] += 1
                 if kind in ("bridge", "router") and self.mirror.get(kind, name) is not None:
                     self.tables.watch_device(kind, name)
+                if self.cfg.datapath == "real":
+                    if kind in ("bridge", "router", "host"):
+                        req = next(self._req)
+                        self._pending[req] = ({DP}, {}, Future())
+                        send_msg(self._to[DP], m.Query(req, "ports", self._port_map()))
+                elif kind in ("bridge", "router") and self.mirror.get(kind, name) is not None:
                     req = next(self._req)
                     self._pending[req] = ({DP}, {}, Future())
                     send_msg(self._to[DP], m.Query(req, "tunnel_ports", self._tunnel_ports()))
@@ -302,6 +405,9 @@ class Agent:
                 # the records of one edit arrive one by one: push awaited objects once the edit settled
                 changed_at = None
                 self._push_awaited()
+            if self._next_snapshot is not None and now >= self._next_snapshot and self.cfg.state_snapshot_s > 0:
+                self._next_snapshot = now + self.cfg.state_snapshot_s
+                self._snapshot()
             if now >= next_check:
                 next_check = now + 0.2
                 self._check_children()
@@ -322,6 +428,8 @@ class Agent:
             target, msg = arg
             ok = send_msg(self._to[target], msg)
             fut.set_result(ok)
+        elif what == "snapshot":
+            self._snapshot(then=fut)
         elif what == "query":
             targets, q, qarg = arg
             req = next(self._req)

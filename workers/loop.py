@@ -77,6 +77,7 @@ class WorkerConfig:
     arp_timeout_s: float = 5.0
     batch: int = 64
     pinned_ports: bool = False             # the dispatcher pins some ports to workers (port_workers)
+    replicate_hosts: bool = False          # send created flow state to the other interested hosts (real mode)
 
 
 class Worker:
@@ -149,7 +150,7 @@ class Worker:
         if res.result == PARKED:
             self._park(up, pkt, key, res, now)
             return
-        self._apply(res.effects, now)
+        self._apply(res.effects, now, res.interested_hosts)
         for g in res.generated:
             self.emit_generated(g.port, g.packet, now)
         if res.result == CONSUMED:
@@ -227,7 +228,7 @@ class Worker:
             self._answer(up, flow_key(pkt, up.port), DROP_ACTIONS, (), temporary=True)
 
     # -- effects and replication ----------------------------------------------------------------------------
-    def _apply(self, effects, now: float) -> None:
+    def _apply(self, effects, now: float, hosts=frozenset()) -> None:
         if not effects:
             return
         self.state.apply(effects, now)
@@ -253,6 +254,10 @@ class Worker:
             if targets:
                 self.c["state_relayed"] += 1
                 self._dp(m.Fanout(targets, encode(m.FlowStateBatch(tuple(written), self.i))))
+            remote = tuple(sorted(h for h in hosts if h != self.cfg.host)) if self.cfg.replicate_hosts else ()
+            if remote:                                 # other hosts: before the install, on the same socket
+                self.c["state_sent_hosts"] += 1
+                self._dp(m.StateToHosts(remote, encode(m.FlowStateBatch(tuple(written), self.i))))
         if relay and self.others:
             for msg in relay:
                 self.c["tables_relayed"] += 1
@@ -370,6 +375,8 @@ class Worker:
         if what == "state":
             return [[k, repr(key), None if e.value is None else list(e.value)]
                     for (k, key), e in self.state.flow_state.items()]
+        if what == "state_entries":                    # for the agent's snapshot file (restored at start)
+            return [[e.kind, e.key, e.value, e.last_used + e.idle_s] for e in self.state.flow_state.values()]
         return {"error": f"unknown query {what!r}"}
 
     def stats(self) -> dict:

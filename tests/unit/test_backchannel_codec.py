@@ -40,6 +40,7 @@ def _sample(cls):
         "t_ns": 1, "request_kind": "port", "request_name": "b.p", "records": (("bridge", "b", b"{}"),),
         "device": "r1", "port_start": 1, "port_end": 2, "block": 64, "targets": (1,), "payload": b"x",
         "frames": (b"f",), "vlan": 0, "entry": 5, "what": "stats", "arg": None, "sender": -1, "body": {"a": 1},
+        "hosts": ("host-b",),
     }
     return cls(*(values[f] for f in cls._fields))
 

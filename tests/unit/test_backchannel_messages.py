@@ -39,6 +39,7 @@ from backchannel.messages import (
     Pong,
     Query,
     Shutdown,
+    StateToHosts,
     StatsReply,
     StatsRequest,
     TableEntryRemoved,
@@ -99,6 +100,7 @@ MESSAGES = {
     Query: st.builds(Query, i64, name, anything),
     Answer: st.builds(Answer, i64, i64, anything),
     TableEntryRemoved: st.builds(TableEntryRemoved, name, name, i64, i64),
+    StateToHosts: st.builds(StateToHosts, st.lists(name, max_size=4).map(tuple), frame),
 }
 any_message = st.one_of(*MESSAGES.values())
 
