@@ -32,17 +32,18 @@ class MemoryDatapath:
         if kind == "output":
             self.counters["datapath_tx"] += 1
             if self.keep_outputs:
-                q = self.outputs.get(target)
-                if q is None:
-                    q = self.outputs[target] = deque(maxlen=OUTPUT_QUEUE)
-                q.append(frame)
+                self._keep(self.outputs, target, frame)
         else:
             self.counters["datapath_tunnel_tx"] += 1
             if self.keep_outputs:
-                q = self.tunnels.get((target, tkey))
-                if q is None:
-                    q = self.tunnels[(target, tkey)] = deque(maxlen=OUTPUT_QUEUE)
-                q.append(frame)
+                self._keep(self.tunnels, (target, tkey), frame)
+
+    @staticmethod
+    def _keep(queues: dict, name, frame: bytes) -> None:
+        q = queues.get(name)
+        if q is None:
+            q = queues[name] = deque(maxlen=OUTPUT_QUEUE)
+        q.append(frame)
 
     def output(self, port: str, frame: bytes) -> None:
         self._emit("output", port, None, frame)

@@ -20,38 +20,31 @@ Port ids are whatever the caller uses in flow keys and actions (the engine uses 
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 
 from engine.datapath.afpacket import AfPacketPort
-from engine.datapath.flowcache import FlowCache
+from engine.datapath.memory import MemoryDatapath
 from engine.datapath.tunnel import VxlanTunnel
 from topology.model import TUNNEL_KEY_FLOW_STATE
 from workers.packet.codec import ParseError, parse
 from workers.packet.flowkey import flow_key
 
-OUTPUT_QUEUE = 65_536
 _TUNNEL = object()
 
 
-class RealDatapath:
+class RealDatapath(MemoryDatapath):
+    """MemoryDatapath's flow handling (receive, output, kept outputs) on real interfaces and a tunnel."""
+
     def __init__(self, ports: dict, tunnel: VxlanTunnel | None = None, key_to_port: dict | None = None,
                  max_flows: int = 200_000, keep_outputs: bool = False,
                  on_state: Callable[[int, bytes], None] | None = None, batch: int = 64):
-        self.cache = FlowCache(self._emit, max_flows)
-        self.counters = self.cache.counters
-        self.counters.update({"datapath_rx": 0, "datapath_tx": 0, "datapath_tunnel_tx": 0,
-                              "datapath_tunnel_rx": 0, "datapath_tunnel_unknown_key": 0,
-                              "datapath_tunnel_state_rx": 0, "datapath_output_no_port": 0,
+        self.ports: dict = {}
+        super().__init__(max_flows, keep_outputs, key_to_port)
+        self.counters.update({"datapath_tunnel_state_rx": 0, "datapath_output_no_port": 0,
                               "datapath_no_tunnel": 0})
         self.tunnel = tunnel
-        self.key_to_port: dict = dict(key_to_port or {})
         self.on_state = on_state
         self.batch = batch
-        self.keep_outputs = keep_outputs
-        self.outputs: dict = {}
-        self.tunnels: dict[tuple[int, int], deque] = {}
-        self.ports: dict = {}
         self._by_fd: dict[int, object] = {}
         self._closed_port_counters: dict[str, int] = {}
         if tunnel is not None:
@@ -115,46 +108,6 @@ class RealDatapath:
             if self.keep_outputs:
                 self._keep(self.tunnels, (target, tkey), frame)
 
-    @staticmethod
-    def _keep(queues: dict, name, frame: bytes) -> None:
-        q = queues.get(name)
-        if q is None:
-            q = queues[name] = deque(maxlen=OUTPUT_QUEUE)
-        q.append(frame)
-
-    def output(self, port, frame: bytes) -> None:
-        self._emit("output", port, None, frame)
-
-    def receive(self, port, frame: bytes, now: float):
-        """A frame arrived on ``port``.  None when handled (hit executed, or malformed and counted), else
-        (packet, key) of the miss."""
-        self.counters["datapath_rx"] += 1
-        try:
-            pkt = parse(frame)
-        except ParseError as e:
-            name = f"datapath_malformed_{e.reason}"
-            self.counters[name] = self.counters.get(name, 0) + 1
-            return None
-        key = flow_key(pkt, port)
-        flow = self.cache.lookup(key, now)
-        if flow is not None:
-            self.cache.execute(flow.compiled, frame, pkt)
-            return None
-        return pkt, key
-
-    def take_outputs(self, port=None) -> dict[str, list[bytes]]:
-        """Drain the kept outputs (keep_outputs=True), as MemoryDatapath.take_outputs."""
-        out = {}
-        for name, q in list(self.outputs.items()):
-            if port is None or name == port:
-                out[name] = list(q)
-                q.clear()
-        if port is None:
-            for (ip, key), q in self.tunnels.items():
-                out[f"tunnel:{ip}:{key}"] = list(q)
-                q.clear()
-        return out
-
     # --- the I/O shell ------------------------------------------------------------------------------------
 
     def poll_ready(self, fd: int, now: float) -> list[tuple]:
@@ -206,9 +159,9 @@ class RealDatapath:
         self._emit("output", pid, None, frame)
 
     @property
-    def tunnel_ports(self) -> dict:
-        """MemoryDatapath's name for key_to_port (tunnel key → local port id)."""
-        return self.key_to_port
+    def key_to_port(self) -> dict:
+        """Tunnel key → local port id (MemoryDatapath's ``tunnel_ports``)."""
+        return self.tunnel_ports
 
     def refresh_counters(self) -> dict:
         """Fold the ports' (afpacket_*) and the tunnel's (tunnel_*) counters into ``counters``; returns it."""
