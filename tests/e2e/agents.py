@@ -14,7 +14,9 @@ import sys
 import time
 
 from engine.config import AgentConfig
+from engine.datapath import netdev
 from engine.supervisor import Agent
+from tests.e2e.netns import Namespace, NetnsFactory, short_id
 
 SERVER = """
 import hashlib, socket, sys
@@ -42,6 +44,27 @@ class Net:
 
     def ip(self, n: int) -> str:
         return f"127.0.{self.net}.{n}"
+
+
+def hosts_yaml(net: Net, *names: str) -> str:
+    """The ``hosts:`` section of a topology: each host's tunnel address on the test's loopback /24."""
+    return "hosts:\n" + "".join(f"  {n}: {{tunnel_ip: {net.ip(11 + i)}}}\n" for i, n in enumerate(names))
+
+
+def add_interface(factory: NetnsFactory, ns: Namespace, ifname: str, address: str, mac: str) -> str:
+    """One more veth in an existing namespace (``ifname``, "IP/len", MAC); returns its root-namespace end,
+    configured as a datapath end and removed with the factory."""
+    host_if = f"sv{short_id()}"
+    netdev.create_veth(host_if, ifname, ns.name)
+    factory.links.append(host_if)
+    netdev.configure_datapath_end(host_if)
+    netdev.configure_ns_end(ns.name, ifname, mac=mac, address=address)
+    return host_if
+
+
+def if_counter(ns: Namespace, ifname: str, key: str = "tx_packets") -> int:
+    """A kernel interface counter inside ``ns`` (/sys as ``ip netns exec`` mounts it)."""
+    return int(ns.run(["cat", f"/sys/class/net/{ifname}/statistics/{key}"]).stdout)
 
 
 def start_agent(store: str, host: str, net: Net, tmp_path, topology: str | None = None, **kw) -> Agent:

@@ -9,40 +9,11 @@ import time
 
 import pytest
 
-from tests.e2e.agents import Net, nc_transfer, ping, ping_eventually, python_transfer, start_agent, stat
+from tests.e2e.agents import hosts_yaml, nc_transfer, ping, ping_eventually, python_transfer, stat
 
 pytestmark = pytest.mark.e2e
 
 MAC1, MAC2, MAC3 = "02:5e:00:00:01:01", "02:5e:00:00:01:02", "02:5e:00:00:01:03"
-
-
-@pytest.fixture
-def zk_store(zk_server, zk_chroot) -> str:
-    return f"zk://{zk_server.hosts}{zk_chroot}"
-
-
-@pytest.fixture
-def real_agents(zk_store, tmp_path):
-    started = []
-    net = Net()
-
-    def start(host: str, topology_text: str | None = None, **kw):
-        path = None
-        if topology_text is not None:
-            path = tmp_path / f"topo-{len(started)}.yaml"
-            path.write_text(topology_text)
-        a = start_agent(zk_store, host, net, tmp_path, str(path) if path else None, **kw)
-        started.append(a)
-        return a
-
-    start.net = net
-    yield start
-    for a in started:
-        a.stop()
-
-
-def hosts_yaml(net: Net, *names: str) -> str:
-    return "hosts:\n" + "".join(f"  {n}: {{tunnel_ip: {net.ip(11 + i)}}}\n" for i, n in enumerate(names))
 
 
 def test_one_agent_two_vms_ping_tcp_and_hits(netns_factory, real_agents, tmp_path):
