@@ -1,0 +1,451 @@
+"""A simulation worker's logic: everything one worker owns and does, without the process and its sockets.
+
+A Worker owns, sharing them with nobody: its flow table (what it installed, tags, expiry), its flow-state
+shard (the conntrack/NAT entries it created, plus replicas pushed to it), its ARP broker, its waiting room of
+parked simulations and its partial topology cache.  ``handle(msg, now)`` takes one inbox message;
+everything it wants sent goes to two outboxes (to the datapath, to the supervisor) that ``flush`` sends, in
+order, one frame per destination — the process loop (workers.loop) owns the sockets and the clock.
+
+Flow state a simulation created is relayed to the worker its packets hash to through the datapath *before*
+the install (same outbox, so in order): the datapath forwards it ahead of any later upcall, so no return flow
+is simulated without its state.  With real interfaces, state also goes to the other interested hosts first.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from backchannel import messages as m
+from backchannel.codec import encode
+from backchannel.sockets import send_many, send_msg
+from workers.arp import ArpBroker
+from workers.flowtable import FlowTable
+from workers.packet.codec import ParseError, build, parse
+from workers.packet.flowkey import flow_key, tuple_hash
+from workers.parking import ParkingLot
+from workers.plan import DROP_ACTIONS, output_actions
+from workers.simulation import generate
+from workers.simulation.conntrack import state_tag
+from workers.simulation.nat import BLOCK_SIZE
+from workers.simulation.result import (
+    CONSUMED,
+    EXPIRY_TEMPORARY,
+    FORWARD,
+    PARKED,
+    ArpLearned,
+    FlowStateWrite,
+    MacLearned,
+    NeedArp,
+    NeedFragment,
+    NeedLease,
+)
+from workers.simulation.simulate import simulate
+from workers.simulation.state import LocalState
+from workers.topocache import TopologyCache
+
+FLUSH_CHUNK = 256                                   # messages per outgoing frame
+
+
+@dataclass
+class WorkerConfig:
+    index: int
+    n_workers: int
+    runtime_dir: str
+    host: str | None = None
+    cpu: int | None = None
+    park_timeout_s: float = 5.0
+    max_parked: int = 10_000
+    max_flows: int = 100_000
+    flow_idle_s: float = 60.0
+    flow_hard_s: float = 0.0
+    drop_flow_s: float = 5.0               # lifetime of "temporary" drop flows
+    flow_state_idle_s: float = 60.0
+    arp_retry_s: float = 1.0
+    arp_timeout_s: float = 5.0
+    batch: int = 64
+    pinned_ports: bool = False             # the dispatcher pins some ports to workers (port_workers)
+    replicate_hosts: bool = False          # send created flow state to the other interested hosts (real mode)
+
+
+class Worker:
+    """The worker's logic over its sockets; ``send_dp`` / ``send_sup`` are the two outbound channels."""
+
+    def __init__(self, cfg: WorkerConfig, send_dp, send_sup):
+        self.cfg = cfg
+        self.i = cfg.index
+        self.send_dp = send_dp
+        self.send_sup = send_sup
+        self.topo = TopologyCache()
+        self.state = LocalState(flow_state_idle_s=cfg.flow_state_idle_s)
+        # SNAT prefers ports whose reply hashes to this worker (the reply's state is then local)
+        n, i = cfg.n_workers, cfg.index
+        self.state.prefer_snat_port = lambda t: tuple_hash(t[2], t[0], t[3], t[1], t[4]) % n == i
+        self.flows = FlowTable(cfg.max_flows, cfg.flow_hard_s)
+        self.parking = ParkingLot(cfg.park_timeout_s, cfg.max_parked)
+        self.arp = ArpBroker(cfg.arp_retry_s, cfg.arp_timeout_s, seed=cfg.index)
+        self.others = tuple(j for j in range(cfg.n_workers) if j != cfg.index)
+        self.out_dp: list = []
+        self.out_sup: list = []
+        self.c = Counter()
+        self.drops = Counter()
+        self.running = True
+        self._next_slow = 0.0
+        self._next_blocks = 0.0
+        self._idle_since: dict[tuple[str, int, int], float] = {}
+        self.leases_out: dict[tuple, int] = {}          # lease requests in flight per (device, ip)
+
+    # -- outboxes: everything a batch produces leaves in one frame per destination, in order -------------------
+    def _dp(self, msg) -> None:
+        self.out_dp.append(msg)
+
+    def _sup(self, msg) -> None:
+        self.out_sup.append(msg)
+
+    def flush(self) -> bool:
+        """Send what the outboxes hold.  A full peer queue keeps the rest for later (every upcall must get
+        its answer); returns False while something is left, and the loop stops reading its inbox until the
+        peer drains: back-pressure instead of loss."""
+        done = True
+        for sock, box in ((self.send_dp, self.out_dp), (self.send_sup, self.out_sup)):
+            sent = 0
+            while sent < len(box):
+                chunk = box[sent:sent + FLUSH_CHUNK]
+                ok = send_msg(sock, chunk[0]) if len(chunk) == 1 else send_many(sock, chunk)
+                if not ok:
+                    self.c["send_blocked"] += 1
+                    done = False
+                    break
+                sent += len(chunk)
+            del box[:sent]
+        return done
+
+    # -- upcalls ----------------------------------------------------------------------------------------------
+    def upcall(self, up: m.Upcall, now: float) -> None:
+        self.c["upcalls"] += 1
+        try:
+            pkt = parse(up.frame)
+        except ParseError as e:
+            self._drop(f"malformed_{e.reason}")
+            self._answer(up, (), DROP_ACTIONS, frozenset(), temporary=True, install=False)
+            return
+        self._simulate(up, pkt, now)
+
+    def _simulate(self, up: m.Upcall, pkt, now: float) -> None:
+        self.c["simulations"] += 1
+        res = simulate(pkt, up.port, self.topo, self.state, now, self.cfg.host)
+        key = flow_key(pkt, up.port)
+        if res.result == PARKED:
+            self._park(up, pkt, key, res, now)
+            return
+        self._apply(res.effects, now, res.interested_hosts)
+        for g in res.generated:
+            self.emit_generated(g.port, g.packet, now)
+        if res.result == CONSUMED:
+            self.c["consumed"] += 1
+            self._answer(up, key, (), res.tags, install=False)
+        elif res.result == FORWARD:
+            actions = output_actions(pkt, res.outputs, self._tunnel_ip)
+            self._answer(up, key, actions, res.tags)
+        else:
+            self._drop(res.drop_reason or "unknown")
+            self._answer(up, key, DROP_ACTIONS, res.tags, temporary=res.expiry == EXPIRY_TEMPORARY)
+
+    def _answer(self, up, key, actions, tags, temporary=False, install=True) -> None:
+        now = time.monotonic()
+        if install and key:
+            evicted = self.flows.add(key, frozenset(tags), now)
+            if evicted:
+                self._dp(m.FlowDelete(tuple(evicted)))
+        idle = self.cfg.drop_flow_s if temporary else self.cfg.flow_idle_s
+        hard = (self.cfg.drop_flow_s if temporary else self.cfg.flow_hard_s) if install else -1.0
+        self._dp(m.FlowInstall(up.seq, up.port, key, actions, tuple(tags), idle, hard, up.t_emit_ns, up.frame))
+        self.c["installs" if install else "executes"] += 1
+
+    def _drop(self, reason: str) -> None:
+        self.drops[reason] += 1
+
+    def _tunnel_ip(self, host: str) -> int:
+        h = self.topo.host(host)
+        return h.tunnel_ip if h is not None else 0
+
+    # -- parking --------------------------------------------------------------------------------------------
+    def _park(self, up, pkt, key, res, now: float) -> None:
+        need = res.needs
+        new = self.parking.park(need, (up, pkt), now)
+        if new is None:
+            self._drop("parked_overflow")
+            self._answer(up, key, DROP_ACTIONS, (), temporary=True, install=False)
+            return
+        if type(need) is NeedArp:
+            for g in res.generated:                    # the ARP request the simulation built
+                if self.arp.request(need.router, need.ip, g.port, g.packet, now):
+                    self.emit_generated(g.port, g.packet, now)
+            return
+        if type(need) is NeedLease:
+            # one block (64 ports) per request: ask for as many as the waiting packets need
+            key = ("lease", need.device, need.ip)
+            if self.parking.waiting_on(key) > BLOCK_SIZE * self.leases_out.get(key, 0):
+                self._request_lease(need)
+            return
+        if not new:
+            return
+        if type(need) is NeedFragment:
+            if self.topo.is_absent(need.kind, need.name):
+                # the supervisor said it does not exist and will push it if it appears: wait (deadline)
+                return
+            self.c["fragment_requests"] += 1
+            self.c["offbox_reads"] += 1
+            self._sup(m.FragmentRequest(self.i, need.kind, need.name))
+        elif type(need) is NeedLease:
+            self._request_lease(need)
+
+    def _request_lease(self, need: NeedLease) -> None:
+        key = ("lease", need.device, need.ip)
+        self.leases_out[key] = self.leases_out.get(key, 0) + 1
+        self.c["lease_requests"] += 1
+        self._sup(m.LeaseRequest(self.i, need.device, need.ip, need.port_start, need.port_end))
+
+    def _resume(self, key: tuple, now: float, limit: int | None = None) -> None:
+        for up, pkt in self.parking.satisfy(key, limit):
+            self._simulate(up, pkt, now)
+
+    def _fail(self, key: tuple, reason: str) -> None:
+        for up, pkt in self.parking.satisfy(key):
+            self._drop(reason)
+            self._answer(up, flow_key(pkt, up.port), DROP_ACTIONS, (), temporary=True)
+
+    # -- effects and replication ----------------------------------------------------------------------------
+    def _apply(self, effects, now: float, hosts=frozenset()) -> None:
+        if not effects:
+            return
+        self.state.apply(effects, now)
+        relay, written = [], []
+        for e in effects:
+            t = type(e)
+            if t is FlowStateWrite:
+                written.append(m.FlowStateEntry(e.kind, e.key, e.value, now + self.cfg.flow_state_idle_s))
+            elif t is MacLearned:
+                msg = m.MacLearned(e.bridge, e.vlan, e.mac, e.port, self.i)
+                relay.append(msg)
+                self._sup(msg)           # into the agents' replicated MAC table
+                self._invalidate([f"mac:{e.bridge}:{e.vlan}:{e.mac:012x}"])
+            elif t is ArpLearned:
+                msg = m.ArpLearned(e.router, e.ip, e.mac, self.i)
+                relay.append(msg)
+                self._sup(msg)
+                self._arp_learned(e.router, e.ip, now)
+        if written:
+            self.c["state_written"] += len(written)
+            self._invalidate([state_tag(w.kind, w.key) for w in written])
+            targets = self._state_targets(written)
+            if targets:
+                self.c["state_relayed"] += 1
+                self._dp(m.Fanout(targets, encode(m.FlowStateBatch(tuple(written), self.i))))
+            remote = tuple(sorted(h for h in hosts if h != self.cfg.host)) if self.cfg.replicate_hosts else ()
+            if remote:                                 # other hosts: before the install, on the same socket
+                self.c["state_sent_hosts"] += 1
+                self._dp(m.StateToHosts(remote, encode(m.FlowStateBatch(tuple(written), self.i))))
+        if relay and self.others:
+            for msg in relay:
+                self.c["tables_relayed"] += 1
+                self._dp(m.Fanout(self.others, encode(msg)))
+
+    def _state_targets(self, written) -> tuple[int, ...]:
+        """The other workers that may simulate a packet needing this state: the worker each key's packets
+        hash to (a reply's tuple hashes to the worker that will see the reply).  Sticky LB entries serve any
+        connection of a client, and pinned ports bypass the hash: those go to every worker."""
+        if not self.others:
+            return ()
+        if self.cfg.pinned_ports:
+            return self.others
+        targets = set()
+        n = self.cfg.n_workers
+        for e in written:
+            if e.kind == "fwd_stick_dnat":
+                return self.others
+            k = e.key
+            targets.add(tuple_hash(k[2], k[0], k[3], k[1], k[4]) % n)
+        targets.discard(self.i)
+        return tuple(sorted(targets))
+
+    def _invalidate(self, tags) -> None:
+        keys = self.flows.invalidate(tags)
+        if keys:
+            self._dp(m.FlowDelete(tuple(keys)))
+
+    def _arp_learned(self, router: str, ip: int, now: float) -> None:
+        self._invalidate([f"arp:{router}:{ip}"])
+        self.arp.resolved(router, ip)
+        self._resume(("arp", router, ip), now)
+
+    def emit_generated(self, port_id: str, pkt, now: float) -> None:
+        """Send a packet the agent generated out of ``port_id``: directly when the port is exterior, through
+        a simulation from the peer port when it is interior (a router's ICMP error crossing a bridge)."""
+        self.c["generated"] += 1
+        port = self.topo.port(port_id)
+        if port is None:
+            self._drop("generated_unknown_port")
+            return
+        frame = build(pkt)
+        if port.peer is None:
+            if port.host is None or port.host == self.cfg.host or self.cfg.host is None:
+                self._dp(m.PacketOut(port.id, frame))
+            else:
+                act = (("tunnel", self._tunnel_ip(port.host), port.tunnel_key),)
+                self._dp(m.FlowInstall(-1, "", (), act, (), 0.0, -1.0, 0, frame))
+            return
+        res = simulate(pkt, port.peer, self.topo, self.state, now, self.cfg.host)
+        if res.result != FORWARD:
+            self._drop(f"generated_{res.drop_reason or res.result}")
+            return
+        self._apply(res.effects, now)
+        actions = output_actions(pkt, res.outputs, self._tunnel_ip)
+        self._dp(m.FlowInstall(-1, "", (), actions, (), 0.0, -1.0, 0, frame))
+
+    # -- inbox ----------------------------------------------------------------------------------------------
+    def handle(self, msg, now: float) -> None:
+        t = type(msg)
+        if t is m.UpcallBatch:
+            for up in msg.upcalls:
+                self.upcall(up, now)
+        elif t is m.FlowStateBatch:
+            self.c["state_received"] += len(msg.entries)
+            self.state.apply([FlowStateWrite(e.kind, e.key, e.value) for e in msg.entries], now)
+            self._invalidate([state_tag(e.kind, e.key) for e in msg.entries])
+        elif t is m.MacLearned:
+            self.state.apply([MacLearned(msg.bridge, msg.vlan, msg.mac, msg.port)], now)
+            self._invalidate([f"mac:{msg.bridge}:{msg.vlan}:{msg.mac:012x}"])
+        elif t is m.ArpLearned:
+            self.state.apply([ArpLearned(msg.router, msg.ip, msg.mac)], now)
+            self._arp_learned(msg.router, msg.ip, now)
+        elif t is m.Fragment:
+            for kind, name, data in msg.records:
+                self.topo.add(kind, name, data)
+            self.c["fragments"] += 1
+            if msg.records and msg.records[0][2] is not None:
+                self._resume(("fragment", msg.request_kind, msg.request_name), now)
+            else:
+                # absent for now: the packets stay parked until it appears (pushed) or their deadline
+                self.topo.add(msg.request_kind, msg.request_name, None)
+        elif t is m.LeaseGranted:
+            key = ("lease", msg.device, msg.ip)
+            self.leases_out[key] = max(0, self.leases_out.get(key, 0) - 1)
+            if msg.block >= 0:
+                self.state.add_nat_block(msg.device, msg.ip, msg.block)
+                self._resume(key, now, BLOCK_SIZE)   # a block serves at most 64 of the waiting packets
+            else:
+                self._fail(key, "nat_exhausted")
+        elif t is m.TopologyChanged:
+            self.topo.forget(msg.kind, msg.name)
+            self._invalidate([f"{msg.kind}:{msg.name}"])
+        elif t is m.TableEntryRemoved:
+            if msg.kind == "mac":
+                self.state.forget_mac(msg.device, msg.vlan, msg.entry)
+                self._invalidate([f"mac:{msg.device}:{msg.vlan}:{msg.entry:012x}"])
+            else:
+                self.state.forget_arp(msg.device, msg.entry)
+                self._invalidate([f"arp:{msg.device}:{msg.entry}"])
+        elif t is m.InvalidateTags:
+            self._invalidate(msg.tags)
+        elif t is m.FlowRemoved:
+            self.flows.removed(msg.keys)
+        elif t is m.Query:
+            self._sup(m.Answer(msg.req_id, self.i, self.answer(msg.what, msg.arg)))
+        elif t is m.Shutdown:
+            self.running = False
+        else:
+            self.c["unexpected_messages"] += 1
+
+    def answer(self, what: str, arg):
+        if what == "stats":
+            return self.stats()
+        if what == "state":
+            return [[k, repr(key), None if e.value is None else list(e.value)]
+                    for (k, key), e in self.state.flow_state.items()]
+        if what == "state_entries":                    # for the agent's snapshot file (restored at start)
+            return [[e.kind, e.key, e.value, e.last_used + e.idle_s] for e in self.state.flow_state.values()]
+        return {"error": f"unknown query {what!r}"}
+
+    def stats(self) -> dict:
+        out = {f"worker_{k}": v for k, v in self.c.items()}
+        out.update({f"worker_drops_{k}": v for k, v in self.drops.items()})
+        out.update(self.flows.counters)
+        out.update(self.parking.counters)
+        out.update(self.arp.counters)
+        out.update(self.topo.counters)
+        out["worker_flows"] = len(self.flows)
+        out["worker_parked_now"] = self.parking.size
+        out["worker_state_entries"] = len(self.state.flow_state)
+        out["worker_index"] = self.i
+        out["worker_pid"] = os.getpid()
+        return out
+
+    # -- housekeeping ---------------------------------------------------------------------------------------
+    def housekeeping(self, now: float) -> None:
+        for (kind, *_), items in self.parking.expire(now):
+            for up, pkt in items:
+                self._drop(f"parked_timeout_{kind}")
+                self._answer(up, flow_key(pkt, up.port), DROP_ACTIONS, (), temporary=True)
+        resend, failed = self.arp.tick(now)
+        for port, pkt in resend:
+            self.emit_generated(port, pkt, now)
+        for router, ip in failed:
+            self._fail(("arp", router, ip), "arp_timeout")
+        if now < self._next_slow:
+            return
+        self._next_slow = now + 1.0
+        gone = self.flows.expire(now)
+        if gone:
+            self._dp(m.FlowDelete(tuple(gone)))
+        # flow state used by an installed flow is alive: its idle time counts from the last flow using it
+        by_tag = self.flows.by_tag
+        for e in self.state.flow_state.values():
+            if now - e.last_used < e.idle_s / 2:       # young entries need no keep-alive yet
+                continue
+            tag = e.tag
+            if tag is None:
+                tag = e.tag = state_tag(e.kind, e.key)
+            if tag in by_tag:
+                e.last_used = now
+        expired = self.state.expire(now)
+        if expired:
+            self.c["state_expired"] += len(expired)
+            self._invalidate([state_tag(e.kind, e.key) for e in expired])
+        if now >= self._next_blocks:
+            self._next_blocks = now + 10.0
+            self._release_idle_blocks(now)
+        self._refresh_arp(now)
+
+    def _release_idle_blocks(self, now: float) -> None:
+        """SNAT blocks with no binding left go back to the allocator (after a grace period)."""
+        idle = set(self.state.idle_nat_blocks())
+        for blk in list(self._idle_since):
+            if blk not in idle:
+                del self._idle_since[blk]
+        for blk in idle:
+            since = self._idle_since.setdefault(blk, now)
+            if now - since >= self.cfg.flow_state_idle_s:
+                device, ip, block = blk
+                self.state.remove_nat_block(device, ip, block)
+                del self._idle_since[blk]
+                self.c["nat_blocks_released"] += 1
+                self._sup(m.LeaseRelease(self.i, device, ip, block))
+
+    def _refresh_arp(self, now: float) -> None:
+        """Stale ARP entries still used by installed flows are asked for again before they expire."""
+        for router_name, ip in self.state.stale_arps(now):
+            if f"arp:{router_name}:{ip}" not in self.flows.by_tag:
+                continue
+            router = self.topo.router(router_name)
+            port = next((p for p in router.ports.values() if p.address is not None and p.prefix_len
+                         and (ip ^ p.address) >> (32 - p.prefix_len) == 0), None) if router else None
+            if port is None:
+                continue
+            pkt = generate.arp_request(port.mac, port.address, ip)
+            if self.arp.refresh(router_name, ip, port.id, pkt, now):
+                self.emit_generated(port.id, pkt, now)
+
+
