@@ -36,10 +36,11 @@ from dataclasses import asdict
 import zmq
 
 from backchannel import messages as m
-from backchannel.codec import DecodeError, Decoder, decode, encode
+from backchannel.codec import Decoder
 from backchannel.sockets import RuntimeDir, pull_bind, push_connect, recv_msgs, send_msg, worker_role
 from engine.config import AgentConfig
 from engine.dpproc import DATAPATH, SUPERVISOR, DatapathConfig
+from engine.statefile import StateFileError, read_state, write_state
 from engine.tables import SharedTables
 from topology.loader import load_topology
 from topology.mirror import StoreMirror
@@ -167,13 +168,7 @@ class Agent:
 
     def _tunnel_ports(self) -> dict[int, str]:
         """Tunnel key → port id of the exterior ports bound to this host."""
-        out = {}
-        for (kind, _), dev in list(self.mirror.objects.items()):
-            if kind in ("bridge", "router"):
-                for p in dev.ports.values():
-                    if p.tunnel_key and p.host is not None and p.host == self.cfg.host:
-                        out[p.tunnel_key] = p.id
-        return out
+        return self._port_map()["keys"]
 
     def _port_map(self) -> dict:
         """For the real datapath: the interfaces of the exterior ports bound to this host, tunnel key → port
@@ -184,8 +179,9 @@ class Agent:
                 hosts[name] = obj.tunnel_ip
             elif kind in ("bridge", "router"):
                 for p in obj.ports.values():
-                    if p.peer is None and p.host is not None and p.host == self.cfg.host and p.interface:
-                        ports[p.id] = p.interface
+                    if p.peer is None and p.host is not None and p.host == self.cfg.host:
+                        if p.interface:
+                            ports[p.id] = p.interface
                         if p.tunnel_key:
                             keys[p.tunnel_key] = p.id
         return {"ports": ports, "keys": keys, "hosts": hosts}
@@ -194,14 +190,11 @@ class Agent:
     def _restore_state(self) -> int:
         """Send the flow state saved by the previous run to every worker (before any port is bound)."""
         try:
-            with open(self.cfg.state_path(), "rb") as f:
-                msg = decode(f.read())
-        except FileNotFoundError:
-            return 0
-        except (OSError, DecodeError):
+            msg = read_state(self.cfg.state_path())
+        except StateFileError:
             self.counters["supervisor_state_file_bad"] = self.counters.get("supervisor_state_file_bad", 0) + 1
             return 0
-        if type(msg) is not m.FlowStateBatch:
+        if msg is None:
             return 0
         for i in range(self.cfg.workers):
             self._call("send", (i, msg))
@@ -229,13 +222,8 @@ class Agent:
         for body in fut.result().values():
             if isinstance(body, (list, tuple)):
                 entries.extend(m.FlowStateEntry(k, tuple(key), v, float(exp)) for k, key, v, exp in body)
-        path = self.cfg.state_path()
-        tmp = f"{path}.tmp"
         try:
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            with open(tmp, "wb") as f:
-                f.write(encode(m.FlowStateBatch(tuple(entries), -1)))
-            os.replace(tmp, path)
+            write_state(self.cfg.state_path(), entries)
             self.counters["supervisor_state_snapshots"] = self.counters.get("supervisor_state_snapshots", 0) + 1
         except OSError:
             self.counters["supervisor_state_file_errors"] = self.counters.get("supervisor_state_file_errors", 0) + 1
