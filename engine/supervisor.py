@@ -196,9 +196,34 @@ class Agent:
             return 0
         if msg is None:
             return 0
+        msg = self._reclaim_snat_blocks(msg)
         for i in range(self.cfg.workers):
             self._call("send", (i, msg))
         return len(msg.entries)
+
+    def _reclaim_snat_blocks(self, msg: m.FlowStateBatch) -> m.FlowStateBatch:
+        """Restored SNAT bindings use ports of blocks leased by the previous run: lease those exact blocks
+        again and hand them to the workers; the bindings of a block another agent took meanwhile are dropped
+        (a lost connection, never a duplicate binding)."""
+        def block_of(e) -> tuple | None:
+            if e.kind == "rev_snat":
+                return (e.key[5], e.key[1], e.key[4] - e.key[4] % 64)
+            if e.kind == "fwd_snat" and e.value:
+                return (e.key[5], e.value[0], e.value[1] - e.value[1] % 64)
+            return None
+
+        blocks = {b for b in map(block_of, msg.entries) if b is not None}
+        lost = set()
+        for n, (device, ip, block) in enumerate(sorted(blocks)):
+            w = n % self.cfg.workers
+            if self.allocator.claim(f"{self.cfg.host or 'agent'}/worker-{w}", device, ip, block):
+                self._call("send", (w, m.LeaseGranted(device, ip, block)))
+            else:
+                lost.add((device, ip, block))
+        if lost:
+            self.counters["supervisor_restored_snat_lost"] = len(lost)
+            msg = m.FlowStateBatch(tuple(e for e in msg.entries if block_of(e) not in lost), msg.origin)
+        return msg
 
     def _snapshot(self, then: Future | None = None) -> None:
         """Ask every worker for its flow state; the answers are written to the state file (service thread),

@@ -183,3 +183,47 @@ while b := c.recv(65536):
     n += len(b)
 print(n, flush=True)
 """
+
+
+def test_snat_connection_survives_a_restart_of_the_agent_that_translated_it(netns_factory, real_agents):
+    """The VM's agent did the SNAT: after its restart it must hand the VM's packets the same binding (the
+    restored entries) from the same block (leased again), or the far side would reset the connection."""
+    vm1 = netns_factory.vm("10.1.0.11/24", MAC1, gateway="10.1.0.1")
+    ext = netns_factory.vm("203.0.113.1/24", "02:5e:00:00:0e:01")
+    topo = f"""version: 1
+{hosts_yaml(real_agents.net, "host-a", "gw-1")}bridges:
+  tenant:
+    ports:
+      vm1: {{host: host-a, interface: {vm1.host_if}}}
+      up: {{peer: r1.tenant}}
+routers:
+  r1:
+    ports:
+      tenant: {{address: 10.1.0.1/24, mac: "02:0a:00:00:01:01"}}
+      uplink: {{address: 203.0.113.2/24, mac: "02:0a:00:00:01:02", host: gw-1, interface: {ext.host_if}}}
+    inbound_filter: r1-in
+    outbound_filter: r1-out
+chains:
+  r1-in:
+    - {{action: rev_snat}}
+  r1-out:
+    - {{match: {{src: 10.1.0.0/24, dst: "!10.1.0.0/24"}}, action: snat,
+       targets: [{{ip: 203.0.113.2, port: 20000-30000}}]}}
+"""
+    a = real_agents("host-a", topo)
+    real_agents("gw-1")
+    ping_eventually(vm1, ext.ip)
+    server = ext.popen([sys.executable, "-c", SLOW_SERVER, "5041"])
+    assert server.stdout.readline().strip() == b"ready"
+    client = vm1.popen([sys.executable, "-c", SLOW_CLIENT, ext.ip, "5041"])
+    assert client.stdout.readline().strip() == b"connected"
+    time.sleep(1.0)
+    a.stop()
+    a2 = real_agents("host-a")
+    assert a2.restored > 0
+    assert a2.counters.get("supervisor_restored_snat_lost", 0) == 0
+    out, err = client.communicate(timeout=60)
+    assert client.returncode == 0, err.decode()
+    assert out.split() == [str(40 * 20_000).encode()]
+    sout, _ = server.communicate(timeout=30)
+    assert sout.split() == [b"peer", b"203.0.113.2"]

@@ -130,6 +130,34 @@ class StoreNatAllocator:
             return block
         return self._reclaim(owner, device, ip, port_start, port_end)
 
+    def claim(self, owner: str, device: str, ip: int, block: int) -> bool:
+        """Lease this exact block (an agent restoring the SNAT bindings it saved before a restart).  A node
+        left by this agent's previous session (not yet expired) is taken over; another agent's is not."""
+        key = (device, ip, block)
+        path = f"{lease_dir(device, ip)}/{block}"
+        for _ in range(2):
+            try:
+                self.owned.create(path, self._value(owner), self._lost(key))
+            except NodeExists:
+                try:
+                    data, version = self.store.get(path)
+                    held = json.loads(data)
+                    if held.get("agent") != self.owner:
+                        return False                          # another agent holds it now
+                    if held.get("session") == self.store.session_id:
+                        return True                           # already ours
+                    self.store.delete(path, version)          # our previous session's lease
+                except (NoNode, BadVersion):
+                    pass
+                except ValueError:
+                    return False
+                continue
+            with self._lock:
+                self._held[key] = owner
+            self.counters["nat_leases"] += 1
+            return True
+        return False
+
     def _reclaim(self, owner: str, device: str, ip: int, port_start: int, port_end: int) -> int | None:
         lo, hi = port_start - port_start % BLOCK_SIZE, port_end
         with self._lock:
