@@ -36,6 +36,7 @@ Who sends what (→ receiver):
   worker → supervisor               MacLearned/ArpLearned (written to the replicated tables)
   worker → datapath → workers       Fanout (ordered relay: state reaches a worker before any later upcall)
   worker → datapath → other hosts   StateToHosts (flow state on the reserved VNI, before the install)
+  host → host (flow-state key)      StateRequest (a port moved here: send us your flow state)
   traffic source → datapath         Inject
   supervisor ↔ datapath / workers   Query / Answer (flows, outputs, purge: tests and tools)
 """
@@ -428,6 +429,16 @@ class StateToHosts(NamedTuple):
     TAG = 50
     hosts: tuple[str, ...]
     payload: bytes
+
+
+@message
+class StateRequest(NamedTuple):
+    """Host → host (on the flow-state tunnel key): port ``port`` moved to ``requester``; the previous owner's
+    workers answer with their flow state (StateToHosts back to ``requester``)."""
+
+    TAG = 51
+    requester: str
+    port: str
 
 
 Message = typing.Union[tuple(REGISTRY.values())]  # noqa: UP007 - built from the registry at import

@@ -36,7 +36,7 @@ from dataclasses import asdict
 import zmq
 
 from backchannel import messages as m
-from backchannel.codec import Decoder
+from backchannel.codec import Decoder, encode
 from backchannel.sockets import RuntimeDir, pull_bind, push_connect, recv_msgs, send_msg, worker_role
 from engine.config import AgentConfig
 from engine.dpproc import DATAPATH, SUPERVISOR, DatapathConfig
@@ -79,6 +79,7 @@ class Agent:
         self.mirror: StoreMirror | None = None
         self.allocator = None
         self.tables: SharedTables | None = None
+        self._bound: dict[str, str] = {}
         self.restored = 0
         self._next_snapshot: float | None = None
         self._snapshot_busy = 0.0
@@ -123,6 +124,7 @@ class Agent:
                 if not ev.wait(max(0.0, deadline - time.monotonic())):
                     raise AgentError(f"{'datapath' if i == DP else f'worker {i}'} did not start")
             if cfg.datapath == "real":
+                self._bound = self._bindings()
                 self.restored = self._restore_state()
                 answer = self.query([DP], "ports", self._port_map())[DP]
                 if answer.get("errors"):
@@ -165,6 +167,27 @@ class Agent:
                              stdin=subprocess.DEVNULL)
         self.procs[i] = p
         self.pids[i] = p.pid
+
+    def _bindings(self) -> dict[str, str]:
+        """Port id → host of every bound exterior port."""
+        out = {}
+        for (kind, _), dev in list(self.mirror.objects.items()):
+            if kind in ("bridge", "router"):
+                for p in dev.ports.values():
+                    if p.peer is None and p.host:
+                        out[p.id] = p.host
+        return out
+
+    def _fetch_moved_state(self) -> None:
+        """A port now bound here that was bound to another host: ask that host's workers for their flow state
+        (it arrives, like replicated state, on the reserved tunnel key and is imported by our workers)."""
+        now = self._bindings()
+        before, self._bound = self._bound, now
+        for pid, host in now.items():
+            old = before.get(pid)
+            if host == self.cfg.host and old is not None and old != self.cfg.host:
+                self.counters["supervisor_state_fetches"] = self.counters.get("supervisor_state_fetches", 0) + 1
+                send_msg(self._to[DP], m.StateToHosts((old,), encode(m.StateRequest(self.cfg.host, pid))))
 
     def _tunnel_ports(self) -> dict[int, str]:
         """Tunnel key → port id of the exterior ports bound to this host."""
@@ -396,6 +419,7 @@ class Agent:
                         req = next(self._req)
                         self._pending[req] = ({DP}, {}, Future())
                         send_msg(self._to[DP], m.Query(req, "ports", self._port_map()))
+                        self._fetch_moved_state()
                 elif kind in ("bridge", "router") and self.mirror.get(kind, name) is not None:
                     req = next(self._req)
                     self._pending[req] = ({DP}, {}, Future())

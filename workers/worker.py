@@ -47,6 +47,7 @@ from workers.simulation.state import LocalState
 from workers.topocache import TopologyCache
 
 FLUSH_CHUNK = 256                                   # messages per outgoing frame
+STATE_CHUNK = 500                                   # flow-state entries per message to another host
 
 
 @dataclass
@@ -348,6 +349,14 @@ class Worker:
             else:
                 self.state.forget_arp(msg.device, msg.entry)
                 self._invalidate([f"arp:{msg.device}:{msg.entry}"])
+        elif t is m.StateRequest:
+            # a port moved to another host: it takes over our flow state (all of it: a superset, bounded)
+            self.c["state_requests"] += 1
+            entries = [m.FlowStateEntry(e.kind, e.key, e.value, e.last_used + e.idle_s)
+                       for e in self.state.flow_state.values()]
+            for i in range(0, len(entries), STATE_CHUNK):
+                batch = m.FlowStateBatch(tuple(entries[i:i + STATE_CHUNK]), self.i)
+                self._dp(m.StateToHosts((msg.requester,), encode(batch)))
         elif t is m.InvalidateTags:
             self._invalidate(msg.tags)
         elif t is m.FlowRemoved:

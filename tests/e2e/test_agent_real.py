@@ -10,6 +10,7 @@ import time
 import pytest
 
 from tests.e2e.agents import hosts_yaml, nc_transfer, ping, ping_eventually, python_transfer, stat
+from topology.loader import loads_topology
 
 pytestmark = pytest.mark.e2e
 
@@ -227,3 +228,43 @@ chains:
     assert out.split() == [str(40 * 20_000).encode()]
     sout, _ = server.communicate(timeout=30)
     assert sout.split() == [b"peer", b"203.0.113.2"]
+
+
+def test_a_port_moved_to_another_host_takes_its_flow_state_along(netns_factory, real_agents):
+    """vm2 (a server streaming to vm1 through a stateful firewall) is rebound from host-a to host-b in the
+    middle of the transfer.  host-b fetches host-a's flow state: the server's packets, now simulated on
+    host-b, are the return direction of a known connection and pass."""
+    vm1 = netns_factory.vm("10.1.0.11/24", MAC1)
+    vm2 = netns_factory.vm("10.1.0.12/24", MAC2)
+    topo = f"""version: 1
+{hosts_yaml(real_agents.net, "host-a", "host-b")}bridges:
+  tenant:
+    ports:
+      vm1: {{host: host-a, interface: {vm1.host_if}}}
+      vm2: {{host: host-a, interface: {vm2.host_if}}}
+    inbound_filter: fw
+chains:
+  fw:
+    - {{match: {{ethertype: 2054}}, action: accept}}
+    - {{match: {{ct: return}}, action: accept}}
+    - {{match: {{in_port: tenant.vm1}}, action: accept}}
+    - {{action: drop}}
+"""
+    a = real_agents("host-a", topo)
+    b = real_agents("host-b")
+    ping_eventually(vm1, vm2.ip)
+    server = vm2.popen([sys.executable, "-c", SLOW_SERVER, "5051"])
+    assert server.stdout.readline().strip() == b"ready"
+    client = vm1.popen([sys.executable, "-c", SLOW_CLIENT, vm2.ip, "5051"])
+    assert client.stdout.readline().strip() == b"connected"
+    time.sleep(0.8)
+    moved = loads_topology(topo.replace(f"vm2: {{host: host-a, interface: {vm2.host_if}}}",
+                                        f"vm2: {{host: host-b, interface: {vm2.host_if}}}"))
+    a.apply_topology(moved)
+    out, err = client.communicate(timeout=60)
+    assert client.returncode == 0, err.decode()
+    assert out.split() == [str(40 * 20_000).encode()]
+    server.communicate(timeout=30)
+    assert b.counters.get("supervisor_state_fetches", 0) == 1
+    assert stat(b, "datapath_state_accepted") > 0
+    assert stat(b, "worker_simulations", "workers") > 0          # host-b now simulates vm2's packets

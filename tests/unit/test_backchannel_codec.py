@@ -39,7 +39,8 @@ def _sample(cls):
         "ip": 1, "mac": 2, "bridge": "b", "name": "n", "req_id": 1, "worker": 0, "counters": {"a": 1},
         "t_ns": 1, "request_kind": "port", "request_name": "b.p", "records": (("bridge", "b", b"{}"),),
         "device": "r1", "port_start": 1, "port_end": 2, "block": 64, "targets": (1,), "payload": b"x",
-        "frames": (b"f",), "vlan": 0, "entry": 5, "what": "stats", "arg": None, "sender": -1, "body": {"a": 1},
+        "frames": (b"f",), "vlan": 0, "entry": 5, "requester": "host-b", "what": "stats", "arg": None,
+        "sender": -1, "body": {"a": 1},
         "hosts": ("host-b",),
     }
     return cls(*(values[f] for f in cls._fields))

@@ -39,6 +39,7 @@ from backchannel.messages import (
     Pong,
     Query,
     Shutdown,
+    StateRequest,
     StateToHosts,
     StatsReply,
     StatsRequest,
@@ -100,6 +101,7 @@ MESSAGES = {
     Query: st.builds(Query, i64, name, anything),
     Answer: st.builds(Answer, i64, i64, anything),
     TableEntryRemoved: st.builds(TableEntryRemoved, name, name, i64, i64),
+    StateRequest: st.builds(StateRequest, name, name),
     StateToHosts: st.builds(StateToHosts, st.lists(name, max_size=4).map(tuple), frame),
 }
 any_message = st.one_of(*MESSAGES.values())
