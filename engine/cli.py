@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("trace", help="simulate packets through a topology and explain each decision")
     _common(t)
-    t.add_argument("topology", nargs="?", help="topology file (YAML or JSON)")
+    t.add_argument("topology", nargs="?", help="topology file (YAML or JSON); default: what --store holds")
     t.add_argument("--port", action="append", default=[], help="ingress port id (device.port)")
     t.add_argument("--packet", action="append", default=[], help="packet spec (key=value,...)")
     t.add_argument("--host", default=None, help="the agent's host (default: the ingress port's host)")
@@ -78,12 +78,15 @@ def cmd_trace(args) -> int:
     from workers.trace import TraceSession, dumps, result_json
 
     path = str(DEMO_TOPOLOGY) if args.demo and not args.topology else args.topology
-    if path is None:
-        print("shardnet trace: a TOPOLOGY file is required (or --demo)", file=sys.stderr)
-        return 2
     try:
-        topo = load_topology(path)
-    except (TopologyError, OSError) as e:
+        if path is not None:
+            topo = load_topology(path)
+        elif args.store != "memory://":
+            topo = _topology_from_store(args.store)
+        else:
+            print("shardnet trace: a TOPOLOGY file is required (or --demo, or --store zk://...)", file=sys.stderr)
+            return 2
+    except (TopologyError, OSError, ValueError) as e:
         print(f"shardnet trace: {e}", file=sys.stderr)
         return 2
     session = TraceSession(topo, host=args.host)
@@ -110,6 +113,22 @@ def cmd_trace(args) -> int:
     for port, pkt in zip(args.port, packets, strict=True):
         print(dumps(result_json(session.run(port, pkt))), flush=True)
     return 0
+
+
+def _topology_from_store(uri: str):
+    """The topology a store holds (``trace --store URI`` with no file)."""
+    from topology.store.base import StoreError
+    from topology.store.topo import read_topology
+    from topology.store.uri import open_store
+
+    try:
+        store = open_store(uri)
+    except StoreError as e:
+        raise ValueError(f"cannot open {uri}: {e}") from None
+    try:
+        return read_topology(store)
+    finally:
+        store.close()
 
 
 def cmd_run(args) -> int:

@@ -130,3 +130,17 @@ def test_apply_show_round_trip_on_zookeeper(path, zk_server, zk_chroot):
     assert keys == {pid: p.tunnel_key for pid, p in original.all_ports().items() if p.tunnel_key}
     assert load_topology(r.stdout, tunnel_keys=keys) == original
     assert stored == original
+
+
+@pytest.mark.zk
+def test_trace_against_the_topology_in_zookeeper(zk_server, zk_chroot):
+    """`shardnet trace --store zk://…` with no file traces the topology the store holds."""
+    uri = f"zk://{zk_server.hosts}{zk_chroot}"
+    assert run_cli("apply", str(ROOT / "engine" / "demo" / "demo.yaml"), "--store", uri).returncode == 0
+    spec = ("eth_src=02:00:00:00:00:01,eth_dst=02:0a:00:00:00:01,ip_src=10.0.0.2,ip_dst=203.0.113.200,"
+            "proto=udp,tp_src=1,tp_dst=53")
+    r = subprocess.run([sys.executable, "-m", "engine.cli", "trace", "--store", uri, "--port", "tenant.vm1",
+                        "--packet", spec], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["result"] == "drop" and out["drop_reason"] == "blackhole"
