@@ -159,27 +159,34 @@ def forward_snat(ctx: Ctx, targets: tuple[NatTarget, ...], pkt: Packet, device: 
 
 def choose_snat_port(ctx: Ctx, device: str, ip: int, target: NatTarget, t: tuple) -> int:
     """A port in a held block, inside the target's range, whose binding toward this destination is free.
-    Ports the state prefers (e.g. whose reply hashes to this worker) are taken first."""
+
+    Blocks are tried newest first (a block just leased is the likeliest to have room), so the usual cost is a
+    few lookups however many blocks are held.  Ports the state prefers (e.g. whose reply hashes to this
+    worker) are taken first; a block with room but no preferred port ends the search with its first free
+    port."""
     lo, hi = target.port_start, target.port_end
-    blocks = [b for b in ctx.state.nat_blocks(device, ip) if b + BLOCK_SIZE - 1 >= lo and b <= hi]
     ctx.tags.add(f"nat_block:{device}:{ip}")
     prefer = getattr(ctx.state, "prefer_snat_port", None)
-    fallback = None
+    taken = ctx.state.flow_state_get
+    now = ctx.now
     h = ctx.flow_hash()
-    for b in blocks:
+    dst, proto, dport = t[1], t[2], t[4]
+    for b in reversed(ctx.state.nat_blocks(device, ip)):
         first, last = max(b, lo), min(b + BLOCK_SIZE - 1, hi)
+        if first > last:
+            continue
         n = last - first + 1
+        fallback = None
         for i in range(n):
             port = first + (h + i) % n
-            rkey = (t[1], ip, t[2], t[4], port, device)
-            if ctx.state.flow_state_get(REV_SNAT, rkey, ctx.now) is not MISSING:
+            if taken(REV_SNAT, (dst, ip, proto, dport, port, device), now) is not MISSING:
                 continue
-            if prefer is None or prefer((t[1], ip, t[2], t[4], port)):
+            if prefer is None or prefer((dst, ip, proto, dport, port)):
                 return port
             if fallback is None:
                 fallback = port
-    if fallback is not None:
-        return fallback
+        if fallback is not None:
+            return fallback
     raise Stop("nat_lease_needed", needs=NeedLease(device, ip, lo, hi))
 
 
