@@ -97,11 +97,10 @@ routers:
     assert sb["datapath_tunnel_unknown_key"] == 0 and sb["tunnel_rx"] > 0
 
 
-def test_snat_through_a_gateway_agent(netns_factory, real_agents):
-    vm1 = netns_factory.vm("10.1.0.11/24", MAC1, gateway="10.1.0.1")
-    ext = netns_factory.vm("203.0.113.1/24", "02:5e:00:00:0e:01")
-    topo = f"""version: 1
-{hosts_yaml(real_agents.net, "host-a", "gw-1")}bridges:
+def snat_topology(net, vm1, ext) -> str:
+    """vm1 (host-a) behind router r1, whose uplink on gw-1 leads to ``ext``; SNAT to the uplink address."""
+    return f"""version: 1
+{hosts_yaml(net, "host-a", "gw-1")}bridges:
   tenant:
     ports:
       vm1: {{host: host-a, interface: {vm1.host_if}}}
@@ -120,6 +119,30 @@ chains:
     - {{match: {{src: 10.1.0.0/24, dst: "!10.1.0.0/24"}}, action: snat,
        targets: [{{ip: 203.0.113.2, port: 20000-30000}}]}}
 """
+
+
+def start_stream(server_ns, client_ns, port: int):
+    """A server in ``server_ns`` streams 800 kB slowly (4 s) to a client in ``client_ns``."""
+    server = server_ns.popen([sys.executable, "-c", SLOW_SERVER, str(port)])
+    assert server.stdout.readline().strip() == b"ready"
+    client = client_ns.popen([sys.executable, "-c", SLOW_CLIENT, server_ns.ip, str(port)])
+    assert client.stdout.readline().strip() == b"connected"
+    return server, client
+
+
+def finish_stream(server, client) -> bytes:
+    """Wait for the stream; asserts every byte arrived; returns the server's report (its peer address)."""
+    out, err = client.communicate(timeout=60)
+    assert client.returncode == 0, err.decode()
+    assert out.split() == [str(40 * 20_000).encode()]
+    sout, _ = server.communicate(timeout=30)
+    return sout
+
+
+def test_snat_through_a_gateway_agent(netns_factory, real_agents):
+    vm1 = netns_factory.vm("10.1.0.11/24", MAC1, gateway="10.1.0.1")
+    ext = netns_factory.vm("203.0.113.1/24", "02:5e:00:00:0e:01")
+    topo = snat_topology(real_agents.net, vm1, ext)
     a = real_agents("host-a", topo)
     gw = real_agents("gw-1")
     ping_eventually(vm1, ext.ip)
@@ -149,19 +172,12 @@ chains:
 """
     a = real_agents("host-a", topo)
     ping_eventually(vm1, vm2.ip)
-    server = vm2.popen([sys.executable, "-c", SLOW_SERVER, "5031"])
-    assert server.stdout.readline().strip() == b"ready"
-    client = vm1.popen([sys.executable, "-c", SLOW_CLIENT, vm2.ip, "5031"])
-    assert client.stdout.readline().strip() == b"connected"
+    server, client = start_stream(vm2, vm1, 5031)
     time.sleep(1.0)
     a.stop()                                           # writes the last snapshot
     a2 = real_agents("host-a")
     assert a2.restored > 0
-    out, err = client.communicate(timeout=60)
-    assert client.returncode == 0, err.decode()
-    assert out.split() == [str(40 * 20_000).encode()]
-    sout, _ = server.communicate(timeout=30)
-    assert sout.split() == [b"peer", b"10.1.0.11"]
+    assert finish_stream(server, client).split() == [b"peer", b"10.1.0.11"]
     assert stat(a2, "worker_state_received", "workers") > 0
 
 
@@ -191,43 +207,17 @@ def test_snat_connection_survives_a_restart_of_the_agent_that_translated_it(netn
     restored entries) from the same block (leased again), or the far side would reset the connection."""
     vm1 = netns_factory.vm("10.1.0.11/24", MAC1, gateway="10.1.0.1")
     ext = netns_factory.vm("203.0.113.1/24", "02:5e:00:00:0e:01")
-    topo = f"""version: 1
-{hosts_yaml(real_agents.net, "host-a", "gw-1")}bridges:
-  tenant:
-    ports:
-      vm1: {{host: host-a, interface: {vm1.host_if}}}
-      up: {{peer: r1.tenant}}
-routers:
-  r1:
-    ports:
-      tenant: {{address: 10.1.0.1/24, mac: "02:0a:00:00:01:01"}}
-      uplink: {{address: 203.0.113.2/24, mac: "02:0a:00:00:01:02", host: gw-1, interface: {ext.host_if}}}
-    inbound_filter: r1-in
-    outbound_filter: r1-out
-chains:
-  r1-in:
-    - {{action: rev_snat}}
-  r1-out:
-    - {{match: {{src: 10.1.0.0/24, dst: "!10.1.0.0/24"}}, action: snat,
-       targets: [{{ip: 203.0.113.2, port: 20000-30000}}]}}
-"""
+    topo = snat_topology(real_agents.net, vm1, ext)
     a = real_agents("host-a", topo)
     real_agents("gw-1")
     ping_eventually(vm1, ext.ip)
-    server = ext.popen([sys.executable, "-c", SLOW_SERVER, "5041"])
-    assert server.stdout.readline().strip() == b"ready"
-    client = vm1.popen([sys.executable, "-c", SLOW_CLIENT, ext.ip, "5041"])
-    assert client.stdout.readline().strip() == b"connected"
+    server, client = start_stream(ext, vm1, 5041)
     time.sleep(1.0)
     a.stop()
     a2 = real_agents("host-a")
     assert a2.restored > 0
     assert a2.counters.get("supervisor_restored_snat_lost", 0) == 0
-    out, err = client.communicate(timeout=60)
-    assert client.returncode == 0, err.decode()
-    assert out.split() == [str(40 * 20_000).encode()]
-    sout, _ = server.communicate(timeout=30)
-    assert sout.split() == [b"peer", b"203.0.113.2"]
+    assert finish_stream(server, client).split() == [b"peer", b"203.0.113.2"]
 
 
 def test_a_port_moved_to_another_host_takes_its_flow_state_along(netns_factory, real_agents):
@@ -253,18 +243,12 @@ chains:
     a = real_agents("host-a", topo)
     b = real_agents("host-b")
     ping_eventually(vm1, vm2.ip)
-    server = vm2.popen([sys.executable, "-c", SLOW_SERVER, "5051"])
-    assert server.stdout.readline().strip() == b"ready"
-    client = vm1.popen([sys.executable, "-c", SLOW_CLIENT, vm2.ip, "5051"])
-    assert client.stdout.readline().strip() == b"connected"
+    server, client = start_stream(vm2, vm1, 5051)
     time.sleep(0.8)
     moved = loads_topology(topo.replace(f"vm2: {{host: host-a, interface: {vm2.host_if}}}",
                                         f"vm2: {{host: host-b, interface: {vm2.host_if}}}"))
     a.apply_topology(moved)
-    out, err = client.communicate(timeout=60)
-    assert client.returncode == 0, err.decode()
-    assert out.split() == [str(40 * 20_000).encode()]
-    server.communicate(timeout=30)
+    finish_stream(server, client)
     assert b.counters.get("supervisor_state_fetches", 0) == 1
     assert stat(b, "datapath_state_accepted") > 0
     assert stat(b, "worker_simulations", "workers") > 0          # host-b now simulates vm2's packets
