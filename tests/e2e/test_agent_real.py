@@ -121,6 +121,24 @@ chains:
 """
 
 
+def firewall_topology(net, vm1, vm2, *hosts: str) -> str:
+    """vm1 and vm2 on host-a behind a stateful firewall: new connections only from vm1, replies accepted."""
+    return f"""version: 1
+{hosts_yaml(net, *hosts)}bridges:
+  tenant:
+    ports:
+      vm1: {{host: host-a, interface: {vm1.host_if}}}
+      vm2: {{host: host-a, interface: {vm2.host_if}}}
+    inbound_filter: fw
+chains:
+  fw:
+    - {{match: {{ethertype: 2054}}, action: accept}}
+    - {{match: {{ct: return}}, action: accept}}
+    - {{match: {{in_port: tenant.vm1}}, action: accept}}
+    - {{action: drop}}
+"""
+
+
 def start_stream(server_ns, client_ns, port: int):
     """A server in ``server_ns`` streams 800 kB slowly (4 s) to a client in ``client_ns``."""
     server = server_ns.popen([sys.executable, "-c", SLOW_SERVER, str(port)])
@@ -156,20 +174,7 @@ def test_snat_through_a_gateway_agent(netns_factory, real_agents):
 def test_tcp_connection_survives_an_agent_restart(netns_factory, real_agents, tmp_path):
     vm1 = netns_factory.vm("10.1.0.11/24", MAC1)
     vm2 = netns_factory.vm("10.1.0.12/24", MAC2)
-    topo = f"""version: 1
-{hosts_yaml(real_agents.net, "host-a")}bridges:
-  tenant:
-    ports:
-      vm1: {{host: host-a, interface: {vm1.host_if}}}
-      vm2: {{host: host-a, interface: {vm2.host_if}}}
-    inbound_filter: fw
-chains:
-  fw:
-    - {{match: {{ethertype: 2054}}, action: accept}}
-    - {{match: {{ct: return}}, action: accept}}
-    - {{match: {{in_port: tenant.vm1}}, action: accept}}
-    - {{action: drop}}
-"""
+    topo = firewall_topology(real_agents.net, vm1, vm2, "host-a")
     a = real_agents("host-a", topo)
     ping_eventually(vm1, vm2.ip)
     server, client = start_stream(vm2, vm1, 5031)
@@ -226,20 +231,7 @@ def test_a_port_moved_to_another_host_takes_its_flow_state_along(netns_factory, 
     host-b, are the return direction of a known connection and pass."""
     vm1 = netns_factory.vm("10.1.0.11/24", MAC1)
     vm2 = netns_factory.vm("10.1.0.12/24", MAC2)
-    topo = f"""version: 1
-{hosts_yaml(real_agents.net, "host-a", "host-b")}bridges:
-  tenant:
-    ports:
-      vm1: {{host: host-a, interface: {vm1.host_if}}}
-      vm2: {{host: host-a, interface: {vm2.host_if}}}
-    inbound_filter: fw
-chains:
-  fw:
-    - {{match: {{ethertype: 2054}}, action: accept}}
-    - {{match: {{ct: return}}, action: accept}}
-    - {{match: {{in_port: tenant.vm1}}, action: accept}}
-    - {{action: drop}}
-"""
+    topo = firewall_topology(real_agents.net, vm1, vm2, "host-a", "host-b")
     a = real_agents("host-a", topo)
     b = real_agents("host-b")
     ping_eventually(vm1, vm2.ip)
