@@ -1,7 +1,8 @@
 """The agent's copy of the topology held in a store, kept fresh by watches, serving fragments to workers.
 
 Owns: the records of every kind read from the store (as JSON bytes, exactly as stored), the index port id →
-device, the port-group membership index, and the subscriptions that keep them fresh.  Every change a watch
+device and the port-group membership index.  A TreeMirror (topology.store.mirror) over the topology root keeps
+them fresh.  Every change a watch
 delivers is applied here and reported to ``on_change(kind, name)`` (the supervisor turns it into
 TopologyChanged for the workers, which invalidate the flows tagged with that object).
 
@@ -20,10 +21,12 @@ import threading
 from collections.abc import Callable
 from urllib.parse import unquote
 
-from topology.store.base import EventKind, Store
-from topology.store.topo import KINDS, decode, kind_path
+from topology.store.base import Store
+from topology.store.mirror import TreeMirror
+from topology.store.topo import KINDS, ROOT, decode
 
 DEVICE_KINDS = ("bridge", "router")
+_KIND_OF_DIR = {directory: kind for kind, (directory, _) in KINDS.items()}
 
 
 class StoreMirror:
@@ -35,52 +38,30 @@ class StoreMirror:
         self.objects: dict[tuple[str, str], object] = {}
         self.port_device: dict[str, str] = {}
         self.groups: dict[str, list[str]] = {}
-        self.subs: dict[tuple[str, str], object] = {}
-        self.dir_subs = []
         self.counters = {"mirror_store_reads": 0, "mirror_changes": 0, "mirror_fragments_served": 0}
         self.ready = threading.Event()
-        self._pending_initial = set(KINDS)
-        for kind in KINDS:
-            store.ensure_path(kind_path(kind))
-            self.dir_subs.append(store.watch_children(kind_path(kind), self._children_cb(kind)))
+        store.ensure_path(ROOT)
+        with self.lock:          # changes delivered meanwhile wait, then apply on top of the first read
+            self.tree = TreeMirror(store, ROOT, 2, self._changed)
+            for key, value in self.tree.items():
+                self._set(key, value, notify=False)
+        self.ready.set()
 
     def close(self) -> None:
-        for s in [*self.dir_subs, *self.subs.values()]:
-            s.cancel()
-        self.dir_subs, self.subs = [], {}
+        self.tree.close()
 
     def wait_ready(self, timeout: float = 10.0) -> bool:
         return self.ready.wait(timeout)
 
-    # -- watches --------------------------------------------------------------------------------------------
-    def _children_cb(self, kind: str):
-        def cb(ev):
-            raw = {unquote(c): c for c in (ev.children or ())}
-            with self.lock:
-                known = {n for (k, n) in self.subs if k == kind}
-                for name in raw.keys() - known:
-                    path = f"{kind_path(kind)}/{raw[name]}"
-                    self.subs[(kind, name)] = self.store.watch_data(path, self._data_cb(kind, name))
-                for name in known - raw.keys():
-                    self.subs.pop((kind, name)).cancel()
-                    self._set(kind, name, None)
-                self._pending_initial.discard(kind)
-                self._check_ready()
-        return cb
+    def _changed(self, key: tuple[str, ...], _old: bytes | None, new: bytes | None) -> None:
+        self.counters["mirror_store_reads"] += 1
+        self._set(key, new, notify=True)
 
-    def _data_cb(self, kind: str, name: str):
-        def cb(ev):
-            self.counters["mirror_store_reads"] += 1
-            self._set(kind, name, ev.value if ev.kind != EventKind.DELETED else None)
-            with self.lock:
-                self._check_ready()
-        return cb
-
-    def _check_ready(self) -> None:
-        if not self.ready.is_set() and not self._pending_initial and all(k in self.data for k in self.subs):
-            self.ready.set()
-
-    def _set(self, kind: str, name: str, value: bytes | None) -> None:
+    def _set(self, raw: tuple[str, ...], value: bytes | None, notify: bool) -> None:
+        kind = _KIND_OF_DIR.get(raw[0])
+        if kind is None:                               # tunnel keys and anything else under the root
+            return
+        name = unquote(raw[1])
         with self.lock:
             old = self.data.get((kind, name))
             if old == value:
@@ -94,7 +75,7 @@ class StoreMirror:
                 self.objects[(kind, name)] = obj
             self._reindex(kind, name, obj if value is None else None, obj if value is not None else None)
             self.counters["mirror_changes"] += 1
-        if self.ready.is_set() and self.on_change is not None:
+        if notify and self.on_change is not None:
             self.on_change(kind, name)
             if kind == "port_group":
                 self.on_change("port_groups", "*")

@@ -107,3 +107,10 @@ def test_flow_cache_executes_rewrites_and_expires():
     assert [f.key for f in cache.expire(6)] == [("k2",)]
     assert cache.install(("k4",), (("bogus",),), 0, 0, 0, 0) is None
     assert cache.counters["datapath_bad_actions"] == 1
+
+
+def test_every_field_a_flow_may_set_is_one_the_datapath_can_rewrite():
+    from workers.packet import rewrite
+    from workers.plan import REWRITABLE
+
+    assert set(REWRITABLE) <= rewrite.REWRITABLE
