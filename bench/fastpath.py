@@ -35,8 +35,8 @@ import time
 import uuid
 
 from engine.datapath import netdev
-from workers.packet.codec import build
-from workers.packet.packet import PROTO_UDP, Packet
+from packet.codec import build
+from packet.packet import PROTO_UDP, Packet
 
 MODES = ("floor_raw", "floor_ring", "floor_port", "fastpath", "fastpath_rw")
 SRC_MAC, DST_MAC = 0x025E000000A1, 0x025E000000B1
@@ -194,8 +194,8 @@ def _floor_port(a: str, b: str, duration: float) -> tuple[int, float, int]:
 
 def _fastpath(a: str, b: str, duration: float, frames: list[bytes], rewrite: bool) -> tuple[int, float, int]:
     from engine.datapath.real import RealDatapath
-    from workers.packet.codec import parse
-    from workers.packet.flowkey import flow_key
+    from packet.codec import parse
+    from packet.flowkey import flow_key
 
     dp = RealDatapath({"a": a, "b": b}, max_flows=len(frames) * 2)
     actions = [("set", "eth_dst", 0x025E000000C1), ("set", "ttl", 63)] if rewrite else []

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from topology.addr import ip2int
-from workers.packet.packet import PROTO_TCP, TCP_FLAGS, Packet
+from packet.addr import ip2int
+from packet.packet import PROTO_TCP, TCP_FLAGS, Packet
 
 TOPOLOGY_DIR = Path(__file__).resolve().parent / "topologies"
 HOST = "bench"

@@ -10,9 +10,9 @@ import random
 
 import pytest
 
-from workers.packet.codec import build, parse, rewrite
-from workers.packet.flowkey import flow_key, normalized_flow_hash
-from workers.packet.spec import parse_spec
+from packet.codec import build, parse, rewrite
+from packet.flowkey import flow_key, normalized_flow_hash
+from packet.spec import parse_spec
 
 SYN = parse_spec("eth_src=02:00:00:00:00:01,eth_dst=02:0a:00:00:00:01,ip_src=10.0.0.2,ip_dst=203.0.113.10,"
                  "proto=tcp,tp_src=6456,tp_dst=80,tcp_flags=syn", random.Random(1))

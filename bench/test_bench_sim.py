@@ -13,9 +13,9 @@ import pytest
 
 from bench import scenarios
 from engine.datapath.flowcache import FlowCache
+from packet.codec import build, parse
+from packet.flowkey import flow_key
 from topology.loader import load_topology
-from workers.packet.codec import build, parse
-from workers.packet.flowkey import flow_key
 from workers.plan import output_actions
 from workers.simulation.result import FORWARD
 from workers.simulation.simulate import simulate

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 from bench.pcap import Record
 from bench.scenarios import Scenario
-from workers.packet.codec import ParseError, build, parse
-from workers.packet.flowkey import flow_key
+from packet.codec import ParseError, build, parse
+from packet.flowkey import flow_key
 
 
 @dataclass

@@ -99,7 +99,7 @@ def cmd_trace(args) -> int:
     if len(args.port) != len(args.packet) or not args.port:
         print("shardnet trace: give --port and --packet in pairs (or --stdin)", file=sys.stderr)
         return 2
-    from workers.packet.spec import SpecError, parse_spec
+    from packet.spec import SpecError, parse_spec
 
     try:
         packets = [parse_spec(s) for s in args.packet]

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 
 from backchannel.messages import Upcall, UpcallBatch
-from workers.packet.flowkey import normalized_flow_hash
+from packet.flowkey import normalized_flow_hash
 
 
 class TokenBucket:

@@ -39,7 +39,7 @@ from backchannel.sockets import RuntimeDir, pull_bind, push_connect, recv_msgs, 
 from engine.datapath.flowcache import compile_actions
 from engine.datapath.memory import MemoryDatapath
 from engine.dispatcher import Dispatcher
-from workers.packet.codec import ParseError, parse
+from packet.codec import ParseError, parse
 
 DATAPATH = "datapath"
 SUPERVISOR = "supervisor"

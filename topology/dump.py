@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from topology.addr import cidr_str, int2ip, int2mac
+from packet.addr import cidr_str, int2ip, int2mac
 from topology.model import (
     ROUTE_NORMAL,
     Bridge,

@@ -19,7 +19,7 @@ from typing import NoReturn
 
 import yaml
 
-from topology.addr import ip2int, mac2int, parse_cidr
+from packet.addr import ip2int, mac2int, parse_cidr
 
 Path = tuple[str | int, ...]
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from topology.addr import cidr_str, in_prefix, int2ip, prefix_mask
+from packet.addr import cidr_str, in_prefix, int2ip, prefix_mask
 from topology.errors import Checker, Path, TopologyError, read_text
 from topology.model import (
     ACTIONS,

@@ -1,6 +1,6 @@
 """The virtual-network model: immutable records, built by the file loader or read from a store.
 
-Every record is a frozen dataclass.  Addresses are ints (see topology.addr).  A port is named
+Every record is a frozen dataclass.  Addresses are ints (see packet.addr).  A port is named
 ``<device>.<port>`` everywhere outside its own device: ``Port.id``.  Tunnel keys are assigned to exterior
 ports by the system (``assign_tunnel_keys``), never by the topology file.
 

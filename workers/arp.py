@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 
-from workers.packet.packet import Packet
+from packet.packet import Packet
 
 
 class ArpBroker:

@@ -7,11 +7,11 @@ port's tunnel key.  A drop is ``(("drop",),)``.  Nothing here touches a socket.
 
 from __future__ import annotations
 
-from workers.packet.packet import Packet
+from packet.packet import Packet
 from workers.simulation.result import Output
 
 # The fields a simulation rewrites, in the order actions set them: a subset of what the datapath can rewrite in
-# place (workers.packet.rewrite.REWRITABLE; tests/unit/test_worker_parts.py checks the inclusion).
+# place (packet.rewrite.REWRITABLE; tests/unit/test_worker_parts.py checks the inclusion).
 REWRITABLE = ("eth_src", "eth_dst", "vlan", "ip_src", "ip_dst", "ttl", "tos", "tp_src", "tp_dst", "icmp_id",
               "inner_ip_src", "inner_ip_dst", "inner_tp_src", "inner_tp_dst", "inner_icmp_id")
 DROP_ACTIONS = (("drop",),)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 
-from topology.addr import int2ip
+from packet.addr import int2ip
+from packet.spec import SpecError, packet_to_dict, parse_spec
 from topology.nat_leases import MemoryNatAllocator
-from workers.packet.spec import SpecError, packet_to_dict, parse_spec
 from workers.simulation.conntrack import CONNTRACK, key_str, state_tag
 from workers.simulation.result import FlowStateWrite, NeedLease, SimResult
 from workers.simulation.simulate import simulate

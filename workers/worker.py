@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from backchannel import messages as m
 from backchannel.codec import encode
 from backchannel.sockets import send_many, send_msg
+from packet.codec import ParseError, build, parse
+from packet.flowkey import flow_key, tuple_hash
 from workers.arp import ArpBroker
 from workers.flowtable import FlowTable
-from workers.packet.codec import ParseError, build, parse
-from workers.packet.flowkey import flow_key, tuple_hash
 from workers.parking import ParkingLot
 from workers.plan import DROP_ACTIONS, output_actions
 from workers.simulation import generate

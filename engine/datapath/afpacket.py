@@ -9,7 +9,7 @@ What the kernel hands an rx socket is not always a wire frame; ``recv_batch`` re
 - **Partial checksums.** A veth leaves TCP/UDP checksums to "hardware": the auxdata status carries
   TP_STATUS_CSUMNOTREADY and the checksum field holds only the pseudo-header sum.  The virtio-net header
   (PACKET_VNET_HDR) says where: NEEDS_CSUM with csum_start / csum_offset.  We complete it the way a NIC
-  would: the internet checksum (workers.packet.checksum) of everything from csum_start, stored at
+  would: the internet checksum (packet.checksum) of everything from csum_start, stored at
   csum_start + csum_offset (a UDP 0 becomes 0xFFFF).  Works for IPv4 and IPv6 alike.
 - **Segmentation offload.** With tx offload on, a sender's TCP stack hands the veth up to 64 KB "super
   frames" (auxdata TP_STATUS_GSO_TCP).  Sent on as they are, the next interface refuses them (EMSGSIZE).  The
@@ -35,7 +35,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from workers.packet.checksum import checksum, ones_sum
+from packet.checksum import checksum, ones_sum
 
 SOL_PACKET = 263
 PACKET_AUXDATA = 8

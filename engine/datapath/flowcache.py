@@ -10,7 +10,7 @@ Actions (as workers send them, backchannel FlowInstall.actions):
     ("output", port)                emit the current packet on a local port
     ("tunnel", host_ip, key)        emit the current packet toward another host with VXLAN key ``key``
     ("drop",)                       nothing (an explicit drop flow)
-Execution rewrites the raw frame with incremental checksum updates (workers.packet.rewrite), not a rebuild.
+Execution rewrites the raw frame with incremental checksum updates (packet.rewrite), not a rebuild.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from workers.packet.packet import Packet
-from workers.packet.rewrite import rewrite
+from packet.packet import Packet
+from packet.rewrite import rewrite
 
 # A compiled action list: ((fields to set, "output"|"tunnel", target, tunnel key), ...)
 Compiled = tuple[tuple[dict, str, object, int | None], ...]

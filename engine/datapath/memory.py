@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections import deque
 
 from engine.datapath.flowcache import FlowCache
-from workers.packet.codec import ParseError, parse
-from workers.packet.flowkey import flow_key
+from packet.codec import ParseError, parse
+from packet.flowkey import flow_key
 
 OUTPUT_QUEUE = 65_536
 

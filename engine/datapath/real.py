@@ -25,9 +25,9 @@ from collections.abc import Callable
 from engine.datapath.afpacket import AfPacketPort
 from engine.datapath.memory import MemoryDatapath
 from engine.datapath.tunnel import VxlanTunnel
+from packet.codec import ParseError, parse
+from packet.flowkey import flow_key
 from topology.model import TUNNEL_KEY_FLOW_STATE
-from workers.packet.codec import ParseError, parse
-from workers.packet.flowkey import flow_key
 
 _TUNNEL = object()
 

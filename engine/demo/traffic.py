@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import random
 
-from workers.packet.codec import build
-from workers.packet.spec import parse_spec
+from packet.codec import build
+from packet.spec import parse_spec
 
 GW = "02:0a:00:00:00:01"
 UPLINK = "02:0a:00:00:00:02"

@@ -33,9 +33,9 @@ from engine.datapath.afpacket import (
 from engine.datapath.netdev import tx_offload
 from engine.datapath.real import RealDatapath
 from engine.datapath.tunnel import VxlanTunnel, ip_to_int
-from workers.packet.checksum import ones_sum
-from workers.packet.codec import build, parse
-from workers.packet.packet import ARP_REPLY, ARP_REQUEST, ETH_TYPE_ARP, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST
+from packet.checksum import ones_sum
+from packet.codec import build, parse
+from packet.packet import ARP_REPLY, ARP_REQUEST, ETH_TYPE_ARP, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST
 
 pytestmark = pytest.mark.e2e
 

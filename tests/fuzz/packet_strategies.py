@@ -15,7 +15,7 @@ from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import NoPayload
 from scapy.utils import checksum as scapy_checksum
 
-from workers.packet.packet import (
+from packet.packet import (
     ETH_TYPE_ARP,
     ETH_TYPE_IPV4,
     ETH_TYPE_VLAN,

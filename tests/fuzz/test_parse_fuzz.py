@@ -15,10 +15,10 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from packet import codec
+from packet.codec import ParseError, build, parse
+from packet.spec import parse_spec
 from tests.fuzz.packet_strategies import packets
-from workers.packet import codec
-from workers.packet.codec import ParseError, build, parse
-from workers.packet.spec import parse_spec
 
 BULK_FRAMES = 100_000
 _SPECS = [

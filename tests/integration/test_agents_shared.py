@@ -10,10 +10,10 @@ from dataclasses import replace
 import pytest
 
 from engine.supervisor import Agent
+from packet.addr import ip2int
+from packet.codec import parse
 from tests.integration.test_engine import Outputs, frame, wait_for
-from topology.addr import ip2int
 from topology.loader import loads_topology
-from workers.packet.codec import parse
 
 TOPO = """
 version: 1

@@ -13,10 +13,10 @@ import pytest
 import zmq
 
 from engine.supervisor import Agent
+from packet.codec import build, parse
+from packet.spec import packet_to_dict, parse_spec
 from topology.loader import loads_topology
 from topology.model import Route
-from workers.packet.codec import build, parse
-from workers.packet.spec import packet_to_dict, parse_spec
 
 TOPO = """
 version: 1

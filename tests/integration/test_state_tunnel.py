@@ -13,7 +13,7 @@ from backchannel import messages as m
 from backchannel.codec import decode, encode
 from engine.datapath.tunnel import VxlanTunnel
 from engine.dpproc import DatapathConfig, DatapathProcess
-from topology.addr import ip2int
+from packet.addr import ip2int
 
 
 def _free_udp_port() -> int:

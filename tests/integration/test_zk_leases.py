@@ -7,7 +7,7 @@ from collections import deque
 
 import pytest
 
-from topology.addr import ip2int
+from packet.addr import ip2int
 from topology.nat_leases import BLOCK_SIZE
 from topology.store.base import ConnState
 from topology.store.leases import BadLeaseRequest, StoreNatAllocator, lease_dir

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from topology.addr import ip2int, mac2int
+from packet.addr import ip2int, mac2int
 from topology.loader import load_topology
 from topology.store.registry import (
     Binding,

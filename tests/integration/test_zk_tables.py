@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from topology.addr import ip2int, mac2int
+from packet.addr import ip2int, mac2int
 from topology.store.base import ConnState
 from topology.store.tables import ArpEntry, ArpTable, MacEntry, MacTable, NotOwner
 

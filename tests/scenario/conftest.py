@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from scapy.layers.l2 import Ether
 
+from packet.codec import build
 from topology.loader import loads_topology
-from workers.packet.codec import build
 from workers.trace import TraceSession, result_json
 
 

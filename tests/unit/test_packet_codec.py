@@ -13,6 +13,8 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, ICMPerror, IPerror, TCPerror, 
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Padding, Raw
 
+from packet.codec import ParseError, build, parse
+from packet.packet import FRAG_FIRST, FRAG_LATER, FRAG_NONE, Packet
 from tests.fuzz.packet_strategies import (
     assert_fields,
     ips,
@@ -25,8 +27,6 @@ from tests.fuzz.packet_strategies import (
     u16,
     u32,
 )
-from workers.packet.codec import ParseError, build, parse
-from workers.packet.packet import FRAG_FIRST, FRAG_LATER, FRAG_NONE, Packet
 
 MAC_A, MAC_B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
 

@@ -9,11 +9,11 @@ import sys
 
 from hypothesis import given, settings
 
+from packet.codec import build, parse
+from packet.flowkey import flow_key, normalized_flow_hash
+from packet.packet import FLOW_KEY_FIELDS, FRAG_FIRST, FRAG_LATER
+from packet.spec import parse_spec
 from tests.fuzz.packet_strategies import packets
-from workers.packet.codec import build, parse
-from workers.packet.flowkey import flow_key, normalized_flow_hash
-from workers.packet.packet import FLOW_KEY_FIELDS, FRAG_FIRST, FRAG_LATER
-from workers.packet.spec import parse_spec
 
 
 def _reverse(pkt):
@@ -71,7 +71,7 @@ def test_fragments_of_one_datagram_hash_alike():
 
 def test_hash_is_stable_across_processes():
     spec = "ip_src=10.0.0.1,ip_dst=10.0.0.2,tp_src=1000,tp_dst=80,eth_src=02:00:00:00:00:01"
-    code = ("from workers.packet.spec import parse_spec; from workers.packet.flowkey import normalized_flow_hash;"
+    code = ("from packet.spec import parse_spec; from packet.flowkey import normalized_flow_hash;"
             f"print(normalized_flow_hash(parse_spec({spec!r})))")
     here = normalized_flow_hash(parse_spec(spec))
     for seed in ("1", "2"):

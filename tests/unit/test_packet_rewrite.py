@@ -13,10 +13,10 @@ from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 from scapy.utils import checksum as scapy_checksum
 
+from packet.checksum import checksum, csum_update, csum_update16, csum_update32, l4_checksum
+from packet.codec import build, parse, rewrite
+from packet.packet import FRAG_LATER, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Packet
 from tests.fuzz.packet_strategies import assert_fields, ips, macs, packets, scapy_recomputed, scapy_view, u8, u16
-from workers.packet.checksum import checksum, csum_update, csum_update16, csum_update32, l4_checksum
-from workers.packet.codec import build, parse, rewrite
-from workers.packet.packet import FRAG_LATER, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Packet
 
 
 @st.composite

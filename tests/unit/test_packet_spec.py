@@ -8,10 +8,10 @@ import random
 import pytest
 from hypothesis import given, settings
 
+from packet.codec import build, parse
+from packet.packet import ETH_TYPE_ARP, PROTO_ICMP, PROTO_TCP, TCP_FLAGS
+from packet.spec import SpecError, format_spec, packet_to_dict, parse_spec
 from tests.fuzz.packet_strategies import packets
-from workers.packet.codec import build, parse
-from workers.packet.packet import ETH_TYPE_ARP, PROTO_ICMP, PROTO_TCP, TCP_FLAGS
-from workers.packet.spec import SpecError, format_spec, packet_to_dict, parse_spec
 
 CONTRACT_EXAMPLES = [
     "eth_src=02:00:00:00:00:01,eth_dst=02:0a:00:00:00:01,ip_src=10.0.0.2,ip_dst=203.0.113.10,proto=tcp,"

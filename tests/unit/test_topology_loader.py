@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from topology.addr import ip2int, mac2int
+from packet.addr import ip2int, mac2int
 from topology.dump import dump_yaml, topology_to_dict
 from topology.loader import load_topology, loads_topology, topology_from_dict
 from topology.model import (

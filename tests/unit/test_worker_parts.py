@@ -5,9 +5,9 @@ from __future__ import annotations
 from backchannel.messages import UpcallBatch
 from engine.datapath.flowcache import FlowCache, compile_actions
 from engine.dispatcher import Dispatcher, TokenBucket
+from packet.spec import parse_spec
 from workers.arp import ArpBroker
 from workers.flowtable import FlowTable
-from workers.packet.spec import parse_spec
 from workers.parking import ParkingLot
 from workers.simulation.result import FlowStateWrite, NeedArp, NeedFragment
 from workers.simulation.state import MISSING, LocalState
@@ -110,7 +110,7 @@ def test_flow_cache_executes_rewrites_and_expires():
 
 
 def test_every_field_a_flow_may_set_is_one_the_datapath_can_rewrite():
-    from workers.packet import rewrite
+    from packet import rewrite
     from workers.plan import REWRITABLE
 
     assert set(REWRITABLE) <= rewrite.REWRITABLE

@@ -32,7 +32,7 @@ import random
 import threading
 from collections.abc import Callable
 
-from topology.addr import int2ip
+from packet.addr import int2ip
 from topology.nat_leases import BLOCK_SIZE, blocks_in_range
 from topology.store.base import BadVersion, ConnState, NodeExists, NoNode, Store
 from topology.store.session import OwnedEntries

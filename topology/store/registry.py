@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from topology.addr import int2ip, ip2int
+from packet.addr import int2ip, ip2int
 from topology.model import Topology
 from topology.store.base import NodeExists, NoNode, Store, StoreError
 from topology.store.mirror import TreeMirror

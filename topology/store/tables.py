@@ -39,7 +39,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from topology.addr import int2ip, int2mac, ip2int, mac2int
+from packet.addr import int2ip, int2mac, ip2int, mac2int
 from topology.store.base import BadVersion, NodeExists, NoNode, Store, StoreError
 from topology.store.mirror import TreeMirror
 from topology.store.session import OwnedEntries

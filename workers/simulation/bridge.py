@@ -8,8 +8,8 @@ unicast destinations and the bridge answers ARP requests for their addresses on 
 
 from __future__ import annotations
 
+from packet.packet import ARP_REQUEST, TCP_FLAGS, Packet
 from topology.model import Bridge, Port
-from workers.packet.packet import ARP_REQUEST, TCP_FLAGS, Packet
 from workers.simulation import generate
 from workers.simulation.chains import DROP, REJECT, run_chain
 from workers.simulation.context import Consumed, Ctx, Stop

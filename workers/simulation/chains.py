@@ -6,8 +6,8 @@ workers.simulation.nat, connection tracking into workers.simulation.conntrack.  
 
 from __future__ import annotations
 
+from packet.packet import PROTO_TCP, PROTO_UDP, Packet
 from topology.model import Chain, Condition, Rule
-from workers.packet.packet import PROTO_TCP, PROTO_UDP, Packet
 from workers.simulation import conntrack, nat
 from workers.simulation.context import Ctx, Stop
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from topology.addr import int2ip
-from workers.packet.packet import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Packet
+from packet.addr import int2ip
+from packet.packet import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Packet
 from workers.simulation.context import Ctx
 from workers.simulation.result import FlowStateTouch, FlowStateWrite
 from workers.simulation.state import MISSING

@@ -7,7 +7,7 @@ are exceptions caught only by the entry point.
 
 from __future__ import annotations
 
-from workers.packet.packet import Packet
+from packet.packet import Packet
 from workers.simulation.result import EXPIRY_NORMAL, Generated, NeedArp, NeedFragment, NeedLease
 from workers.simulation.state import AgentState
 

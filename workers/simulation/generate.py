@@ -5,8 +5,8 @@ Pure constructors of Packet values; the devices decide when to emit them and fro
 
 from __future__ import annotations
 
-from topology.addr import BROADCAST_MAC
-from workers.packet.packet import (
+from packet.addr import BROADCAST_MAC
+from packet.packet import (
     ARP_REPLY,
     ARP_REQUEST,
     ETH_TYPE_ARP,

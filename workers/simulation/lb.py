@@ -9,8 +9,8 @@ a backend are reverse-DNATed to the VIP.  A packet to the VIP address with anoth
 
 from __future__ import annotations
 
+from packet.packet import Packet
 from topology.model import Member, Router, Vip
-from workers.packet.packet import Packet
 from workers.simulation import nat
 from workers.simulation.conntrack import five_tuple, reverse
 from workers.simulation.context import Ctx, Stop

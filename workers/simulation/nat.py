@@ -14,8 +14,8 @@ Randomness is derived from the flow hash, so the simulation stays a pure functio
 
 from __future__ import annotations
 
+from packet.packet import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Packet
 from topology.model import NatTarget, Rule
-from workers.packet.packet import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Packet
 from workers.simulation.conntrack import five_tuple, inner_five_tuple, reverse
 from workers.simulation.context import Ctx, Stop
 from workers.simulation.result import FlowStateTouch, FlowStateWrite, NeedLease

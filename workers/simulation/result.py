@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from workers.packet.packet import Packet
+from packet.packet import Packet
 
 FORWARD = "forward"
 DROP = "drop"

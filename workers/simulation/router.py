@@ -9,8 +9,7 @@ the agent's ARP table — else the packet needs ARP (an ARP request is emitted a
 
 from __future__ import annotations
 
-from topology.model import ROUTE_BLACKHOLE, ROUTE_REJECT, Port, Route, Router
-from workers.packet.packet import (
+from packet.packet import (
     ARP_REPLY,
     ARP_REQUEST,
     ETH_TYPE_IPV6,
@@ -24,6 +23,7 @@ from workers.packet.packet import (
     UNREACH_NET,
     Packet,
 )
+from topology.model import ROUTE_BLACKHOLE, ROUTE_REJECT, Port, Route, Router
 from workers.simulation import generate, lb
 from workers.simulation.chains import ACCEPT, DROP, run_chain
 from workers.simulation.context import Consumed, Ctx, Stop

@@ -11,8 +11,8 @@ A device-hop limit stops loops.
 
 from __future__ import annotations
 
+from packet.packet import Packet
 from topology.model import Port
-from workers.packet.packet import Packet
 from workers.simulation import bridge, conntrack, router
 from workers.simulation.context import Consumed, Ctx, Stop
 from workers.simulation.result import (

@@ -17,8 +17,8 @@ from __future__ import annotations
 import struct
 from operator import itemgetter
 
-from workers.packet.checksum import csum_delta
-from workers.packet.packet import (
+from packet.checksum import csum_delta
+from packet.packet import (
     ETH_TYPE_IPV4,
     ETH_TYPE_VLAN,
     FRAG_LATER,

@@ -1,7 +1,7 @@
 """The packet record: every header field shardnet parses, matches on or rewrites, as one immutable tuple.
 
 Field names are the keys of the packet spec (CONTRACTS §2), so a Packet, a spec string and the JSON output
-of ``shardnet trace`` all speak the same words.  Addresses are ints (topology.addr); a field that the frame
+of ``shardnet trace`` all speak the same words.  Addresses are ints (packet.addr); a field that the frame
 does not carry is ``None``.  Rewrites make a new Packet with ``pkt._replace(field=value)``.
 
 An ICMP error carries the header of the packet it reports in the ``inner_*`` fields (IPv4 header plus the

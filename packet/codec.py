@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import struct
 
-from workers.packet.checksum import checksum, udp_fix
-from workers.packet.packet import (
+from packet.checksum import checksum, udp_fix
+from packet.packet import (
     ETH_TYPE_ARP,
     ETH_TYPE_IPV4,
     ETH_TYPE_VLAN,
@@ -61,7 +61,7 @@ _EXPECTED_FIELDS = (
     "inner_ttl", "inner_ip_id", "inner_tos", "inner_rest", "payload",
 )
 if Packet._fields[: len(_EXPECTED_FIELDS)] != _EXPECTED_FIELDS:  # pragma: no cover - guards the fast path
-    raise ImportError("workers.packet.codec: Packet field order changed; update the positional constructors")
+    raise ImportError("packet.codec: Packet field order changed; update the positional constructors")
 # Fields a future Packet may append get their defaults.
 _TAIL = tuple(Packet._field_defaults[f] for f in Packet._fields[len(_EXPECTED_FIELDS):])
 _N5 = (None,) * 5
@@ -286,4 +286,4 @@ def _build_carried(pkt: Packet) -> bytes:
     return _IP.pack(0x45, tos, total, ipid, 0, ttl, iproto, _M - (s % _M or _M), src, dst) + l4
 
 
-from workers.packet.rewrite import rewrite  # noqa: E402  (rewrite uses the layouts above)
+from packet.rewrite import rewrite  # noqa: E402  (rewrite uses the layouts above)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import random as _random
 from collections.abc import Callable
 
-from topology.addr import int2ip, int2mac, ip2int, mac2int
-from workers.packet.packet import (
+from packet.addr import int2ip, int2mac, ip2int, mac2int
+from packet.packet import (
     ARP_REQUEST,
     ETH_TYPE_ARP,
     ETH_TYPE_IPV4,

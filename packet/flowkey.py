@@ -13,7 +13,7 @@ import struct
 import zlib
 from operator import itemgetter
 
-from workers.packet.packet import (
+from packet.packet import (
     ETH_TYPE_IPV4,
     FLOW_KEY_FIELDS,
     FRAG_NONE,
