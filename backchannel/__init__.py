@@ -9,8 +9,9 @@ from backchannel.codec import DecodeError, Decoder, EncodeError, decode, decode_
 from backchannel.messages import (
     REGISTRY,
     ArpLearned,
+    Execute,
     FlowDelete,
-    FlowInstall,
+    FlowPut,
     FlowRemoved,
     FlowStateBatch,
     FlowStateEntry,
@@ -28,7 +29,7 @@ from backchannel.messages import (
 )
 
 __all__ = [
-    "REGISTRY", "ArpLearned", "DecodeError", "Decoder", "EncodeError", "FlowDelete", "FlowInstall",
+    "REGISTRY", "ArpLearned", "DecodeError", "Decoder", "EncodeError", "FlowDelete", "Execute", "FlowPut",
     "FlowRemoved", "FlowStateBatch", "FlowStateEntry", "InvalidateTags", "MacLearned", "PacketOut", "Ping",
     "Pong", "Shutdown", "StatsReply", "StatsRequest", "TopologyChanged", "Upcall", "UpcallBatch", "decode",
     "decode_many", "encode", "encode_many",

@@ -25,20 +25,22 @@ tuples/dicts of those are what a field may hold; lists come back as tuples.
 
 Who sends what (→ receiver):
   datapath → dispatcher → worker    UpcallBatch
-  worker → datapath                 FlowInstall, FlowDelete, PacketOut
+  worker → datapath                 FlowPut (install + execute), Execute (execute only), PacketOut
+                                    (a generated packet), FlowDelete
   datapath → worker                 FlowRemoved
   worker → all workers (broadcast)  InvalidateTags, FlowStateBatch, ArpLearned, MacLearned
   store shell → workers             TopologyChanged
-  supervisor ↔ any process          StatsRequest/StatsReply, Ping/Pong, Shutdown
+  supervisor ↔ any process          StatsRequest/StatsReply, Ping/Pong, Shutdown, Ready (at start)
   worker → supervisor (store shell) FragmentRequest, LeaseRequest, LeaseRelease
   supervisor → worker               Fragment, LeaseGranted, MacLearned/ArpLearned (learned by other agents),
-                                    TableEntryRemoved
+                                    TableEntryRemoved, DumpState
+  supervisor → datapath             DumpFlows, TakeOutputs, TakeLatencies, SetPortMap, PurgeWorker
+  process → supervisor              Answer (to a command with a non-zero req_id)
   worker → supervisor               MacLearned/ArpLearned (written to the replicated tables)
   worker → datapath → workers       Fanout (ordered relay: state reaches a worker before any later upcall)
   worker → datapath → other hosts   StateToHosts (flow state on the reserved VNI, before the install)
   host → host (flow-state key)      StateRequest (a port moved here: send us your flow state)
-  traffic source → datapath         Inject
-  supervisor ↔ datapath / workers   Query / Answer (flows, outputs, purge: tests and tools)
+  traffic source → datapath         Inject (a synthetic port), TunnelFrames (another host's tunnel)
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ import typing
 from typing import Annotated, Any, NamedTuple
 
 BATCH_TAG = 0  # reserved: the batch frame of codec.encode_many
+DATAPATH_INDEX = -1  # ``sender`` / target index of the datapath process (workers are 0..N-1)
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 
@@ -129,19 +132,21 @@ def message(cls: type) -> type:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# datapath ↔ dispatcher ↔ worker
+# datapath ↔ dispatcher ↔ worker: the seam.  The datapath keeps each upcall's frame, parsed packet and flow
+# key under its ``seq``; the worker answers by ``seq`` alone, so nothing is parsed again or shipped back.
+# An installed flow is named by the ``seq`` of the upcall that made it (its flow id, as OVS names flows by
+# ufid): FlowDelete / FlowRemoved carry flow ids, never keys.
 
 
 @message
 class Upcall(NamedTuple):
     """A flow-cache miss: ``frame`` arrived on ``port`` (a ``device.port`` name); ``seq`` is the datapath's
-    upcall number (echoed in FlowInstall); ``t_emit_ns`` the datapath's monotonic_ns when it left."""
+    upcall number, answered by exactly one FlowPut or Execute."""
 
     TAG = 1
     seq: int
     port: str
     frame: bytes
-    t_emit_ns: int
 
 
 @message
@@ -153,52 +158,60 @@ class UpcallBatch(NamedTuple):
 
 
 @message
-class FlowInstall(NamedTuple):
-    """Worker → datapath: install ``key`` → ``actions`` and execute ``frame`` (None: install only).
+class FlowPut(NamedTuple):
+    """Worker → datapath: install a flow for upcall ``seq`` and execute its packet (and those held back for
+    the same flow) with ``actions``.
 
-    Every Upcall is answered by exactly one FlowInstall with its ``seq``.  ``hard_s < 0`` means "execute
-    ``frame`` with ``actions`` but install nothing" (consumed packets; the datapath re-upcalls frames it held
-    back for that key); ``key == ()`` is a packet the agent generated (no upcall, nothing held).
-
+    ``match`` is () for "exactly the upcall's key" (the datapath holds it); a mask comes with megaflows.
     ``actions`` are tuples: ("set", field, value), ("output", port), ("tunnel", host_ip, tunnel_key),
-    ("drop",).  ``tags`` name every device/entry the decision read (for invalidation).  ``idle_s``/``hard_s``
-    are timeouts in seconds (0 = none).  ``seq``/``t_emit_ns`` echo the Upcall (setup-latency measurement)."""
+    ("drop",).  ``tags`` name every device/entry the decision read (workers.tags).  ``idle_s``/``hard_s``
+    are timeouts in seconds (0 = none).  The flow's id is ``seq``."""
 
     TAG = 10
     seq: int
-    in_port: str
-    key: Key
+    match: tuple
     actions: tuple
     tags: tuple[str, ...]
     idle_s: float
     hard_s: float
-    t_emit_ns: int
-    frame: bytes | None
+
+
+@message
+class Execute(NamedTuple):
+    """Worker → datapath: execute upcall ``seq``'s packet with ``actions`` and install nothing (a consumed
+    packet, a malformed frame).  Packets held back for the same flow are upcalled again, without a parse."""
+
+    TAG = 11
+    seq: int
+    actions: tuple
 
 
 @message
 class PacketOut(NamedTuple):
-    """Worker → datapath: emit a generated packet (ARP request, ICMP error/reply) on ``port``."""
+    """Worker → datapath: emit a packet the agent generated (ARP request, ICMP error/reply), executed with
+    ``actions`` (output to a local port, or a tunnel to the host of the port; rewrites when it crossed a
+    device on the way)."""
 
-    TAG = 11
-    port: str
+    TAG = 14
+    actions: tuple
     frame: bytes
 
 
 @message
 class FlowDelete(NamedTuple):
-    """Worker → datapath: remove these flows (invalidated or expired on the worker's side)."""
+    """Worker → datapath: remove these flows (by flow id; invalidated or expired on the worker's side)."""
 
     TAG = 12
-    keys: Keys
+    flows: tuple[int, ...]
 
 
 @message
 class FlowRemoved(NamedTuple):
-    """Datapath → worker: these flows left the cache (``reason``: "idle", "hard", "evicted")."""
+    """Datapath → worker: these flows (ids) left the cache (``reason``: "idle", "hard", "evicted",
+    "replaced")."""
 
     TAG = 13
-    keys: Keys
+    flows: tuple[int, ...]
     reason: str
 
 
@@ -388,19 +401,90 @@ class Inject(NamedTuple):
 
 
 @message
-class Query(NamedTuple):
-    """Supervisor → process: ``what`` in "stats", "flows", "outputs" (arg: port or None), "purge" (arg: a
-    worker index), "latencies"."""
+class TunnelFrames(NamedTuple):
+    """Traffic source → datapath: frames arriving from another host's tunnel with key ``vni`` (in-memory
+    datapath; the real one reads them from its VXLAN socket)."""
 
-    TAG = 47
+    TAG = 52
+    vni: int
+    frames: tuple[bytes, ...]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# commands: supervisor → a process, each its own message.  ``req_id`` 0 asks for no answer; otherwise the
+# process answers with Answer(req_id, its index, body) (StatsReply for StatsRequest).
+
+
+@message
+class DumpFlows(NamedTuple):
+    """→ datapath: body = [[key, worker, hits, tags, flow id], ...]."""
+
+    TAG = 60
     req_id: int
-    what: str
-    arg: Any
+
+
+@message
+class TakeOutputs(NamedTuple):
+    """→ in-memory datapath: drain the kept output frames of ``port`` (None: all ports, tunnels as
+    'tunnel:<ip>:<key>'); body = {port: [frame, ...]}."""
+
+    TAG = 61
+    req_id: int
+    port: str | None
+
+
+@message
+class TakeLatencies(NamedTuple):
+    """→ datapath: drain the setup-latency samples (ns, upcall sent → answer back); body = [ns, ...]."""
+
+    TAG = 62
+    req_id: int
+
+
+@message
+class SetPortMap(NamedTuple):
+    """→ datapath: the ports bound here.  ``ports``: ((port id, interface), ...) (real datapath: opened,
+    others closed); ``keys``: ((tunnel key, port id), ...); ``hosts``: ((host, tunnel ip), ...).  body =
+    {"ports": [...], "errors": [...]}."""
+
+    TAG = 63
+    req_id: int
+    ports: tuple
+    keys: tuple
+    hosts: tuple
+
+
+@message
+class PurgeWorker(NamedTuple):
+    """→ datapath: worker ``worker`` died: drop its flows and its unanswered upcalls; body = counts."""
+
+    TAG = 64
+    req_id: int
+    worker: int
+
+
+@message
+class DumpState(NamedTuple):
+    """→ worker: its flow-state entries; body = [[kind, key, value, expires_at], ...] (the snapshot's
+    format, restored at start)."""
+
+    TAG = 65
+    req_id: int
+
+
+@message
+class Ready(NamedTuple):
+    """Process → supervisor, once at start: ``sender`` (worker index, or DATAPATH_INDEX) is up as ``pid``."""
+
+    TAG = 66
+    sender: int
+    pid: int
 
 
 @message
 class Answer(NamedTuple):
-    """Process → supervisor: ``sender`` is a worker index, or -1 for the datapath."""
+    """Process → supervisor: the answer to command ``req_id``; ``sender`` is a worker index, or
+    DATAPATH_INDEX."""
 
     TAG = 48
     req_id: int

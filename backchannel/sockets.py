@@ -4,24 +4,20 @@ Owns: the private runtime directory that holds the ipc endpoints (``RuntimeDir``
 socket options (bounded queues, LINGER 0, max message size), and the send/receive helpers that go through
 the codec and count instead of raising.
 
-Wiring (who binds: the side that owns the queue; ZMQ reconnects the connecting side by itself):
+Wiring: every process binds one PULL inbox named after its role and connects one PUSH to each peer it sends
+to (the side that owns the queue binds; ZMQ reconnects the connecting side by itself):
 
-  upcalls     dispatcher PUSH --connect--> worker-<i> PULL (bind)      one PUSH per worker: the dispatcher
-              (datapath PUSH --connect--> dispatcher PULL, if they are separate processes)   picks the worker
-  installs    worker PUSH --connect--> datapath PULL (bind)            fan-in
-  broadcasts  every sender XPUB (bind bcast-<name>) <--connect-- SUB of every receiver
-              XPUB_NODROP: a full subscriber makes send fail (counted) instead of a silent PUB drop;
-              XPUB_VERBOSE: ``wait_subscribers`` can see each subscriber arrive (no slow-joiner loss)
-  control     supervisor ROUTER (bind control, ROUTER_MANDATORY) <--connect-- DEALER with identity
-              "worker-<i>" / "datapath"; an unknown identity is counted, not silently dropped
+  datapath    PULL "datapath"     ← installs, executes, packet-outs, deletes, relays from the workers;
+                                    commands from the supervisor; frames from a traffic source
+  worker-<i>  PULL "worker-<i>"   ← upcall batches and relayed messages from the datapath; fragments,
+                                    leases, table entries and commands from the supervisor
+  supervisor  PULL "supervisor"   ← requests of the workers, answers of everyone
 
 Queue bounds, in messages per pipe (a frame: one message or one batch frame).  What can wait between a
 sender and a stalled receiver is about SNDHWM + RCVHWM plus what the kernel's unix-socket buffers hold
 (~200 KiB each way): beyond that a non-blocking send returns False and counts ``backchannel_send_full``.
 
   DATA_HWM    1024   upcall batches / installs (≤ 64 upcalls a batch: ≤ 64k packets queued per worker)
-  BCAST_HWM   4096   state broadcasts: small, and losing one costs a wrong decision, so more room
-  CONTROL_HWM   64   stats, ping, shutdown
   MAX_MSG_SIZE 4 MiB a larger inbound frame makes ZMQ drop that peer (a garbage sender cannot balloon us)
 """
 
@@ -39,13 +35,11 @@ import zmq
 from backchannel.codec import MULTIPART, DecodeError, Decoder, encode, encode_many
 
 DATA_HWM = 1024
-BCAST_HWM = 4096
-CONTROL_HWM = 64
 MAX_MSG_SIZE = 4 * 1024 * 1024
 
-DISPATCHER = "dispatcher"
+# the roles: every process binds one PULL inbox named after its role (defined here, and only here)
 DATAPATH = "datapath"
-CONTROL = "control"
+SUPERVISOR = "supervisor"
 
 _ROLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _MAX_SUN_PATH = 107  # sockaddr_un.sun_path is 108 bytes with the NUL
@@ -56,10 +50,6 @@ SEND_COUNTERS: dict[str, int] = {}
 
 def worker_role(index: int) -> str:
     return f"worker-{index}"
-
-
-def bcast_role(name: str | int) -> str:
-    return f"bcast-{name}"
 
 
 class RuntimeDir:
@@ -138,76 +128,6 @@ def push_connect(ctx: zmq.Context, rt: RuntimeDir, role: str, hwm: int = DATA_HW
     return sock
 
 
-def upcall_pull(ctx: zmq.Context, rt: RuntimeDir, worker: int, hwm: int = DATA_HWM) -> zmq.Socket:
-    """Worker side: where its upcall batches arrive."""
-    return pull_bind(ctx, rt, worker_role(worker), hwm)
-
-
-def upcall_push(ctx: zmq.Context, rt: RuntimeDir, worker: int, hwm: int = DATA_HWM) -> zmq.Socket:
-    """Dispatcher side: one per worker."""
-    return push_connect(ctx, rt, worker_role(worker), hwm)
-
-
-def dispatcher_pull(ctx: zmq.Context, rt: RuntimeDir, hwm: int = DATA_HWM) -> zmq.Socket:
-    return pull_bind(ctx, rt, DISPATCHER, hwm)
-
-
-def dispatcher_push(ctx: zmq.Context, rt: RuntimeDir, hwm: int = DATA_HWM) -> zmq.Socket:
-    return push_connect(ctx, rt, DISPATCHER, hwm)
-
-
-def install_pull(ctx: zmq.Context, rt: RuntimeDir, hwm: int = DATA_HWM) -> zmq.Socket:
-    """Datapath side: FlowInstall / FlowDelete / PacketOut from all workers."""
-    return pull_bind(ctx, rt, DATAPATH, hwm)
-
-
-def install_push(ctx: zmq.Context, rt: RuntimeDir, hwm: int = DATA_HWM) -> zmq.Socket:
-    return push_connect(ctx, rt, DATAPATH, hwm)
-
-
-def bcast_pub(ctx: zmq.Context, rt: RuntimeDir, name: str | int, hwm: int = BCAST_HWM) -> zmq.Socket:
-    """A broadcaster (a worker index, "shell", a host name): XPUB bound at ``bcast-<name>``."""
-    sock = make_socket(ctx, zmq.XPUB, hwm)
-    sock.setsockopt(zmq.XPUB_NODROP, 1)
-    sock.setsockopt(zmq.XPUB_VERBOSE, 1)
-    sock.bind(rt.endpoint(bcast_role(name)))
-    return sock
-
-
-def bcast_sub(ctx: zmq.Context, rt: RuntimeDir, names: Iterable[str | int],
-              hwm: int = BCAST_HWM) -> zmq.Socket:
-    """A receiver of broadcasts from every broadcaster in ``names`` (all messages, no topic filter)."""
-    sock = make_socket(ctx, zmq.SUB, hwm)
-    sock.setsockopt(zmq.SUBSCRIBE, b"")
-    for name in names:
-        sock.connect(rt.endpoint(bcast_role(name)))
-    return sock
-
-
-def wait_subscribers(pub: zmq.Socket, n: int, timeout_ms: int = 5000) -> int:
-    """Block until ``n`` subscriptions reached the XPUB ``pub`` (or the timeout); returns how many did."""
-    seen = 0
-    while seen < n and pub.poll(timeout_ms, zmq.POLLIN):
-        if pub.recv()[:1] == b"\x01":
-            seen += 1
-    return seen
-
-
-def control_router(ctx: zmq.Context, rt: RuntimeDir, hwm: int = CONTROL_HWM) -> zmq.Socket:
-    sock = make_socket(ctx, zmq.ROUTER, hwm)
-    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-    sock.bind(rt.endpoint(CONTROL))
-    return sock
-
-
-def control_dealer(ctx: zmq.Context, rt: RuntimeDir, identity: str, hwm: int = CONTROL_HWM) -> zmq.Socket:
-    """A controlled process ("worker-0", "datapath"); the ROUTER addresses it by ``identity``."""
-    sock = make_socket(ctx, zmq.DEALER, hwm)
-    sock.setsockopt(zmq.IDENTITY, identity.encode())
-    sock.connect(rt.endpoint(CONTROL))
-    return sock
-
-
 # ---------------------------------------------------------------------------------------------------------
 # send / receive
 
@@ -245,12 +165,6 @@ def send_many(sock: zmq.Socket, msgs: Iterable[tuple], flags: int = zmq.NOBLOCK,
     return _send(sock, [encode_many(msgs)], flags, counters)
 
 
-def send_to(router: zmq.Socket, identity: bytes, msg: tuple, flags: int = zmq.NOBLOCK,
-            counters: dict | None = None) -> bool:
-    """ROUTER → the DEALER called ``identity``; an unknown one counts ``backchannel_send_unroutable``."""
-    return _send(router, [identity, encode(msg)], flags, counters)
-
-
 def recv_msgs(sock: zmq.Socket, decoder: Decoder, max_n: int = 64) -> list:
     """Read up to ``max_n`` frames without blocking and return the messages they decode to.  A bad frame
     (or a multipart one) is counted by ``decoder`` and skipped; nothing here raises on peer input."""
@@ -265,24 +179,6 @@ def recv_msgs(sock: zmq.Socket, decoder: Decoder, max_n: int = 64) -> list:
             continue
         try:
             out.extend(decoder.decode_many(parts[0]))
-        except DecodeError:
-            pass
-    return out
-
-
-def recv_routed(router: zmq.Socket, decoder: Decoder, max_n: int = 64) -> list[tuple[bytes, tuple]]:
-    """Like ``recv_msgs`` for a ROUTER: returns ``(identity, message)`` pairs."""
-    out: list[tuple[bytes, tuple]] = []
-    for _ in range(max_n):
-        try:
-            parts = router.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
-            break
-        if len(parts) != 2:
-            decoder.reject(MULTIPART)
-            continue
-        try:
-            out.extend((parts[0], m) for m in decoder.decode_many(parts[1]))
         except DecodeError:
             pass
     return out
