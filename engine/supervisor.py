@@ -37,9 +37,18 @@ import zmq
 
 from backchannel import messages as m
 from backchannel.codec import Decoder, encode
-from backchannel.sockets import RuntimeDir, pull_bind, push_connect, recv_msgs, send_msg, worker_role
+from backchannel.sockets import (
+    DATAPATH,
+    SUPERVISOR,
+    RuntimeDir,
+    pull_bind,
+    push_connect,
+    recv_msgs,
+    send_msg,
+    worker_role,
+)
 from engine.config import AgentConfig
-from engine.dpproc import DATAPATH, SUPERVISOR, DatapathConfig
+from engine.dpproc import DatapathConfig
 from engine.statefile import StateFileError, read_state, write_state
 from engine.tables import SharedTables
 from topology.loader import load_topology
@@ -262,7 +271,7 @@ class Agent:
             fut.add_done_callback(lambda _f: then.set_result(True))
         self._pending[req] = (set(range(self.cfg.workers)), {}, fut)
         for i in range(self.cfg.workers):
-            send_msg(self._to[i], m.Query(req, "state_entries", None))
+            send_msg(self._to[i], m.DumpState(req))
 
     def _write_state(self, fut: Future) -> None:
         self._snapshot_busy = 0.0
@@ -283,7 +292,7 @@ class Agent:
 
     def inject_tunnel(self, tunnel_key: int, frames) -> None:
         """Frames arriving from another host's tunnel with ``tunnel_key`` (in-memory datapath)."""
-        self._call("send", (DP, m.Inject(f"tunnel:{tunnel_key}", tuple(frames))))
+        self._call("send", (DP, m.TunnelFrames(tunnel_key, tuple(frames))))
 
     def stop(self) -> None:
         if self._stopping:
@@ -416,14 +425,10 @@ class Agent:
                     self.tables.watch_device(kind, name)
                 if self.cfg.datapath == "real":
                     if kind in ("bridge", "router", "host"):
-                        req = next(self._req)
-                        self._pending[req] = ({DP}, {}, Future())
-                        send_msg(self._to[DP], m.Query(req, "ports", self._port_map()))
+                        send_msg(self._to[DP], _command(0, "ports", self._port_map()))
                         self._fetch_moved_state()
                 elif kind in ("bridge", "router") and self.mirror.get(kind, name) is not None:
-                    req = next(self._req)
-                    self._pending[req] = ({DP}, {}, Future())
-                    send_msg(self._to[DP], m.Query(req, "tunnel_ports", self._tunnel_ports()))
+                    send_msg(self._to[DP], _command(0, "ports", {"keys": self._tunnel_ports()}))
                 for i in range(self.cfg.workers):
                     send_msg(self._to[i], m.TopologyChanged(kind, name))
                 changed_at = time.monotonic()
@@ -472,7 +477,7 @@ class Agent:
             req = next(self._req)
             self._pending[req] = (set(targets), {}, fut)
             for t in targets:
-                send_msg(self._to[t], m.Query(req, q, qarg))
+                send_msg(self._to[t], _command(req, q, qarg))
 
     def _handle(self, msg) -> None:
         t = type(msg)
@@ -493,17 +498,17 @@ class Agent:
             self.tables.learned(msg)
         elif t is m.LeaseRelease:
             self.allocator.release(f"{self.cfg.host or 'agent'}/worker-{msg.worker}", msg.device, msg.ip, msg.block)
-        elif t is m.Answer:
-            if msg.req_id == 0 and isinstance(msg.body, dict) and "ready" in msg.body:
-                ev = self._ready.get(msg.sender)
-                if ev is not None:
-                    ev.set()
-                return
+        elif t is m.Ready:
+            ev = self._ready.get(msg.sender)
+            if ev is not None:
+                ev.set()
+        elif t is m.Answer or t is m.StatsReply:
+            body = msg.body if t is m.Answer else msg.counters
             pending = self._pending.get(msg.req_id)
             if pending is None:
                 return
             targets, answers, fut = pending
-            answers[msg.sender] = msg.body
+            answers[msg.sender if t is m.Answer else msg.worker] = body
             if targets <= answers.keys():
                 del self._pending[msg.req_id]
                 fut.set_result(answers)
@@ -515,8 +520,30 @@ class Agent:
             if i == DP or p.poll() is None:
                 continue
             # a dead worker: purge its flows from the datapath and start a new one in its place
-            req = next(self._req)
-            self._pending[req] = ({DP}, {}, Future())
-            send_msg(self._to[DP], m.Query(req, "purge", i))
+            send_msg(self._to[DP], m.PurgeWorker(0, i))
             self.counters["supervisor_worker_restarts"] += 1
             self._spawn(i)
+
+
+def _pairs(d) -> tuple:
+    return tuple((k, v) for k, v in (d or {}).items())
+
+
+def _command(req: int, what: str, arg):
+    """The command message for a query name (the embedding API's ``query``)."""
+    if what == "stats":
+        return m.StatsRequest(req)
+    if what == "flows":
+        return m.DumpFlows(req)
+    if what == "outputs":
+        return m.TakeOutputs(req, arg)
+    if what == "latencies":
+        return m.TakeLatencies(req)
+    if what == "ports":
+        arg = arg or {}
+        return m.SetPortMap(req, _pairs(arg.get("ports")), _pairs(arg.get("keys")), _pairs(arg.get("hosts")))
+    if what == "purge":
+        return m.PurgeWorker(req, int(arg))
+    if what == "state_entries":
+        return m.DumpState(req)
+    raise ValueError(f"unknown query {what!r}")
