@@ -20,7 +20,9 @@ import zmq
 
 from backchannel.codec import decode, encode
 from backchannel.messages import Ping, Pong
-from backchannel.sockets import CONTROL_HWM, RuntimeDir, make_socket
+from backchannel.sockets import RuntimeDir, make_socket
+
+FLOOR_HWM = 64                 # the probes are one message at a time
 
 _ROLE = "floor-rtt"
 _IO_TIMEOUT_MS = 10_000  # a peer that died must not hang the other end forever
@@ -42,7 +44,7 @@ def _pin(cpu: int | None) -> bool:
 def _echo_server(rt: RuntimeDir, cpu: int | None, total: int, use_codec: bool, conn) -> None:
     pinned = _pin(cpu)
     ctx = zmq.Context(1)
-    sock = make_socket(ctx, zmq.ROUTER, CONTROL_HWM)
+    sock = make_socket(ctx, zmq.ROUTER, FLOOR_HWM)
     sock.setsockopt(zmq.RCVTIMEO, _IO_TIMEOUT_MS)
     try:
         sock.bind(rt.endpoint(_ROLE))
@@ -63,7 +65,7 @@ def _echo_server(rt: RuntimeDir, cpu: int | None, total: int, use_codec: bool, c
 def _client(rt: RuntimeDir, cpu: int | None, n: int, warmup: int, use_codec: bool, conn) -> None:
     pinned = _pin(cpu)
     ctx = zmq.Context(1)
-    sock = make_socket(ctx, zmq.DEALER, CONTROL_HWM)
+    sock = make_socket(ctx, zmq.DEALER, FLOOR_HWM)
     sock.setsockopt(zmq.RCVTIMEO, _IO_TIMEOUT_MS)
     samples = np.empty(n, dtype=np.int64)
     clock = time.perf_counter_ns

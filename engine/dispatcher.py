@@ -8,6 +8,9 @@ they arise: one hop fewer on the flow-setup path).  It owns:
   worker (``port_workers``: e.g. an uplink served by one worker);
 - admission control, never blocking: a bounded number of upcalls in flight per worker and a token bucket per
   ingress port; what does not fit is dropped and counted;
+- the upcalls in flight: per ``seq``, what the datapath already has of the packet — its port, frame, parsed
+  packet and flow key, the worker it went to and when — so the worker's answer names only the ``seq`` and the
+  packet is executed with what is kept here (``answered``): no second parse, nothing shipped back;
 - held-back upcalls: while a flow's first packet is being simulated, later packets of the same flow wait here
   (bounded) and are executed with the installed actions when the answer comes;
 - the batches: upcalls accumulate per worker and leave in one UpcallBatch (≤ ``batch`` upcalls) per flush.
@@ -17,9 +20,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 from backchannel.messages import Upcall, UpcallBatch
 from packet.flowkey import normalized_flow_hash
+
+
+class InFlight(NamedTuple):
+    """An upcall sent to a worker and not answered yet (owned by the dispatcher, by seq)."""
+
+    worker: int
+    port: str
+    frame: bytes
+    packet: object          # the parsed packet (packet.packet.Packet)
+    key: tuple              # its flow key
+    sent_ns: int            # time.monotonic_ns() when it was queued (setup latency)
+    sent_at: float          # the loop's clock then (reclaim)
 
 
 class TokenBucket:
@@ -52,7 +68,7 @@ class Dispatcher:
         self.pending: list[list[Upcall]] = [[] for _ in range(n_workers)]
         self.buckets: dict[str, TokenBucket] = {}
         self.held: dict[tuple, list[tuple[str, bytes, object]]] = {}   # key → frames waiting for the answer
-        self.owner: dict[int, tuple[int, tuple, float]] = {}           # upcall seq → (worker, key, sent at)
+        self.inflight_by_seq: dict[int, InFlight] = {}
         self.seq = 0
         self.counters = {"dispatcher_upcalls": 0, "dispatcher_batches": 0, "dispatcher_queue_full": 0,
                          "dispatcher_rate_limited": 0, "dispatcher_held": 0, "dispatcher_held_overflow": 0,
@@ -87,21 +103,21 @@ class Dispatcher:
         self.seq += 1
         self.inflight[w] += 1
         self.held[key] = []
-        self.owner[self.seq] = (w, key, now)
-        self.pending[w].append(Upcall(self.seq, port, frame, time.monotonic_ns()))
+        self.inflight_by_seq[self.seq] = InFlight(w, port, frame, pkt, key, time.monotonic_ns(), now)
+        self.pending[w].append(Upcall(self.seq, port, frame))
         self.counters["dispatcher_upcalls"] += 1
         if len(self.pending[w]) >= self.batch:
             self._flush(w)
         return True
 
-    def answered(self, seq: int) -> tuple[int, list[tuple[str, bytes, object]]]:
-        """The worker answered upcall ``seq``: returns (that worker, the frames held back for its flow)."""
-        owner = self.owner.pop(seq, None)
-        if owner is None:
-            return -1, []
-        w, key, _ = owner
-        self.inflight[w] -= 1
-        return w, self.held.pop(key, None) or []
+    def answered(self, seq: int) -> tuple[InFlight | None, list[tuple[str, bytes, object]]]:
+        """The worker answered upcall ``seq``: returns (what was kept of it — None when it is not in flight
+        any more: reclaimed, or its worker was purged —, the frames held back for its flow)."""
+        rec = self.inflight_by_seq.pop(seq, None)
+        if rec is None:
+            return None, []
+        self.inflight[rec.worker] -= 1
+        return rec, self.held.pop(rec.key, None) or []
 
     def flush(self) -> None:
         for w in range(self.n):
@@ -120,7 +136,7 @@ class Dispatcher:
     def reclaim(self, now: float, older_than_s: float = 10.0) -> int:
         """Upcalls unanswered for too long (a lost message, a stuck worker) stop counting as in flight, so
         admission control cannot wedge; their held frames are dropped.  Counted."""
-        late = [seq for seq, (_, _, t) in self.owner.items() if now - t > older_than_s]
+        late = [seq for seq, rec in self.inflight_by_seq.items() if now - rec.sent_at > older_than_s]
         for seq in late:
             self.answered(seq)
         self.counters["dispatcher_reclaimed"] += len(late)
@@ -128,7 +144,7 @@ class Dispatcher:
 
     def forget_worker(self, w: int) -> int:
         """A worker died: its in-flight upcalls will never be answered.  Returns how many were dropped."""
-        lost = [seq for seq, (ow, _, _) in self.owner.items() if ow == w]
+        lost = [seq for seq, rec in self.inflight_by_seq.items() if rec.worker == w]
         for seq in lost:
             self.answered(seq)
         self.inflight[w] = 0

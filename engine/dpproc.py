@@ -3,14 +3,21 @@
 Owns: the datapath (engine.datapath: flow cache + ports), the dispatcher (engine.dispatcher), the setup-latency
 samples, and the sockets
 
-    inbox      PULL datapath      installs, packet-outs, deletes, fan-out relays, injected frames, queries
+    inbox      PULL datapath      FlowPut / Execute / PacketOut / FlowDelete, fan-out relays, injected frames,
+                                  commands
     workers    PUSH worker-<i>    upcall batches, relayed messages, FlowRemoved notices
-    supervisor PUSH               query answers
+    supervisor PUSH               Ready, answers to commands
 
-It makes no decision of its own: a miss goes to a worker; a worker's answer installs a flow and executes the
-packet (and the packets held back meanwhile); a Fanout relays a worker's message to other workers on the same
-sockets as their upcalls, so it reaches them before any later upcall.  Setup latency is measured from the
-upcall leaving (t_emit_ns, CLOCK_MONOTONIC, shared by all processes) to the install arriving here.
+It makes no decision of its own.  A frame is parsed once, here, into a packet and a flow key; a miss goes to a
+worker as Upcall(seq, port, frame) and the dispatcher keeps (frame, packet, key) under ``seq``.  The worker
+answers by seq: FlowPut installs the flow under the kept key and executes the kept packet (and those held back
+meanwhile) with the compiled actions; Execute executes it without installing (and upcalls the held-back ones
+again, from their kept packets); PacketOut emits a generated packet.  A Fanout relays a worker's message to
+other workers on the same sockets as their upcalls, so it reaches them before any later upcall.  Setup latency
+is measured from the upcall being queued to its answer arriving here (CLOCK_MONOTONIC).
+
+The links to the workers and the supervisor are anything with ``send(bytes, flags)`` (ZMQ PUSH sockets in
+the process; lists in the in-process tests).
 
 Two datapaths (``mode``): "memory" (MemoryDatapath: synthetic ports fed by Inject) and "real" (RealDatapath:
 AF_PACKET sockets on the interfaces of the exterior ports bound to this host, and a VXLAN endpoint on the
@@ -35,14 +42,22 @@ import zmq
 
 from backchannel import messages as m
 from backchannel.codec import Decoder
-from backchannel.sockets import RuntimeDir, pull_bind, push_connect, recv_msgs, send_msg, worker_role
+from backchannel.sockets import (
+    DATAPATH,
+    SUPERVISOR,
+    RuntimeDir,
+    pull_bind,
+    push_connect,
+    recv_msgs,
+    send_msg,
+    worker_role,
+)
 from engine.datapath.flowcache import compile_actions
 from engine.datapath.memory import MemoryDatapath
 from engine.dispatcher import Dispatcher
 from packet.codec import ParseError, parse
 
-DATAPATH = "datapath"
-SUPERVISOR = "supervisor"
+DP = m.DATAPATH_INDEX
 MAX_LATENCY_SAMPLES = 2_000_000
 
 
@@ -94,12 +109,21 @@ class DatapathProcess:
         self.counters.update(self.disp.counters)
         self.counters.update({"datapath_relayed": 0, "datapath_relay_full": 0, "datapath_unexpected": 0,
                               "datapath_state_tx": 0, "datapath_state_no_host": 0, "datapath_state_accepted": 0,
-                              "datapath_state_refused": 0, "datapath_port_errors": 0})
+                              "datapath_state_refused": 0, "datapath_port_errors": 0, "datapath_late_answers": 0,
+                              "datapath_packet_outs": 0})
         if cfg.mode == "real":
-            self.set_ports({"ports": cfg.ports or {}, "keys": cfg.tunnel_ports or {}, "hosts": cfg.hosts or {}})
+            self.set_ports(cfg.ports or {}, cfg.tunnel_ports or {}, cfg.hosts or {})
             self.fds_changed = True                    # the tunnel's fd, even with no port yet
         self.running = True
         self._next_expiry = 0.0
+        self._handlers = {
+            m.FlowPut: self.flow_put, m.Execute: self.execute, m.PacketOut: self.packet_out,
+            m.FlowDelete: self._flow_delete, m.Inject: self._inject, m.TunnelFrames: self._tunnel_frames,
+            m.Fanout: self._fanout, m.StateToHosts: self._state_to_hosts, m.StatsRequest: self._stats,
+            m.DumpFlows: self._dump_flows, m.TakeOutputs: self._take_outputs,
+            m.TakeLatencies: self._take_latencies, m.SetPortMap: self._set_port_map,
+            m.PurgeWorker: self._purge_worker, m.Shutdown: self._shutdown,
+        }
 
     def _send_batch(self, w: int, batch) -> bool:
         return send_msg(self.to_workers[w], batch)
@@ -108,45 +132,50 @@ class DatapathProcess:
         self.counters.update(self.disp.counters)
 
     # -- real mode: ports, fds, flow state ---------------------------------------------------------------
-    def set_ports(self, arg: dict) -> dict:
-        """The port map from the supervisor: {"ports": {id: ifname}, "keys": {key: id}, "hosts": {name: ip}}.
-        Ports no longer listed (or moved to another interface) are closed, new ones opened."""
-        self.hosts = {str(k): int(v) for k, v in (arg.get("hosts") or {}).items() if v}
+    def set_ports(self, ports: dict, keys: dict, hosts: dict) -> dict:
+        """The port map from the supervisor: ports {id: ifname} (real datapath: opened, those no longer
+        listed or moved to another interface closed), keys {tunnel key: id}, hosts {name: tunnel ip}."""
+        self.hosts = {str(k): int(v) for k, v in hosts.items() if v}
         self.known_ips = set(self.hosts.values())
         if self.tunnel is not None:
             self.known_ips.discard(self.tunnel.local_ip)
-        want = {str(k): str(v) for k, v in (arg.get("ports") or {}).items()}
-        have = {pid: p.ifname for pid, p in self.dp.ports.items()}
         errors = []
-        for pid, ifname in have.items():
-            if want.get(pid) != ifname:
-                self.dp.remove_port(pid)
-                self.fds_changed = True
-        for pid, ifname in want.items():
-            if pid not in self.dp.ports:
-                try:
-                    self.dp.add_port(pid, ifname)
+        if self.cfg.mode == "real":
+            want = {str(k): str(v) for k, v in ports.items()}
+            have = {pid: p.ifname for pid, p in self.dp.ports.items()}
+            for pid, ifname in have.items():
+                if want.get(pid) != ifname:
+                    self.dp.remove_port(pid)
                     self.fds_changed = True
-                except OSError as e:
-                    self.counters["datapath_port_errors"] += 1
-                    errors.append(f"{pid}: {e}")
-        self.dp.key_to_port.clear()
-        self.dp.key_to_port.update({int(k): str(v) for k, v in (arg.get("keys") or {}).items()})
-        return {"ports": sorted(self.dp.ports), "errors": errors}
+            for pid, ifname in want.items():
+                if pid not in self.dp.ports:
+                    try:
+                        self.dp.add_port(pid, ifname)
+                        self.fds_changed = True
+                    except OSError as e:
+                        self.counters["datapath_port_errors"] += 1
+                        errors.append(f"{pid}: {e}")
+        self.dp.tunnel_ports.clear()
+        self.dp.tunnel_ports.update({int(k): str(v) for k, v in keys.items()})
+        return {"ports": sorted(getattr(self.dp, "ports", ())), "errors": errors}
 
     def _on_state(self, src_ip: int, payload: bytes) -> None:
         if src_ip not in self.known_ips:
             self.counters["datapath_state_refused"] += 1
             return
         self.counters["datapath_state_accepted"] += 1
-        for sock in self.to_workers:
-            try:
-                sock.send(payload, zmq.NOBLOCK)
-                self.counters["datapath_relayed"] += 1
-            except zmq.Again:
-                self.counters["datapath_relay_full"] += 1
+        self._relay(range(len(self.to_workers)), payload)
 
-    def _state_to_hosts(self, msg: m.StateToHosts) -> None:
+    def _relay(self, targets, payload: bytes) -> None:
+        for w in targets:
+            if 0 <= w < len(self.to_workers):
+                try:
+                    self.to_workers[w].send(payload, zmq.NOBLOCK)
+                    self.counters["datapath_relayed"] += 1
+                except zmq.Again:
+                    self.counters["datapath_relay_full"] += 1
+
+    def _state_to_hosts(self, msg: m.StateToHosts, now: float) -> None:
         for h in msg.hosts:
             ip = self.hosts.get(h)
             if ip is None or self.tunnel is None:
@@ -171,107 +200,137 @@ class DatapathProcess:
             pkt, key = miss
             self.disp.upcall(port, frame, pkt, key, now)
 
+    # -- the inbox -----------------------------------------------------------------------------------------
     def handle(self, msg, now: float) -> None:
-        t = type(msg)
-        if t is m.FlowInstall:
-            self.install(msg, now)
-        elif t is m.Inject:
-            if msg.port.startswith("tunnel:"):           # frames from another host's tunnel (in-memory)
-                vni = int(msg.port[7:])
-                for frame in msg.frames:
-                    self.dp.receive_tunnel(vni, frame)
-            else:
-                for frame in msg.frames:
-                    self.receive(msg.port, frame, now)
-        elif t is m.Fanout:
-            for w in msg.targets:
-                if 0 <= w < len(self.to_workers):
-                    try:
-                        self.to_workers[w].send(msg.payload, zmq.NOBLOCK)
-                        self.counters["datapath_relayed"] += 1
-                    except zmq.Again:
-                        self.counters["datapath_relay_full"] += 1
-        elif t is m.StateToHosts:
-            self._state_to_hosts(msg)
-        elif t is m.PacketOut:
-            self.dp.output(msg.port, msg.frame)
-        elif t is m.FlowDelete:
-            self.dp.cache.delete(msg.keys)
-        elif t is m.Query:
-            self._sync_counters()
-            send_msg(self.to_sup, m.Answer(msg.req_id, -1, self.answer(msg.what, msg.arg)))
-        elif t is m.Shutdown:
-            self.running = False
-        else:
+        h = self._handlers.get(type(msg))
+        if h is None:
             self.counters["datapath_unexpected"] += 1
-
-    def install(self, msg: m.FlowInstall, now: float) -> None:
-        if not msg.key:                                # a packet the agent generated: execute only
-            self._execute(msg.actions, msg.frame)
-            return
-        worker, held = self.disp.answered(msg.seq)
-        if msg.t_emit_ns and len(self.latencies) < MAX_LATENCY_SAMPLES:
-            self.latencies.append(time.monotonic_ns() - msg.t_emit_ns)
-        if msg.hard_s >= 0:
-            flow = self.dp.cache.install(msg.key, msg.actions, worker, msg.idle_s, msg.hard_s, now, msg.tags)
-            compiled = flow.compiled if flow is not None else None
         else:
-            compiled = None
-        if msg.frame is not None:
-            self._execute(msg.actions, msg.frame, compiled)
-        for port, frame, pkt in held:
-            if compiled is not None:
-                self.dp.cache.execute(compiled, frame, pkt)
-            else:                                      # nothing installed (consumed): simulate each again
-                self.receive(port, frame, now)
+            h(msg, now)
 
-    def _execute(self, actions, frame: bytes | None, compiled=None) -> None:
-        if frame is None:
+    def _answered(self, seq: int):
+        rec, held = self.disp.answered(seq)
+        if rec is None:
+            self.counters["datapath_late_answers"] += 1
+        elif len(self.latencies) < MAX_LATENCY_SAMPLES:
+            self.latencies.append(time.monotonic_ns() - rec.sent_ns)
+        return rec, held
+
+    def flow_put(self, msg: m.FlowPut, now: float) -> None:
+        """Install the flow of upcall ``seq`` under the key kept for it; execute its packet and the packets
+        held back meanwhile with the compiled actions."""
+        rec, held = self._answered(msg.seq)
+        if rec is None:
+            return
+        flow = self.dp.cache.install(rec.key, msg.actions, rec.worker, msg.idle_s, msg.hard_s, now, msg.tags,
+                                     msg.seq)
+        if flow is None:                               # bad actions (counted): nothing to execute with
+            return
+        execute, compiled = self.dp.cache.execute, flow.compiled
+        execute(compiled, rec.frame, rec.packet)
+        for _port, frame, pkt in held:
+            execute(compiled, frame, pkt)
+        if self.dp.cache.removed:
+            self._removed(self.dp.cache.take_removed())
+
+    def execute(self, msg: m.Execute, now: float) -> None:
+        """Execute upcall ``seq``'s packet without installing; the packets held back for its flow were not
+        answered by this (a consumed ARP request answers only itself): they are upcalled again."""
+        rec, held = self._answered(msg.seq)
+        if rec is None:
             return
         try:
-            compiled = compiled if compiled is not None else compile_actions(actions)
-            self.dp.cache.execute(compiled, frame, parse(frame))
+            compiled = compile_actions(msg.actions)
+        except (ValueError, TypeError, IndexError):
+            self.counters["datapath_bad_actions"] += 1
+            compiled = ()
+        if compiled:
+            self.dp.cache.execute(compiled, rec.frame, rec.packet)
+        for port, frame, pkt in held:
+            self.disp.upcall(port, frame, pkt, rec.key, now)
+
+    def packet_out(self, msg: m.PacketOut, now: float) -> None:
+        """A packet the agent generated: parsed only when an action rewrites it."""
+        self.counters["datapath_packet_outs"] += 1
+        try:
+            compiled = compile_actions(msg.actions)
+            pkt = parse(msg.frame) if any(fields for fields, *_ in compiled) else None
+            self.dp.cache.execute(compiled, msg.frame, pkt)
         except (ParseError, ValueError, TypeError, IndexError):
             self.counters["datapath_bad_actions"] += 1
 
-    def answer(self, what: str, arg):
-        if what == "stats":
-            if self.cfg.mode == "real":
-                self.dp.refresh_counters()
-            out = dict(self.counters)
-            out["datapath_flows"] = len(self.dp.cache.flows)
-            out["datapath_pid"] = os.getpid()
-            return out
-        if what == "flows":
-            return [[list(f.key), f.worker, f.hits, list(f.tags)] for f in self.dp.cache.flows.values()]
-        if what == "outputs":
-            return self.dp.take_outputs(arg)
-        if what == "latencies":
-            out = self.latencies.tolist()
-            self.latencies = array("q")
-            return out
-        if what == "ports" and self.cfg.mode == "real":
-            return self.set_ports(arg or {})
-        if what == "tunnel_ports" and self.cfg.mode == "memory":
-            self.dp.tunnel_ports = {int(k): v for k, v in arg.items()}
-            return len(self.dp.tunnel_ports)
-        if what == "purge":
-            w = int(arg)
-            return {"flows_purged": self.dp.cache.purge_worker(w), "upcalls_lost": self.disp.forget_worker(w)}
-        return {"error": f"unknown query {what!r}"}
+    def _flow_delete(self, msg: m.FlowDelete, now: float) -> None:
+        self.dp.cache.delete_ids(msg.flows)
 
+    def _removed(self, removed) -> None:
+        """Tell each worker which of its flows left the cache without its word."""
+        by_worker: dict[tuple[int, str], list[int]] = {}
+        for f, reason in removed:
+            by_worker.setdefault((f.worker, reason), []).append(f.id)
+        for (w, reason), ids in by_worker.items():
+            if 0 <= w < len(self.to_workers):
+                send_msg(self.to_workers[w], m.FlowRemoved(tuple(ids), reason))
+
+    def _inject(self, msg: m.Inject, now: float) -> None:
+        for frame in msg.frames:
+            self.receive(msg.port, frame, now)
+
+    def _tunnel_frames(self, msg: m.TunnelFrames, now: float) -> None:
+        for frame in msg.frames:
+            self.dp.receive_tunnel(msg.vni, frame)
+
+    def _fanout(self, msg: m.Fanout, now: float) -> None:
+        self._relay(msg.targets, msg.payload)
+
+    def _shutdown(self, msg, now: float) -> None:
+        self.running = False
+
+    # -- commands ------------------------------------------------------------------------------------------
+    def _reply(self, req_id: int, body) -> None:
+        if req_id:
+            send_msg(self.to_sup, m.Answer(req_id, DP, body))
+
+    def stats(self) -> dict:
+        self._sync_counters()
+        if self.cfg.mode == "real":
+            self.dp.refresh_counters()
+        out = dict(self.counters)
+        out["datapath_flows"] = len(self.dp.cache.flows)
+        out["datapath_inflight"] = len(self.disp.inflight_by_seq)
+        out["datapath_pid"] = os.getpid()
+        return out
+
+    def _stats(self, msg: m.StatsRequest, now: float) -> None:
+        send_msg(self.to_sup, m.StatsReply(msg.req_id, DP, self.stats()))
+
+    def _dump_flows(self, msg: m.DumpFlows, now: float) -> None:
+        self._reply(msg.req_id, [[list(f.key), f.worker, f.hits, list(f.tags), f.id]
+                                 for f in self.dp.cache.flows.values()])
+
+    def _take_outputs(self, msg: m.TakeOutputs, now: float) -> None:
+        self._reply(msg.req_id, self.dp.take_outputs(msg.port))
+
+    def _take_latencies(self, msg: m.TakeLatencies, now: float) -> None:
+        out = self.latencies.tolist()
+        self.latencies = array("q")
+        self._reply(msg.req_id, out)
+
+    def _set_port_map(self, msg: m.SetPortMap, now: float) -> None:
+        self._reply(msg.req_id, self.set_ports(dict(msg.ports), dict(msg.keys), dict(msg.hosts)))
+
+    def _purge_worker(self, msg: m.PurgeWorker, now: float) -> None:
+        w = msg.worker
+        self._reply(msg.req_id, {"flows_purged": self.dp.cache.purge_worker(w),
+                                 "upcalls_lost": self.disp.forget_worker(w)})
+
+    # -- housekeeping --------------------------------------------------------------------------------------
     def housekeeping(self, now: float) -> None:
         self.disp.flush()
         if now < self._next_expiry:
             return
         self._next_expiry = now + 0.5
         self.disp.reclaim(now, self.cfg.reclaim_s)
-        by_worker: dict[int, list] = {}
-        for f in self.dp.cache.expire(now):
-            by_worker.setdefault(f.worker, []).append(f.key)
-        for w, keys in by_worker.items():
-            if 0 <= w < len(self.to_workers):
-                send_msg(self.to_workers[w], m.FlowRemoved(tuple(keys), "idle"))
+        self._removed([(f, "idle") for f in self.dp.cache.expire(now)])
 
 
 def datapath_main(cfg: DatapathConfig) -> None:
@@ -291,7 +350,7 @@ def datapath_main(cfg: DatapathConfig) -> None:
     poller = zmq.Poller()
     poller.register(inbox, zmq.POLLIN)
     polled: set[int] = set()
-    send_msg(to_sup, m.Answer(0, -1, {"ready": os.getpid()}))
+    send_msg(to_sup, m.Ready(DP, os.getpid()))
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 50)

@@ -38,6 +38,14 @@ from topology.store.topo import read_tunnel_keys, write_topology
 from topology.store.uri import open_store
 
 DP = m.DATAPATH_INDEX
+QUERIES = {                                            # Agent.query's names → their command (req_id, arg)
+    "stats": lambda req, _: m.StatsRequest(req),
+    "flows": lambda req, _: m.DumpFlows(req),
+    "outputs": lambda req, port: m.TakeOutputs(req, port),
+    "latencies": lambda req, _: m.TakeLatencies(req),
+    "state_entries": lambda req, _: m.DumpState(req),
+    "purge": lambda req, worker: m.PurgeWorker(req, int(worker)),
+}
 
 
 class AgentError(RuntimeError):
@@ -160,6 +168,12 @@ class Agent:
     def inject_tunnel(self, tunnel_key: int, frames) -> None:
         """Frames arriving from another host's tunnel with ``tunnel_key`` (in-memory datapath)."""
         self._call("send", (DP, m.TunnelFrames(tunnel_key, tuple(frames))))
+
+    def query(self, targets, what: str, arg=None, timeout: float = 10.0) -> dict:
+        """Send a command by name (QUERIES) to processes (indices; -1 is the datapath); {index: answer}."""
+        if what not in QUERIES:
+            raise AgentError(f"unknown query {what!r} (known: {', '.join(QUERIES)})")
+        return self._query(targets, lambda req: QUERIES[what](req, arg), timeout)
 
     def stats(self, timeout: float = 10.0) -> dict:
         answers = self._query([DP, *range(self.cfg.workers)], m.StatsRequest, timeout)

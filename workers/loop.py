@@ -7,8 +7,9 @@ The process pins itself to its core, binds its inbox and connects to the datapat
     supervisor PUSH           fragment and lease requests, learned table entries, query answers
 
 The loop: take a batch from the inbox → the Worker (workers.worker) handles each message → housekeeping
-(expire parked simulations, ARP retries, flow and flow-state expiry) → flush the outboxes.  When a peer's
-queue is full the loop stops reading its inbox until the peer drains (back-pressure, nothing lost).
+(expire parked simulations, ARP retries, flow and flow-state expiry) → flush the outboxes, one frame per
+destination and chunk.  The loop reads the clock and passes ``now`` in.  When a peer's queue is full the loop
+stops reading its inbox until the peer drains (back-pressure, nothing lost).
 """
 
 from __future__ import annotations
@@ -22,12 +23,21 @@ import zmq
 
 from backchannel import messages as m
 from backchannel.codec import Decoder
-from backchannel.sockets import RuntimeDir, pull_bind, push_connect, recv_msgs, send_msg, worker_role
+from backchannel.sockets import (
+    DATAPATH,
+    SUPERVISOR,
+    RuntimeDir,
+    pull_bind,
+    push_connect,
+    recv_msgs,
+    send_many,
+    send_msg,
+    worker_role,
+)
 from workers.worker import Worker, WorkerConfig
 
-SUPERVISOR = "supervisor"
-DATAPATH = "datapath"
-__all__ = ["WorkerConfig", "Worker", "worker_main"]
+FLUSH_CHUNK = 256                                   # messages per outgoing frame
+__all__ = ["WorkerConfig", "Worker", "worker_main", "flush"]
 
 
 def _pin(cpu: int | None) -> None:
@@ -39,6 +49,25 @@ def _pin(cpu: int | None) -> None:
         pass
 
 
+def flush(w: Worker, to_dp, to_sup) -> bool:
+    """Send what the worker's outboxes hold.  A full peer queue keeps the rest for later (every upcall must
+    get its answer); returns False while something is left, and the loop stops reading its inbox until the
+    peer drains: back-pressure instead of loss."""
+    done = True
+    for sock, box in ((to_dp, w.out_dp), (to_sup, w.out_sup)):
+        sent = 0
+        while sent < len(box):
+            chunk = box[sent:sent + FLUSH_CHUNK]
+            ok = send_msg(sock, chunk[0]) if len(chunk) == 1 else send_many(sock, chunk)
+            if not ok:
+                w.c["send_blocked"] += 1
+                done = False
+                break
+            sent += len(chunk)
+        del box[:sent]
+    return done
+
+
 def worker_main(cfg: WorkerConfig) -> None:
     """Process entry point."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # the supervisor stops us with Shutdown / SIGTERM
@@ -48,14 +77,14 @@ def worker_main(cfg: WorkerConfig) -> None:
     inbox = pull_bind(ctx, rt, worker_role(cfg.index))
     to_dp = push_connect(ctx, rt, DATAPATH)
     to_sup = push_connect(ctx, rt, SUPERVISOR)
-    w = Worker(cfg, to_dp, to_sup)
+    w = Worker(cfg)
     decoder = Decoder(w.c)
     poller = zmq.Poller()
     poller.register(inbox, zmq.POLLIN)
     blocked = zmq.Poller()
     blocked.register(to_dp, zmq.POLLOUT)
     blocked.register(to_sup, zmq.POLLOUT)
-    send_msg(to_sup, m.Answer(0, cfg.index, {"ready": os.getpid()}))
+    send_msg(to_sup, m.Ready(cfg.index, os.getpid()))
     gc.collect()
     gc.freeze()                                    # start-up objects never need scanning again
     gc.set_threshold(50_000, 20, 50)               # fewer collections: flow state is many small tuples
@@ -63,7 +92,7 @@ def worker_main(cfg: WorkerConfig) -> None:
         while w.running:
             if w.out_dp or w.out_sup:                  # a peer was full: drain before reading more
                 blocked.poll(20)
-                w.flush()
+                flush(w, to_dp, to_sup)
                 w.housekeeping(time.monotonic())
                 continue
             deadline = w.parking.next_deadline()
@@ -76,7 +105,7 @@ def worker_main(cfg: WorkerConfig) -> None:
                 for msg in msgs:
                     w.handle(msg, now)
             w.housekeeping(time.monotonic())
-            w.flush()
+            flush(w, to_dp, to_sup)
     finally:
         for s in (inbox, to_dp, to_sup):
             s.close(0)

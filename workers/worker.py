@@ -2,9 +2,14 @@
 
 A Worker owns, sharing them with nobody: its flow table (what it installed, tags, expiry), its flow-state
 shard (the conntrack/NAT entries it created, plus replicas pushed to it), its ARP broker, its waiting room of
-parked simulations and its partial topology cache.  ``handle(msg, now)`` takes one inbox message;
-everything it wants sent goes to two outboxes (to the datapath, to the supervisor) that ``flush`` sends, in
-order, one frame per destination — the process loop (workers.loop) owns the sockets and the clock.
+parked simulations and its partial topology cache.  ``handle(msg, now)`` takes one inbox message and
+``housekeeping(now)`` does the timed work; everything either wants sent goes, in order, to two outboxes
+(``out_dp`` to the datapath, ``out_sup`` to the supervisor).  Nothing here touches a socket or reads the
+clock: the process loop (workers.loop) owns both, and the in-process tests drive a Worker directly.
+
+Every Upcall is answered by exactly one FlowPut (install and execute) or Execute (execute only: consumed,
+malformed, refused), by its ``seq`` alone: the datapath kept the frame, the packet and the key.  The flow table
+names flows by that seq (their flow id in the datapath).
 
 Flow state a simulation created is relayed to the worker its packets hash to through the datapath *before*
 the install (same outbox, so in order): the datapath forwards it ahead of any later upcall, so no return flow
@@ -14,15 +19,13 @@ is simulated without its state.  With real interfaces, state also goes to the ot
 from __future__ import annotations
 
 import os
-import time
 from collections import Counter
 from dataclasses import dataclass
 
 from backchannel import messages as m
 from backchannel.codec import encode
-from backchannel.sockets import send_many, send_msg
 from packet.codec import ParseError, build, parse
-from packet.flowkey import flow_key, tuple_hash
+from packet.flowkey import tuple_hash
 from workers.arp import ArpBroker
 from workers.flowtable import FlowTable
 from workers.parking import ParkingLot
@@ -46,7 +49,6 @@ from workers.simulation.simulate import simulate
 from workers.simulation.state import LocalState
 from workers.topocache import TopologyCache
 
-FLUSH_CHUNK = 256                                   # messages per outgoing frame
 STATE_CHUNK = 500                                   # flow-state entries per message to another host
 
 
@@ -72,13 +74,11 @@ class WorkerConfig:
 
 
 class Worker:
-    """The worker's logic over its sockets; ``send_dp`` / ``send_sup`` are the two outbound channels."""
+    """The worker's logic; what it sends waits in ``out_dp`` / ``out_sup`` for the loop to send."""
 
-    def __init__(self, cfg: WorkerConfig, send_dp, send_sup):
+    def __init__(self, cfg: WorkerConfig):
         self.cfg = cfg
         self.i = cfg.index
-        self.send_dp = send_dp
-        self.send_sup = send_sup
         self.topo = TopologyCache()
         self.state = LocalState(flow_state_idle_s=cfg.flow_state_idle_s)
         # SNAT prefers ports whose reply hashes to this worker (the reply's state is then local)
@@ -105,24 +105,6 @@ class Worker:
     def _sup(self, msg) -> None:
         self.out_sup.append(msg)
 
-    def flush(self) -> bool:
-        """Send what the outboxes hold.  A full peer queue keeps the rest for later (every upcall must get
-        its answer); returns False while something is left, and the loop stops reading its inbox until the
-        peer drains: back-pressure instead of loss."""
-        done = True
-        for sock, box in ((self.send_dp, self.out_dp), (self.send_sup, self.out_sup)):
-            sent = 0
-            while sent < len(box):
-                chunk = box[sent:sent + FLUSH_CHUNK]
-                ok = send_msg(sock, chunk[0]) if len(chunk) == 1 else send_many(sock, chunk)
-                if not ok:
-                    self.c["send_blocked"] += 1
-                    done = False
-                    break
-                sent += len(chunk)
-            del box[:sent]
-        return done
-
     # -- upcalls ----------------------------------------------------------------------------------------------
     def upcall(self, up: m.Upcall, now: float) -> None:
         self.c["upcalls"] += 1
@@ -130,40 +112,45 @@ class Worker:
             pkt = parse(up.frame)
         except ParseError as e:
             self._drop(f"malformed_{e.reason}")
-            self._answer(up, (), DROP_ACTIONS, frozenset(), temporary=True, install=False)
+            self._answer(up.seq, DROP_ACTIONS, (), now, install=False)
             return
         self._simulate(up, pkt, now)
 
     def _simulate(self, up: m.Upcall, pkt, now: float) -> None:
         self.c["simulations"] += 1
         res = simulate(pkt, up.port, self.topo, self.state, now, self.cfg.host)
-        key = flow_key(pkt, up.port)
         if res.result == PARKED:
-            self._park(up, pkt, key, res, now)
+            self._park(up, pkt, res, now)
             return
         self._apply(res.effects, now, res.interested_hosts)
         for g in res.generated:
             self.emit_generated(g.port, g.packet, now)
         if res.result == CONSUMED:
             self.c["consumed"] += 1
-            self._answer(up, key, (), res.tags, install=False)
+            self._answer(up.seq, (), res.tags, now, install=False)
         elif res.result == FORWARD:
             actions = output_actions(pkt, res.outputs, self._tunnel_ip)
-            self._answer(up, key, actions, res.tags)
+            self._answer(up.seq, actions, res.tags, now)
         else:
             self._drop(res.drop_reason or "unknown")
-            self._answer(up, key, DROP_ACTIONS, res.tags, temporary=res.expiry == EXPIRY_TEMPORARY)
+            self._answer(up.seq, DROP_ACTIONS, res.tags, now, temporary=res.expiry == EXPIRY_TEMPORARY)
 
-    def _answer(self, up, key, actions, tags, temporary=False, install=True) -> None:
-        now = time.monotonic()
-        if install and key:
-            evicted = self.flows.add(key, frozenset(tags), now)
-            if evicted:
-                self._dp(m.FlowDelete(tuple(evicted)))
-        idle = self.cfg.drop_flow_s if temporary else self.cfg.flow_idle_s
-        hard = (self.cfg.drop_flow_s if temporary else self.cfg.flow_hard_s) if install else -1.0
-        self._dp(m.FlowInstall(up.seq, up.port, key, actions, tuple(tags), idle, hard, up.t_emit_ns, up.frame))
-        self.c["installs" if install else "executes"] += 1
+    def _answer(self, seq: int, actions, tags, now: float, temporary: bool = False, install: bool = True) -> None:
+        """The one answer to upcall ``seq``: FlowPut (installed as flow ``seq``) or Execute."""
+        if not install:
+            self._dp(m.Execute(seq, actions))
+            self.c["executes"] += 1
+            return
+        tags = tuple(tags)
+        evicted = self.flows.add(seq, tags, now)
+        if evicted:
+            self._dp(m.FlowDelete(tuple(evicted)))
+        if temporary:
+            idle = hard = self.cfg.drop_flow_s
+        else:
+            idle, hard = self.cfg.flow_idle_s, self.cfg.flow_hard_s
+        self._dp(m.FlowPut(seq, (), actions, tags, idle, hard))
+        self.c["installs"] += 1
 
     def _drop(self, reason: str) -> None:
         self.drops[reason] += 1
@@ -173,12 +160,12 @@ class Worker:
         return h.tunnel_ip if h is not None else 0
 
     # -- parking --------------------------------------------------------------------------------------------
-    def _park(self, up, pkt, key, res, now: float) -> None:
+    def _park(self, up, pkt, res, now: float) -> None:
         need = res.needs
         new = self.parking.park(need, (up, pkt), now)
         if new is None:
             self._drop("parked_overflow")
-            self._answer(up, key, DROP_ACTIONS, (), temporary=True, install=False)
+            self._answer(up.seq, DROP_ACTIONS, (), now, install=False)
             return
         if type(need) is NeedArp:
             for g in res.generated:                    # the ARP request the simulation built
@@ -200,8 +187,6 @@ class Worker:
             self.c["fragment_requests"] += 1
             self.c["offbox_reads"] += 1
             self._sup(m.FragmentRequest(self.i, need.kind, need.name))
-        elif type(need) is NeedLease:
-            self._request_lease(need)
 
     def _request_lease(self, need: NeedLease) -> None:
         key = ("lease", need.device, need.ip)
@@ -213,10 +198,10 @@ class Worker:
         for up, pkt in self.parking.satisfy(key, limit):
             self._simulate(up, pkt, now)
 
-    def _fail(self, key: tuple, reason: str) -> None:
-        for up, pkt in self.parking.satisfy(key):
+    def _fail(self, key: tuple, reason: str, now: float) -> None:
+        for up, _pkt in self.parking.satisfy(key):
             self._drop(reason)
-            self._answer(up, flow_key(pkt, up.port), DROP_ACTIONS, (), temporary=True)
+            self._answer(up.seq, DROP_ACTIONS, (), now, temporary=True)
 
     # -- effects and replication ----------------------------------------------------------------------------
     def _apply(self, effects, now: float, hosts=frozenset()) -> None:
@@ -293,18 +278,16 @@ class Worker:
         frame = build(pkt)
         if port.peer is None:
             if port.host is None or port.host == self.cfg.host or self.cfg.host is None:
-                self._dp(m.PacketOut(port.id, frame))
+                self._dp(m.PacketOut((("output", port.id),), frame))
             else:
-                act = (("tunnel", self._tunnel_ip(port.host), port.tunnel_key),)
-                self._dp(m.FlowInstall(-1, "", (), act, (), 0.0, -1.0, 0, frame))
+                self._dp(m.PacketOut((("tunnel", self._tunnel_ip(port.host), port.tunnel_key),), frame))
             return
         res = simulate(pkt, port.peer, self.topo, self.state, now, self.cfg.host)
         if res.result != FORWARD:
             self._drop(f"generated_{res.drop_reason or res.result}")
             return
         self._apply(res.effects, now)
-        actions = output_actions(pkt, res.outputs, self._tunnel_ip)
-        self._dp(m.FlowInstall(-1, "", (), actions, (), 0.0, -1.0, 0, frame))
+        self._dp(m.PacketOut(output_actions(pkt, res.outputs, self._tunnel_ip), frame))
 
     # -- inbox ----------------------------------------------------------------------------------------------
     def handle(self, msg, now: float) -> None:
@@ -338,7 +321,7 @@ class Worker:
                 self.state.add_nat_block(msg.device, msg.ip, msg.block)
                 self._resume(key, now, BLOCK_SIZE)   # a block serves at most 64 of the waiting packets
             else:
-                self._fail(key, "nat_exhausted")
+                self._fail(key, "nat_exhausted", now)
         elif t is m.TopologyChanged:
             self.topo.forget(msg.kind, msg.name)
             self._invalidate([f"{msg.kind}:{msg.name}"])
@@ -360,23 +343,20 @@ class Worker:
         elif t is m.InvalidateTags:
             self._invalidate(msg.tags)
         elif t is m.FlowRemoved:
-            self.flows.removed(msg.keys)
-        elif t is m.Query:
-            self._sup(m.Answer(msg.req_id, self.i, self.answer(msg.what, msg.arg)))
+            self.flows.removed(msg.flows)
+        elif t is m.StatsRequest:
+            self._sup(m.StatsReply(msg.req_id, self.i, self.stats()))
+        elif t is m.DumpState:
+            if msg.req_id:
+                self._sup(m.Answer(msg.req_id, self.i, self.state_entries()))
         elif t is m.Shutdown:
             self.running = False
         else:
             self.c["unexpected_messages"] += 1
 
-    def answer(self, what: str, arg):
-        if what == "stats":
-            return self.stats()
-        if what == "state":
-            return [[k, repr(key), None if e.value is None else list(e.value)]
-                    for (k, key), e in self.state.flow_state.items()]
-        if what == "state_entries":                    # for the agent's snapshot file (restored at start)
-            return [[e.kind, e.key, e.value, e.last_used + e.idle_s] for e in self.state.flow_state.values()]
-        return {"error": f"unknown query {what!r}"}
+    def state_entries(self) -> list:
+        """The flow-state shard as the agent's snapshot file stores it (restored at start)."""
+        return [[e.kind, e.key, e.value, e.last_used + e.idle_s] for e in self.state.flow_state.values()]
 
     def stats(self) -> dict:
         out = {f"worker_{k}": v for k, v in self.c.items()}
@@ -395,14 +375,14 @@ class Worker:
     # -- housekeeping ---------------------------------------------------------------------------------------
     def housekeeping(self, now: float) -> None:
         for (kind, *_), items in self.parking.expire(now):
-            for up, pkt in items:
+            for up, _pkt in items:
                 self._drop(f"parked_timeout_{kind}")
-                self._answer(up, flow_key(pkt, up.port), DROP_ACTIONS, (), temporary=True)
+                self._answer(up.seq, DROP_ACTIONS, (), now, temporary=True)
         resend, failed = self.arp.tick(now)
         for port, pkt in resend:
             self.emit_generated(port, pkt, now)
         for router, ip in failed:
-            self._fail(("arp", router, ip), "arp_timeout")
+            self._fail(("arp", router, ip), "arp_timeout", now)
         if now < self._next_slow:
             return
         self._next_slow = now + 1.0

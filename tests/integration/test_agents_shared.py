@@ -88,7 +88,7 @@ def test_a_mac_learned_on_one_agent_is_unicast_to_by_another(agents):
     out.wait(tunnel, 1)
     time.sleep(0.2)
     assert set(out.poll()) == {tunnel}                      # a unicast: no flood to vm3's host
-    [[key, _, _, tags]] = [f for f in b.flows() if f[0][0] == "tenant.vm2"]
+    [[key, _, _, tags, _flow_id]] = [f for f in b.flows() if f[0][0] == "tenant.vm2"]
     assert "mac:tenant:0:020000000001" in tags
 
 

@@ -1,6 +1,8 @@
 """Real processes talking over the backchannel in a RuntimeDir: a worker process (spawned) serves upcalls,
-broadcasts and control; a third process throws raw garbage at the worker's PULL socket, which is rejected
-and counted while good messages keep flowing.  Also the ZMQ round-trip floor of bench/floors.py."""
+relayed broadcasts and supervisor commands, all arriving on its one PULL inbox; a third process throws raw
+garbage at that inbox, which is rejected and counted while good messages keep flowing.  This process plays
+the datapath and the supervisor (a PULL inbox each, a PUSH each to the worker).  Also the ZMQ round-trip
+floor of bench/floors.py."""
 
 from __future__ import annotations
 
@@ -16,10 +18,11 @@ from backchannel import sockets
 from backchannel.codec import Decoder
 from backchannel.messages import (
     FlowDelete,
-    FlowInstall,
+    FlowPut,
     InvalidateTags,
     Ping,
     Pong,
+    Ready,
     Shutdown,
     StatsReply,
     StatsRequest,
@@ -33,41 +36,37 @@ WAIT_S = 20.0  # a bound on waiting for a peer, not a timing assertion
 
 
 def _worker_main(rt: sockets.RuntimeDir, index: int) -> None:
-    """A minimal worker loop: upcalls → installs, InvalidateTags → FlowDelete, control → replies."""
+    """A minimal worker loop on its one inbox: upcalls → FlowPut (flow id = the upcall's seq), InvalidateTags →
+    FlowDelete of the flows carrying those tags (to the datapath); commands → replies (to the supervisor)."""
     ctx = zmq.Context()
     dec = Decoder()
-    upcalls = sockets.upcall_pull(ctx, rt, index)
-    installs = sockets.install_push(ctx, rt)
-    bcast = sockets.bcast_sub(ctx, rt, ["shell"])
-    control = sockets.control_dealer(ctx, rt, sockets.worker_role(index))
-    poller = zmq.Poller()
-    for s in (upcalls, bcast, control):
-        poller.register(s, zmq.POLLIN)
-    sockets.send_msg(control, Pong(0, index), flags=0)  # hello
+    inbox = sockets.pull_bind(ctx, rt, sockets.worker_role(index))
+    datapath = sockets.push_connect(ctx, rt, sockets.DATAPATH)
+    supervisor = sockets.push_connect(ctx, rt, sockets.SUPERVISOR)
+    flows_by_tag: dict[str, list[int]] = {}
+    sockets.send_msg(supervisor, Ready(index, os.getpid()), flags=0)  # hello
     deadline = time.monotonic() + 120
     running = True
     while running and time.monotonic() < deadline:
-        ready = dict(poller.poll(500))
-        if upcalls in ready:
-            for m in sockets.recv_msgs(upcalls, dec):
-                if isinstance(m, UpcallBatch):
-                    sockets.send_many(installs, [
-                        FlowInstall(u.seq, u.port, (u.seq,), (("output", "out"),), ("t",), 1.0, 0.0,
-                                    u.t_emit_ns, u.frame) for u in m.upcalls
-                    ], counters=dec.counters)
-        if bcast in ready:
-            for m in sockets.recv_msgs(bcast, dec):
-                if isinstance(m, InvalidateTags):
-                    sockets.send_msg(installs, FlowDelete(tuple((t,) for t in m.tags)))
-        if control in ready:
-            for m in sockets.recv_msgs(control, dec):
-                if isinstance(m, StatsRequest):
-                    sockets.send_msg(control, StatsReply(m.req_id, index, dict(dec.counters)), flags=0)
-                elif isinstance(m, Ping):
-                    sockets.send_msg(control, Pong(m.t_ns, m.seq), flags=0)
-                elif isinstance(m, Shutdown):
-                    running = False
-    for s in (upcalls, installs, bcast, control):
+        if not inbox.poll(500):
+            continue
+        for m in sockets.recv_msgs(inbox, dec):
+            if isinstance(m, UpcallBatch):
+                puts = [FlowPut(u.seq, (), (("output", "out"),), ("t",), 1.0, 0.0) for u in m.upcalls]
+                for put in puts:
+                    for tag in put.tags:
+                        flows_by_tag.setdefault(tag, []).append(put.seq)
+                sockets.send_many(datapath, puts, counters=dec.counters)
+            elif isinstance(m, InvalidateTags):
+                stale = sorted({f for t in m.tags for f in flows_by_tag.pop(t, ())})
+                sockets.send_msg(datapath, FlowDelete(tuple(stale)))
+            elif isinstance(m, StatsRequest):
+                sockets.send_msg(supervisor, StatsReply(m.req_id, index, dict(dec.counters)), flags=0)
+            elif isinstance(m, Ping):
+                sockets.send_msg(supervisor, Pong(m.t_ns, m.seq), flags=0)
+            elif isinstance(m, Shutdown):
+                running = False
+    for s in (inbox, datapath, supervisor):
         s.close()
     ctx.term()
 
@@ -105,40 +104,38 @@ def world():
     rt.close()
 
 
-def _recv_until(sock, dec, want: int, routed: bool = False) -> list:
+def _recv_until(sock, dec, want: int) -> list:
     got: list = []
     deadline = time.monotonic() + WAIT_S
     while len(got) < want and time.monotonic() < deadline:
         if sock.poll(100):
-            got += sockets.recv_routed(sock, dec) if routed else sockets.recv_msgs(sock, dec)
+            got += sockets.recv_msgs(sock, dec)
     return got
 
 
 def _batch(start: int, n: int) -> UpcallBatch:
-    return UpcallBatch(tuple(Upcall(i, "tenant.vm1", bytes([i % 256]) * 60, time.monotonic_ns())
-                             for i in range(start, start + n)))
+    return UpcallBatch(tuple(Upcall(i, "tenant.vm1", bytes([i % 256]) * 60) for i in range(start, start + n)))
 
 
 def test_two_processes_and_a_garbage_sender(world):
     rt, ctx, procs = world
     dec = Decoder()
-    installs = sockets.install_pull(ctx, rt)
-    router = sockets.control_router(ctx, rt)
-    pub = sockets.bcast_pub(ctx, rt, "shell")
+    installs = sockets.pull_bind(ctx, rt, sockets.DATAPATH)
+    answers = sockets.pull_bind(ctx, rt, sockets.SUPERVISOR)
     worker = SPAWN.Process(target=_worker_main, args=(rt, 0))
     procs.append(worker)
     worker.start()
-    assert _recv_until(router, dec, 1, routed=True) == [(b"worker-0", Pong(0, 0))]
-    assert sockets.wait_subscribers(pub, 1, timeout_ms=int(WAIT_S * 1000)) == 1
-    push = sockets.upcall_push(ctx, rt, 0)
+    assert _recv_until(answers, dec, 1) == [Ready(0, worker.pid)]
+    push = sockets.push_connect(ctx, rt, sockets.worker_role(0))  # the datapath's (upcalls, relays)
+    control = sockets.push_connect(ctx, rt, sockets.worker_role(0))  # the supervisor's (commands)
 
-    # good traffic flows
+    # good traffic flows: every upcall answered by its seq
     first = _batch(0, 8)
     assert sockets.send_msg(push, first)
     got = _recv_until(installs, dec, 8)
-    want = [(u.seq, u.frame, u.t_emit_ns) for u in first.upcalls]
-    assert [(m.seq, m.frame, m.t_emit_ns) for m in got] == want
-    assert all(type(m) is FlowInstall for m in got)
+    assert [m.seq for m in got] == [u.seq for u in first.upcalls]
+    assert got == [FlowPut(u.seq, (), (("output", "out"),), ("t",), 1.0, 0.0) for u in first.upcalls]
+    assert all(type(m) is FlowPut for m in got)
 
     # a third process throws garbage into the same PULL socket
     garbage = SPAWN.Process(target=_garbage_main, args=(rt.endpoint(sockets.worker_role(0)),))
@@ -152,9 +149,11 @@ def test_two_processes_and_a_garbage_sender(world):
     assert sockets.send_msg(push, second)
     assert [m.seq for m in _recv_until(installs, dec, 8)] == [u.seq for u in second.upcalls]
 
-    # broadcast reaches the worker
-    assert sockets.send_msg(pub, InvalidateTags(("r1", "tenant"), 99))
-    assert _recv_until(installs, dec, 1) == [FlowDelete((("r1",), ("tenant",)))]
+    # a broadcast (relayed into the worker's inbox, as the datapath relays a Fanout) reaches the worker,
+    # which deletes its flows by id: the seqs of the upcalls that made them
+    assert sockets.send_msg(push, InvalidateTags(("r1", "t"), 99))
+    flow_ids = tuple(u.seq for u in first.upcalls + second.upcalls)
+    assert _recv_until(installs, dec, 1) == [FlowDelete(flow_ids)]
 
     # the worker counted every reject by reason
     counters: dict = {}
@@ -162,8 +161,8 @@ def test_two_processes_and_a_garbage_sender(world):
     req = 0
     while time.monotonic() < deadline:
         req += 1
-        assert sockets.send_to(router, b"worker-0", StatsRequest(req))
-        replies = [m for _, m in _recv_until(router, dec, 1, routed=True)]
+        assert sockets.send_msg(control, StatsRequest(req))
+        replies = _recv_until(answers, dec, 1)
         assert replies and isinstance(replies[0], StatsReply) and replies[0].req_id == req
         counters = replies[0].counters
         if sum(counters[f"backchannel_rejected_{r}"] for r in EXPECTED_REJECTS) >= len(GARBAGE):
@@ -172,12 +171,12 @@ def test_two_processes_and_a_garbage_sender(world):
     assert counters["backchannel_decoded"] >= 2 + 1 + 1  # two batches, one broadcast, the stats requests
     assert dec.rejected == 0  # nothing bad came back to us
 
-    assert sockets.send_to(router, b"worker-0", Ping(7, 3))
-    assert [m for _, m in _recv_until(router, dec, 1, routed=True)] == [Pong(7, 3)]
-    assert sockets.send_to(router, b"worker-0", Shutdown())
+    assert sockets.send_msg(control, Ping(7, 3))
+    assert _recv_until(answers, dec, 1) == [Pong(7, 3)]
+    assert sockets.send_msg(control, Shutdown())
     worker.join(WAIT_S)
     assert worker.exitcode == 0
-    for s in (installs, router, pub, push):
+    for s in (installs, answers, push, control):
         s.close()
     path = rt.path
     rt.close()
@@ -188,14 +187,15 @@ def test_a_stalled_worker_process_makes_sends_fail_fast(world):
     """The peer is a live process that has bound its PULL but never reads (it is stopped with SIGSTOP)."""
     rt, ctx, procs = world
     dec = Decoder()
-    router = sockets.control_router(ctx, rt)
+    answers = sockets.pull_bind(ctx, rt, sockets.SUPERVISOR)
     worker = SPAWN.Process(target=_worker_main, args=(rt, 1))
     procs.append(worker)
     worker.start()
-    assert _recv_until(router, dec, 1, routed=True) == [(b"worker-1", Pong(0, 1))]
+    assert _recv_until(answers, dec, 1) == [Ready(1, worker.pid)]
+    control = sockets.push_connect(ctx, rt, sockets.worker_role(1))  # the supervisor's: its own pipe
     os.kill(worker.pid, 19)  # SIGSTOP: alive, connected, not reading
     try:
-        push = sockets.upcall_push(ctx, rt, 1, hwm=16)
+        push = sockets.push_connect(ctx, rt, sockets.worker_role(1), hwm=16)
         counters: dict = {}
         batch = _batch(0, 64)  # ~5 KiB a frame
         sent = 0
@@ -206,10 +206,11 @@ def test_a_stalled_worker_process_makes_sends_fail_fast(world):
         push.close()
     finally:
         os.kill(worker.pid, 18)  # SIGCONT
-    assert sockets.send_to(router, b"worker-1", Shutdown())
+    assert sockets.send_msg(control, Shutdown())
     worker.join(WAIT_S)
     assert worker.exitcode == 0
-    router.close()
+    control.close()
+    answers.close()
 
 
 def test_zmq_rtt_floor_between_two_pinned_processes():

@@ -12,7 +12,7 @@ from backchannel.codec import DecodeError, Decoder, EncodeError
 from backchannel.messages import (
     REGISTRY,
     SCHEMA,
-    FlowInstall,
+    FlowPut,
     FlowStateBatch,
     FlowStateEntry,
     Ping,
@@ -24,24 +24,22 @@ from backchannel.messages import (
 from tests.unit.test_backchannel_messages import any_message
 
 pack = msgpack.Packer(use_bin_type=True).pack
-FI = FlowInstall(7, "tenant.vm1", (1, 2, 6, 80, "x"), (("output", "r1.uplink"),), ("r1",), 30.0, 0.0, 99,
-                 b"f")
-BATCH = UpcallBatch(tuple(Upcall(i, "tenant.vm1", b"\x00" * 60, 1000 + i) for i in range(4)))
+FP = FlowPut(7, (), (("output", "r1.uplink"),), ("r1",), 30.0, 0.0)
+BATCH = UpcallBatch(tuple(Upcall(i, "tenant.vm1", b"\x00" * 60) for i in range(4)))
 
 
 def _sample(cls):
     """A valid instance of ``cls`` with every field filled in."""
     values = {
-        "seq": 1, "port": "p", "frame": b"fr", "t_emit_ns": 5, "upcalls": (Upcall(1, "p", b"", 2),),
-        "in_port": "p", "key": (1, "a"), "actions": (("drop",),), "tags": ("t",), "idle_s": 1.0,
-        "hard_s": 2.0, "keys": ((1,),), "reason": "idle", "origin": 0, "kind": "conntrack", "value": None,
+        "seq": 1, "port": "p", "frame": b"fr", "upcalls": (Upcall(1, "p", b""),), "match": (),
+        "key": (1, "a"), "actions": (("drop",),), "tags": ("t",), "idle_s": 1.0, "hard_s": 2.0,
+        "flows": (1, 2), "reason": "idle", "origin": 0, "kind": "conntrack", "value": None,
         "expires_at": 3.0, "entries": (FlowStateEntry("conntrack", (1,), None, 1.0),), "router": "r1",
         "ip": 1, "mac": 2, "bridge": "b", "name": "n", "req_id": 1, "worker": 0, "counters": {"a": 1},
         "t_ns": 1, "request_kind": "port", "request_name": "b.p", "records": (("bridge", "b", b"{}"),),
         "device": "r1", "port_start": 1, "port_end": 2, "block": 64, "targets": (1,), "payload": b"x",
-        "frames": (b"f",), "vlan": 0, "entry": 5, "requester": "host-b", "what": "stats", "arg": None,
-        "sender": -1, "body": {"a": 1},
-        "hosts": ("host-b",),
+        "frames": (b"f",), "vlan": 0, "entry": 5, "requester": "host-b", "sender": -1, "body": {"a": 1},
+        "hosts": ("host-b",), "vni": 5, "pid": 4242, "ports": (("b.p", "eth0"),), "keys": ((5, "b.p"),),
     }
     return cls(*(values[f] for f in cls._fields))
 
@@ -65,17 +63,17 @@ def test_not_msgpack_is_malformed(data):
 
 
 def test_every_truncation_of_a_valid_frame_is_rejected():
-    for msg in (FI, BATCH):
+    for msg in (FP, BATCH):
         wire = codec.encode(msg)
         for cut in range(len(wire)):
             assert reason_of(wire[:cut]) == codec.MALFORMED
 
 
 def test_trailing_bytes_are_malformed():
-    assert reason_of(codec.encode(FI) + b"\x00") == codec.MALFORMED
+    assert reason_of(codec.encode(FP) + b"\x00") == codec.MALFORMED
 
 
-@pytest.mark.parametrize("obj", [{"tag": FI.TAG}, 5, "x", None, b"raw", ()])
+@pytest.mark.parametrize("obj", [{"tag": FP.TAG}, 5, "x", None, b"raw", ()])
 def test_not_an_array_or_empty(obj):
     assert reason_of(pack(obj)) == codec.NOT_ARRAY
 
@@ -128,24 +126,26 @@ def test_bool_is_not_an_int_and_ext_types_are_refused():
 
 
 def test_nested_messages_are_checked():
-    assert reason_of(pack((BATCH.TAG, ((1, "p", b"f"),)))) == codec.ARITY
-    assert reason_of(pack((BATCH.TAG, ((1, "p", "not bytes", 2),)))) == codec.FIELD_TYPE
+    assert reason_of(pack((BATCH.TAG, ((1, "p"),)))) == codec.ARITY
+    assert reason_of(pack((BATCH.TAG, ((1, "p", "not bytes"),)))) == codec.FIELD_TYPE
     assert reason_of(pack((BATCH.TAG, (5,)))) == codec.FIELD_TYPE
     entry = ("conntrack", ({1: 2},), None, 1.0)  # a key that cannot be a dict key
     assert reason_of(pack((FlowStateBatch.TAG, (entry,), 0))) == codec.FIELD_TYPE
 
 
 def test_unhashable_flow_key():
-    bad = tuple(FI)[:2] + (((1, {"a": 1}),),) + tuple(FI)[3:]
-    assert reason_of(pack((FI.TAG, *bad))) == codec.FIELD_TYPE
+    # a flow key now travels only as a flow-state key (FlowPut names its flow by seq, FlowDelete by flow id)
+    good = FlowStateEntry("conntrack", (1, 2, 6, 80, "x"), None, 1.0)
+    bad = tuple(good)[:1] + (((1, {"a": 1}),),) + tuple(good)[2:]
+    assert reason_of(pack((good.TAG, *bad))) == codec.FIELD_TYPE
 
 
 @pytest.mark.parametrize("value", [2**63, 2**64 - 1])  # below -2**63 msgpack cannot carry
 def test_ints_outside_int64(value):
     assert reason_of(pack((Ping.TAG, value, 1))) == codec.INT_RANGE
-    assert reason_of(pack((BATCH.TAG, ((value, "p", b"", 1),)))) == codec.INT_RANGE
-    fields = tuple(FI)
-    assert reason_of(pack((FI.TAG, *fields[:5], value, *fields[6:]))) == codec.INT_RANGE  # idle_s
+    assert reason_of(pack((BATCH.TAG, ((value, "p", b""),)))) == codec.INT_RANGE
+    fields = tuple(FP)
+    assert reason_of(pack((FP.TAG, *fields[:4], value, *fields[5:]))) == codec.INT_RANGE  # idle_s
     assert reason_of(pack((StatsReply.TAG, 1, value, {}))) == codec.INT_RANGE
 
 
@@ -192,7 +192,7 @@ def test_encode_refuses_non_messages_and_unpackable_fields():
 
 
 def test_validate_catches_what_a_receiver_would_reject():
-    assert codec.validate(FI) == FI
+    assert codec.validate(FP) == FP
     with pytest.raises(EncodeError, match="field_type"):
         codec.validate(Ping("1", 1))
     with pytest.raises(EncodeError, match="int_range"):

@@ -20,9 +20,12 @@ from backchannel.messages import (
     SCHEMA,
     Answer,
     ArpLearned,
+    DumpFlows,
+    DumpState,
+    Execute,
     Fanout,
     FlowDelete,
-    FlowInstall,
+    FlowPut,
     FlowRemoved,
     FlowStateBatch,
     FlowStateEntry,
@@ -37,14 +40,19 @@ from backchannel.messages import (
     PacketOut,
     Ping,
     Pong,
-    Query,
+    PurgeWorker,
+    Ready,
+    SetPortMap,
     Shutdown,
     StateRequest,
     StateToHosts,
     StatsReply,
     StatsRequest,
     TableEntryRemoved,
+    TakeLatencies,
+    TakeOutputs,
     TopologyChanged,
+    TunnelFrames,
     Upcall,
     UpcallBatch,
 )
@@ -67,18 +75,19 @@ action = st.one_of(
     st.tuples(st.just("tunnel"), i64, i64),
     st.just(("drop",)),
 )
-upcall = st.builds(Upcall, i64, name, frame, i64)
+actions = st.lists(action, max_size=6).map(tuple)
+flow_ids = st.lists(i64, max_size=8).map(tuple)  # a flow's id is the seq of its upcall
+upcall = st.builds(Upcall, i64, name, frame)
 flow_state_entry = st.builds(FlowStateEntry, name, key, anything, secs)
 
 MESSAGES = {
     Upcall: upcall,
     UpcallBatch: st.builds(UpcallBatch, st.lists(upcall, max_size=64).map(tuple)),
-    FlowInstall: st.builds(FlowInstall, i64, name, key, st.lists(action, max_size=6).map(tuple),
-                           st.lists(name, max_size=6).map(tuple), secs, secs, i64,
-                           st.one_of(st.none(), frame)),
-    PacketOut: st.builds(PacketOut, name, frame),
-    FlowDelete: st.builds(FlowDelete, st.lists(key, max_size=8).map(tuple)),
-    FlowRemoved: st.builds(FlowRemoved, st.lists(key, max_size=8).map(tuple), name),
+    FlowPut: st.builds(FlowPut, i64, st.just(()), actions, st.lists(name, max_size=6).map(tuple), secs, secs),
+    Execute: st.builds(Execute, i64, actions),
+    PacketOut: st.builds(PacketOut, actions, frame),
+    FlowDelete: st.builds(FlowDelete, flow_ids),
+    FlowRemoved: st.builds(FlowRemoved, flow_ids, name),
     InvalidateTags: st.builds(InvalidateTags, st.lists(name, max_size=8).map(tuple), i64),
     FlowStateEntry: flow_state_entry,
     FlowStateBatch: st.builds(FlowStateBatch, st.lists(flow_state_entry, max_size=8).map(tuple), i64),
@@ -98,7 +107,16 @@ MESSAGES = {
     LeaseRelease: st.builds(LeaseRelease, i64, name, i64, i64),
     Fanout: st.builds(Fanout, st.lists(i64, max_size=4).map(tuple), frame),
     Inject: st.builds(Inject, name, st.lists(frame, max_size=4).map(tuple)),
-    Query: st.builds(Query, i64, name, anything),
+    TunnelFrames: st.builds(TunnelFrames, i64, st.lists(frame, max_size=4).map(tuple)),
+    DumpFlows: st.builds(DumpFlows, i64),
+    TakeOutputs: st.builds(TakeOutputs, i64, st.one_of(st.none(), name)),
+    TakeLatencies: st.builds(TakeLatencies, i64),
+    SetPortMap: st.builds(SetPortMap, i64, st.lists(st.tuples(name, name), max_size=4).map(tuple),
+                          st.lists(st.tuples(i64, name), max_size=4).map(tuple),
+                          st.lists(st.tuples(name, name), max_size=4).map(tuple)),
+    PurgeWorker: st.builds(PurgeWorker, i64, i64),
+    DumpState: st.builds(DumpState, i64),
+    Ready: st.builds(Ready, i64, i64),
     Answer: st.builds(Answer, i64, i64, anything),
     TableEntryRemoved: st.builds(TableEntryRemoved, name, name, i64, i64),
     StateRequest: st.builds(StateRequest, name, name),
@@ -177,7 +195,7 @@ def test_batch_frame_round_trip(msgs):
 
 
 def test_nested_messages_come_back_as_their_types():
-    batch = UpcallBatch((Upcall(1, "tenant.vm1", b"\x00" * 60, 5), Upcall(2, "tenant.vm2", b"", 6)))
+    batch = UpcallBatch((Upcall(1, "tenant.vm1", b"\x00" * 60), Upcall(2, "tenant.vm2", b"")))
     got = codec.decode(codec.encode(batch))
     assert all(type(u) is Upcall for u in got.upcalls)
     assert got.upcalls[1].port == "tenant.vm2"
@@ -191,7 +209,7 @@ def test_a_single_message_frame_is_a_batch_of_one():
 
 
 def test_lists_in_fields_come_back_as_tuples():
-    msg = FlowInstall(1, "p", (1, 2), [["output", "q"]], ["t"], 1, 2.5, 3, None)
+    msg = FlowPut(1, (), [["output", "q"]], ["t"], 1, 2.5)
     got = codec.decode(codec.encode(msg))
     assert got.actions == (("output", "q"),) and got.tags == ("t",)
     assert got.idle_s == 1 and got.hard_s == 2.5  # an int is a fine float

@@ -91,8 +91,9 @@ def test_token_bucket_and_dispatcher_admission():
     d.flush()
     [(w, batch)] = sent
     assert isinstance(batch, UpcallBatch) and [u.frame for u in batch.upcalls] == [b"f1"]
-    worker, held = d.answered(batch.upcalls[0].seq)
-    assert worker == w and [h[1] for h in held] == [b"f2"] and d.inflight[w] == 0
+    rec, held = d.answered(batch.upcalls[0].seq)
+    assert rec.worker == w and rec.frame == b"f1" and rec.key == ("k1",)
+    assert [h[1] for h in held] == [b"f2"] and d.inflight[w] == 0
 
 
 def test_flow_cache_executes_rewrites_and_expires():

@@ -1,0 +1,396 @@
+"""Workers and the datapath wired together in one process (as Faucet drives a Valve against a fake table).
+
+``Wire`` builds N ``Worker``s and one ``DatapathProcess`` (in-memory datapath) and passes every message between
+them through the real codec: the datapath's links to the workers are lists of encoded frames, the workers'
+outboxes go to ``DatapathProcess.handle``, and what they send the supervisor is served here by the real store
+parts (StoreMirror fragments, StoreNatAllocator leases) over an in-process store.  No sockets, no processes,
+no clock: ``now`` is passed in, so parking deadlines and expiry are exact.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from backchannel import messages as m
+from backchannel.codec import decode_many, encode, encode_many
+from engine.dpproc import DatapathConfig, DatapathProcess
+from packet.addr import ip2int
+from packet.codec import build, parse
+from packet.spec import parse_spec
+from topology.loader import loads_topology
+from topology.mirror import StoreMirror
+from topology.store.leases import StoreNatAllocator
+from topology.store.topo import write_topology
+from topology.store.uri import open_store
+from workers.worker import Worker, WorkerConfig
+
+TOPO = """
+version: 1
+hosts:
+  host-a: {tunnel_ip: 127.0.0.11}
+  host-b: {tunnel_ip: 127.0.0.12}
+bridges:
+  tenant:
+    ports:
+      vm1: {host: host-a, interface: tap-vm1}
+      vm2: {host: host-a, interface: tap-vm2}
+      vm3: {host: host-b, interface: tap-vm3}
+      up: {peer: r1.tenant}
+    inbound_filter: fw
+    mac_table:
+      "02:00:00:00:00:01": vm1
+      "02:00:00:00:00:02": vm2
+      "02:00:00:00:00:03": vm3
+routers:
+  r1:
+    ports:
+      tenant: {address: 10.0.0.1/24, mac: "02:0a:00:00:00:01"}
+      uplink: {address: 198.51.100.2/24, mac: "02:0a:00:00:00:02", host: host-a, interface: up0}
+    routes:
+      - {dst: 0.0.0.0/0, gateway: 198.51.100.1, port: uplink}
+    arp_table:
+      198.51.100.1: "02:0b:00:00:00:01"
+      10.0.0.2: "02:00:00:00:00:01"
+      10.0.0.3: "02:00:00:00:00:02"
+    inbound_filter: r1-in
+    outbound_filter: r1-out
+chains:
+  fw:
+    - {match: {ct: forward, in_port: [tenant.vm1, tenant.up]}, action: accept}
+    - {match: {ct: return}, action: accept}
+    - {action: drop}
+  r1-in:
+    - {action: rev_snat}
+  r1-out:
+    - {match: {src: 10.0.0.0/24, dst: "!10.0.0.0/24"}, action: snat,
+       targets: [{ip: 198.51.100.100, port: 5000-65535}]}
+"""
+
+VM1, VM2 = "eth_src=02:00:00:00:00:01", "eth_src=02:00:00:00:00:02"
+_names = itertools.count()
+
+
+def frame(spec: str) -> bytes:
+    return build(parse_spec(spec))
+
+
+def vm1_to_vm2(sport: int, flags: str = "syn") -> bytes:
+    return frame(f"{VM1},eth_dst=02:00:00:00:00:02,ip_src=10.0.0.2,ip_dst=10.0.0.3,proto=tcp,tp_src={sport},"
+                 f"tp_dst=80,tcp_flags={flags}")
+
+
+def vm2_to_vm1(sport: int) -> bytes:
+    return frame(f"{VM2},eth_dst=02:00:00:00:00:01,ip_src=10.0.0.3,ip_dst=10.0.0.2,proto=tcp,tp_src=80,"
+                 f"tp_dst={sport},tcp_flags=syn|ack")
+
+
+def to_internet(sport: int) -> bytes:
+    return frame(f"{VM1},eth_dst=02:0a:00:00:00:01,ip_src=10.0.0.2,ip_dst=203.0.113.5,proto=tcp,"
+                 f"tp_src={sport},tp_dst=443")
+
+
+def from_internet(ip: str, port: int) -> bytes:
+    return frame(f"eth_src=02:0b:00:00:00:01,eth_dst=02:0a:00:00:00:02,ip_src=203.0.113.5,ip_dst={ip},"
+                 f"proto=tcp,tp_src=443,tp_dst={port},tcp_flags=syn|ack")
+
+
+class Link:
+    """One direction of a backchannel pipe: what ``send`` got, as encoded frames (a PUSH socket's stand-in)."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def send(self, data: bytes, flags: int = 0) -> None:
+        self.frames.append(bytes(data))
+
+    def take(self) -> list:
+        out = [msg for f in self.frames for msg in decode_many(f)]
+        self.frames.clear()
+        return out
+
+
+class Wire:
+    def __init__(self, n_workers: int = 2, host: str = "host-a", port_workers: dict | None = None):
+        self.store = open_store(f"memory://inproc-{next(_names)}")
+        write_topology(self.store, loads_topology(TOPO))
+        self.mirror = StoreMirror(self.store, lambda kind, name: None)
+        assert self.mirror.wait_ready(5)
+        self.leases = StoreNatAllocator(self.store, host)
+        self.to_workers = [Link() for _ in range(n_workers)]
+        self.to_sup = Link()
+        self.dp = DatapathProcess(DatapathConfig(runtime_dir="", n_workers=n_workers, port_workers=port_workers),
+                                  self.to_workers, self.to_sup)
+        self.workers = [Worker(WorkerConfig(index=i, n_workers=n_workers, runtime_dir="", host=host,
+                                            pinned_ports=bool(port_workers)))
+                        for i in range(n_workers)]
+        self.seen: list[list] = [[] for _ in range(n_workers)]    # every message each worker received
+        self.to_dp: list = []                                       # every message the workers sent the datapath
+        self.to_supervisor: list = []
+        self.now = 100.0
+
+    def close(self) -> None:
+        self.leases.close()
+        self.mirror.close()
+        self.store.close()
+
+    # -- driving ----------------------------------------------------------------------------------------------
+    def inject(self, port: str, *frames: bytes) -> None:
+        self.dp.handle(m.Inject(port, frames), self.now)
+        self.pump()
+
+    def pump(self, rounds: int = 50) -> None:
+        """Deliver messages until nobody has anything to say."""
+        for _ in range(rounds):
+            self.dp.housekeeping(self.now)               # flushes the dispatcher's batches
+            busy = False
+            for i, (w, link) in enumerate(zip(self.workers, self.to_workers, strict=True)):
+                for msg in link.take():
+                    busy = True
+                    self.seen[i].append(msg)
+                    w.handle(msg, self.now)
+            for w in self.workers:
+                out_dp, w.out_dp = w.out_dp, []
+                out_sup, w.out_sup = w.out_sup, []
+                if out_dp:                               # across the codec, as the loop sends them
+                    busy = True
+                    for msg in decode_many(encode_many(out_dp)):
+                        self.to_dp.append(msg)
+                        self.dp.handle(msg, self.now)
+                for msg in out_sup:
+                    busy = True
+                    self.serve(msg)
+            for msg in self.to_sup.take():
+                self.to_supervisor.append(msg)
+            if not busy:
+                return
+        raise AssertionError("the messages never settled")
+
+    def serve(self, msg) -> None:
+        """What the supervisor's service loop does for a worker's request."""
+        self.to_supervisor.append(msg)
+        t = type(msg)
+        if t is m.FragmentRequest:
+            self.to_workers[msg.worker].send(encode(m.Fragment(msg.kind, msg.name,
+                                                               self.mirror.fragment(msg.kind, msg.name))))
+        elif t is m.LeaseRequest:
+            block = self.leases.lease(f"w{msg.worker}", msg.device, msg.ip, msg.port_start, msg.port_end)
+            self.to_workers[msg.worker].send(encode(m.LeaseGranted(msg.device, msg.ip,
+                                                                   -1 if block is None else block)))
+
+    def tick(self, seconds: float) -> None:
+        self.now += seconds
+        for w in self.workers:
+            w.housekeeping(self.now)
+        self.pump()
+
+    # -- looking ----------------------------------------------------------------------------------------------
+    def outputs(self, port: str) -> list:
+        return [parse(f) for f in self.dp.dp.take_outputs(port).get(port, [])]
+
+    def answers(self, t: type) -> list:
+        return [msg for msg in self.to_dp if type(msg) is t]
+
+    def sent_to_workers(self, t: type) -> list:
+        return [msg for seen in self.seen for msg in seen if type(msg) is t]
+
+
+@pytest.fixture
+def wire():
+    w = Wire()
+    yield w
+    w.close()
+
+
+def test_a_new_flow_is_answered_by_seq_and_installed_under_the_datapaths_own_key(wire):
+    wire.inject("tenant.vm1", vm1_to_vm2(2000))
+    [up] = [u for b in wire.sent_to_workers(m.UpcallBatch) for u in b.upcalls]
+    assert up._fields == ("seq", "port", "frame")
+    [put] = wire.answers(m.FlowPut)
+    assert put.seq == up.seq and put.match == () and put.actions == (("output", "tenant.vm2"),)
+    assert "bridge:tenant" in put.tags and "port:tenant.vm1" in put.tags
+    [flow] = wire.dp.dp.cache.flows.values()
+    assert flow.id == up.seq and flow.key[0] == "tenant.vm1" and flow.tags == put.tags
+    assert [p.tp_src for p in wire.outputs("tenant.vm2")] == [2000]
+    assert wire.dp.latencies and wire.dp.counters["datapath_late_answers"] == 0
+    # the worker's table names the flow by the same id
+    assert [up.seq in w.flows.flows for w in wire.workers].count(True) == 1
+
+
+def test_packets_held_back_while_the_first_is_simulated_are_executed_with_its_actions(wire):
+    wire.dp.handle(m.Inject("tenant.vm1", (vm1_to_vm2(2001), vm1_to_vm2(2001, "ack"), vm1_to_vm2(2001, "ack"))),
+                   wire.now)
+    wire.pump()
+    assert len([u for b in wire.sent_to_workers(m.UpcallBatch) for u in b.upcalls]) == 1
+    assert wire.dp.disp.counters["dispatcher_held"] == 2
+    assert len(wire.outputs("tenant.vm2")) == 3
+
+
+def test_a_consumed_packet_is_executed_not_installed_and_its_reply_is_a_packet_out(wire):
+    arp = frame(f"{VM1},eth_dst=ff:ff:ff:ff:ff:ff,arp_op=1,arp_spa=10.0.0.2,arp_tpa=10.0.0.1")
+    wire.inject("tenant.vm1", arp)
+    [ex] = wire.answers(m.Execute)
+    assert ex.actions == () and not wire.answers(m.FlowPut) and not wire.dp.dp.cache.flows
+    [out] = wire.answers(m.PacketOut)
+    assert out.actions == (("output", "tenant.vm1"),)
+    [reply] = wire.outputs("tenant.vm1")
+    assert reply.arp_op == 2 and reply.arp_spa == ip2int("10.0.0.1")
+
+
+def test_a_malformed_frame_is_answered_with_an_execute_drop(wire):
+    wire.dp.disp.upcall("tenant.vm1", b"\x00" * 10, parse(vm1_to_vm2(1)), ("bogus",), wire.now)
+    wire.pump()
+    [ex] = wire.answers(m.Execute)
+    assert ex.actions == (("drop",),) and not wire.dp.dp.cache.flows
+    assert sum(w.drops["malformed_truncated"] for w in wire.workers) == 1
+
+
+def test_a_missing_fragment_parks_is_requested_once_and_resumes(wire):
+    wire.inject("tenant.vm1", vm1_to_vm2(3000), vm1_to_vm2(3001), vm1_to_vm2(3002))
+    requests = [r for r in wire.to_supervisor if type(r) is m.FragmentRequest]
+    # each worker asked for what its simulations needed, once per object
+    for w in range(2):
+        names = [(r.kind, r.name) for r in requests if r.worker == w]
+        assert len(names) == len(set(names))
+    assert sum(w.c["fragment_requests"] for w in wire.workers) == len(requests) > 0
+    assert len(wire.answers(m.FlowPut)) == 3 and len(wire.outputs("tenant.vm2")) == 3
+    assert sum(w.parking.size for w in wire.workers) == 0
+
+
+def test_a_parked_simulation_past_its_deadline_becomes_a_temporary_drop(wire):
+    w = wire.workers[0]
+    wire.dp.disp.n = 1
+    w.topo.add("port", "tenant.vm1", None)             # the port is "absent": the packet waits for it
+    w.topo.is_absent = lambda kind, name: True
+    wire.dp.handle(m.Inject("tenant.vm1", (vm1_to_vm2(3100),)), wire.now)
+    wire.pump()
+    assert w.parking.size == 1 and not wire.answers(m.FlowPut)
+    assert w.parking.next_deadline() == pytest.approx(wire.now + w.cfg.park_timeout_s)
+    wire.tick(w.cfg.park_timeout_s + 0.1)
+    [put] = wire.answers(m.FlowPut)
+    assert put.actions == (("drop",),) and put.hard_s == w.cfg.drop_flow_s
+    assert w.parking.size == 0 and w.parking.next_deadline() is None
+    assert w.drops["parked_timeout_fragment"] == 1
+
+
+def test_snat_waits_for_a_lease_then_rewrites_with_a_port_of_the_block(wire):
+    wire.inject("tenant.vm1", *[to_internet(4000 + i) for i in range(3)])
+    leases = [r for r in wire.to_supervisor if type(r) is m.LeaseRequest]
+    assert leases and all(r.device == "r1" for r in leases)
+    granted = wire.sent_to_workers(m.LeaseGranted)
+    assert granted and all(g.block >= 5000 for g in granted)
+    outs = wire.outputs("r1.uplink")
+    assert len(outs) == 3
+    blocks = {g.block for g in granted}
+    for p in outs:
+        assert p.ip_src == ip2int("198.51.100.100")
+        assert p.tp_src - p.tp_src % 64 in blocks
+
+
+def test_an_exhausted_range_fails_the_waiting_packets():
+    wire = Wire()
+    try:
+        wire.leases.lease = lambda *a: None              # the allocator has nothing left
+        wire.inject("tenant.vm1", to_internet(4100))
+        [put] = wire.answers(m.FlowPut)
+        assert put.actions == (("drop",),)
+        assert sum(w.drops["nat_exhausted"] for w in wire.workers) == 1
+    finally:
+        wire.close()
+
+
+def test_state_is_relayed_to_the_worker_that_sees_the_reply_before_the_install():
+    # the uplink is pinned to worker 1: a reply from the internet is simulated there, with worker 0's state
+    wire = Wire(port_workers={"r1.uplink": 1})
+    try:
+        sport = next(p for p in range(5000, 6000) if wire.dp.disp.worker_for(parse(to_internet(p)), "x") == 0)
+        wire.inject("tenant.vm1", to_internet(sport))
+        # the Fanout with the state left worker 0 before its FlowPut
+        kinds = [type(msg) for msg in wire.to_dp if type(msg) in (m.Fanout, m.FlowPut)]
+        assert kinds.index(m.Fanout) < kinds.index(m.FlowPut)
+        got = [b for b in (msg for msg in wire.seen[1]) if type(b) is m.FlowStateBatch]
+        assert got and {e.kind for b in got for e in b.entries} >= {"conntrack", "rev_snat"}
+        [out] = wire.outputs("r1.uplink")
+        wire.inject("r1.uplink", from_internet("198.51.100.100", out.tp_src))
+        [back] = wire.outputs("tenant.vm1")
+        assert back.ip_dst == ip2int("10.0.0.2") and back.tp_dst == sport
+        ports = [{u.port for msg in seen if type(msg) is m.UpcallBatch for u in msg.upcalls} for seen in wire.seen]
+        assert "r1.uplink" in ports[1] and "r1.uplink" not in ports[0]
+    finally:
+        wire.close()
+
+
+def test_a_topology_change_invalidates_the_flows_tagged_with_the_object(wire):
+    wire.inject("tenant.vm1", vm1_to_vm2(2100), to_internet(2101))
+    assert len(wire.dp.dp.cache.flows) == 2
+    routed = [f for f in wire.dp.dp.cache.flows.values() if "router:r1" in f.tags]
+    assert len(routed) == 1
+    for i in range(2):
+        wire.to_workers[i].send(encode(m.TopologyChanged("router", "r1")))
+    wire.pump()
+    deletes = [fid for d in wire.answers(m.FlowDelete) for fid in d.flows]
+    assert deletes == [routed[0].id]
+    assert [f.key[0] for f in wire.dp.dp.cache.flows.values()] == ["tenant.vm1"]
+    assert all("router:r1" not in f.tags for f in wire.dp.dp.cache.flows.values())
+
+
+def test_a_relayed_mac_move_invalidates_the_flows_that_read_it(wire):
+    mac9 = "02:00:00:00:00:09"
+    to9 = f"{VM1},eth_dst={mac9},ip_src=10.0.0.2,ip_dst=10.0.0.9,proto=udp,tp_src=7,tp_dst=7"
+    for i in range(2):                                   # another agent learned it behind vm2
+        wire.to_workers[i].send(encode(m.MacLearned("tenant", 0, 0x020000000009, "tenant.vm2", -1)))
+    wire.inject("tenant.vm1", frame(to9))
+    [flow] = [f for f in wire.dp.dp.cache.flows.values() if f.key[0] == "tenant.vm1"]
+    assert "mac:tenant:0:020000000009" in flow.tags and wire.answers(m.FlowPut)[-1].actions == (
+        ("output", "tenant.vm2"),)
+    moved = m.MacLearned("tenant", 0, 0x020000000009, "tenant.vm3", -1)
+    for i in range(2):
+        wire.to_workers[i].send(encode(moved))
+    wire.pump()
+    assert not [f for f in wire.dp.dp.cache.flows.values() if f.key[0] == "tenant.vm1"]
+    # the next packet goes where the MAC is now (vm3, on host-b: through the tunnel)
+    wire.inject("tenant.vm1", frame(to9))
+    assert wire.answers(m.FlowPut)[-1].actions[-1][0] == "tunnel"
+
+
+def test_expired_state_invalidates_the_flows_that_used_it(wire):
+    wire.inject("tenant.vm1", vm1_to_vm2(2300))
+    [flow] = wire.dp.dp.cache.flows.values()
+    assert any(t.startswith("ct:") for t in flow.tags)
+    # idle in the datapath and in the state: the datapath reports the removal, the state expires
+    wire.tick(70.0)
+    wire.tick(70.0)
+    assert not wire.dp.dp.cache.flows
+    assert sum(len(w.flows) for w in wire.workers) == 0
+    assert sum(w.c["state_expired"] for w in wire.workers) >= 1
+
+
+def test_datapath_eviction_and_replacement_are_reported_to_the_installing_worker():
+    wire = Wire(n_workers=1)
+    try:
+        wire.dp.dp.cache.max_flows = 2
+        wire.inject("tenant.vm1", vm1_to_vm2(1), vm1_to_vm2(2), vm1_to_vm2(3))
+        removed = wire.sent_to_workers(m.FlowRemoved)
+        assert [(r.flows, r.reason) for r in removed] == [((1,), "evicted")]
+        assert sorted(wire.workers[0].flows.flows) == [2, 3]
+    finally:
+        wire.close()
+
+
+def test_stats_and_state_commands_have_their_own_answers(wire):
+    wire.inject("tenant.vm1", vm1_to_vm2(2400))
+    for i in range(2):
+        wire.to_workers[i].send(encode(m.StatsRequest(7)))
+        wire.to_workers[i].send(encode(m.DumpState(8)))
+        wire.to_workers[i].send(encode(m.DumpState(0)))          # req_id 0: no answer wanted
+    wire.dp.handle(m.StatsRequest(7), wire.now)
+    wire.dp.handle(m.DumpFlows(9), wire.now)
+    wire.pump()
+    replies = [r for r in wire.to_supervisor if type(r) is m.StatsReply]
+    assert sorted(r.worker for r in replies) == [-1, 0, 1]
+    states = [r for r in wire.to_supervisor if type(r) is m.Answer and r.req_id == 8]
+    assert len(states) == 2 and sum(len(r.body) for r in states) >= 1
+    [flows] = [r for r in wire.to_supervisor if type(r) is m.Answer and r.req_id == 9]
+    [[key, worker, hits, tags, flow_id]] = flows.body
+    assert key[0] == "tenant.vm1" and flow_id == wire.answers(m.FlowPut)[0].seq
