@@ -88,7 +88,7 @@ class FakeChild:
         sup.close(0)
 
     def poll(self):
-        return 0 if self.done.is_set() else None
+        return None if self._thread.is_alive() else 0
 
     def wait(self, timeout=None):
         self._thread.join(timeout)
@@ -158,6 +158,7 @@ def test_a_dead_worker_is_purged_and_restarted(agent_factory):
     old = a.pids[0]
     a.procs[0].done.set()
     wait_for(lambda: a.health()["restarts"] == 1 and a.pids[0] != old, what="restart")
+    wait_for(lambda: sent(dp, m.PurgeWorker), what="purge")
     assert sent(dp, m.PurgeWorker) == [m.PurgeWorker(0, 0)]
     assert a.health()["alive"] == {-1: True, 0: True, 1: True}
     assert a.stats()["workers"][0] == {"fake_pid": a.pids[0]}
@@ -181,4 +182,5 @@ def test_real_datapath_restore_port_map_snapshot_and_moves(agent_factory, tmp_pa
     b = agent_factory(datapath="real", state_file=str(state), state_snapshot_s=0)
     assert b.restored == 2
     workers = [c for c in FakeChild.started[-3:] if c.index >= 0]
+    wait_for(lambda: all(sent(w, m.FlowStateBatch) for w in workers), what="restored state delivered")
     assert all(len(sent(w, m.FlowStateBatch)[0].entries) == 2 for w in workers)
