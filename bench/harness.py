@@ -12,9 +12,9 @@ messages of ``batch`` frames, grouped by ingress port), and the measurement phas
    pipeline is loaded but never overruns admission control.  Progress is read by draining the datapath's
    latency samples (one per answered upcall); counters and /proc CPU times are read before and after.
 
-Two things go around the supervisor's service thread, which polls with a 5 ms timeout and so delays every
-public call by up to 5 ms: frames are pushed straight to the datapath, and queries are followed by a no-op
-message to the supervisor's inbox that wakes it (``_Waker``).  Both are reported as proposed engine changes.
+Frames are pushed straight to the datapath's inbox, not through the supervisor's service thread; progress
+and counters are read with the public ``Agent.latencies_ns()`` and ``Agent.stats()`` (a public call wakes the
+service thread at once).
 """
 
 from __future__ import annotations
@@ -28,13 +28,12 @@ import zmq
 
 from backchannel import messages as m
 from backchannel.codec import encode
-from backchannel.sockets import push_connect
+from backchannel.sockets import DATAPATH, push_connect
 from bench import probes, scenarios
 from bench.floors import measure_zmq_rtt
 from bench.pcap import read_pcap
 from bench.traffic import Feed, pcap_feed, synthetic_feed
-from engine.dpproc import DATAPATH, SUPERVISOR
-from engine.supervisor import DP, Agent
+from engine.supervisor import Agent
 from topology.loader import load_topology
 
 DROP_COUNTERS = ("dispatcher_queue_full", "dispatcher_rate_limited", "dispatcher_held_overflow",
@@ -66,40 +65,24 @@ class BenchConfig:
     progress: bool = False
 
 
-class _Waker:
-    """Queries to the datapath through the agent, with the supervisor's poll woken at once."""
-
-    def __init__(self, agent: Agent, ctx: zmq.Context):
-        self.agent = agent
-        self.sock = push_connect(ctx, agent.rt, SUPERVISOR)
-        self.noop = encode(m.Answer(0, -99, None))   # unknown request id: the supervisor ignores it
-
-    def query(self, what: str, targets=(DP,), timeout: float = 10.0) -> dict:
-        fut = self.agent._call("query", (tuple(targets), what, None), wait=False)
-        self.sock.send(self.noop, zmq.NOBLOCK)
-        return fut.result(timeout)
-
-
 class Run:
     def __init__(self, agent: Agent, cfg: BenchConfig, progress: Callable[[int, int, float], None] | None):
         self.agent, self.cfg, self.progress = agent, cfg, progress
         self.ctx = zmq.Context()
         self.inject = push_connect(self.ctx, agent.rt, DATAPATH)
         self.inject.setsockopt(zmq.SNDTIMEO, 5000)
-        self.waker = _Waker(agent, self.ctx)
         self.lost = 0
 
     def close(self) -> None:
         self.inject.close(0)
-        self.waker.sock.close(0)
         self.ctx.term()
 
     def latencies(self) -> list[int]:
-        return self.waker.query("latencies")[DP]
+        return self.agent.latencies_ns()
 
     def stats(self) -> dict:
-        ans = self.waker.query("stats", (DP, *range(self.cfg.workers)))
-        return {"datapath": ans[DP], "workers": [ans[i] for i in range(self.cfg.workers)]}
+        s = self.agent.stats()
+        return {"datapath": s["datapath"], "workers": s["workers"]}
 
     def _send(self, feed: Feed, lo: int, hi: int) -> None:
         by_port: dict[str, list[bytes]] = {}

@@ -28,6 +28,7 @@ class AgentConfig:
     max_flows: int = 100_000
     flow_idle_s: float = 60.0
     flow_hard_s: float = 0.0
+    drop_flow_s: float = 5.0               # lifetime of the temporary drop flows a worker installs
     flow_state_idle_s: float = 60.0
     arp_retry_s: float = 1.0
     arp_timeout_s: float = 5.0
@@ -62,6 +63,10 @@ class AgentConfig:
             return self.state_file
         base = self.runtime_base or os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
         return os.path.join(base, "shardnet", f"{self.host or 'agent'}.state")
+
+    def lease_owner(self, worker: int) -> str:
+        """The owner name of worker ``worker``'s SNAT block leases in the store: ``<host>/worker-<i>``."""
+        return f"{self.host or 'agent'}/worker-{worker}"
 
     @classmethod
     def from_toml(cls, path: str, **overrides) -> AgentConfig:

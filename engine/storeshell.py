@@ -1,0 +1,101 @@
+"""The store shell: what the workers ask of the store, and what the store tells the workers and the datapath.
+
+Owns the requests of the workers and the relay of store changes, run on the service thread (engine/service.py,
+which reads the sockets and calls in here; ``send(target, msg)`` is its non-blocking send):
+
+- FragmentRequest: the topology records of an object, from the mirror.  One that does not exist (yet) is
+  answered "absent" and remembered (``awaited``); ``push_awaited`` sends it once it exists — the service calls
+  it when an edit settled, as the records of one edit land one by one.
+- LeaseRequest / LeaseRelease: SNAT port blocks, leased in the store under ``cfg.lease_owner(worker)``.
+- MacLearned / ArpLearned from a local worker: written to the replicated tables (engine/tables.py).
+- A topology change: TopologyChanged to every worker, a new port map to the datapath (SetPortMap, no answer
+  wanted); with the real datapath a port that moved here asks its previous host for its flow state.
+- An entry another agent learned or removed (the tables' relay): sent to every worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from backchannel import messages as m
+from engine import portmap
+
+DP = m.DATAPATH_INDEX
+
+
+class StoreShell:
+    def __init__(self, cfg, counters: dict, mirror, tables, allocator, send: Callable[[int, tuple], bool]):
+        self.cfg = cfg
+        self.counters = counters                       # the agent's: supervisor_<event>
+        for name in ("supervisor_fragment_requests", "supervisor_lease_requests", "supervisor_topology_changes"):
+            counters.setdefault(name, 0)
+        self.mirror, self.tables, self.allocator = mirror, tables, allocator
+        self.send = send
+        self.awaited: dict[tuple[str, str], set[int]] = {}     # (kind, name) → workers waiting for it
+        self.bound: dict[str, str] = {}                # real datapath: port id → host, as last seen
+
+    def _workers(self):
+        return range(self.cfg.workers)
+
+    # -- requests of the workers -----------------------------------------------------------------------------
+    def handle(self, msg) -> bool:
+        """Serve one request of a worker; False when ``msg`` is not one."""
+        t = type(msg)
+        if t is m.FragmentRequest:
+            self.counters["supervisor_fragment_requests"] += 1
+            records = self.mirror.fragment(msg.kind, msg.name)
+            if records[0][2] is None:                  # not there (yet): push it when it appears
+                self.awaited.setdefault((msg.kind, msg.name), set()).add(msg.worker)
+            if 0 <= msg.worker < self.cfg.workers:
+                self.send(msg.worker, m.Fragment(msg.kind, msg.name, records))
+        elif t is m.LeaseRequest:
+            self.counters["supervisor_lease_requests"] += 1
+            block = self.allocator.lease(self.cfg.lease_owner(msg.worker), msg.device, msg.ip, msg.port_start,
+                                         msg.port_end)
+            if 0 <= msg.worker < self.cfg.workers:
+                self.send(msg.worker, m.LeaseGranted(msg.device, msg.ip, -1 if block is None else block))
+        elif t is m.LeaseRelease:
+            self.allocator.release(self.cfg.lease_owner(msg.worker), msg.device, msg.ip, msg.block)
+        elif t is m.MacLearned or t is m.ArpLearned:
+            self.tables.learned(msg)
+        else:
+            return False
+        return True
+
+    def push_awaited(self) -> None:
+        """Objects workers asked for that did not exist: send those that exist now."""
+        for (kind, name), workers in list(self.awaited.items()):
+            records = self.mirror.fragment(kind, name)
+            if records[0][2] is None:
+                continue
+            del self.awaited[(kind, name)]
+            for w in workers:
+                self.send(w, m.Fragment(kind, name, records))
+
+    # -- changes from the store ------------------------------------------------------------------------------
+    def relay(self, msg) -> None:
+        """A replicated-table entry another agent learned, or one that vanished: to every worker."""
+        for i in self._workers():
+            self.send(i, msg)
+
+    def topology_changed(self, kind: str, name: str) -> None:
+        self.counters["supervisor_topology_changes"] += 1
+        if kind in portmap.DEVICE_KINDS and self.mirror.get(kind, name) is not None:
+            self.tables.watch_device(kind, name)
+        if kind in (*portmap.DEVICE_KINDS, "host"):
+            self.send(DP, portmap.set_port_map(0, portmap.port_map(self.mirror.objects, self.cfg.host)))
+            if self.cfg.datapath == "real":
+                self._fetch_moved_state()
+        for i in self._workers():
+            self.send(i, m.TopologyChanged(kind, name))
+
+    def note_bindings(self) -> None:
+        """Remember the port bindings as they are now (real datapath, at start): moves are seen from here."""
+        self.bound = portmap.bindings(self.mirror.objects)
+
+    def _fetch_moved_state(self) -> None:
+        """Ports moved here: ask their previous hosts for their flow state."""
+        self.bound, requests = portmap.moved_state_requests(self.bound, self.mirror.objects, self.cfg.host)
+        for msg in requests:
+            self.counters["supervisor_state_fetches"] = self.counters.get("supervisor_state_fetches", 0) + 1
+            self.send(DP, msg)
