@@ -23,7 +23,7 @@ Two datapaths (``mode``): "memory" (MemoryDatapath: synthetic ports fed by Injec
 AF_PACKET sockets on the interfaces of the exterior ports bound to this host, and a VXLAN endpoint on the
 host's tunnel address).  In real mode the port and tunnel fds are polled next to the inbox; each readable fd
 is drained (one batch) into dispatcher upcalls, and the dispatcher is flushed after each burst.  The port map
-comes from the supervisor (Query "ports": ports, tunnel keys, hosts' tunnel addresses) at start and after each
+comes from the supervisor (SetPortMap: ports, tunnel keys, hosts' tunnel addresses) at start and after each
 topology change; ports are added/removed as it changes.  Flow state: StateToHosts sends an encoded
 FlowStateBatch to other hosts on the reserved VNI; state arriving on that VNI is accepted only from a known
 host's address (else counted ``datapath_state_refused``) and relayed raw to every local worker.
@@ -76,7 +76,7 @@ class DatapathConfig:
     tunnel_ports: dict | None = None       # tunnel key → local port id (egress by key)
     reclaim_s: float = 15.0                # an upcall unanswered this long no longer counts as in flight
     mode: str = "memory"                   # "memory" or "real"
-    ports: dict | None = None              # real: port id → interface name (more come with Query "ports")
+    ports: dict | None = None              # real: port id → interface name (more come with SetPortMap)
     tunnel_ip: int | None = None           # real: this host's tunnel address (no tunnel when None)
     tunnel_port: int = 4789
     hosts: dict | None = None              # real: host name → tunnel address (state goes to / comes from them)

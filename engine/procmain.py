@@ -33,7 +33,8 @@ def _run(role: str, raw: dict) -> int:
 
         datapath_main(DatapathConfig(**raw))
     elif role == "worker":
-        from workers.loop import WorkerConfig, worker_main
+        from workers.loop import worker_main
+        from workers.worker import WorkerConfig
 
         worker_main(WorkerConfig(**raw))
     else:

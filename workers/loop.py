@@ -37,7 +37,7 @@ from backchannel.sockets import (
 from workers.worker import Worker, WorkerConfig
 
 FLUSH_CHUNK = 256                                   # messages per outgoing frame
-__all__ = ["WorkerConfig", "Worker", "worker_main", "flush"]
+__all__ = ["worker_main", "flush"]
 
 
 def _pin(cpu: int | None) -> None:
