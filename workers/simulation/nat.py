@@ -16,15 +16,20 @@ from __future__ import annotations
 
 from packet.packet import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Packet
 from topology.model import NatTarget, Rule
+from workers import tags
 from workers.simulation.conntrack import five_tuple, inner_five_tuple, reverse
 from workers.simulation.context import Ctx, Stop
-from workers.simulation.result import FlowStateTouch, FlowStateWrite, NeedLease
+from workers.simulation.result import (
+    FWD_DNAT,
+    FWD_SNAT,
+    REV_DNAT,
+    REV_SNAT,
+    FlowStateTouch,
+    FlowStateWrite,
+    NeedLease,
+)
 from workers.simulation.state import MISSING
 
-FWD_SNAT, REV_SNAT = "fwd_snat", "rev_snat"
-FWD_DNAT, REV_DNAT = "fwd_dnat", "rev_dnat"
-FWD_STICK_DNAT = "fwd_stick_dnat"
-NAT_KINDS = (FWD_SNAT, REV_SNAT, FWD_DNAT, REV_DNAT, FWD_STICK_DNAT)
 BLOCK_SIZE = 64
 
 
@@ -82,9 +87,7 @@ def _set_inner_dst(pkt: Packet, ip: int, port: int) -> Packet:
 # -- state helpers -----------------------------------------------------------------------------------------
 def lookup(ctx: Ctx, kind: str, key: tuple):
     v = ctx.state.flow_state_get(kind, key, ctx.now)
-    from workers.simulation.conntrack import key_str
-
-    ctx.tags.add(f"nat:{kind}:{key_str(key)}")
+    ctx.tags.add(tags.flow_state(kind, key))
     return None if v is MISSING else v
 
 
@@ -165,7 +168,7 @@ def choose_snat_port(ctx: Ctx, device: str, ip: int, target: NatTarget, t: tuple
     worker) are taken first; a block with room but no preferred port ends the search with its first free
     port."""
     lo, hi = target.port_start, target.port_end
-    ctx.tags.add(f"nat_block:{device}:{ip}")
+    ctx.tags.add(tags.nat_block(device, ip))
     prefer = getattr(ctx.state, "prefer_snat_port", None)
     taken = ctx.state.flow_state_get
     now = ctx.now

@@ -41,6 +41,14 @@ class Generated(NamedTuple):
     packet: Packet
 
 
+# -- flow-state kinds (FlowStateWrite.kind): connection tracking and the NAT bindings -------------------------
+CONNTRACK = "conntrack"
+FWD_SNAT, REV_SNAT = "fwd_snat", "rev_snat"
+FWD_DNAT, REV_DNAT = "fwd_dnat", "rev_dnat"
+FWD_STICK_DNAT = "fwd_stick_dnat"
+NAT_KINDS = (FWD_SNAT, REV_SNAT, FWD_DNAT, REV_DNAT, FWD_STICK_DNAT)
+
+
 # -- effects ------------------------------------------------------------------------------------------------
 class MacLearned(NamedTuple):
     bridge: str
@@ -56,9 +64,8 @@ class ArpLearned(NamedTuple):
 
 
 class FlowStateWrite(NamedTuple):
-    """A flow-state entry the simulation created (conntrack or NAT).  ``kind`` is "conntrack" or a NAT kind
-    (fwd_snat, rev_snat, fwd_dnat, rev_dnat, fwd_stick_dnat, rev_stick_dnat); ``value`` is None for conntrack
-    and an (ip, port) binding for NAT."""
+    """A flow-state entry the simulation created (conntrack or NAT).  ``kind`` is CONNTRACK or one of
+    NAT_KINDS; ``value`` is None for conntrack and an (ip, port) binding for NAT."""
 
     kind: str
     key: tuple
