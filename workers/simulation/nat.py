@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from packet.packet import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Packet
 from topology.model import NatTarget, Rule
+from topology.nat_leases import BLOCK_SIZE
 from workers import tags
 from workers.simulation.conntrack import five_tuple, inner_five_tuple, reverse
 from workers.simulation.context import Ctx, Stop
@@ -29,8 +30,6 @@ from workers.simulation.result import (
     NeedLease,
 )
 from workers.simulation.state import MISSING
-
-BLOCK_SIZE = 64
 
 
 def _has_ports(pkt: Packet) -> bool:
