@@ -11,7 +11,7 @@ from __future__ import annotations
 from packet.packet import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Packet
 from workers import tags
 from workers.simulation.context import Ctx
-from workers.simulation.result import CONNTRACK, FlowStateTouch, FlowStateWrite
+from workers.simulation.result import CONNTRACK, FlowStateTouch, FlowStateWrite, state_key
 from workers.simulation.state import MISSING
 
 FORWARD = "forward"
@@ -68,7 +68,7 @@ def ct_state(ctx: Ctx) -> str:
     t = lookup_tuple(ctx.ingress_packet)
     state = FORWARD
     if t is not None:
-        key = t + (ingress_device(ctx),)
+        key = state_key(t, ingress_device(ctx))
         ctx.tags.add(tags.flow_state(CONNTRACK, key))
         if ctx.state.flow_state_get(CONNTRACK, key, ctx.now) is not MISSING:
             state = RETURN
@@ -87,7 +87,7 @@ def finish(ctx: Ctx, egress: list[tuple[str, Packet]]) -> None:
         t = five_tuple(pkt)
         if t is None:
             continue
-        key = reverse(t) + (device,)
+        key = state_key(reverse(t), device)
         if key in seen:
             continue
         seen.add(key)

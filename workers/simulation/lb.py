@@ -15,7 +15,7 @@ from workers import tags
 from workers.simulation import nat
 from workers.simulation.conntrack import five_tuple, reverse
 from workers.simulation.context import Ctx, Stop
-from workers.simulation.result import FWD_DNAT, FWD_STICK_DNAT, REV_DNAT
+from workers.simulation.result import FWD_DNAT, FWD_STICK_DNAT, REV_DNAT, StateKey, state_key
 
 
 def process_inbound(ctx: Ctx, router: Router, pkt: Packet) -> tuple[Packet, bool]:
@@ -59,14 +59,14 @@ def _to_backend(ctx: Ctx, router: Router, members: tuple[Member, ...], vip: Vip,
     ctx.read("ip_src", "tp_src")
     dev = router.name
     t = five_tuple(pkt)
-    fkey = t + (dev,)
+    fkey = state_key(t, dev)
     ok = {(m.address, m.port) for m in valid}
     backend = nat.lookup(ctx, FWD_DNAT, fkey)
     if backend is not None and tuple(backend) in ok:
         nat.touch(ctx, FWD_DNAT, fkey)
         return nat.set_dst(pkt, backend[0], backend[1])
     if vip.sticky_source_ip:
-        skey = (t[0], t[1], t[2], 0, t[4], dev)
+        skey = StateKey(t[0], t[1], t[2], 0, t[4], dev)        # any source port: one entry per client
         backend = nat.lookup(ctx, FWD_STICK_DNAT, skey)
         if backend is None or tuple(backend) not in ok:
             m = _choose(valid, t[0])
@@ -79,5 +79,5 @@ def _to_backend(ctx: Ctx, router: Router, members: tuple[Member, ...], vip: Vip,
         backend = (m.address, m.port)
     new = nat.set_dst(pkt, backend[0], backend[1])
     nat.write(ctx, FWD_DNAT, fkey, backend)
-    nat.write(ctx, REV_DNAT, reverse(five_tuple(new)) + (dev,), (vip.address, vip.port))
+    nat.write(ctx, REV_DNAT, state_key(reverse(five_tuple(new)), dev), (vip.address, vip.port))
     return new

@@ -7,7 +7,8 @@ The simulation never performs I/O; everything it wants done is in the result:
                 with the port it leaves from;
 - ``effects``   changes to agent state the shell applies (MAC learned, ARP entry learned, flow state written);
 - ``needs``     why the packet must be parked (a topology fragment, an ARP entry, a NAT port block) — the shell
-                requests it and simulates the packet again from scratch when it arrives;
+                requests it and simulates the packet again from scratch when it arrives; ``need_key`` is
+                what the waiting room files it under;
 - ``tags``      everything the decision read, for invalidation; ``fields_read`` the packet fields it read, so a
                 flow can be installed as a wildcard match.
 """
@@ -49,6 +50,28 @@ FWD_STICK_DNAT = "fwd_stick_dnat"
 NAT_KINDS = (FWD_SNAT, REV_SNAT, FWD_DNAT, REV_DNAT, FWD_STICK_DNAT)
 
 
+class StateKey(NamedTuple):
+    """The key of a flow-state entry (DESIGN §1.5): the 5-tuple under which a packet finds it (ICMP echo: the id
+    as both ports) and the device whose simulation reads it (conntrack: the ingress device; NAT: the device
+    that translates).  A tuple: a key decoded from the wire (a plain tuple) is equal to it and finds the same
+    entry; wrap a decoded key as ``StateKey(*key)`` to read its fields."""
+
+    src: int
+    dst: int
+    proto: int
+    sport: int
+    dport: int
+    device: str
+
+
+_tuple_new = tuple.__new__
+
+
+def state_key(five: tuple, device: str) -> StateKey:
+    """StateKey(*five, device), without the NamedTuple constructor's overhead (it is on the flow-setup path)."""
+    return _tuple_new(StateKey, (*five, device))
+
+
 # -- effects ------------------------------------------------------------------------------------------------
 class MacLearned(NamedTuple):
     bridge: str
@@ -68,7 +91,7 @@ class FlowStateWrite(NamedTuple):
     NAT_KINDS; ``value`` is None for conntrack and an (ip, port) binding for NAT."""
 
     kind: str
-    key: tuple
+    key: StateKey
     value: tuple | None
 
 
@@ -76,7 +99,7 @@ class FlowStateTouch(NamedTuple):
     """An existing flow-state entry was used: its idle timer restarts."""
 
     kind: str
-    key: tuple
+    key: StateKey
 
 
 # -- needs (parking) ----------------------------------------------------------------------------------------
@@ -98,6 +121,31 @@ class NeedLease(NamedTuple):
     ip: int
     port_start: int = 1
     port_end: int = 65535
+
+
+# The waiting room's key of each need: what answers it.  Several packets wait on one ARP entry (whichever port
+# asked), on one (device, ip) lease (whatever port range), on one fragment.  The first item is the need's kind.
+def arp_need_key(router: str, ip: int) -> tuple:
+    return ("arp", router, ip)
+
+
+def lease_need_key(device: str, ip: int) -> tuple:
+    return ("lease", device, ip)
+
+
+def fragment_need_key(kind: str, name: str) -> tuple:
+    return ("fragment", kind, name)
+
+
+def need_key(need: NeedFragment | NeedArp | NeedLease) -> tuple:
+    t = type(need)
+    if t is NeedFragment:
+        return fragment_need_key(need.kind, need.name)
+    if t is NeedArp:
+        return arp_need_key(need.router, need.ip)
+    if t is NeedLease:
+        return lease_need_key(need.device, need.ip)
+    raise TypeError(f"not a need: {need!r}")
 
 
 class SimResult(NamedTuple):
