@@ -1,7 +1,7 @@
 """The virtual bridge: MAC learning, unicast/flood, VLAN access and trunk ports, ARP for router ports.
 
 ``process`` takes a packet that entered the bridge at ``in_port`` and returns the (egress port, packet)
-pairs it leaves by.  MAC learning is an effect (MacLearned); the MAC table is read from the static entries in
+pairs it leaves by.  MAC learning is an effect (MacTableWrite); the MAC table is read from the static entries in
 the topology, then the agent state.  Router ports peered with the bridge are known to it: their MACs are
 unicast destinations and the bridge answers ARP requests for their addresses on the routers' behalf.
 """
@@ -14,7 +14,7 @@ from workers import tags
 from workers.simulation import generate
 from workers.simulation.chains import DROP, REJECT, run_chain
 from workers.simulation.context import Consumed, Ctx, Stop
-from workers.simulation.result import ArpLearned, MacLearned
+from workers.simulation.result import ArpTableWrite, MacTableWrite
 
 _INDEX: dict[int, tuple[Bridge, dict, dict]] = {}
 
@@ -64,7 +64,7 @@ def process(ctx: Ctx, bridge: Bridge, in_port: Port, pkt: Packet) -> list[tuple[
         ctx.tags.add(tags.mac(name, vlan, src))
         known = bridge.mac_table.get((vlan, src)) or _learned(ctx, name, vlan, src)
         if known != in_port.name and (vlan, src) not in bridge.mac_table:
-            ctx.effects.append(MacLearned(name, vlan, src, in_port.id))
+            ctx.effects.append(MacTableWrite(name, vlan, src, in_port.id))
 
     router_macs, router_ips = _router_ports(ctx, bridge)
     if pkt.is_arp and pkt.arp_op == ARP_REQUEST:
@@ -75,7 +75,7 @@ def process(ctx: Ctx, bridge: Bridge, in_port: Port, pkt: Packet) -> list[tuple[
             if pkt.arp_spa:
                 # the router gleans the asker's address, as a host does from a request for its own IP
                 router_name = ctx.port(bridge.ports[hit[0]].peer).device
-                ctx.effects.append(ArpLearned(router_name, pkt.arp_spa, pkt.arp_sha))
+                ctx.effects.append(ArpTableWrite(router_name, pkt.arp_spa, pkt.arp_sha))
             raise Consumed()
 
     dst = pkt.eth_dst

@@ -5,7 +5,7 @@ The simulation never performs I/O; everything it wants done is in the result:
 - ``outputs``   the packet as it leaves each exterior port (and whether it needs a tunnel to get there);
 - ``generated`` packets the agent itself emits (ARP requests and replies, ICMP errors and echo replies), each
                 with the port it leaves from;
-- ``effects``   changes to agent state the shell applies (MAC learned, ARP entry learned, flow state written);
+- ``effects``   changes to agent state the shell applies (MAC or ARP table written, flow state written or used);
 - ``needs``     why the packet must be parked (a topology fragment, an ARP entry, a NAT port block) — the shell
                 requests it and simulates the packet again from scratch when it arrives; ``need_key`` is
                 what the waiting room files it under;
@@ -73,17 +73,28 @@ def state_key(five: tuple, device: str) -> StateKey:
 
 
 # -- effects ------------------------------------------------------------------------------------------------
-class MacLearned(NamedTuple):
+class MacTableWrite(NamedTuple):
+    """A MAC learned on a bridge port (the wire form, to the other workers and agents, is messages.MacLearned)."""
+
     bridge: str
     vlan: int
     mac: int
     port: str                  # port id
 
 
-class ArpLearned(NamedTuple):
+class ArpTableWrite(NamedTuple):
+    """An ARP entry learned by a router (the wire form is messages.ArpLearned)."""
+
     router: str
     ip: int
     mac: int
+
+
+# Transitional: workers/worker.py (being rewritten elsewhere) imports the effects by their old names, which
+# backchannel.messages also uses for the wire messages.  Remove once it imports MacTableWrite / ArpTableWrite
+# (tests/unit/test_architecture.py checks who still imports them).
+MacLearned = MacTableWrite
+ArpLearned = ArpTableWrite
 
 
 class FlowStateWrite(NamedTuple):

@@ -28,7 +28,7 @@ from workers import tags
 from workers.simulation import generate, lb
 from workers.simulation.chains import ACCEPT, DROP, run_chain
 from workers.simulation.context import Consumed, Ctx, Stop
-from workers.simulation.result import EXPIRY_TEMPORARY, ArpLearned, NeedArp
+from workers.simulation.result import EXPIRY_TEMPORARY, ArpTableWrite, NeedArp
 
 BROADCAST = 0xFFFFFFFFFFFF
 _ROUTES: dict[int, tuple[Router, tuple[Route, ...], dict[int, Port]]] = {}
@@ -151,10 +151,10 @@ def _arp(ctx: Ctx, router: Router, in_port: Port, pkt: Packet) -> None:
     if pkt.arp_op == ARP_REQUEST:
         ctx.emit(in_port.id, generate.arp_reply(pkt, in_port.mac))
         if pkt.arp_spa:
-            ctx.effects.append(ArpLearned(router.name, pkt.arp_spa, pkt.arp_sha))
+            ctx.effects.append(ArpTableWrite(router.name, pkt.arp_spa, pkt.arp_sha))
         raise Consumed()
     if pkt.arp_op == ARP_REPLY:
-        ctx.effects.append(ArpLearned(router.name, pkt.arp_spa, pkt.arp_sha))
+        ctx.effects.append(ArpTableWrite(router.name, pkt.arp_spa, pkt.arp_sha))
         raise Consumed()
     raise Stop("bad_arp_op")
 

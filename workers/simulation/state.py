@@ -17,10 +17,10 @@ from topology.nat_leases import BLOCK_SIZE
 from workers.simulation.result import (
     FWD_SNAT,
     REV_SNAT,
-    ArpLearned,
+    ArpTableWrite,
     FlowStateTouch,
     FlowStateWrite,
-    MacLearned,
+    MacTableWrite,
     StateKey,
 )
 
@@ -103,9 +103,9 @@ class LocalState:
     def apply(self, effects, now: float) -> None:
         for e in effects:
             t = type(e)
-            if t is MacLearned:
+            if t is MacTableWrite:
                 self.macs[(e.bridge, e.vlan, e.mac)] = (e.port, now)
-            elif t is ArpLearned:
+            elif t is ArpTableWrite:
                 self.arps[(e.router, e.ip)] = (e.mac, now)
             elif t is FlowStateWrite:
                 self.flow_state[(e.kind, e.key)] = StateEntry(e.kind, e.key, e.value, now, self.flow_state_idle_s)
