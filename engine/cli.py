@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-DEMO_DIR = Path(__file__).resolve().parent / "demo"
-DEMO_TOPOLOGY = DEMO_DIR / "demo.yaml"
-DEMO_TRACE = DEMO_DIR / "demo.trace"
+from engine.demo import DEMO_TOPOLOGY, DEMO_TRACE
 
 
 def _common(p: argparse.ArgumentParser) -> None:
