@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import pytest
 
-from topology import addr
+from packet import addr
 from topology.model import (
     Bridge,
     Chain,
