@@ -3,9 +3,11 @@
     shardnet bench --scenario {l2,l3,full} --workers N|1,2,4 --flows F [--repeat-ratio R] [--json OUT]
                    [--plot OUT.png] [--pcap FILE [--pcap-port PORT]] [--store URI]
 
-``add_bench_parser(subparsers)`` adds the subcommand to the shardnet parser (engine/cli.py); ``python -m
-bench.cli ...`` runs it alone.  One run writes the contract's JSON object; a sweep (``--workers 1,2,4``) writes
-the last run's object with ``sweep`` (every run) and ``scaling`` (setups/s and CPU per upcall by workers).
+``add_bench_parser(subparsers)`` adds the subcommand to the shardnet parser: it is registered in the
+``shardnet.commands`` entry-point group (pyproject.toml), which engine/cli.py loads (engine never imports bench);
+``python -m bench.cli ...`` runs it alone.  One run writes the contract's JSON object; a sweep
+(``--workers 1,2,4``) writes the last run's object with ``sweep`` (every run) and ``scaling`` (setups/s and CPU
+per upcall by workers).
 A short summary goes to stdout; the progress bar to stderr when it is a terminal.
 """
 

@@ -1,19 +1,34 @@
 """The `shardnet` command line: subcommands share one parser and a `--store URI` option.
 
-Subcommands: `trace` (CONTRACTS §3), `run` (an agent), `topology` (apply/show), `bench` (CONTRACTS §4).
-The CLI is a thin shell: it parses arguments, loads the topology and hands the work to the same entry points
-the tests use (workers.trace.TraceSession for `trace`, engine.supervisor.Agent for `run`).
+Subcommands: `trace` (CONTRACTS §3), `run` (an agent), `topology` (apply/show), and those other packages
+register (`bench`, CONTRACTS §4).  The CLI is a thin shell: it parses arguments, loads the topology and hands the
+work to the same entry points the tests use (workers.trace.TraceSession for `trace`, engine.supervisor.Agent
+for `run`).
+
+Registered subcommands: engine never imports bench (nor any other package built on top of it).  A package adds
+a subcommand with an entry point in the ``shardnet.commands`` group (pyproject.toml)::
+
+    [project.entry-points."shardnet.commands"]
+    bench = "bench.cli:add_bench_parser"        # called with the subparsers object; adds `shardnet bench`
+
+They are found in the installed distributions' metadata (importlib.metadata), so:
+- a registered plugin that fails to import or to add its parser raises: the command fails loudly, it does not
+  lose a subcommand silently;
+- without metadata (the tree run as ``python -m engine.cli`` without being installed) there is nothing
+  registered, and only the built-in subcommands exist.  Metadata is written at install time: after editing
+  the entry points, reinstall (``make venv`` does when pyproject.toml changed).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+from importlib.metadata import entry_points
 
-DEMO_DIR = Path(__file__).resolve().parent / "demo"
-DEMO_TOPOLOGY = DEMO_DIR / "demo.yaml"
-DEMO_TRACE = DEMO_DIR / "demo.trace"
+from engine.demo import DEMO_TOPOLOGY, DEMO_TRACE
+from engine.topology_cmd import add_topology_parser
+
+COMMANDS_GROUP = "shardnet.commands"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -51,25 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--state-file", help="flow-state snapshot file (real datapath; restored at start)")
     r.set_defaults(func=cmd_run)
 
-    for extra in (_add_topology, _add_bench):
-        extra(sub)
+    add_topology_parser(sub)
+    for ep in registered_commands():
+        ep.load()(sub)                                 # raises: a broken plugin is an error, not a missing command
     return parser
 
 
-def _add_topology(sub) -> None:
-    try:
-        from engine.topology_cmd import add_topology_parser
-    except ImportError:
-        return
-    add_topology_parser(sub)
-
-
-def _add_bench(sub) -> None:
-    try:
-        from bench.cli import add_bench_parser
-    except ImportError:
-        return
-    add_bench_parser(sub)
+def registered_commands() -> list:
+    """The ``shardnet.commands`` entry points of the installed distributions, by name (one per name: the
+    first distribution on sys.path wins, as importlib.metadata dedups distributions)."""
+    return sorted(entry_points(group=COMMANDS_GROUP), key=lambda ep: ep.name)
 
 
 def cmd_trace(args) -> int:

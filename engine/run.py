@@ -13,6 +13,7 @@ import threading
 import time
 
 from engine.config import AgentConfig, ConfigError
+from engine.demo import DEMO_TOPOLOGY
 from engine.supervisor import Agent, AgentError
 
 SUMMARY_KEYS = [("upcalls", "worker_upcalls"), ("simulations", "worker_simulations"),
@@ -22,8 +23,6 @@ SUMMARY_KEYS = [("upcalls", "worker_upcalls"), ("simulations", "worker_simulatio
 
 
 def _config(args) -> AgentConfig:
-    from engine.cli import DEMO_TOPOLOGY
-
     over = {"store": args.store, "host": args.host, "workers": args.workers,
             "topology": args.topology or (str(DEMO_TOPOLOGY) if args.demo else None)}
     if args.demo and over["host"] is None:

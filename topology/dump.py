@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from packet.addr import cidr_str, int2ip, int2mac
+from packet.packet import PROTO_BY_NUMBER, PROTO_TCP
 from topology.model import (
     ROUTE_NORMAL,
     Bridge,
@@ -30,8 +31,6 @@ from topology.model import (
 )
 
 __all__ = ["topology_to_dict", "dump_yaml"]
-
-_PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp"}
 
 
 def topology_to_dict(topo: Topology) -> dict[str, Any]:
@@ -168,7 +167,7 @@ def _condition(c: Condition) -> Any:
     elif c.field in ("src_port", "dst_port"):
         text = _range(*v)
     elif c.field == "proto":
-        text = _PROTO_NAMES.get(v, v)
+        text = PROTO_BY_NUMBER.get(v, v)
     elif c.field == "ethertype":
         text = f"0x{v:04x}"
     else:  # port_group, ct, tos, vlan
@@ -190,8 +189,8 @@ def _lb(lb: LoadBalancer) -> dict[str, Any]:
         d["vips"] = []
         for v in lb.vips:
             vip: dict[str, Any] = {"address": int2ip(v.address), "port": v.port}
-            if v.proto != 6:
-                vip["proto"] = _PROTO_NAMES.get(v.proto, v.proto)
+            if v.proto != PROTO_TCP:
+                vip["proto"] = PROTO_BY_NUMBER.get(v.proto, v.proto)
             vip["pool"] = v.pool
             if v.sticky_source_ip:
                 vip["sticky_source_ip"] = True

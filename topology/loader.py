@@ -21,6 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from packet.addr import cidr_str, in_prefix, int2ip, prefix_mask
+from packet.packet import ETH_TYPE_ARP, ETH_TYPE_IPV4, ETH_TYPE_IPV6, ETH_TYPE_VLAN, PROTO_NAMES
 from topology.errors import Checker, Path, TopologyError, read_text
 from topology.model import (
     ACTIONS,
@@ -46,11 +47,11 @@ from topology.model import (
     assign_tunnel_keys,
 )
 
-__all__ = ["load_topology", "loads_topology", "topology_from_dict", "TopologyError", "PROTOCOLS",
-           "ETHERTYPES"]
+__all__ = ["load_topology", "loads_topology", "topology_from_dict", "TopologyError", "ETHERTYPES"]
 
-PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17}
-ETHERTYPES = {"ipv4": 0x0800, "arp": 0x0806, "vlan": 0x8100, "ipv6": 0x86DD}
+# the ethertype names a topology file may use (the packet spec's are packet.spec's); protocol names are
+# packet.packet.PROTO_NAMES
+ETHERTYPES = {"ipv4": ETH_TYPE_IPV4, "arp": ETH_TYPE_ARP, "vlan": ETH_TYPE_VLAN, "ipv6": ETH_TYPE_IPV6}
 FORMAT_VERSION = 1
 
 _TOP_KEYS = ("version", "hosts", "bridges", "routers", "chains", "load_balancers", "port_groups")
@@ -447,7 +448,7 @@ class _Builder:
                 c.fail(path, f"expected 'forward' or 'return', got {raw!r}")
             value = raw
         elif field == "proto":
-            value = self._number(raw, path, 255, PROTOCOLS)
+            value = self._number(raw, path, 255, PROTO_NAMES)
         elif field == "ethertype":
             value = self._number(raw, path, 0xFFFF, ETHERTYPES)
         else:  # tos, vlan
@@ -520,7 +521,7 @@ class _Builder:
                 c.fail((*vp, "proto"), f"expected 'tcp' or 'udp', got {proto!r}")
             vip = Vip(address=c.ip(v["address"], (*vp, "address")),
                       port=c.integer(v["port"], (*vp, "port"), 1, 65535),
-                      proto=PROTOCOLS[proto], pool=self._ref(v["pool"], (*vp, "pool"), set(pools), "pool"),
+                      proto=PROTO_NAMES[proto], pool=self._ref(v["pool"], (*vp, "pool"), set(pools), "pool"),
                       sticky_source_ip=c.boolean(v.get("sticky_source_ip", False), (*vp, "sticky_source_ip")))
             if any((o.address, o.port, o.proto) == (vip.address, vip.port, vip.proto) for o in vips):
                 c.fail(vp, f"duplicate VIP {int2ip(vip.address)}:{vip.port}/{proto}")

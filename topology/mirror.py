@@ -1,7 +1,7 @@
 """The agent's copy of the topology held in a store, kept fresh by watches, serving fragments to workers.
 
 Owns: the records of every kind read from the store (as JSON bytes, exactly as stored), the index port id →
-device and the port-group membership index.  A TreeMirror (topology.store.mirror) over the topology root keeps
+device and the port-group membership index.  A TreeMirror (topology.store.treemirror) over the topology root keeps
 them fresh.  Every change a watch
 delivers is applied here and reported to ``on_change(kind, name)`` (the supervisor turns it into
 TopologyChanged for the workers, which invalidate the flows tagged with that object).
@@ -22,8 +22,8 @@ from collections.abc import Callable
 from urllib.parse import unquote
 
 from topology.store.base import Store
-from topology.store.mirror import TreeMirror
 from topology.store.topo import KINDS, ROOT, decode
+from topology.store.treemirror import TreeMirror
 
 DEVICE_KINDS = ("bridge", "router")
 _KIND_OF_DIR = {directory: kind for kind, (directory, _) in KINDS.items()}

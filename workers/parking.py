@@ -1,9 +1,10 @@
 """The waiting room: simulations parked on a need (topology fragment, ARP entry, NAT block).
 
-Owns the parked items of one worker, grouped by need, each with a deadline.  ``park`` says whether the need is
-new (so the caller sends exactly one request per need); ``satisfy`` hands back every item waiting on a need
-(the caller simulates each again from scratch); ``expire`` hands back the items past their deadline (dropped and
-counted by the caller).  Bounded: beyond ``max_parked`` items a park is refused (counted as a drop).
+Owns the parked items of one worker, grouped by need (under ``result.need_key``), each with a deadline.
+``park`` says whether the need is new (so the caller sends exactly one request per need); ``satisfy`` hands back
+every item waiting on a need (the caller simulates each again from scratch); ``expire`` hands back the items
+past their deadline (dropped and counted by the caller).  Bounded: beyond ``max_parked`` items a park is refused
+(counted as a drop).
 
 Deadlines: every item waits ``timeout_s``, so a need's items are in deadline order; a heap holds one entry
 (earliest deadline, need) per waiting need, so ``next_deadline`` and ``expire`` look at the due needs only,
@@ -14,18 +15,7 @@ from __future__ import annotations
 
 import heapq
 
-from workers.simulation.result import NeedArp, NeedFragment, NeedLease
-
-
-def need_key(need) -> tuple:
-    t = type(need)
-    if t is NeedFragment:
-        return ("fragment", need.kind, need.name)
-    if t is NeedArp:
-        return ("arp", need.router, need.ip)
-    if t is NeedLease:
-        return ("lease", need.device, need.ip)
-    raise TypeError(f"not a need: {need!r}")
+from workers.simulation.result import need_key
 
 
 class ParkingLot:

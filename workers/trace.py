@@ -14,8 +14,8 @@ import json
 from packet.addr import int2ip
 from packet.spec import SpecError, packet_to_dict, parse_spec
 from topology.nat_leases import MemoryNatAllocator
-from workers.simulation.conntrack import CONNTRACK, key_str, state_tag
-from workers.simulation.result import FlowStateWrite, NeedLease, SimResult
+from workers import tags
+from workers.simulation.result import CONNTRACK, FlowStateWrite, NeedLease, SimResult
 from workers.simulation.simulate import simulate
 from workers.simulation.state import LocalState
 
@@ -56,7 +56,7 @@ class TraceSession:
         return {
             "now": self.now,
             "expired": [_state_json(e.kind, e.key, e.value) for e in gone],
-            "invalidate": sorted({state_tag(e.kind, e.key) for e in gone}),
+            "invalidate": sorted({tags.flow_state(e.kind, e.key) for e in gone}),
         }
 
     def run_line(self, line: str) -> dict:
@@ -82,8 +82,8 @@ class TraceSession:
 
 def _state_json(kind: str, key: tuple, value) -> dict:
     if kind == CONNTRACK:
-        return {"type": "conntrack", "key": key_str(key)}
-    return {"type": "nat", "kind": kind, "key": key_str(key), "binding": f"{int2ip(value[0])}:{value[1]}"}
+        return {"type": "conntrack", "key": tags.key_str(key)}
+    return {"type": "nat", "kind": kind, "key": tags.key_str(key), "binding": f"{int2ip(value[0])}:{value[1]}"}
 
 
 def result_json(res: SimResult) -> dict:

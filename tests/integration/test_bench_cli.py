@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from bench.pcap import PcapError, read_pcap, write_pcap
+from tests.distinfo import env_with_dist_info
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRACT_LATENCY = ("p50", "p90", "p99", "p999", "max")
@@ -64,6 +65,18 @@ def test_full_scenario_writes_every_contract_key_and_a_png(tmp_path):
     img = mpimg.imread(str(png))
     assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 300
     assert (img[..., :3].std(axis=(0, 1)) > 0.01).any()              # not a blank canvas
+
+
+def test_shardnet_bench_is_the_same_command(tmp_path):
+    """`shardnet bench` (engine.cli, the subcommand registered by the shardnet.commands entry point in
+    pyproject.toml, visible here through this tree's dist-info) runs the same harness as `python -m bench.cli`."""
+    out = tmp_path / "out.json"
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", "bench", "--scenario", "l2", "--workers", "1",
+                           "--flows", "300", *SMALL, "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=240, env=env_with_dist_info(tmp_path / "meta"))
+    assert proc.returncode == 0, proc.stderr
+    check_contract(json.loads(out.read_text()), "l2", 1, 300)
+    assert "l2 workers=1 flows=300" in proc.stdout
 
 
 def _l2_frames() -> tuple[list[bytes], int]:

@@ -2,7 +2,7 @@
 
 Owns: the ``Store`` ABC every implementation honours (``memory.MemoryStore`` in-process, ``zk.ZkStore`` over
 kazoo), the ``StoreError`` hierarchy, watch events, connection states, path validation, and the
-``Dispatcher`` that delivers callbacks.
+``CallbackDispatcher`` that delivers callbacks.
 
 Paths are absolute (``/a/b``), no trailing slash, no empty, ``.`` or ``..`` component.  Values are bytes (at
 most ``MAX_VALUE`` bytes, ZooKeeper's default limit).  Versions are ZooKeeper data versions: 0 at create,
@@ -160,7 +160,7 @@ def join(*parts: str) -> str:
 
 
 # -- delivery ---------------------------------------------------------------------------------------------
-class Dispatcher:
+class CallbackDispatcher:
     """One daemon thread running posted callbacks in order.  ``stop()`` drains nothing further."""
 
     _STOP = object()

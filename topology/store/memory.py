@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 from topology.store.base import (
     BadVersion,
+    CallbackDispatcher,
     ConnState,
-    Dispatcher,
     EventKind,
     InvalidPath,
     NoChildrenForEphemerals,
@@ -133,7 +133,7 @@ class MemoryStore(Store):
         self._closed = False
         self._watches: list[_Watch] = []
         self._listeners: list[tuple[Subscription, StateCallback]] = []
-        self._dispatcher = Dispatcher(f"memstore-{self._b.name or 'default'}")
+        self._dispatcher = CallbackDispatcher(f"memstore-{self._b.name or 'default'}")
         self._session = self._b.new_session()
         self._counters = {"store_sessions_expired": 0}
 

@@ -23,9 +23,9 @@ from urllib.parse import unquote
 from packet.addr import int2ip, ip2int
 from topology.model import Topology
 from topology.store.base import NodeExists, NoNode, Store, StoreError
-from topology.store.mirror import TreeMirror
 from topology.store.session import OwnedEntries
 from topology.store.topo import node_name, read_tunnel_keys
+from topology.store.treemirror import TreeMirror
 
 HOSTS = "/hosts"
 BINDINGS = "/bindings"

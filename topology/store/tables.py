@@ -41,9 +41,9 @@ from dataclasses import dataclass
 
 from packet.addr import int2ip, int2mac, ip2int, mac2int
 from topology.store.base import BadVersion, NodeExists, NoNode, Store, StoreError
-from topology.store.mirror import TreeMirror
 from topology.store.session import OwnedEntries
 from topology.store.topo import node_name
+from topology.store.treemirror import TreeMirror
 
 MAC_ROOT = "/tables/mac"
 ARP_ROOT = "/tables/arp"

@@ -40,8 +40,8 @@ from kazoo.retry import KazooRetry, RetryFailedError
 
 from topology.store.base import (
     BadVersion,
+    CallbackDispatcher,
     ConnState,
-    Dispatcher,
     EventKind,
     InvalidPath,
     NoChildrenForEphemerals,
@@ -126,7 +126,7 @@ class ZkStore(Store):
             self._client.stop()
             self._client.close()
             raise
-        self._dispatcher = Dispatcher(f"zkstore-{hosts}")
+        self._dispatcher = CallbackDispatcher(f"zkstore-{hosts}")
         self._client.add_listener(self._on_state)
 
     @property

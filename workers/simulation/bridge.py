@@ -1,19 +1,20 @@
 """The virtual bridge: MAC learning, unicast/flood, VLAN access and trunk ports, ARP for router ports.
 
 ``process`` takes a packet that entered the bridge at ``in_port`` and returns the (egress port, packet)
-pairs it leaves by.  MAC learning is an effect (MacLearned); the MAC table is read from the static entries in
+pairs it leaves by.  MAC learning is an effect (MacTableWrite); the MAC table is read from the static entries in
 the topology, then the agent state.  Router ports peered with the bridge are known to it: their MACs are
 unicast destinations and the bridge answers ARP requests for their addresses on the routers' behalf.
 """
 
 from __future__ import annotations
 
-from packet.packet import ARP_REQUEST, TCP_FLAGS, Packet
+from packet.packet import ARP_REQUEST, PROTO_TCP, TCP_FLAGS, Packet
 from topology.model import Bridge, Port
+from workers import tags
 from workers.simulation import generate
 from workers.simulation.chains import DROP, REJECT, run_chain
 from workers.simulation.context import Consumed, Ctx, Stop
-from workers.simulation.result import ArpLearned, MacLearned
+from workers.simulation.result import ArpTableWrite, MacTableWrite
 
 _INDEX: dict[int, tuple[Bridge, dict, dict]] = {}
 
@@ -45,7 +46,7 @@ def _multicast(mac: int) -> bool:
 
 def process(ctx: Ctx, bridge: Bridge, in_port: Port, pkt: Packet) -> list[tuple[Port, Packet]]:
     name = bridge.name
-    ctx.tags.add("bridge:" + name)
+    ctx.tags.add(tags.bridge(name))
     ctx.read("eth_src", "eth_dst", "vlan")
     if in_port.vlan is not None:
         if pkt.vlan is not None:
@@ -60,10 +61,10 @@ def process(ctx: Ctx, bridge: Bridge, in_port: Port, pkt: Packet) -> list[tuple[
 
     src = pkt.eth_src
     if not _multicast(src):
-        ctx.tags.add(f"mac:{name}:{vlan}:{src:012x}")
+        ctx.tags.add(tags.mac(name, vlan, src))
         known = bridge.mac_table.get((vlan, src)) or _learned(ctx, name, vlan, src)
         if known != in_port.name and (vlan, src) not in bridge.mac_table:
-            ctx.effects.append(MacLearned(name, vlan, src, in_port.id))
+            ctx.effects.append(MacTableWrite(name, vlan, src, in_port.id))
 
     router_macs, router_ips = _router_ports(ctx, bridge)
     if pkt.is_arp and pkt.arp_op == ARP_REQUEST:
@@ -74,14 +75,14 @@ def process(ctx: Ctx, bridge: Bridge, in_port: Port, pkt: Packet) -> list[tuple[
             if pkt.arp_spa:
                 # the router gleans the asker's address, as a host does from a request for its own IP
                 router_name = ctx.port(bridge.ports[hit[0]].peer).device
-                ctx.effects.append(ArpLearned(router_name, pkt.arp_spa, pkt.arp_sha))
+                ctx.effects.append(ArpTableWrite(router_name, pkt.arp_spa, pkt.arp_sha))
             raise Consumed()
 
     dst = pkt.eth_dst
     if _multicast(dst):
         out_names = _flood(ctx, bridge, in_port, vlan)
     else:
-        ctx.tags.add(f"mac:{name}:{vlan}:{dst:012x}")
+        ctx.tags.add(tags.mac(name, vlan, dst))
         out = bridge.mac_table.get((vlan, dst)) or router_macs.get(dst) or _learned(ctx, name, vlan, dst)
         if out is None:
             out_names = _flood(ctx, bridge, in_port, vlan)
@@ -141,7 +142,7 @@ def _verdict(ctx: Ctx, verdict: str, pkt: Packet, in_port: Port) -> None:
     if verdict == DROP:
         raise Stop("filter_drop")
     if verdict == REJECT:
-        if pkt.proto == 6 and not (pkt.tcp_flags or 0) & TCP_FLAGS["rst"]:
+        if pkt.proto == PROTO_TCP and not (pkt.tcp_flags or 0) & TCP_FLAGS["rst"]:
             ctx.emit(in_port.id, generate.tcp_rst(pkt, pkt.eth_dst))
         elif pkt.ip_src is not None:
             # a bridge has no address of its own: answer as the destination would (admin prohibited)

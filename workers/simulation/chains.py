@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from packet.packet import PROTO_TCP, PROTO_UDP, Packet
 from topology.model import Chain, Condition, Rule
+from workers import tags
 from workers.simulation import conntrack, nat
 from workers.simulation.context import Ctx, Stop
 
@@ -34,7 +35,7 @@ def _test(ctx: Ctx, c: Condition, pkt: Packet, in_port: str | None, out_port: st
         return out_port in v
     if f == "port_group":
         g = ctx.need("port_group", v)
-        ctx.tags.add("port_group:" + v)
+        ctx.tags.add(tags.port_group(v))
         return in_port in g.ports or out_port in g.ports
     if f == "ct":
         ctx.read("ip_src", "ip_dst", "proto", "tp_src", "tp_dst")
@@ -120,5 +121,5 @@ def run_chain(ctx: Ctx, name: str, pkt: Packet, device: str, in_port: str | None
 
 def _load(ctx: Ctx, name: str) -> Chain:
     chain = ctx.need("chain", name)
-    ctx.tags.add("chain:" + name)
+    ctx.tags.add(tags.chain(name))
     return chain

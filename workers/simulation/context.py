@@ -8,6 +8,7 @@ are exceptions caught only by the entry point.
 from __future__ import annotations
 
 from packet.packet import Packet
+from workers import tags
 from workers.simulation.result import EXPIRY_NORMAL, Generated, NeedArp, NeedFragment, NeedLease
 from workers.simulation.state import AgentState
 
@@ -74,7 +75,7 @@ class Ctx:
 
     def port(self, port_id: str):
         p = self.need("port", port_id)
-        self.tags.add("port:" + port_id)
+        self.tags.add(tags.port(port_id))
         return p
 
     def hop(self, element: str) -> None:

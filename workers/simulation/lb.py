@@ -11,15 +11,17 @@ from __future__ import annotations
 
 from packet.packet import Packet
 from topology.model import Member, Router, Vip
+from workers import tags
 from workers.simulation import nat
 from workers.simulation.conntrack import five_tuple, reverse
 from workers.simulation.context import Ctx, Stop
+from workers.simulation.result import FWD_DNAT, FWD_STICK_DNAT, REV_DNAT, StateKey, state_key
 
 
 def process_inbound(ctx: Ctx, router: Router, pkt: Packet) -> tuple[Packet, bool]:
     """Returns (packet, vip_matched)."""
     lbal = ctx.need("load_balancer", router.load_balancer)
-    ctx.tags.add("load_balancer:" + lbal.name)
+    ctx.tags.add(tags.load_balancer(lbal.name))
     ctx.read("ip_dst")
     for vip in lbal.vips:
         if pkt.ip_dst != vip.address:
@@ -57,25 +59,25 @@ def _to_backend(ctx: Ctx, router: Router, members: tuple[Member, ...], vip: Vip,
     ctx.read("ip_src", "tp_src")
     dev = router.name
     t = five_tuple(pkt)
-    fkey = t + (dev,)
+    fkey = state_key(t, dev)
     ok = {(m.address, m.port) for m in valid}
-    backend = nat.lookup(ctx, nat.FWD_DNAT, fkey)
+    backend = nat.lookup(ctx, FWD_DNAT, fkey)
     if backend is not None and tuple(backend) in ok:
-        nat.touch(ctx, nat.FWD_DNAT, fkey)
+        nat.touch(ctx, FWD_DNAT, fkey)
         return nat.set_dst(pkt, backend[0], backend[1])
     if vip.sticky_source_ip:
-        skey = (t[0], t[1], t[2], 0, t[4], dev)
-        backend = nat.lookup(ctx, nat.FWD_STICK_DNAT, skey)
+        skey = StateKey(t[0], t[1], t[2], 0, t[4], dev)        # any source port: one entry per client
+        backend = nat.lookup(ctx, FWD_STICK_DNAT, skey)
         if backend is None or tuple(backend) not in ok:
             m = _choose(valid, t[0])
             backend = (m.address, m.port)
-            nat.write(ctx, nat.FWD_STICK_DNAT, skey, backend)
+            nat.write(ctx, FWD_STICK_DNAT, skey, backend)
         else:
-            nat.touch(ctx, nat.FWD_STICK_DNAT, skey)
+            nat.touch(ctx, FWD_STICK_DNAT, skey)
     else:
         m = _choose(valid, ctx.flow_hash())
         backend = (m.address, m.port)
     new = nat.set_dst(pkt, backend[0], backend[1])
-    nat.write(ctx, nat.FWD_DNAT, fkey, backend)
-    nat.write(ctx, nat.REV_DNAT, reverse(five_tuple(new)) + (dev,), (vip.address, vip.port))
+    nat.write(ctx, FWD_DNAT, fkey, backend)
+    nat.write(ctx, REV_DNAT, state_key(reverse(five_tuple(new)), dev), (vip.address, vip.port))
     return new

@@ -16,16 +16,22 @@ from __future__ import annotations
 
 from packet.packet import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Packet
 from topology.model import NatTarget, Rule
+from topology.nat_leases import BLOCK_SIZE
+from workers import tags
 from workers.simulation.conntrack import five_tuple, inner_five_tuple, reverse
 from workers.simulation.context import Ctx, Stop
-from workers.simulation.result import FlowStateTouch, FlowStateWrite, NeedLease
+from workers.simulation.result import (
+    FWD_DNAT,
+    FWD_SNAT,
+    REV_DNAT,
+    REV_SNAT,
+    FlowStateTouch,
+    FlowStateWrite,
+    NeedLease,
+    StateKey,
+    state_key,
+)
 from workers.simulation.state import MISSING
-
-FWD_SNAT, REV_SNAT = "fwd_snat", "rev_snat"
-FWD_DNAT, REV_DNAT = "fwd_dnat", "rev_dnat"
-FWD_STICK_DNAT = "fwd_stick_dnat"
-NAT_KINDS = (FWD_SNAT, REV_SNAT, FWD_DNAT, REV_DNAT, FWD_STICK_DNAT)
-BLOCK_SIZE = 64
 
 
 def _has_ports(pkt: Packet) -> bool:
@@ -80,19 +86,17 @@ def _set_inner_dst(pkt: Packet, ip: int, port: int) -> Packet:
 
 
 # -- state helpers -----------------------------------------------------------------------------------------
-def lookup(ctx: Ctx, kind: str, key: tuple):
+def lookup(ctx: Ctx, kind: str, key: StateKey):
     v = ctx.state.flow_state_get(kind, key, ctx.now)
-    from workers.simulation.conntrack import key_str
-
-    ctx.tags.add(f"nat:{kind}:{key_str(key)}")
+    ctx.tags.add(tags.flow_state(kind, key))
     return None if v is MISSING else v
 
 
-def write(ctx: Ctx, kind: str, key: tuple, value: tuple) -> None:
+def write(ctx: Ctx, kind: str, key: StateKey, value: tuple) -> None:
     ctx.effects.append(FlowStateWrite(kind, key, value))
 
 
-def touch(ctx: Ctx, kind: str, key: tuple) -> None:
+def touch(ctx: Ctx, kind: str, key: StateKey) -> None:
     ctx.effects.append(FlowStateTouch(kind, key))
 
 
@@ -125,7 +129,7 @@ def forward_dnat(ctx: Ctx, targets: tuple[NatTarget, ...], pkt: Packet, device: 
     if not target.dynamic or pkt.is_icmp_error:
         return set_dst(pkt, ip, None)                   # static NAT: stateless
     t = five_tuple(pkt)
-    fkey = t + (device,)
+    fkey = state_key(t, device)
     bound = lookup(ctx, FWD_DNAT, fkey)
     if bound is None:
         h = ctx.flow_hash()
@@ -133,7 +137,7 @@ def forward_dnat(ctx: Ctx, targets: tuple[NatTarget, ...], pkt: Packet, device: 
         bound = (ip, port if pkt.proto != PROTO_ICMP else t[4])
         new = set_dst(pkt, *bound)
         write(ctx, FWD_DNAT, fkey, bound)
-        write(ctx, REV_DNAT, reverse(five_tuple(new)) + (device,), (t[1], t[4]))
+        write(ctx, REV_DNAT, state_key(reverse(five_tuple(new)), device), (t[1], t[4]))
         return new
     touch(ctx, FWD_DNAT, fkey)
     return set_dst(pkt, bound[0], bound[1])
@@ -144,16 +148,16 @@ def forward_snat(ctx: Ctx, targets: tuple[NatTarget, ...], pkt: Packet, device: 
     if not target.dynamic or pkt.is_icmp_error:
         return set_src(pkt, ip, None)
     t = five_tuple(pkt)
-    fkey = t + (device,)
+    fkey = state_key(t, device)
     bound = lookup(ctx, FWD_SNAT, fkey)
     if bound is not None:
         touch(ctx, FWD_SNAT, fkey)
-        touch(ctx, REV_SNAT, (t[1], bound[0], t[2], t[4], bound[1], device))
+        touch(ctx, REV_SNAT, StateKey(t[1], bound[0], t[2], t[4], bound[1], device))
         return set_src(pkt, bound[0], bound[1])
     port = choose_snat_port(ctx, device, ip, target, t) if _has_ports(pkt) else 0
     new = set_src(pkt, ip, port)
     write(ctx, FWD_SNAT, fkey, (ip, port))
-    write(ctx, REV_SNAT, reverse(five_tuple(new)) + (device,), (t[0], t[3]))
+    write(ctx, REV_SNAT, state_key(reverse(five_tuple(new)), device), (t[0], t[3]))
     return new
 
 
@@ -165,7 +169,7 @@ def choose_snat_port(ctx: Ctx, device: str, ip: int, target: NatTarget, t: tuple
     worker) are taken first; a block with room but no preferred port ends the search with its first free
     port."""
     lo, hi = target.port_start, target.port_end
-    ctx.tags.add(f"nat_block:{device}:{ip}")
+    ctx.tags.add(tags.nat_block(device, ip))
     prefer = getattr(ctx.state, "prefer_snat_port", None)
     taken = ctx.state.flow_state_get
     now = ctx.now
@@ -179,9 +183,10 @@ def choose_snat_port(ctx: Ctx, device: str, ip: int, target: NatTarget, t: tuple
         fallback = None
         for i in range(n):
             port = first + (h + i) % n
-            if taken(REV_SNAT, (dst, ip, proto, dport, port, device), now) is not MISSING:
+            reply = (dst, ip, proto, dport, port)        # the reply's 5-tuple if this port is chosen
+            if taken(REV_SNAT, state_key(reply, device), now) is not MISSING:
                 continue
-            if prefer is None or prefer((dst, ip, proto, dport, port)):
+            if prefer is None or prefer(reply):
                 return port
             if fallback is None:
                 fallback = port
@@ -195,12 +200,12 @@ def reverse_snat(ctx: Ctx, pkt: Packet, device: str) -> Packet | None:
         inner = inner_five_tuple(pkt)
         if inner is None:
             return None
-        orig = lookup(ctx, REV_SNAT, reverse(inner) + (device,))
+        orig = lookup(ctx, REV_SNAT, state_key(reverse(inner), device))
         return None if orig is None else _set_inner_src(pkt, orig[0], orig[1])
     t = five_tuple(pkt)
     if t is None:
         return None
-    key = t + (device,)
+    key = state_key(t, device)
     orig = lookup(ctx, REV_SNAT, key)
     if orig is None:
         return None
@@ -215,12 +220,12 @@ def reverse_dnat(ctx: Ctx, pkt: Packet, device: str) -> Packet | None:
         inner = inner_five_tuple(pkt)
         if inner is None:
             return None
-        vip = lookup(ctx, REV_DNAT, reverse(inner) + (device,))
+        vip = lookup(ctx, REV_DNAT, state_key(reverse(inner), device))
         return None if vip is None else _set_inner_dst(pkt, vip[0], vip[1])
     t = five_tuple(pkt)
     if t is None:
         return None
-    key = t + (device,)
+    key = state_key(t, device)
     vip = lookup(ctx, REV_DNAT, key)
     if vip is None:
         return None

@@ -5,9 +5,10 @@ The simulation never performs I/O; everything it wants done is in the result:
 - ``outputs``   the packet as it leaves each exterior port (and whether it needs a tunnel to get there);
 - ``generated`` packets the agent itself emits (ARP requests and replies, ICMP errors and echo replies), each
                 with the port it leaves from;
-- ``effects``   changes to agent state the shell applies (MAC learned, ARP entry learned, flow state written);
+- ``effects``   changes to agent state the shell applies (MAC or ARP table written, flow state written or used);
 - ``needs``     why the packet must be parked (a topology fragment, an ARP entry, a NAT port block) — the shell
-                requests it and simulates the packet again from scratch when it arrives;
+                requests it and simulates the packet again from scratch when it arrives; ``need_key`` is
+                what the waiting room files it under;
 - ``tags``      everything the decision read, for invalidation; ``fields_read`` the packet fields it read, so a
                 flow can be installed as a wildcard match.
 """
@@ -41,27 +42,67 @@ class Generated(NamedTuple):
     packet: Packet
 
 
+# -- flow-state kinds (FlowStateWrite.kind): connection tracking and the NAT bindings -------------------------
+CONNTRACK = "conntrack"
+FWD_SNAT, REV_SNAT = "fwd_snat", "rev_snat"
+FWD_DNAT, REV_DNAT = "fwd_dnat", "rev_dnat"
+FWD_STICK_DNAT = "fwd_stick_dnat"
+NAT_KINDS = (FWD_SNAT, REV_SNAT, FWD_DNAT, REV_DNAT, FWD_STICK_DNAT)
+
+
+class StateKey(NamedTuple):
+    """The key of a flow-state entry (DESIGN §1.5): the 5-tuple under which a packet finds it (ICMP echo: the id
+    as both ports) and the device whose simulation reads it (conntrack: the ingress device; NAT: the device
+    that translates).  A tuple: a key decoded from the wire (a plain tuple) is equal to it and finds the same
+    entry; wrap a decoded key as ``StateKey(*key)`` to read its fields."""
+
+    src: int
+    dst: int
+    proto: int
+    sport: int
+    dport: int
+    device: str
+
+
+_tuple_new = tuple.__new__
+
+
+def state_key(five: tuple, device: str) -> StateKey:
+    """StateKey(*five, device), without the NamedTuple constructor's overhead (it is on the flow-setup path)."""
+    return _tuple_new(StateKey, (*five, device))
+
+
 # -- effects ------------------------------------------------------------------------------------------------
-class MacLearned(NamedTuple):
+class MacTableWrite(NamedTuple):
+    """A MAC learned on a bridge port (the wire form, to the other workers and agents, is messages.MacLearned)."""
+
     bridge: str
     vlan: int
     mac: int
     port: str                  # port id
 
 
-class ArpLearned(NamedTuple):
+class ArpTableWrite(NamedTuple):
+    """An ARP entry learned by a router (the wire form is messages.ArpLearned)."""
+
     router: str
     ip: int
     mac: int
 
 
+# Transitional: workers/worker.py (being rewritten elsewhere) imports the effects by their old names, which
+# backchannel.messages also uses for the wire messages.  Remove once it imports MacTableWrite / ArpTableWrite
+# (tests/unit/test_architecture.py checks who still imports them).
+MacLearned = MacTableWrite
+ArpLearned = ArpTableWrite
+
+
 class FlowStateWrite(NamedTuple):
-    """A flow-state entry the simulation created (conntrack or NAT).  ``kind`` is "conntrack" or a NAT kind
-    (fwd_snat, rev_snat, fwd_dnat, rev_dnat, fwd_stick_dnat, rev_stick_dnat); ``value`` is None for conntrack
-    and an (ip, port) binding for NAT."""
+    """A flow-state entry the simulation created (conntrack or NAT).  ``kind`` is CONNTRACK or one of
+    NAT_KINDS; ``value`` is None for conntrack and an (ip, port) binding for NAT."""
 
     kind: str
-    key: tuple
+    key: StateKey
     value: tuple | None
 
 
@@ -69,7 +110,7 @@ class FlowStateTouch(NamedTuple):
     """An existing flow-state entry was used: its idle timer restarts."""
 
     kind: str
-    key: tuple
+    key: StateKey
 
 
 # -- needs (parking) ----------------------------------------------------------------------------------------
@@ -91,6 +132,31 @@ class NeedLease(NamedTuple):
     ip: int
     port_start: int = 1
     port_end: int = 65535
+
+
+# The waiting room's key of each need: what answers it.  Several packets wait on one ARP entry (whichever port
+# asked), on one (device, ip) lease (whatever port range), on one fragment.  The first item is the need's kind.
+def arp_need_key(router: str, ip: int) -> tuple:
+    return ("arp", router, ip)
+
+
+def lease_need_key(device: str, ip: int) -> tuple:
+    return ("lease", device, ip)
+
+
+def fragment_need_key(kind: str, name: str) -> tuple:
+    return ("fragment", kind, name)
+
+
+def need_key(need: NeedFragment | NeedArp | NeedLease) -> tuple:
+    t = type(need)
+    if t is NeedFragment:
+        return fragment_need_key(need.kind, need.name)
+    if t is NeedArp:
+        return arp_need_key(need.router, need.ip)
+    if t is NeedLease:
+        return lease_need_key(need.device, need.ip)
+    raise TypeError(f"not a need: {need!r}")
 
 
 class SimResult(NamedTuple):

@@ -24,10 +24,11 @@ from packet.packet import (
     Packet,
 )
 from topology.model import ROUTE_BLACKHOLE, ROUTE_REJECT, Port, Route, Router
+from workers import tags
 from workers.simulation import generate, lb
 from workers.simulation.chains import ACCEPT, DROP, run_chain
 from workers.simulation.context import Consumed, Ctx, Stop
-from workers.simulation.result import EXPIRY_TEMPORARY, ArpLearned, NeedArp
+from workers.simulation.result import EXPIRY_TEMPORARY, ArpTableWrite, NeedArp
 
 BROADCAST = 0xFFFFFFFFFFFF
 _ROUTES: dict[int, tuple[Router, tuple[Route, ...], dict[int, Port]]] = {}
@@ -74,7 +75,7 @@ def _mask(length: int) -> int:
 
 def process(ctx: Ctx, router: Router, in_port: Port, pkt: Packet) -> list[tuple[Port, Packet]]:
     name = router.name
-    ctx.tags.add("router:" + name)
+    ctx.tags.add(tags.router(name))
     ctx.read("eth_type")
     if pkt.is_arp:
         _arp(ctx, router, in_port, pkt)
@@ -115,7 +116,7 @@ def process(ctx: Ctx, router: Router, in_port: Port, pkt: Packet) -> list[tuple[
         _icmp(ctx, pkt, in_port, ICMP_UNREACH, UNREACH_ADMIN_PROHIBITED)
         raise Stop("reject_route")
     out_port = router.ports[route.port]
-    ctx.tags.add("port:" + out_port.id)
+    ctx.tags.add(tags.port(out_port.id))
 
     if router.outbound_filter:
         verdict, pkt = run_chain(ctx, router.outbound_filter, pkt, name, in_port.id, out_port.id)
@@ -135,7 +136,7 @@ def _next_hop_mac(ctx: Ctx, router: Router, out_port: Port, ip: int) -> int:
     mac = router.arp_table.get(ip)
     if mac is not None:
         return mac
-    ctx.tags.add(f"arp:{router.name}:{ip}")
+    ctx.tags.add(tags.arp(router.name, ip))
     mac = ctx.state.arp_lookup(router.name, ip, ctx.now)
     if mac is not None:
         return mac
@@ -150,10 +151,10 @@ def _arp(ctx: Ctx, router: Router, in_port: Port, pkt: Packet) -> None:
     if pkt.arp_op == ARP_REQUEST:
         ctx.emit(in_port.id, generate.arp_reply(pkt, in_port.mac))
         if pkt.arp_spa:
-            ctx.effects.append(ArpLearned(router.name, pkt.arp_spa, pkt.arp_sha))
+            ctx.effects.append(ArpTableWrite(router.name, pkt.arp_spa, pkt.arp_sha))
         raise Consumed()
     if pkt.arp_op == ARP_REPLY:
-        ctx.effects.append(ArpLearned(router.name, pkt.arp_spa, pkt.arp_sha))
+        ctx.effects.append(ArpTableWrite(router.name, pkt.arp_spa, pkt.arp_sha))
         raise Consumed()
     raise Stop("bad_arp_op")
 

@@ -13,7 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from workers.simulation.result import ArpLearned, FlowStateTouch, FlowStateWrite, MacLearned
+from topology.nat_leases import BLOCK_SIZE
+from workers.simulation.result import (
+    FWD_SNAT,
+    REV_SNAT,
+    ArpTableWrite,
+    FlowStateTouch,
+    FlowStateWrite,
+    MacTableWrite,
+    StateKey,
+)
 
 DEFAULT_FLOW_STATE_IDLE_S = 60.0
 DEFAULT_MAC_EXPIRY_S = 300.0
@@ -24,15 +33,31 @@ DEFAULT_ARP_STALE_S = 1800.0
 class AgentState(Protocol):
     def mac_lookup(self, bridge: str, vlan: int, mac: int) -> str | None: ...
     def arp_lookup(self, router: str, ip: int, now: float) -> int | None: ...
-    def flow_state_get(self, kind: str, key: tuple, now: float) -> object: ...
+    def flow_state_get(self, kind: str, key: StateKey, now: float) -> object: ...
     def nat_blocks(self, device: str, ip: int) -> list[int]: ...
 
 
 MISSING = object()
 
 
+def snat_block(kind: str, key: tuple, value: tuple | None) -> tuple[str, int, int] | None:
+    """(device, ip, block start) of the SNAT port block an entry's binding lives in; None if it is not SNAT.
+    A reverse entry's key holds the translated address as its destination; a forward entry's value holds it.
+    ``key`` may be a plain tuple (decoded from the wire)."""
+    if kind == REV_SNAT:
+        k = StateKey(*key)
+        return (k.device, k.dst, k.dport - k.dport % BLOCK_SIZE)
+    if kind == FWD_SNAT and value:
+        ip, port = value
+        return (StateKey(*key).device, ip, port - port % BLOCK_SIZE)
+    return None
+
+
 @dataclass(slots=True)
-class FlowStateEntry:
+class StateEntry:
+    """One flow-state entry held by a LocalState (the wire form is backchannel.messages.FlowStateEntry).  ``key``
+    is a StateKey, or the equal plain tuple when the entry was replicated: ``StateKey(*key)`` to read it."""
+
     kind: str
     key: tuple
     value: tuple | None
@@ -51,7 +76,7 @@ class LocalState:
     arp_stale_s: float = DEFAULT_ARP_STALE_S
     macs: dict[tuple[str, int, int], tuple[str, float]] = field(default_factory=dict)   # → (port, learned_at)
     arps: dict[tuple[str, int], tuple[int, float]] = field(default_factory=dict)        # → (mac, learned_at)
-    flow_state: dict[tuple[str, tuple], FlowStateEntry] = field(default_factory=dict)
+    flow_state: dict[tuple[str, tuple], StateEntry] = field(default_factory=dict)
     blocks: dict[tuple[str, int], list[int]] = field(default_factory=dict)   # (device, ip) → held block starts
 
     # -- reads (AgentState) -------------------------------------------------------------------------------
@@ -65,7 +90,7 @@ class LocalState:
             return None
         return hit[0]
 
-    def flow_state_get(self, kind: str, key: tuple, now: float) -> object:
+    def flow_state_get(self, kind: str, key: StateKey, now: float) -> object:
         e = self.flow_state.get((kind, key))
         if e is None or now - e.last_used > e.idle_s:
             return MISSING
@@ -78,13 +103,12 @@ class LocalState:
     def apply(self, effects, now: float) -> None:
         for e in effects:
             t = type(e)
-            if t is MacLearned:
+            if t is MacTableWrite:
                 self.macs[(e.bridge, e.vlan, e.mac)] = (e.port, now)
-            elif t is ArpLearned:
+            elif t is ArpTableWrite:
                 self.arps[(e.router, e.ip)] = (e.mac, now)
             elif t is FlowStateWrite:
-                self.flow_state[(e.kind, e.key)] = FlowStateEntry(e.kind, e.key, e.value, now,
-                                                                  self.flow_state_idle_s)
+                self.flow_state[(e.kind, e.key)] = StateEntry(e.kind, e.key, e.value, now, self.flow_state_idle_s)
             elif t is FlowStateTouch:
                 entry = self.flow_state.get((e.kind, e.key))
                 if entry is not None:
@@ -103,10 +127,7 @@ class LocalState:
 
     def idle_nat_blocks(self) -> list[tuple[str, int, int]]:
         """Held (device, ip, block) with no SNAT binding left in them: candidates for release."""
-        used = set()
-        for kind, key in self.flow_state:
-            if kind == "rev_snat":
-                used.add((key[5], key[1], key[4] - key[4] % 64))
+        used = {snat_block(e.kind, e.key, e.value) for e in self.flow_state.values() if e.kind == REV_SNAT}
         return [(dev, ip, b) for (dev, ip), blocks in self.blocks.items() for b in blocks
                 if (dev, ip, b) not in used]
 
@@ -120,7 +141,7 @@ class LocalState:
     def stale_arps(self, now: float) -> list[tuple[str, int]]:
         return [k for k, (_, t) in self.arps.items() if now - t > self.arp_stale_s]
 
-    def expire(self, now: float) -> list[FlowStateEntry]:
+    def expire(self, now: float) -> list[StateEntry]:
         """Remove idle flow-state entries, stale MACs and ARP entries; return the flow-state entries removed
         (their keys are the tags of the flows to invalidate; NAT entries release their ports)."""
         gone = [e for e in self.flow_state.values() if now - e.last_used > e.idle_s]

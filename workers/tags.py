@@ -1,0 +1,117 @@
+"""Flow tags: the one vocabulary for what a flow's decision depended on (in the spirit of MidoNet's FlowTagger).
+
+A simulation tags its result with everything it read (devices, ports, chains, MAC and ARP entries, flow state,
+NAT blocks); the worker installs the flow with those tags; a change to any of those things invalidates the
+flows carrying its tag.  The simulation that tags a flow and the shell that invalidates it must spell the tag
+the same way, or the flow is never invalidated — so a tag is made only here, one constructor per kind, and
+nobody spells one by hand (tests/unit/test_tags.py scans the tree for that).
+
+A tag is a plain string (it crosses process boundaries as ``tuple[str, ...]`` in FlowInstall and
+InvalidateTags): ``<kind>:<what>``.
+
+    device(kind, name)      "bridge:tenant", "router:r1", "chain:sub", "load_balancer:lb", "port_group:web"
+                            (a TopologyChanged object; bridge(), router(), chain(), load_balancer(),
+                            port_group() and port() are the same tag for their kind)
+    port(port_id)           "port:tenant.vm1"
+    mac(bridge, vlan, mac)  "mac:tenant:0:020000000001"                  an entry of a bridge's MAC table
+    arp(router, ip)         "arp:r1:3325256705"                          an entry of a router's ARP table
+    flow_state(kind, key)   "ct:10.0.0.2:40000>198.51.100.1:80/6@tenant"  a conntrack entry
+                            "nat:fwd_snat:10.0.0.2:40000>...@r1"         a NAT entry of that kind
+    nat_block(device, ip)   "nat_block:r1:3405803777"                    the SNAT blocks held for (device, ip)
+    kind_of(tag)            "bridge", "port", "mac", "arp", "ct", "nat", "nat_block", ...
+
+These run for every simulated packet: plain concatenation, and the flow-state key text is cached.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from packet.addr import int2ip
+from workers.simulation.result import CONNTRACK
+
+# tag kinds: topology objects (the kinds of TopologyChanged and of the topology store)
+BRIDGE = "bridge"
+ROUTER = "router"
+PORT = "port"
+CHAIN = "chain"
+LOAD_BALANCER = "load_balancer"
+PORT_GROUP = "port_group"
+HOST = "host"
+# tag kinds: agent state
+MAC = "mac"
+ARP = "arp"
+CT = "ct"
+NAT = "nat"
+NAT_BLOCK = "nat_block"
+KINDS = (BRIDGE, ROUTER, PORT, CHAIN, LOAD_BALANCER, PORT_GROUP, HOST, MAC, ARP, CT, NAT, NAT_BLOCK)
+
+SEP = ":"
+_BRIDGE, _ROUTER, _PORT, _CHAIN = BRIDGE + SEP, ROUTER + SEP, PORT + SEP, CHAIN + SEP
+_LOAD_BALANCER, _PORT_GROUP = LOAD_BALANCER + SEP, PORT_GROUP + SEP
+_CT, _NAT = CT + SEP, NAT + SEP
+
+
+# -- topology objects --------------------------------------------------------------------------------------
+def device(kind: str, name: str) -> str:
+    """The tag of topology object ``name`` of ``kind`` ("bridge", "router", "port", "chain", ...): the one a
+    TopologyChanged(kind, name) invalidates."""
+    return kind + SEP + name
+
+
+def bridge(name: str) -> str:
+    return _BRIDGE + name
+
+
+def router(name: str) -> str:
+    return _ROUTER + name
+
+
+def port(port_id: str) -> str:
+    return _PORT + port_id
+
+
+def chain(name: str) -> str:
+    return _CHAIN + name
+
+
+def load_balancer(name: str) -> str:
+    return _LOAD_BALANCER + name
+
+
+def port_group(name: str) -> str:
+    return _PORT_GROUP + name
+
+
+# -- agent state -------------------------------------------------------------------------------------------
+def mac(bridge: str, vlan: int, mac: int) -> str:
+    """A (learned or looked-up) entry of ``bridge``'s MAC table: MAC as 12 hex digits."""
+    return f"mac:{bridge}:{vlan}:{mac:012x}"
+
+
+def arp(router: str, ip: int) -> str:
+    """An entry of ``router``'s ARP table (``ip`` as an int)."""
+    return f"arp:{router}:{ip}"
+
+
+def nat_block(device: str, ip: int) -> str:
+    """The SNAT port blocks held for (device, ip): a new block may free a port a parked choice wanted."""
+    return f"nat_block:{device}:{ip}"
+
+
+@lru_cache(maxsize=1 << 16)
+def key_str(key: tuple) -> str:
+    """Human/tag form of a flow-state key: 'src:sport>dst:dport/proto@device' (cached: it is a hot tag)."""
+    src, dst, proto, sp, dp, dev = key
+    return f"{int2ip(src)}:{sp}>{int2ip(dst)}:{dp}/{proto}@{dev}"
+
+
+def flow_state(kind: str, key: tuple) -> str:
+    """The tag of a flow-state entry (conntrack, or a NAT kind): flows that read or wrote it carry it, and its
+    expiry or replacement invalidates them."""
+    return (_CT if kind == CONNTRACK else _NAT + kind + SEP) + key_str(key)
+
+
+def kind_of(tag: str) -> str:
+    """The kind of a tag: what precedes its first ':' ("bridge", "mac", "ct", "nat", ...)."""
+    return tag.partition(SEP)[0]
