@@ -22,18 +22,14 @@ from concurrent.futures import Future
 from backchannel import messages as m
 from engine.config import AgentConfig
 from engine.statefile import StateFileError, read_state, write_state
+from workers.simulation.state import snat_block as entry_snat_block
 
 SNAPSHOT_GIVE_UP_S = 5.0
-SNAT_BLOCK = 64
 
 
 def snat_block(e: m.FlowStateEntry) -> tuple | None:
     """(device, ip, first port of the block) of the SNAT binding an entry holds, None for other entries."""
-    if e.kind == "rev_snat":
-        return (e.key[5], e.key[1], e.key[4] - e.key[4] % SNAT_BLOCK)
-    if e.kind == "fwd_snat" and e.value:
-        return (e.key[5], e.value[0], e.value[1] - e.value[1] % SNAT_BLOCK)
-    return None
+    return entry_snat_block(e.kind, e.key, e.value)
 
 
 class Persistence:

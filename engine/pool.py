@@ -88,7 +88,7 @@ def child_name(i: int) -> str:
     return "datapath" if i == DP else f"worker {i}"
 
 
-class Pool:
+class ProcessPool:
     popen = staticmethod(subprocess.Popen)             # how a child is started (a test may run fakes instead)
 
     def __init__(self, cfg: AgentConfig, counters: dict):

@@ -29,7 +29,7 @@ from backchannel.sockets import RuntimeDir
 from engine import portmap
 from engine.config import AgentConfig
 from engine.persistence import Persistence
-from engine.pool import Pool, datapath_config
+from engine.pool import ProcessPool, datapath_config
 from engine.service import Service, ServiceNotRunning
 from engine.tables import SharedTables
 from topology.loader import load_topology
@@ -56,7 +56,7 @@ class Agent:
     def __init__(self, config: AgentConfig | None = None, **kwargs):
         self.cfg = config or AgentConfig(**kwargs)
         self.counters: dict[str, int] = {}             # supervisor_<event>, shared by the parts below
-        self.pool = Pool(self.cfg, self.counters)
+        self.pool = ProcessPool(self.cfg, self.counters)
         self.service = Service(self.cfg, self.counters)
         self.rt: RuntimeDir | None = None
         self.store = None

@@ -26,24 +26,30 @@ from backchannel import messages as m
 from backchannel.codec import encode
 from packet.codec import ParseError, build, parse
 from packet.flowkey import tuple_hash
+from topology.nat_leases import BLOCK_SIZE
+from workers import tags
 from workers.arp import ArpBroker
 from workers.flowtable import FlowTable
 from workers.parking import ParkingLot
 from workers.plan import DROP_ACTIONS, output_actions
 from workers.simulation import generate
-from workers.simulation.conntrack import state_tag
-from workers.simulation.nat import BLOCK_SIZE
 from workers.simulation.result import (
     CONSUMED,
     EXPIRY_TEMPORARY,
     FORWARD,
+    FWD_STICK_DNAT,
     PARKED,
-    ArpLearned,
+    ArpTableWrite,
     FlowStateWrite,
-    MacLearned,
+    MacTableWrite,
     NeedArp,
     NeedFragment,
     NeedLease,
+    StateKey,
+    arp_need_key,
+    fragment_need_key,
+    lease_need_key,
+    need_key,
 )
 from workers.simulation.simulate import simulate
 from workers.simulation.state import LocalState
@@ -174,7 +180,7 @@ class Worker:
             return
         if type(need) is NeedLease:
             # one block (64 ports) per request: ask for as many as the waiting packets need
-            key = ("lease", need.device, need.ip)
+            key = need_key(need)
             if self.parking.waiting_on(key) > BLOCK_SIZE * self.leases_out.get(key, 0):
                 self._request_lease(need)
             return
@@ -189,7 +195,7 @@ class Worker:
             self._sup(m.FragmentRequest(self.i, need.kind, need.name))
 
     def _request_lease(self, need: NeedLease) -> None:
-        key = ("lease", need.device, need.ip)
+        key = need_key(need)
         self.leases_out[key] = self.leases_out.get(key, 0) + 1
         self.c["lease_requests"] += 1
         self._sup(m.LeaseRequest(self.i, need.device, need.ip, need.port_start, need.port_end))
@@ -213,19 +219,19 @@ class Worker:
             t = type(e)
             if t is FlowStateWrite:
                 written.append(m.FlowStateEntry(e.kind, e.key, e.value, now + self.cfg.flow_state_idle_s))
-            elif t is MacLearned:
+            elif t is MacTableWrite:
                 msg = m.MacLearned(e.bridge, e.vlan, e.mac, e.port, self.i)
                 relay.append(msg)
                 self._sup(msg)           # into the agents' replicated MAC table
-                self._invalidate([f"mac:{e.bridge}:{e.vlan}:{e.mac:012x}"])
-            elif t is ArpLearned:
+                self._invalidate([tags.mac(e.bridge, e.vlan, e.mac)])
+            elif t is ArpTableWrite:
                 msg = m.ArpLearned(e.router, e.ip, e.mac, self.i)
                 relay.append(msg)
                 self._sup(msg)
                 self._arp_learned(e.router, e.ip, now)
         if written:
             self.c["state_written"] += len(written)
-            self._invalidate([state_tag(w.kind, w.key) for w in written])
+            self._invalidate([tags.flow_state(w.kind, w.key) for w in written])
             targets = self._state_targets(written)
             if targets:
                 self.c["state_relayed"] += 1
@@ -250,10 +256,10 @@ class Worker:
         targets = set()
         n = self.cfg.n_workers
         for e in written:
-            if e.kind == "fwd_stick_dnat":
+            if e.kind == FWD_STICK_DNAT:
                 return self.others
-            k = e.key
-            targets.add(tuple_hash(k[2], k[0], k[3], k[1], k[4]) % n)
+            k = StateKey(*e.key)
+            targets.add(tuple_hash(k.proto, k.src, k.sport, k.dst, k.dport) % n)
         targets.discard(self.i)
         return tuple(sorted(targets))
 
@@ -263,9 +269,9 @@ class Worker:
             self._dp(m.FlowDelete(tuple(keys)))
 
     def _arp_learned(self, router: str, ip: int, now: float) -> None:
-        self._invalidate([f"arp:{router}:{ip}"])
+        self._invalidate([tags.arp(router, ip)])
         self.arp.resolved(router, ip)
-        self._resume(("arp", router, ip), now)
+        self._resume(arp_need_key(router, ip), now)
 
     def emit_generated(self, port_id: str, pkt, now: float) -> None:
         """Send a packet the agent generated out of ``port_id``: directly when the port is exterior, through
@@ -298,24 +304,24 @@ class Worker:
         elif t is m.FlowStateBatch:
             self.c["state_received"] += len(msg.entries)
             self.state.apply([FlowStateWrite(e.kind, e.key, e.value) for e in msg.entries], now)
-            self._invalidate([state_tag(e.kind, e.key) for e in msg.entries])
+            self._invalidate([tags.flow_state(e.kind, e.key) for e in msg.entries])
         elif t is m.MacLearned:
-            self.state.apply([MacLearned(msg.bridge, msg.vlan, msg.mac, msg.port)], now)
-            self._invalidate([f"mac:{msg.bridge}:{msg.vlan}:{msg.mac:012x}"])
+            self.state.apply([MacTableWrite(msg.bridge, msg.vlan, msg.mac, msg.port)], now)
+            self._invalidate([tags.mac(msg.bridge, msg.vlan, msg.mac)])
         elif t is m.ArpLearned:
-            self.state.apply([ArpLearned(msg.router, msg.ip, msg.mac)], now)
+            self.state.apply([ArpTableWrite(msg.router, msg.ip, msg.mac)], now)
             self._arp_learned(msg.router, msg.ip, now)
         elif t is m.Fragment:
             for kind, name, data in msg.records:
                 self.topo.add(kind, name, data)
             self.c["fragments"] += 1
             if msg.records and msg.records[0][2] is not None:
-                self._resume(("fragment", msg.request_kind, msg.request_name), now)
+                self._resume(fragment_need_key(msg.request_kind, msg.request_name), now)
             else:
                 # absent for now: the packets stay parked until it appears (pushed) or their deadline
                 self.topo.add(msg.request_kind, msg.request_name, None)
         elif t is m.LeaseGranted:
-            key = ("lease", msg.device, msg.ip)
+            key = lease_need_key(msg.device, msg.ip)
             self.leases_out[key] = max(0, self.leases_out.get(key, 0) - 1)
             if msg.block >= 0:
                 self.state.add_nat_block(msg.device, msg.ip, msg.block)
@@ -324,14 +330,14 @@ class Worker:
                 self._fail(key, "nat_exhausted", now)
         elif t is m.TopologyChanged:
             self.topo.forget(msg.kind, msg.name)
-            self._invalidate([f"{msg.kind}:{msg.name}"])
+            self._invalidate([tags.device(msg.kind, msg.name)])
         elif t is m.TableEntryRemoved:
             if msg.kind == "mac":
                 self.state.forget_mac(msg.device, msg.vlan, msg.entry)
-                self._invalidate([f"mac:{msg.device}:{msg.vlan}:{msg.entry:012x}"])
+                self._invalidate([tags.mac(msg.device, msg.vlan, msg.entry)])
             else:
                 self.state.forget_arp(msg.device, msg.entry)
-                self._invalidate([f"arp:{msg.device}:{msg.entry}"])
+                self._invalidate([tags.arp(msg.device, msg.entry)])
         elif t is m.StateRequest:
             # a port moved to another host: it takes over our flow state (all of it: a superset, bounded)
             self.c["state_requests"] += 1
@@ -382,7 +388,7 @@ class Worker:
         for port, pkt in resend:
             self.emit_generated(port, pkt, now)
         for router, ip in failed:
-            self._fail(("arp", router, ip), "arp_timeout", now)
+            self._fail(arp_need_key(router, ip), "arp_timeout", now)
         if now < self._next_slow:
             return
         self._next_slow = now + 1.0
@@ -396,13 +402,13 @@ class Worker:
                 continue
             tag = e.tag
             if tag is None:
-                tag = e.tag = state_tag(e.kind, e.key)
+                tag = e.tag = tags.flow_state(e.kind, e.key)
             if tag in by_tag:
                 e.last_used = now
         expired = self.state.expire(now)
         if expired:
             self.c["state_expired"] += len(expired)
-            self._invalidate([state_tag(e.kind, e.key) for e in expired])
+            self._invalidate([tags.flow_state(e.kind, e.key) for e in expired])
         if now >= self._next_blocks:
             self._next_blocks = now + 10.0
             self._release_idle_blocks(now)
@@ -426,7 +432,7 @@ class Worker:
     def _refresh_arp(self, now: float) -> None:
         """Stale ARP entries still used by installed flows are asked for again before they expire."""
         for router_name, ip in self.state.stale_arps(now):
-            if f"arp:{router_name}:{ip}" not in self.flows.by_tag:
+            if tags.arp(router_name, ip) not in self.flows.by_tag:
                 continue
             router = self.topo.router(router_name)
             port = next((p for p in router.ports.values() if p.address is not None and p.prefix_len

@@ -27,7 +27,7 @@ from backchannel.sockets import (
     send_msg,
     worker_role,
 )
-from engine.pool import Pool
+from engine.pool import ProcessPool
 from engine.supervisor import Agent
 
 TOPO = """
@@ -116,7 +116,7 @@ def wait_for(fn, timeout: float = 5.0, what: str = "condition"):
 
 @pytest.fixture
 def agent_factory(monkeypatch, tmp_path):
-    monkeypatch.setattr(Pool, "popen", FakeChild)
+    monkeypatch.setattr(ProcessPool, "popen", FakeChild)
     monkeypatch.setattr(FakeChild, "started", [])
     (tmp_path / "t.yaml").write_text(TOPO)
     agents = []

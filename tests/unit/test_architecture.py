@@ -6,9 +6,7 @@ function runs).  ``from a.b import c`` is an edge to ``a.b.c`` when that is a mo
 Importing ``a.b.c`` also runs ``a/__init__`` and ``a/b/__init__``, but that is not counted as an edge: it cannot
 make a cycle Python does not already resolve.
 
-Violations that live in files being rewritten by others are listed in the ALLOWED_* sets below, each with the
-change that removes it.  Those lists are meant to be emptied; an entry that no longer matches anything fails
-the test, so they cannot silently outlive their reason.
+There are no allow-lists: a violation is fixed, not recorded.
 """
 
 from __future__ import annotations
@@ -19,23 +17,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("engine", "workers", "topology", "backchannel", "packet", "bench")
-
-# -- allow-lists (to be emptied after the merge of the files they name) --------------------------------------
-# (importer, imported) edges that break the layer rule and live in files this change could not edit.
-ALLOWED_LAYER_EDGES: set[tuple[str, str]] = set()
-# Import cycles (as the sorted tuple of their modules) that live in files this change could not edit.
-ALLOWED_CYCLES: set[tuple[str, ...]] = set()
-# Class names defined more than once, in files this change could not edit: name → the files.
-ALLOWED_DUPLICATE_CLASSES: dict[str, set[str]] = {}
-# Names kept only for files being rewritten by others, (module, name) → the modules still importing it there.
-# When those stop, the test fails: delete the entry and the name.
-TRANSITIONAL_NAMES: dict[tuple[str, str], set[str]] = {
-    ("workers.simulation.conntrack", "state_tag"): {"workers.worker"},     # → workers.tags.flow_state
-    ("workers.simulation.result", "MacLearned"): {"workers.worker"},       # → result.MacTableWrite
-    ("workers.simulation.result", "ArpLearned"): {"workers.worker"},       # → result.ArpTableWrite
-    ("workers.simulation.nat", "BLOCK_SIZE"): {"workers.worker"},          # → from topology.nat_leases
-}
-
 
 def _module_files() -> dict[str, Path]:
     """Module name → file, for every .py of our packages (``a/__init__.py`` is module ``a``)."""
@@ -163,13 +144,8 @@ def test_the_graph_sees_the_imports_it_must():
 
 
 def test_no_import_cycle():
-    cycles = [c for c in _cycles(GRAPH) if tuple(sorted(set(c))) not in ALLOWED_CYCLES]
+    cycles = list(_cycles(GRAPH))
     assert not cycles, "import cycles:\n" + "\n".join(" → ".join(c) for c in cycles)
-
-
-def test_allowed_cycles_still_exist():
-    found = {tuple(sorted(set(c))) for c in _cycles(GRAPH)}
-    assert ALLOWED_CYCLES <= found, f"stale ALLOWED_CYCLES entries: {sorted(ALLOWED_CYCLES - found)}"
 
 
 def _layer_violations() -> set[tuple[str, str]]:
@@ -189,13 +165,8 @@ def _layer_violations() -> set[tuple[str, str]]:
 def test_layer_rule():
     """packet and backchannel are leaves; topology sits on them; workers never import engine; nobody but bench
     imports bench."""
-    bad = _layer_violations() - ALLOWED_LAYER_EDGES
+    bad = _layer_violations()
     assert not bad, "layer rule broken (importer → imported):\n" + "\n".join(f"{a} → {b}" for a, b in sorted(bad))
-
-
-def test_allowed_layer_edges_still_exist():
-    stale = ALLOWED_LAYER_EDGES - _layer_violations()
-    assert not stale, f"stale ALLOWED_LAYER_EDGES entries: {sorted(stale)}"
 
 
 def _classes() -> dict[str, set[str]]:
@@ -208,8 +179,7 @@ def _classes() -> dict[str, set[str]]:
 
 
 def test_class_names_are_unique():
-    dup = {name: files for name, files in _classes().items()
-           if len(files) > 1 and ALLOWED_DUPLICATE_CLASSES.get(name) != files}
+    dup = {name: files for name, files in _classes().items() if len(files) > 1}
     assert not dup, "class names defined in more than one module:\n" + "\n".join(
         f"{n}: {', '.join(sorted(f))}" for n, f in sorted(dup.items()))
 
@@ -229,23 +199,3 @@ def test_module_names_are_unique_within_a_package():
             by_name[(_top(mod), path.stem)].append(mod)
     dup = {n: mods for n, mods in by_name.items() if len(mods) > 1}
     assert not dup, f"module names used twice in one package: {dup}"
-
-
-def _importers_of(module: str, name: str) -> set[str]:
-    """Modules (ours and the tests) that import ``name`` from ``module`` with ``from module import name``."""
-    out = set()
-    files = {**MODULES, **{".".join(p.relative_to(ROOT).with_suffix("").parts): p
-                           for p in (ROOT / "tests").rglob("*.py")}}
-    for mod, path in files.items():
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.ImportFrom) and node.module == module and any(
-                    a.name == name for a in node.names):
-                out.add(mod)
-    return out
-
-
-def test_transitional_names_have_no_new_users_and_are_removed_when_unused():
-    for (module, name), expected in TRANSITIONAL_NAMES.items():
-        got = _importers_of(module, name)
-        assert got <= expected, f"{module}.{name} is transitional; new importers: {sorted(got - expected)}"
-        assert got == expected, f"{module}.{name}: no longer imported by {sorted(expected - got)}: remove it"

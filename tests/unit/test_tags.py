@@ -20,18 +20,6 @@ TAGS_MODULE = "workers/tags.py"
 NOT_TAGS = {
     ("workers/trace.py", 'f"{int2ip(value[0])}:{value[1]}"'),           # a NAT binding "ip:port" (JSON output)
 }
-# Tags still spelled by hand in files being rewritten by others: (file, source text) → the constructor to use.
-# Transitional: empty it once workers/worker.py uses workers.tags (a stale entry fails the scan test).
-_W = "workers/worker.py"
-HAND_SPELLED_ELSEWHERE = {
-    (_W, 'f"mac:{e.bridge}:{e.vlan}:{e.mac:012x}"'): "tags.mac(e.bridge, e.vlan, e.mac)",
-    (_W, 'f"arp:{router}:{ip}"'): "tags.arp(router, ip)",
-    (_W, 'f"mac:{msg.bridge}:{msg.vlan}:{msg.mac:012x}"'): "tags.mac(msg.bridge, msg.vlan, msg.mac)",
-    (_W, 'f"{msg.kind}:{msg.name}"'): "tags.device(msg.kind, msg.name)",
-    (_W, 'f"mac:{msg.device}:{msg.vlan}:{msg.entry:012x}"'): "tags.mac(msg.device, msg.vlan, msg.entry)",
-    (_W, 'f"arp:{msg.device}:{msg.entry}"'): "tags.arp(msg.device, msg.entry)",
-    (_W, 'f"arp:{router_name}:{ip}"'): "tags.arp(router_name, ip)",
-}
 
 
 def test_spellings_are_todays():
@@ -132,14 +120,14 @@ def _hand_spelled(root: Path = ROOT) -> set[tuple[str, str]]:
 
 
 def test_no_tag_is_spelled_outside_workers_tags():
-    bad = _hand_spelled() - NOT_TAGS - HAND_SPELLED_ELSEWHERE.keys()
+    bad = _hand_spelled() - NOT_TAGS
     assert not bad, "tags spelled by hand (use a workers.tags constructor):\n" + "\n".join(
         f"{f}: {s}" for f, s in sorted(bad))
 
 
 def test_allow_lists_are_not_stale():
     found = _hand_spelled()
-    stale = (NOT_TAGS | HAND_SPELLED_ELSEWHERE.keys()) - found
+    stale = NOT_TAGS - found
     assert not stale, f"allow-list entries that match nothing any more (remove them): {sorted(stale)}"
 
 

@@ -94,7 +94,3 @@ def finish(ctx: Ctx, egress: list[tuple[str, Packet]]) -> None:
         ctx.effects.append(FlowStateWrite(CONNTRACK, key, None))
         ctx.tags.add(tags.flow_state(CONNTRACK, key))
 
-
-# Transitional: workers/worker.py (being rewritten elsewhere) imports ``state_tag`` from here.  Remove this line
-# once it uses ``workers.tags.flow_state`` (tests/unit/test_architecture.py checks who still imports it).
-state_tag = tags.flow_state

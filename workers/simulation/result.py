@@ -90,13 +90,6 @@ class ArpTableWrite(NamedTuple):
     mac: int
 
 
-# Transitional: workers/worker.py (being rewritten elsewhere) imports the effects by their old names, which
-# backchannel.messages also uses for the wire messages.  Remove once it imports MacTableWrite / ArpTableWrite
-# (tests/unit/test_architecture.py checks who still imports them).
-MacLearned = MacTableWrite
-ArpLearned = ArpTableWrite
-
-
 class FlowStateWrite(NamedTuple):
     """A flow-state entry the simulation created (conntrack or NAT).  ``kind`` is CONNTRACK or one of
     NAT_KINDS; ``value`` is None for conntrack and an (ip, port) binding for NAT."""
