@@ -32,7 +32,7 @@ class Consumed(Exception):  # noqa: N818
 
 class Ctx:
     __slots__ = ("topo", "state", "now", "local_host", "path", "tags", "effects", "fields", "generated",
-                 "hops", "ingress_port", "ingress_packet", "outputs", "interested", "ct", "_flow_hash")
+                 "hops", "ingress_port", "ingress_packet", "ct", "_flow_hash")
 
     def __init__(self, topo, state: AgentState, now: float, local_host: str | None,
                  ingress_port: str, ingress_packet: Packet):
@@ -47,8 +47,6 @@ class Ctx:
         self.effects: list = []
         self.fields: set[str] = set()
         self.generated: list[Generated] = []
-        self.outputs: list = []
-        self.interested: set[str] = set()
         self.hops = 0
         self.ct: str | None = None          # conntrack state once read (conntrack.ct_state)
         self._flow_hash: int | None = None
