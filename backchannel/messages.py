@@ -34,7 +34,9 @@ Who sends what (→ receiver):
   worker → supervisor (store shell) FragmentRequest, LeaseRequest, LeaseRelease
   supervisor → worker               Fragment, LeaseGranted, MacLearned/ArpLearned (learned by other agents),
                                     TableEntryRemoved, DumpState
-  supervisor → datapath             DumpFlows, TakeOutputs, TakeLatencies, SetPortMap, PurgeWorker
+  supervisor → datapath             DumpFlows, TakeOutputs, TakeLatencies, SetPortMap, PurgeWorker,
+                                    SetStateAuth
+  datapath → supervisor             StateRequest (authenticated, from another host: checked there)
   process → supervisor              Answer (to a command with a non-zero req_id)
   worker → supervisor               MacLearned/ArpLearned (written to the replicated tables)
   worker → datapath → workers       Fanout (ordered relay: state reaches a worker before any later upcall)
@@ -470,6 +472,18 @@ class DumpState(NamedTuple):
 
     TAG = 65
     req_id: int
+
+
+@message
+class SetStateAuth(NamedTuple):
+    """→ datapath: this agent's host name and the deployment keys of the flow-state tunnel (the first signs,
+    all verify; engine/datapath/stateauth.py).  Sent over the private runtime directory, never on a command
+    line.  body = {"keys": how many}."""
+
+    TAG = 67
+    req_id: int
+    host: str
+    keys: tuple[bytes, ...]
 
 
 @message

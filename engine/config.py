@@ -43,6 +43,8 @@ class AgentConfig:
     tunnel_port: int = 4789                # real: UDP port of the VXLAN endpoint (bound on the host's tunnel_ip)
     state_file: str | None = None          # real: flow-state snapshot file (default: see state_path)
     state_snapshot_s: float = 1.0          # real: how often the snapshot is written (0: never)
+    flow_state_keys: list[str] | None = None   # real: hex keys of the flow-state tunnel (first signs); default:
+                                           # the deployment's keys in the store (/secrets/flow-state-keys)
     start_timeout_s: float = 20.0
     extra: dict = field(default_factory=dict)
 

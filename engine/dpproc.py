@@ -25,8 +25,12 @@ host's tunnel address).  In real mode the port and tunnel fds are polled next to
 is drained (one batch) into dispatcher upcalls, and the dispatcher is flushed after each burst.  The port map
 comes from the supervisor (SetPortMap: ports, tunnel keys, hosts' tunnel addresses) at start and after each
 topology change; ports are added/removed as it changes.  Flow state: StateToHosts sends an encoded
-FlowStateBatch to other hosts on the reserved VNI; state arriving on that VNI is accepted only from a known
-host's address (else counted ``datapath_state_refused``) and relayed raw to every local worker.
+FlowStateBatch (or StateRequest) to other hosts on the reserved VNI, sealed by engine/datapath/stateauth.py
+(HMAC with the deployment key from SetStateAuth, a fresh sequence number).  What arrives on that VNI is opened
+there (authentic, fresh, from a known host at its own address), decoded, and only a FlowStateBatch (relayed to
+every local worker) or a StateRequest (to the supervisor, which checks the port moved) is taken; everything
+else is refused and counted by reason (``datapath_state_refused_<reason>``).  Frames on data VNIs are taken
+only from known hosts' addresses, and only for ports bound here.
 """
 
 from __future__ import annotations
@@ -54,8 +58,10 @@ from backchannel.sockets import (
 )
 from engine.datapath.flowcache import compile_actions
 from engine.datapath.memory import MemoryDatapath
+from engine.datapath.stateauth import Refused, StateAuth
 from engine.dispatcher import Dispatcher
 from packet.codec import ParseError, parse
+from topology.model import TUNNEL_KEY_FLOW_STATE
 
 DP = m.DATAPATH_INDEX
 MAX_LATENCY_SAMPLES = 2_000_000
@@ -88,6 +94,8 @@ class DatapathProcess:
         self.to_workers = to_workers
         self.to_sup = to_sup
         self.tunnel = None
+        self.auth: StateAuth | None = None
+        self.state_decoder = Decoder()
         self.hosts: dict[str, int] = {}
         self.known_ips: set[int] = set()
         self.fds_changed = False
@@ -98,7 +106,7 @@ class DatapathProcess:
             if cfg.tunnel_ip:
                 self.tunnel = VxlanTunnel(cfg.tunnel_ip, cfg.tunnel_port)
             self.dp = RealDatapath({}, self.tunnel, None, cfg.max_flows, cfg.keep_outputs,
-                                   on_state=self._on_state, batch=cfg.batch)
+                                   on_state=self._on_state, batch=cfg.batch, accept_from=self.known_ips)
         else:
             self.dp = MemoryDatapath(cfg.max_flows, cfg.keep_outputs, cfg.tunnel_ports)
         self.disp = Dispatcher(cfg.n_workers, self._send_batch, max_inflight=cfg.max_inflight,
@@ -122,7 +130,7 @@ class DatapathProcess:
             m.Fanout: self._fanout, m.StateToHosts: self._state_to_hosts, m.StatsRequest: self._stats,
             m.DumpFlows: self._dump_flows, m.TakeOutputs: self._take_outputs,
             m.TakeLatencies: self._take_latencies, m.SetPortMap: self._set_port_map,
-            m.PurgeWorker: self._purge_worker, m.Shutdown: self._shutdown,
+            m.PurgeWorker: self._purge_worker, m.SetStateAuth: self._set_state_auth, m.Shutdown: self._shutdown,
         }
 
     def _send_batch(self, w: int, batch) -> bool:
@@ -136,9 +144,12 @@ class DatapathProcess:
         """The port map from the supervisor: ports {id: ifname} (real datapath: opened, those no longer
         listed or moved to another interface closed), keys {tunnel key: id}, hosts {name: tunnel ip}."""
         self.hosts = {str(k): int(v) for k, v in hosts.items() if v}
-        self.known_ips = set(self.hosts.values())
+        self.known_ips.clear()                         # the same set object: RealDatapath checks it too
+        self.known_ips.update(self.hosts.values())
         if self.tunnel is not None:
             self.known_ips.discard(self.tunnel.local_ip)
+        if self.auth is not None:
+            self.auth.hosts = self.hosts
         errors = []
         if self.cfg.mode == "real":
             want = {str(k): str(v) for k, v in ports.items()}
@@ -159,12 +170,38 @@ class DatapathProcess:
         self.dp.tunnel_ports.update({int(k): str(v) for k, v in keys.items()})
         return {"ports": sorted(getattr(self.dp, "ports", ())), "errors": errors}
 
-    def _on_state(self, src_ip: int, payload: bytes) -> None:
-        if src_ip not in self.known_ips:
-            self.counters["datapath_state_refused"] += 1
+    def _refuse_state(self, reason: str) -> None:
+        self.counters["datapath_state_refused"] += 1
+        name = f"datapath_state_refused_{reason}"
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    def _on_state(self, src_ip: int, data: bytes) -> None:
+        """A datagram on the flow-state VNI: authenticated, fresh, one of the two messages that belong there."""
+        if self.auth is None:
+            self._refuse_state("no_key")
             return
-        self.counters["datapath_state_accepted"] += 1
-        self._relay(range(len(self.to_workers)), payload)
+        try:
+            _sender, payload = self.auth.open(src_ip, self._state_header, data)
+        except Refused as e:
+            self._refuse_state(e.reason)
+            return
+        msgs = self.state_decoder.decode_many(payload) if payload else []
+        if len(msgs) != 1:
+            self._refuse_state("decode")
+            return
+        msg = msgs[0]
+        if type(msg) is m.FlowStateBatch:
+            self.counters["datapath_state_accepted"] += 1
+            self._relay(range(len(self.to_workers)), payload)
+        elif type(msg) is m.StateRequest:
+            self.counters["datapath_state_requests"] = self.counters.get("datapath_state_requests", 0) + 1
+            send_msg(self.to_sup, msg)
+        else:
+            self._refuse_state("type")
+
+    @property
+    def _state_header(self) -> bytes:
+        return self.tunnel.header(TUNNEL_KEY_FLOW_STATE)
 
     def _relay(self, targets, payload: bytes) -> None:
         for w in targets:
@@ -181,7 +218,10 @@ class DatapathProcess:
             if ip is None or self.tunnel is None:
                 self.counters["datapath_state_no_host"] += 1
                 continue
-            if self.tunnel.send_state(ip, msg.payload):
+            if self.auth is None:
+                self.counters["datapath_state_no_key"] = self.counters.get("datapath_state_no_key", 0) + 1
+                continue
+            if self.tunnel.send_state(ip, self.auth.seal(self._state_header, msg.payload)):
                 self.counters["datapath_state_tx"] += 1
 
     def poll_fd(self, fd: int, now: float) -> None:
@@ -317,6 +357,15 @@ class DatapathProcess:
 
     def _set_port_map(self, msg: m.SetPortMap, now: float) -> None:
         self._reply(msg.req_id, self.set_ports(dict(msg.ports), dict(msg.keys), dict(msg.hosts)))
+
+    def _set_state_auth(self, msg: m.SetStateAuth, now: float) -> None:
+        try:
+            self.auth = StateAuth(msg.host, tuple(msg.keys), self.hosts)
+        except ValueError as e:
+            self.counters["datapath_state_bad_keys"] = self.counters.get("datapath_state_bad_keys", 0) + 1
+            self._reply(msg.req_id, {"error": str(e)})
+            return
+        self._reply(msg.req_id, {"keys": len(msg.keys)})
 
     def _purge_worker(self, msg: m.PurgeWorker, now: float) -> None:
         w = msg.worker

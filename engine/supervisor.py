@@ -34,6 +34,7 @@ from engine.service import Service, ServiceNotRunning
 from engine.tables import SharedTables
 from topology.loader import load_topology
 from topology.mirror import StoreMirror
+from topology.store.secrets import SecretsError, flow_state_keys, parse_keys
 from topology.store.topo import read_tunnel_keys, write_topology
 from topology.store.uri import open_store
 
@@ -121,6 +122,16 @@ class Agent:
         if host is not None:
             self.tables.register(host.tunnel_ip)
 
+    def _flow_state_keys(self) -> tuple[bytes, ...]:
+        """The deployment keys of the flow-state tunnel: from the configuration, else from the store (made
+        there by the first agent)."""
+        try:
+            if self.cfg.flow_state_keys:
+                return parse_keys(self.cfg.flow_state_keys, "flow_state_keys")
+            return flow_state_keys(self.store)
+        except SecretsError as e:
+            raise AgentError(str(e)) from None
+
     def _make_allocator(self):
         """SNAT blocks are leased in the store (ephemeral nodes), so agents sharing a store — ZooKeeper, or
         one in-process memory backend — never hold the same block."""
@@ -129,7 +140,12 @@ class Agent:
         return StoreNatAllocator(self.store, self.cfg.host or "agent")
 
     def _bind_ports(self) -> None:
-        """Real datapath: restore the saved flow state, then bind the ports, then snapshot periodically."""
+        """Real datapath: the flow-state tunnel's keys, then restore the saved flow state, then bind the
+        ports, then snapshot periodically."""
+        keys = self._flow_state_keys()
+        answer = self._query([DP], lambda req: m.SetStateAuth(req, self.cfg.host or "agent", keys))[DP]
+        if "error" in answer:
+            raise AgentError(f"flow-state keys: {answer['error']}")
         self.service.shell.note_bindings()
         self.restored = self.persistence.restore(lambda i, msg: self._call("send", (i, msg)))
         pm = portmap.port_map(self.mirror.objects, self.cfg.host)
