@@ -45,6 +45,7 @@ class AgentConfig:
     state_snapshot_s: float = 1.0          # real: how often the snapshot is written (0: never)
     flow_state_keys: list[str] | None = None   # real: hex keys of the flow-state tunnel (first signs); default:
                                            # the deployment's keys in the store (/secrets/flow-state-keys)
+    ctl: str | None = None                 # the control socket (default: ctl.sock in the private runtime dir)
     start_timeout_s: float = 20.0
     extra: dict = field(default_factory=dict)
 

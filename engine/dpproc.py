@@ -62,9 +62,20 @@ from engine.datapath.stateauth import Refused, StateAuth
 from engine.dispatcher import Dispatcher
 from packet.codec import ParseError, parse
 from topology.model import TUNNEL_KEY_FLOW_STATE
+from workers.logs import set_level
 
 DP = m.DATAPATH_INDEX
 MAX_LATENCY_SAMPLES = 2_000_000
+MAX_FLOW_PAGE = 5000                                   # flows per DumpFlowTable answer (messages are ≤ 4 MiB)
+
+
+def _actions_of(compiled) -> list:
+    """The actions of a compiled flow, as the worker sent them (sets before each output)."""
+    out = []
+    for fields, kind, target, tkey in compiled:
+        out.extend(["set", k, v] for k, v in fields.items())
+        out.append(["output", target] if kind == "output" else ["tunnel", target, tkey])
+    return out or [["drop"]]
 
 
 @dataclass
@@ -131,6 +142,7 @@ class DatapathProcess:
             m.DumpFlows: self._dump_flows, m.TakeOutputs: self._take_outputs,
             m.TakeLatencies: self._take_latencies, m.SetPortMap: self._set_port_map,
             m.PurgeWorker: self._purge_worker, m.SetStateAuth: self._set_state_auth, m.Shutdown: self._shutdown,
+            m.DumpFlowTable: self._dump_flow_table, m.DelFlows: self._del_flows, m.SetLogLevel: self._log_level,
         }
 
     def _send_batch(self, w: int, batch) -> bool:
@@ -337,6 +349,8 @@ class DatapathProcess:
         out = dict(self.counters)
         out["datapath_flows"] = len(self.dp.cache.flows)
         out["datapath_inflight"] = len(self.disp.inflight_by_seq)
+        for w, n in enumerate(self.disp.inflight):
+            out[f"dispatcher_inflight_{w}"] = n
         out["datapath_pid"] = os.getpid()
         return out
 
@@ -346,6 +360,26 @@ class DatapathProcess:
     def _dump_flows(self, msg: m.DumpFlows, now: float) -> None:
         self._reply(msg.req_id, [[list(f.key), f.worker, f.hits, list(f.tags), f.id]
                                  for f in self.dp.cache.flows.values()])
+
+    def _dump_flow_table(self, msg: m.DumpFlowTable, now: float) -> None:
+        flows = [f for f in self.dp.cache.flows.values() if msg.worker < 0 or f.worker == msg.worker]
+        page = flows[max(0, msg.offset):max(0, msg.offset) + max(0, min(msg.limit, MAX_FLOW_PAGE))]
+        self._reply(msg.req_id, {"total": len(flows), "flows": [{
+            "id": f.id, "key": list(f.key), "worker": f.worker, "actions": _actions_of(f.compiled),
+            "tags": list(f.tags), "hits": f.hits, "age_s": round(now - f.installed_at, 3),
+            "idle_left_s": round(f.idle_s - (now - f.last_used), 3) if f.idle_s else None} for f in page]})
+
+    def _del_flows(self, msg: m.DelFlows, now: float) -> None:
+        gone = [self.dp.cache.flows[k] for k in map(self.dp.cache.by_id.get, msg.flows) if k is not None]
+        n = self.dp.cache.delete_ids(msg.flows)
+        self._removed([(f, "deleted") for f in gone])
+        self._reply(msg.req_id, n)
+
+    def _log_level(self, msg: m.SetLogLevel, now: float) -> None:
+        try:
+            self._reply(msg.req_id, set_level(msg.level))
+        except ValueError as e:
+            self._reply(msg.req_id, {"error": str(e)})
 
     def _take_outputs(self, msg: m.TakeOutputs, now: float) -> None:
         self._reply(msg.req_id, self.dp.take_outputs(msg.port))

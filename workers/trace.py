@@ -83,7 +83,12 @@ class TraceSession:
 def _state_json(kind: str, key: tuple, value) -> dict:
     if kind == CONNTRACK:
         return {"type": "conntrack", "key": tags.key_str(key)}
-    return {"type": "nat", "kind": kind, "key": tags.key_str(key), "binding": f"{int2ip(value[0])}:{value[1]}"}
+    return {"type": "nat", "kind": kind, "key": tags.key_str(key), "binding": binding_str(value)}
+
+
+def binding_str(value) -> str:
+    """A NAT binding (ip, port) as "ip:port" (JSON output)."""
+    return f"{int2ip(value[0])}:{value[1]}"
 
 
 def result_json(res: SimResult) -> dict:

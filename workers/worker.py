@@ -30,6 +30,7 @@ from topology.nat_leases import BLOCK_SIZE
 from workers import tags
 from workers.arp import ArpBroker
 from workers.flowtable import FlowTable
+from workers.logs import set_level
 from workers.parking import ParkingLot
 from workers.plan import DROP_ACTIONS, output_actions
 from workers.simulation import generate
@@ -54,6 +55,7 @@ from workers.simulation.result import (
 from workers.simulation.simulate import simulate
 from workers.simulation.state import LocalState
 from workers.topocache import TopologyCache
+from workers.trace import result_json
 
 STATE_CHUNK = 500                                   # flow-state entries per message to another host
 
@@ -355,10 +357,43 @@ class Worker:
         elif t is m.DumpState:
             if msg.req_id:
                 self._sup(m.Answer(msg.req_id, self.i, self.state_entries()))
+        elif t is m.TraceRequest:
+            self._sup(m.Answer(msg.req_id, self.i, self.trace(msg.port, msg.frame, now)))
+        elif t is m.DumpTable:
+            self._sup(m.Answer(msg.req_id, self.i, self.table(msg.kind, msg.device, now)))
+        elif t is m.SetLogLevel:
+            try:
+                body = set_level(msg.level)
+            except ValueError as e:
+                body = {"error": str(e)}
+            self._sup(m.Answer(msg.req_id, self.i, body))
         elif t is m.Shutdown:
             self.running = False
         else:
             self.c["unexpected_messages"] += 1
+
+    def trace(self, port: str, frame: bytes, now: float) -> dict:
+        """The live trace: ``frame`` simulated against this worker's state, effects not applied, nothing
+        answered, learned or installed.  A missing topology fragment is requested (the cache fills as it would
+        for a packet), so tracing again shortly gives the full path."""
+        try:
+            pkt = parse(frame)
+        except ParseError as e:
+            return {"error": f"malformed frame: {e.reason}"}
+        res = simulate(pkt, port, self.topo, self.state, now, self.cfg.host)
+        if res.result == PARKED and type(res.needs) is NeedFragment and not self.topo.is_absent(
+                res.needs.kind, res.needs.name):
+            self._sup(m.FragmentRequest(self.i, res.needs.kind, res.needs.name))
+        out = result_json(res)
+        out["worker"] = self.i
+        return out
+
+    def table(self, kind: str, device: str, now: float) -> list:
+        """This worker's view of a MAC table (a bridge) or an ARP table (a router)."""
+        if kind == "mac":
+            return [[vlan, mac, port, round(now - t, 3)] for (b, vlan, mac), (port, t) in self.state.macs.items()
+                    if b == device]
+        return [[ip, mac, round(now - t, 3)] for (r, ip), (mac, t) in self.state.arps.items() if r == device]
 
     def state_entries(self) -> list:
         """The flow-state shard as the agent's snapshot file stores it (restored at start)."""
@@ -375,6 +410,7 @@ class Worker:
         out["worker_parked_now"] = self.parking.size
         out["worker_state_entries"] = len(self.state.flow_state)
         out["worker_index"] = self.i
+        out["worker_cpu"] = -1 if self.cfg.cpu is None else self.cfg.cpu
         out["worker_pid"] = os.getpid()
         return out
 
