@@ -15,6 +15,7 @@ import sys
 
 from engine.config import AgentConfig
 from engine.ctl import pointer_path
+from engine.ctlcommands import field_text
 
 
 class CtlUnreachable(OSError):
@@ -143,9 +144,25 @@ def table(rows: list[dict], cols: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
+def _action(a: list) -> str:
+    if a[0] == "set":
+        return f"set:{a[1]}={field_text(a[1], a[2])}"
+    if a[0] == "tunnel":
+        return f"tunnel:{field_text('ip_dst', a[1])}/key={a[2]}"
+    return ":".join(map(str, a))
+
+
+def flow_line(f: dict) -> str:
+    """One flow, OVS dump-flows style."""
+    idle = "-" if f["idle_left_s"] is None else f"{f['idle_left_s']}s"
+    match = ",".join(f"{k}={v:#06x}" if k == "eth_type" else f"{k}={v}" for k, v in f["match"].items())
+    return (f"id={f['id']} worker={f['worker']} hits={f['hits']} age={f['age_s']}s idle_left={idle} {match} "
+            f"actions={','.join(map(_action, f['actions']))}")
+
+
 def render(cmd: str, result) -> str:
     if cmd == "dump-flows":
-        return table(result, ["id", "worker", "hits", "age_s", "idle_left_s", "match", "actions", "tags"])
+        return "\n".join(map(flow_line, result)) or "(none)"
     if cmd == "stats":
         if "rates" in result:
             rates = result["rates"]

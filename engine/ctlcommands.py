@@ -40,7 +40,8 @@ def _match(spec: str | None) -> dict:
         raise CtlError(f"--match: {e}") from None
 
 
-def _text(name: str, v):
+def field_text(name: str, v):
+    """A packet field's value in its text form (MAC, IP, protocol name)."""
     if v is None:
         return None
     if name in _MACS:
@@ -54,7 +55,7 @@ def _text(name: str, v):
 
 def key_dict(key) -> dict:
     """A flow key as the fields it holds (text forms, None fields left out)."""
-    return {n: _text(n, v) for n, v in zip(KEY_FIELDS, key, strict=False) if v is not None}
+    return {n: field_text(n, v) for n, v in zip(KEY_FIELDS, key, strict=False) if v is not None}
 
 
 def _key_matches(key, want: dict) -> bool:

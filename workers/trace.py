@@ -97,7 +97,8 @@ def result_json(res: SimResult) -> dict:
         "result": res.result,
         "path": list(res.path),
         "outputs": [{"port": o.port, "host": o.host, "tunnel_key": o.tunnel_key,
-                     "packet": packet_to_dict(o.packet)} for o in res.outputs],
+                     **({} if o.bound else {"bound": False}), "packet": packet_to_dict(o.packet)}
+                    for o in res.outputs],
         "generated": [{"port": g.port, "packet": packet_to_dict(g.packet)} for g in res.generated],
         "flow_state": [_state_json(e.kind, e.key, e.value) for e in res.effects if type(e) is FlowStateWrite],
         "drop_reason": res.drop_reason,

@@ -130,6 +130,14 @@ class Worker:
         if res.result == PARKED:
             self._park(up, pkt, res, now)
             return
+        outputs = res.outputs
+        if res.result == FORWARD and not all(o.bound for o in outputs):
+            outputs = tuple(o for o in outputs if o.bound)      # ports no host binds yet: dropped, counted
+            self.c["unbound_outputs"] += len(res.outputs) - len(outputs)
+            if not outputs:                                    # as a drop: no state, nothing learned
+                self._drop("no_bound_egress_port")
+                self._answer(up.seq, DROP_ACTIONS, res.tags, now)
+                return
         self._apply(res.effects, now, res.interested_hosts)
         for g in res.generated:
             self.emit_generated(g.port, g.packet, now)
@@ -137,8 +145,7 @@ class Worker:
             self.c["consumed"] += 1
             self._answer(up.seq, (), res.tags, now, install=False)
         elif res.result == FORWARD:
-            actions = output_actions(pkt, res.outputs, self._tunnel_ip)
-            self._answer(up.seq, actions, res.tags, now)
+            self._answer(up.seq, output_actions(pkt, outputs, self._tunnel_ip), res.tags, now)
         else:
             self._drop(res.drop_reason or "unknown")
             self._answer(up.seq, DROP_ACTIONS, res.tags, now, temporary=res.expiry == EXPIRY_TEMPORARY)
