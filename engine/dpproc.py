@@ -1,7 +1,8 @@
 """The datapath process: the flow cache, the ports, and the dispatcher in one process, pinned to a core.
 
 Owns: the datapath (engine.datapath: flow cache + ports), the dispatcher (engine.dispatcher), the setup-latency
-samples, and the sockets
+samples (drained by TakeLatencies) and histogram (``LATENCY_BUCKETS_US``, never drained, in the stats), and the
+sockets
 
     inbox      PULL datapath      FlowPut / Execute / PacketOut / FlowDelete, fan-out relays, injected frames,
                                   commands
@@ -40,6 +41,7 @@ import os
 import signal
 import time
 from array import array
+from bisect import bisect_left
 from dataclasses import dataclass
 
 import zmq
@@ -65,6 +67,10 @@ from topology.model import TUNNEL_KEY_FLOW_STATE
 
 DP = m.DATAPATH_INDEX
 MAX_LATENCY_SAMPLES = 2_000_000
+# setup-latency histogram: fixed upper bounds (µs) of the buckets, one count per bucket plus one past the last
+LATENCY_BUCKETS_US = (50, 100, 200, 300, 500, 750, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000,
+                      250_000, 500_000, 1_000_000, 5_000_000)
+_LATENCY_BOUNDS_NS = tuple(b * 1000 for b in LATENCY_BUCKETS_US)
 
 
 @dataclass
@@ -113,6 +119,8 @@ class DatapathProcess:
                                port_rate=cfg.port_rate, port_burst=cfg.port_burst, batch=cfg.batch,
                                port_workers=cfg.port_workers)
         self.latencies = array("q")
+        self.latency_buckets = [0] * (len(_LATENCY_BOUNDS_NS) + 1)   # never drained: the histogram's counts
+        self.latency_sum_ns = 0
         self.counters = self.dp.counters
         self.counters.update(self.disp.counters)
         self.counters.update({"datapath_relayed": 0, "datapath_relay_full": 0, "datapath_unexpected": 0,
@@ -252,9 +260,16 @@ class DatapathProcess:
         rec, held = self.disp.answered(seq)
         if rec is None:
             self.counters["datapath_late_answers"] += 1
-        elif len(self.latencies) < MAX_LATENCY_SAMPLES:
-            self.latencies.append(time.monotonic_ns() - rec.sent_ns)
+            return rec, held
+        self.record_latency(time.monotonic_ns() - rec.sent_ns)
         return rec, held
+
+    def record_latency(self, ns: int) -> None:
+        """One setup-latency sample: its histogram bucket (kept) and the sample (until TakeLatencies)."""
+        self.latency_buckets[bisect_left(_LATENCY_BOUNDS_NS, ns)] += 1
+        self.latency_sum_ns += ns
+        if len(self.latencies) < MAX_LATENCY_SAMPLES:
+            self.latencies.append(ns)
 
     def flow_put(self, msg: m.FlowPut, now: float) -> None:
         """Install the flow of upcall ``seq`` under the key kept for it; execute its packet and the packets
@@ -338,6 +353,18 @@ class DatapathProcess:
         out["datapath_flows"] = len(self.dp.cache.flows)
         out["datapath_inflight"] = len(self.disp.inflight_by_seq)
         out["datapath_pid"] = os.getpid()
+        out.update(self.latency_histogram())
+        return out
+
+    def latency_histogram(self) -> dict[str, int]:
+        """The setup-latency histogram since start, Prometheus style: cumulative counts per upper bound
+        (``datapath_setup_latency_le_<µs>``, the last one ``_le_inf``), the count and the sum (µs)."""
+        out, total = {}, 0
+        for bound, n in zip((*LATENCY_BUCKETS_US, "inf"), self.latency_buckets, strict=True):
+            total += n
+            out[f"datapath_setup_latency_le_{bound}"] = total
+        out["datapath_setup_latency_count"] = total
+        out["datapath_setup_latency_sum_us"] = self.latency_sum_ns // 1000
         return out
 
     def _stats(self, msg: m.StatsRequest, now: float) -> None:
