@@ -5,9 +5,12 @@ Unknown keys are errors that name the key; values are checked for type.
 
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
+
+from engine.logs import check_level
 
 
 class ConfigError(ValueError):
@@ -46,6 +49,9 @@ class AgentConfig:
     flow_state_keys: list[str] | None = None   # real: hex keys of the flow-state tunnel (first signs); default:
                                            # the deployment's keys in the store (/secrets/flow-state-keys)
     start_timeout_s: float = 20.0
+    log_level: str = "INFO"                # every process's log level (DEBUG, INFO, WARNING, ERROR, CRITICAL)
+    log_file: str | None = None            # every process appends its log lines here (default: stderr)
+    log_repeat_s: float = 10.0             # a repeated log message: one "… repeated N times" line per interval
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -55,6 +61,10 @@ class AgentConfig:
             raise ConfigError(f"datapath: 'memory' or 'real', got {self.datapath!r}")
         if not 0 < self.tunnel_port < 65536:
             raise ConfigError(f"tunnel_port: 1..65535, got {self.tunnel_port!r}")
+        try:
+            self.log_level = logging.getLevelName(check_level(self.log_level))
+        except ValueError as e:
+            raise ConfigError(f"log_level: {e}") from None
         if self.cpus is None:
             self.cpus = sorted(os.sched_getaffinity(0))
 

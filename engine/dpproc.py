@@ -37,6 +37,7 @@ only from known hosts' addresses, and only for ports bound here.
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import signal
 import time
@@ -62,6 +63,7 @@ from engine.datapath.flowcache import compile_actions
 from engine.datapath.memory import MemoryDatapath
 from engine.datapath.stateauth import Refused, StateAuth
 from engine.dispatcher import Dispatcher
+from engine.logs import Every
 from packet.codec import ParseError, parse
 from topology.model import TUNNEL_KEY_FLOW_STATE
 
@@ -71,6 +73,7 @@ MAX_LATENCY_SAMPLES = 2_000_000
 LATENCY_BUCKETS_US = (50, 100, 200, 300, 500, 750, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000,
                       250_000, 500_000, 1_000_000, 5_000_000)
 _LATENCY_BOUNDS_NS = tuple(b * 1000 for b in LATENCY_BUCKETS_US)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -105,6 +108,7 @@ class DatapathProcess:
         self.hosts: dict[str, int] = {}
         self.known_ips: set[int] = set()
         self.fds_changed = False
+        self._refusals_logged = Every()                # one line per reason per interval, with the count
         if cfg.mode == "real":
             from engine.datapath.real import RealDatapath
             from engine.datapath.tunnel import VxlanTunnel
@@ -166,14 +170,17 @@ class DatapathProcess:
                 if want.get(pid) != ifname:
                     self.dp.remove_port(pid)
                     self.fds_changed = True
+                    log.info("port %s unbound (interface %s)", pid, ifname)
             for pid, ifname in want.items():
                 if pid not in self.dp.ports:
                     try:
                         self.dp.add_port(pid, ifname)
                         self.fds_changed = True
+                        log.info("port %s bound to interface %s", pid, ifname)
                     except OSError as e:
                         self.counters["datapath_port_errors"] += 1
                         errors.append(f"{pid}: {e}")
+                        log.warning("port %s: cannot bind interface %s: %s", pid, ifname, e)
         self.dp.tunnel_ports.clear()
         self.dp.tunnel_ports.update({int(k): str(v) for k, v in keys.items()})
         return {"ports": sorted(getattr(self.dp, "ports", ())), "errors": errors}
@@ -182,6 +189,8 @@ class DatapathProcess:
         self.counters["datapath_state_refused"] += 1
         name = f"datapath_state_refused_{reason}"
         self.counters[name] = self.counters.get(name, 0) + 1
+        if self._refusals_logged.due(reason, time.monotonic()):
+            log.warning("refused flow-state datagrams: %s (%s: %d so far)", reason, name, self.counters[name])
 
     def _on_state(self, src_ip: int, data: bytes) -> None:
         """A datagram on the flow-state VNI: authenticated, fresh, one of the two messages that belong there."""

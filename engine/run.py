@@ -1,6 +1,7 @@
 """`shardnet run`: start an agent, optionally drive the demo traffic, stop after a duration with a summary.
 
-A thin shell over the embedding API (engine.supervisor.Agent).  SIGINT/SIGTERM stop it cleanly.
+A thin shell over the embedding API (engine.supervisor.Agent).  SIGINT/SIGTERM stop it cleanly.  Logging is
+set up first (engine/logs.py: stderr or ``--log-file``, ``--log-level``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 import threading
 import time
 
+from engine import logs
 from engine.config import AgentConfig, ConfigError
 from engine.demo import DEMO_TOPOLOGY
 from engine.supervisor import Agent, AgentError
@@ -32,6 +34,8 @@ def _config(args) -> AgentConfig:
         over["datapath"] = "real"                      # an agent for a host binds that host's interfaces
     over["tunnel_port"] = getattr(args, "tunnel_port", None)
     over["state_file"] = getattr(args, "state_file", None)
+    for name in ("log_file", "log_level"):
+        over[name] = getattr(args, name, None)
     if args.config:
         return AgentConfig.from_toml(args.config, **over)
     return AgentConfig(**{k: v for k, v in over.items() if v is not None})
@@ -42,6 +46,11 @@ def run_agent(args) -> int:
         cfg = _config(args)
     except (ConfigError, TypeError) as e:
         print(f"shardnet run: {e}", file=sys.stderr)
+        return 2
+    try:
+        logs.setup("supervisor", cfg.log_level, cfg.log_file, repeat_s=cfg.log_repeat_s)
+    except (OSError, ValueError) as e:
+        print(f"shardnet run: log file: {e}", file=sys.stderr)
         return 2
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

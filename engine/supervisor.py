@@ -13,6 +13,10 @@ Owns the agent's parts and their order of start and stop: the store session, the
   engine/storeshell.py   what the workers ask of the store, and the store's changes relayed to them
   engine/persistence.py  flow-state snapshot and restore (real datapath)
   engine/portmap.py      which ports are bound here (pure functions of the mirror)
+  engine/logs.py         this process's logging (left to an embedding program that configured its own)
+
+The store's connection state is followed here (``store_state``; ``supervisor_store_connected`` in the stats) and
+every change of it is logged.
 
 Every public method is safe from any thread: it hands a command to the service thread (``_call``, which
 wakes it) and waits on a future.  With ``datapath="real"`` the saved flow state is restored into every worker
@@ -22,11 +26,12 @@ process, socket file or directory behind.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from backchannel import messages as m
 from backchannel.sockets import RuntimeDir
-from engine import portmap
+from engine import logs, portmap
 from engine.config import AgentConfig
 from engine.persistence import Persistence
 from engine.pool import ProcessPool, datapath_config
@@ -39,6 +44,7 @@ from topology.store.topo import read_tunnel_keys, write_topology
 from topology.store.uri import open_store
 
 DP = m.DATAPATH_INDEX
+log = logging.getLogger(__name__)
 QUERIES = {                                            # Agent.query's names → their command (req_id, arg)
     "stats": lambda req, _: m.StatsRequest(req),
     "flows": lambda req, _: m.DumpFlows(req),
@@ -66,6 +72,10 @@ class Agent:
         self.tables: SharedTables | None = None
         self.persistence: Persistence | None = None
         self.restored = 0
+        self.store_state = "connected"                 # the store session: connected | suspended | lost
+        self.counters["supervisor_store_connected"] = 1
+        self.counters["supervisor_store_state_changes"] = 0
+        self._store_sub = None
         self._stopping = False
 
     @property
@@ -85,6 +95,7 @@ class Agent:
 
     def start(self) -> Agent:
         cfg = self.cfg
+        logs.setup("supervisor", cfg.log_level, cfg.log_file, repeat_s=cfg.log_repeat_s, force=False)
         try:
             self._open_store()
             self.rt = RuntimeDir(cfg.runtime_base)
@@ -100,14 +111,31 @@ class Agent:
                 raise AgentError(f"{late} did not start")
             if cfg.datapath == "real":
                 self._bind_ports()
-        except BaseException:
+        except BaseException as e:
+            log.error("agent did not start: %s", e)
             self.stop()
             raise
+        log.info("agent up: host %s, %d workers, store %s, datapath %s, pids %s", cfg.host, cfg.workers,
+                 cfg.store, cfg.datapath, self.pids)
         return self
+
+    def _on_store_state(self, state) -> None:
+        """The store's connection state changed (store thread)."""
+        previous, self.store_state = self.store_state, str(state)
+        self.counters["supervisor_store_connected"] = int(self.store_state == "connected")
+        self.counters["supervisor_store_state_changes"] += 1
+        if self.store_state == "suspended":
+            log.warning("store connection lost (%s): cached topology keeps forwarding, store requests wait",
+                        self.cfg.store)
+        elif self.store_state == "lost":
+            log.warning("store session expired (%s): owned entries are written again on reconnect", self.cfg.store)
+        elif previous != "connected":
+            log.info("store connected again (%s) after %s", self.cfg.store, previous)
 
     def _open_store(self) -> None:
         cfg = self.cfg
         self.store = open_store(cfg.store)
+        self._store_sub = self.store.add_state_listener(self._on_store_state)
         if cfg.topology:
             write_topology(self.store, load_topology(cfg.topology, tunnel_keys=read_tunnel_keys(self.store)))
         self.mirror = StoreMirror(self.store, self.service.on_change)
@@ -173,8 +201,12 @@ class Agent:
             self.tables.close()
         if self.mirror is not None:
             self.mirror.close()
+        if self._store_sub is not None:
+            self._store_sub.cancel()
         if self.store is not None:
             self.store.close()
+        if self.pool.pids:
+            log.info("agent down: host %s", self.cfg.host)
 
     # -- public API (any thread) ------------------------------------------------------------------------------
     def inject(self, port: str, frames) -> None:
@@ -195,7 +227,12 @@ class Agent:
         answers = self._query([DP, *range(self.cfg.workers)], m.StatsRequest, timeout)
         return {"datapath": answers.get(DP, {}), "workers": [answers.get(i, {}) for i in range(self.cfg.workers)],
                 "supervisor": {**self.counters, **(self.mirror.counters if self.mirror else {}),
-                               **(self.tables.stats() if self.tables else {})}}
+                               **(self.tables.stats() if self.tables else {}), **self._store_counters()}}
+
+    def _store_counters(self) -> dict:
+        """The store session's own counters (suspensions, expiries, reconnects)."""
+        counters = getattr(self.store, "counters", None) or {}
+        return {k: v for k, v in counters.items() if k.startswith("store_")}
 
     def flows(self) -> list:
         """The datapath's flows: [[key, worker, hits, tags, flow id], ...]."""
