@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "tunnel_ip (default when --host is given without --demo/--config); memory: synthetic")
     r.add_argument("--tunnel-port", type=int, help="UDP port of the VXLAN endpoint (default 4789)")
     r.add_argument("--state-file", help="flow-state snapshot file (real datapath; restored at start)")
+    r.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus text at http://HOST:PORT/metrics (a PORT alone: on 127.0.0.1)")
     r.add_argument("--log-file", metavar="PATH", help="every process appends its log lines here (default: stderr)")
     r.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO (default), WARNING, ERROR or CRITICAL")
     r.set_defaults(func=cmd_run)

@@ -49,6 +49,7 @@ class AgentConfig:
     flow_state_keys: list[str] | None = None   # real: hex keys of the flow-state tunnel (first signs); default:
                                            # the deployment's keys in the store (/secrets/flow-state-keys)
     start_timeout_s: float = 20.0
+    metrics: str | None = None             # serve Prometheus text on HOST:PORT (or PORT: 127.0.0.1); off if None
     log_level: str = "INFO"                # every process's log level (DEBUG, INFO, WARNING, ERROR, CRITICAL)
     log_file: str | None = None            # every process appends its log lines here (default: stderr)
     log_repeat_s: float = 10.0             # a repeated log message: one "… repeated N times" line per interval
@@ -65,8 +66,16 @@ class AgentConfig:
             self.log_level = logging.getLevelName(check_level(self.log_level))
         except ValueError as e:
             raise ConfigError(f"log_level: {e}") from None
+        if self.metrics is not None:
+            try:
+                metrics_address(self.metrics)
+            except ValueError as e:
+                raise ConfigError(f"metrics: {e}") from None
         if self.cpus is None:
             self.cpus = sorted(os.sched_getaffinity(0))
+
+    def metrics_address(self) -> tuple[str, int] | None:
+        return None if self.metrics is None else metrics_address(self.metrics)
 
     def state_path(self) -> str:
         """Where the flow-state snapshot lives: ``state_file``, else under ``runtime_base`` or
@@ -104,3 +113,19 @@ class AgentConfig:
             if want.startswith("bool") and not isinstance(v, bool):
                 raise ConfigError(f"{source}: {k}: expected true or false, got {v!r}")
         return cls(**data)
+
+
+def metrics_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT`` or ``PORT`` (on 127.0.0.1) → (host, port); ValueError otherwise.  Port 0:
+    any free port."""
+    host, sep, port = str(text).rpartition(":")
+    if not sep:
+        host = "127.0.0.1"
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"expected HOST:PORT or PORT, got {text!r}") from None
+    if not 0 <= number < 65536:
+        raise ValueError(f"port 0..65535, got {number}")
+    return host, number

@@ -34,7 +34,7 @@ def _config(args) -> AgentConfig:
         over["datapath"] = "real"                      # an agent for a host binds that host's interfaces
     over["tunnel_port"] = getattr(args, "tunnel_port", None)
     over["state_file"] = getattr(args, "state_file", None)
-    for name in ("log_file", "log_level"):
+    for name in ("metrics", "log_file", "log_level"):
         over[name] = getattr(args, name, None)
     if args.config:
         return AgentConfig.from_toml(args.config, **over)
@@ -58,7 +58,9 @@ def run_agent(args) -> int:
     try:
         with Agent(cfg) as agent:
             print(f"shardnet: agent up: {cfg.workers} workers, store {cfg.store}, host {cfg.host}, "
-                  f"datapath {cfg.datapath}, pids {agent.pids}", flush=True)
+                  f"datapath {cfg.datapath}, pids {agent.pids}"
+                  + (f", metrics {agent.metrics.url}" if agent.metrics else ""),
+                  flush=True)
             t0 = time.monotonic()
             if args.demo:
                 _drive_demo(agent, args, stop, t0)

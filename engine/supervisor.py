@@ -13,6 +13,7 @@ Owns the agent's parts and their order of start and stop: the store session, the
   engine/storeshell.py   what the workers ask of the store, and the store's changes relayed to them
   engine/persistence.py  flow-state snapshot and restore (real datapath)
   engine/portmap.py      which ports are bound here (pure functions of the mirror)
+  engine/metrics.py      the Prometheus endpoint (``metrics``: started last, stopped first)
   engine/logs.py         this process's logging (left to an embedding program that configured its own)
 
 The store's connection state is followed here (``store_state``; ``supervisor_store_connected`` in the stats) and
@@ -72,6 +73,7 @@ class Agent:
         self.tables: SharedTables | None = None
         self.persistence: Persistence | None = None
         self.restored = 0
+        self.metrics = None                            # engine.metrics.MetricsServer, with cfg.metrics
         self.store_state = "connected"                 # the store session: connected | suspended | lost
         self.counters["supervisor_store_connected"] = 1
         self.counters["supervisor_store_state_changes"] = 0
@@ -111,6 +113,8 @@ class Agent:
                 raise AgentError(f"{late} did not start")
             if cfg.datapath == "real":
                 self._bind_ports()
+            if cfg.metrics is not None:
+                self._serve_metrics()
         except BaseException as e:
             log.error("agent did not start: %s", e)
             self.stop()
@@ -118,6 +122,15 @@ class Agent:
         log.info("agent up: host %s, %d workers, store %s, datapath %s, pids %s", cfg.host, cfg.workers,
                  cfg.store, cfg.datapath, self.pids)
         return self
+
+    def _serve_metrics(self) -> None:
+        from engine.metrics import MetricsServer
+
+        try:
+            self.metrics = MetricsServer(self, self.cfg.metrics_address()).start()
+        except OSError as e:
+            raise AgentError(f"metrics: cannot listen on {self.cfg.metrics}: {e}") from None
+        log.info("metrics on %s", self.metrics.url)
 
     def _on_store_state(self, state) -> None:
         """The store's connection state changed (store thread)."""
@@ -185,6 +198,8 @@ class Agent:
     def stop(self) -> None:
         if self._stopping:
             return
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.persistence is not None and self.persistence.next_snapshot is not None and self.service.alive:
             try:
                 self.save_state()

@@ -61,7 +61,7 @@ def test_child_configs_get_every_field_by_keyword(monkeypatch, datapath):
 
 # AgentConfig fields that are the supervisor's own business, not a child's
 SUPERVISOR_ONLY = {"store", "topology", "runtime_base", "restart_workers", "state_file", "state_snapshot_s",
-                   "start_timeout_s", "extra", "flow_state_keys"}
+                   "start_timeout_s", "extra", "flow_state_keys", "metrics"}
 # AgentConfig fields every child gets on its command line next to its config (engine/procmain.py: "log")
 COMMAND_LINE = {"log_level", "log_file", "log_repeat_s"}
 

@@ -144,10 +144,16 @@ def test_set_level_returns_the_previous_one_and_refuses_unknown_names(root_logge
     assert logging.getLogger().level == logging.WARNING
 
 
-
-def test_the_config_checks_the_level():
-    from engine.config import AgentConfig, ConfigError
+def test_the_config_checks_the_level_and_the_metrics_address():
+    from engine.config import AgentConfig, ConfigError, metrics_address
 
     assert AgentConfig(log_level="debug").log_level == "DEBUG"
     with pytest.raises(ConfigError, match="log_level"):
         AgentConfig(log_level="chatty")
+    assert metrics_address("9100") == ("127.0.0.1", 9100)
+    assert metrics_address("0.0.0.0:9100") == ("0.0.0.0", 9100)
+    assert metrics_address("[::1]:0") == ("::1", 0)
+    with pytest.raises(ConfigError, match="metrics"):
+        AgentConfig(metrics="localhost:http")
+    with pytest.raises(ConfigError, match="metrics"):
+        AgentConfig(metrics="70000")

@@ -1,5 +1,4 @@
-"""The metrics' pure parts: the datapath's setup-latency histogram, stats → Prometheus families, the status line,
-and the progress of `topology apply`."""
+"""The metrics' pure parts: the datapath's setup-latency histogram, and stats → Prometheus families."""
 
 from __future__ import annotations
 
@@ -43,3 +42,110 @@ def test_a_sample_on_a_bound_is_counted_in_that_bucket(wire):
     assert (h["datapath_setup_latency_le_50"], h["datapath_setup_latency_le_100"],
             h["datapath_setup_latency_le_5000000"], h["datapath_setup_latency_le_inf"]) == (1, 2, 2, 3)
     assert h["datapath_setup_latency_count"] == 3 and h["datapath_setup_latency_sum_us"] == (10**12 + 100_001) // 1000
+
+
+# -- stats → Prometheus families ------------------------------------------------------------------------------
+STATS = {
+    "datapath": {"datapath_hits": 7, "datapath_misses": 3, "datapath_flows": 3, "datapath_inflight": 1,
+                 "datapath_pid": 11, "dispatcher_queue_full": 2, "datapath_state_refused": 1,
+                 "datapath_state_refused_replay": 1, "backchannel_decoded": 9,
+                 "datapath_setup_latency_le_50": 1, **{f"datapath_setup_latency_le_{b}": 3 for b in
+                                                       LATENCY_BUCKETS_US[1:]},
+                 "datapath_setup_latency_le_inf": 3, "datapath_setup_latency_count": 3,
+                 "datapath_setup_latency_sum_us": 420},
+    "workers": [{"worker_index": 0, "worker_pid": 12, "worker_upcalls": 2, "flows_installed": 2, "parked": 5,
+                 "worker_flows": 2, "worker_parked_now": 1, "worker_state_entries": 4,
+                 "worker_drops_filter_drop": 1},
+                {"worker_index": 1, "worker_pid": 13, "worker_upcalls": 1, "flows_installed": 1, "parked": 0,
+                 "worker_flows": 1, "worker_parked_now": 0, "worker_state_entries": 0,
+                 "worker_drops_filter_drop": 2, "worker_drops_nat_exhausted": 1}],
+    "supervisor": {"supervisor_worker_restarts": 1, "supervisor_store_connected": 0, "mirror_changes": 4,
+                   "store_suspended": 1},
+}
+
+
+def scrape_text(stats=STATS, **kw) -> str:
+    from prometheus_client import generate_latest
+    from prometheus_client.core import CollectorRegistry
+
+    from engine.metrics import families
+
+    class Static:
+        def collect(self):
+            return families(stats, **kw)
+
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(Static())
+    return generate_latest(reg).decode()
+
+
+def samples(text: str) -> dict:
+    """(sample name, frozenset of labels) → value, parsed back with prometheus_client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def L(**labels) -> frozenset:
+    return frozenset(labels.items())
+
+
+def test_every_counter_of_every_process_is_a_series_labelled_by_process_and_worker():
+    s = samples(scrape_text(store_state="suspended", info={"host": "host-a", "store": "memory://"}))
+    assert s[("shardnet_datapath_hits_total", L(process="datapath", worker=""))] == 7
+    assert s[("shardnet_backchannel_decoded_total", L(process="datapath", worker=""))] == 9
+    assert s[("shardnet_worker_upcalls_total", L(process="worker", worker="1"))] == 1
+    assert s[("shardnet_flows_installed_total", L(process="worker", worker="0"))] == 2
+    assert s[("shardnet_parked_total", L(process="worker", worker="0"))] == 5
+    assert s[("shardnet_mirror_changes_total", L(process="supervisor", worker=""))] == 4
+    assert s[("shardnet_store_suspended_total", L(process="supervisor", worker=""))] == 1
+    # gauges
+    assert s[("shardnet_flows", L(process="datapath", worker=""))] == 3
+    assert s[("shardnet_flows", L(process="worker", worker="0"))] == 2
+    assert s[("shardnet_flow_state_entries", L(process="worker", worker="0"))] == 4
+    assert s[("shardnet_parked_now", L(process="worker", worker="0"))] == 1
+    assert s[("shardnet_upcalls_in_flight", L(process="datapath", worker=""))] == 1
+    assert s[("shardnet_restarts_total", L(process="supervisor", worker=""))] == 1
+    assert s[("shardnet_store_connected", L())] == 0
+    assert s[("shardnet_store_state", L(state="suspended"))] == 1
+    assert s[("shardnet_store_state", L(state="connected"))] == 0
+    assert s[("shardnet_up", L())] == 1
+    assert s[("shardnet_agent_info", L(host="host-a", store="memory://"))] == 1
+    names = {name for name, _ in s}
+    assert all(n.startswith("shardnet_") for n in names)
+    assert not any("pid" in n or "worker_index" in n or "worker_drops" in n for n in names)
+
+
+def test_drops_by_reason_from_the_workers_and_the_datapath():
+    s = samples(scrape_text())
+    assert s[("shardnet_drops_total", L(process="worker", worker="0", reason="filter_drop"))] == 1
+    assert s[("shardnet_drops_total", L(process="worker", worker="1", reason="filter_drop"))] == 2
+    assert s[("shardnet_drops_total", L(process="worker", worker="1", reason="nat_exhausted"))] == 1
+    assert s[("shardnet_drops_total", L(process="datapath", worker="", reason="upcall_queue_full"))] == 2
+    assert s[("shardnet_drops_total", L(process="datapath", worker="", reason="state_refused_replay"))] == 1
+
+
+def test_the_setup_latency_histogram_is_cumulative_in_seconds():
+    s = samples(scrape_text())
+    dp = L(process="datapath", worker="")
+    assert s[("shardnet_setup_latency_seconds_bucket", dp | {("le", "5e-05")})] == 1
+    assert s[("shardnet_setup_latency_seconds_bucket", dp | {("le", "0.0001")})] == 3
+    assert s[("shardnet_setup_latency_seconds_bucket", dp | {("le", "+Inf")})] == 3
+    assert s[("shardnet_setup_latency_seconds_count", dp)] == 3
+    assert s[("shardnet_setup_latency_seconds_sum", dp)] == pytest.approx(420e-6)
+
+
+def test_a_scrape_the_agent_did_not_answer_says_so():
+    s = samples(scrape_text({"supervisor": {"supervisor_worker_restarts": 0}}, up=False))
+    assert s[("shardnet_up", L())] == 0 and s[("shardnet_restarts_total", L(process="supervisor", worker=""))] == 0
+
+
+def test_a_counter_named_like_a_series_of_its_own_does_not_clash():
+    stats = {"workers": [{"worker_index": 0, "flows": 3, "up": 1}]}
+    s = samples(scrape_text(stats))                    # the parser refuses a family defined twice
+    assert s[("shardnet_flows_events_total", L(process="worker", worker="0"))] == 3
+    assert s[("shardnet_up_events_total", L(process="worker", worker="0"))] == 1
