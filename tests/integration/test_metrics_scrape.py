@@ -1,8 +1,12 @@
 """`--metrics`: a real agent (real processes, in-memory datapath) scraped over HTTP with urllib; the values move
-with the traffic the test drives, and the endpoint goes away with the agent."""
+with the traffic the test drives, and the endpoint goes away with the agent.  Also `shardnet run` with
+--metrics, --log-file and --status as a user starts it."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -105,3 +109,27 @@ def test_a_busy_metrics_port_fails_the_start(topo_file, tmp_path):
         with pytest.raises(AgentError, match=f"metrics: cannot listen on {port}"):
             agent.start()
         assert not any(p.poll() is None for p in agent.procs.values())
+
+
+def test_shardnet_run_with_metrics_log_file_and_status(tmp_path):
+    log_file = tmp_path / "run.log"
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "run", "--demo", "--duration", "4",
+                             "--metrics", "0", "--log-file", str(log_file), "--log-level", "info",
+                             "--status", "--status-every", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    first = proc.stdout.readline()
+    assert first.startswith("shardnet: agent up:") and ", metrics http://127.0.0.1:" in first, first
+    url = first.rsplit(" ", 1)[1].strip()
+    time.sleep(1.5)
+    scraped = scrape(url)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert value(scraped, "shardnet_up") == 1 and value(scraped, "shardnet_datapath_rx_total", **DP) > 0
+    status = [x for x in out.splitlines() if x.startswith("shardnet ") and "setups/s" in x]
+    assert len(status) >= 2, out
+    assert all("flows " in x and "hit " in x and "drops " in x and "store connected" in x for x in status)
+    assert "flows installed" in out                    # the summary, as before
+    text = log_file.read_text()
+    for role in ("supervisor", "datapath", "worker-0", "worker-1"):
+        assert f"shardnet[{role}] INFO" in text, (role, text)
+    assert "agent up" in text and "agent down" in text and err == ""

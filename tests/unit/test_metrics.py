@@ -1,4 +1,5 @@
-"""The metrics' pure parts: the datapath's setup-latency histogram, and stats → Prometheus families."""
+"""The metrics' pure parts: the datapath's setup-latency histogram, stats → Prometheus families, the status line,
+and the progress of `topology apply`."""
 
 from __future__ import annotations
 
@@ -149,3 +150,43 @@ def test_a_counter_named_like_a_series_of_its_own_does_not_clash():
     s = samples(scrape_text(stats))                    # the parser refuses a family defined twice
     assert s[("shardnet_flows_events_total", L(process="worker", worker="0"))] == 3
     assert s[("shardnet_up_events_total", L(process="worker", worker="0"))] == 1
+
+
+# -- the status line of `shardnet run` -------------------------------------------------------------------------
+def test_the_status_line_shows_rates_since_the_last_line():
+    from engine.status import StatusLine
+
+    line = StatusLine(now=100.0)
+    first = line.line(STATS, "connected", now=102.0, clock=0)
+    assert "flows 3" in first and "setups/s 0" in first and "hit 70.0%" in first and "drops 7" in first
+    assert "parked 1" in first and "store connected" in first and "restarts 1" in first
+    later = {**STATS, "datapath": {**STATS["datapath"], "datapath_installs": 50, "datapath_hits": 17,
+                                   "datapath_misses": 3}}
+    second = line.line(later, "suspended", now=107.0, clock=0)
+    assert "setups/s 10" in second and "hit 100.0%" in second and "store suspended" in second
+    idle = line.line(later, "connected", now=112.0, clock=0)
+    assert "setups/s 0" in idle and "hit -" in idle
+
+
+# -- `topology apply` progress ----------------------------------------------------------------------------------
+def test_apply_progress_shows_only_for_long_runs_on_one_line():
+    import io
+
+    from engine.topology_cmd import Progress
+
+    t = [0.0]
+    out = io.StringIO()
+    quick = Progress(out, clock=lambda: t[0])
+    for i in range(1, 101):
+        t[0] += 0.001
+        quick(i, 100)
+    quick.close()
+    assert out.getvalue() == ""
+    slow = Progress(out, clock=lambda: t[0])
+    for i in range(1, 101):
+        t[0] += 0.05                                   # 5 s in all
+        slow(i, 100)
+    slow.close()
+    text = out.getvalue()
+    assert text.startswith("\rshardnet topology apply: ") and text.endswith("100/100 records (100%) 5.0 s\n")
+    assert text.count("\r") <= 45 and "\n" not in text[:-1]
