@@ -145,14 +145,14 @@ class ProcessPool:
             return []
         restarted = []
         for i, p in list(self.procs.items()):
-            if p.poll() is None or p.pid in self._reported:
+            status = p.poll()
+            if status is None or p.pid in self._reported:
                 continue
             if i == DP or not self.cfg.restart_workers:
                 self._reported.add(p.pid)
-                log.error("%s (pid %d) died with exit status %s; it is not restarted", child_name(i), p.pid,
-                          p.returncode)
+                log.error("%s (pid %d) died with exit status %s; it is not restarted", child_name(i), p.pid, status)
                 continue
-            log.warning("%s (pid %d) died with exit status %s; restarting it", child_name(i), p.pid, p.returncode)
+            log.warning("%s (pid %d) died with exit status %s; restarting it", child_name(i), p.pid, status)
             send_dp(m.PurgeWorker(0, i))
             self.counters["supervisor_worker_restarts"] += 1
             self._spawn(i)
