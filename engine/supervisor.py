@@ -78,6 +78,7 @@ class Agent:
         self.counters["supervisor_store_connected"] = 1
         self.counters["supervisor_store_state_changes"] = 0
         self._store_sub = None
+        self._own_logging = False                      # start() set up this process's logging
         self._stopping = False
 
     @property
@@ -97,7 +98,8 @@ class Agent:
 
     def start(self) -> Agent:
         cfg = self.cfg
-        logs.setup("supervisor", cfg.log_level, cfg.log_file, repeat_s=cfg.log_repeat_s, force=False)
+        self._own_logging = logs.setup("supervisor", cfg.log_level, cfg.log_file, repeat_s=cfg.log_repeat_s,
+                                       force=False)
         try:
             self._open_store()
             self.rt = RuntimeDir(cfg.runtime_base)
@@ -222,6 +224,8 @@ class Agent:
             self.store.close()
         if self.pool.pids:
             log.info("agent down: host %s", self.cfg.host)
+        if self._own_logging:                          # the agent's logging lasts as long as the agent
+            logs.remove()
 
     # -- public API (any thread) ------------------------------------------------------------------------------
     def inject(self, port: str, frames) -> None:

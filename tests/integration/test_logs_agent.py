@@ -48,6 +48,7 @@ def test_every_process_logs_to_the_file_and_a_dead_worker_is_logged_with_its_res
         agent.inject("tenant.vm1", [vm1_to_vm2(7000)])
         out.wait("tenant.vm2", 1)
         new = agent.pids[1]
+    assert not any(getattr(h, "shardnet", False) for h in logging.getLogger().handlers)   # gone with the agent
     text = log_file.read_text()
     for role, what in (("datapath", "datapath started"), ("worker-0", "worker 0 started"),
                        ("worker-1", "worker 1 started"), ("supervisor", "agent up: host host-a, 2 workers"),
