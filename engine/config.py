@@ -5,9 +5,12 @@ Unknown keys are errors that name the key; values are checked for type.
 
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
+
+from engine.logs import check_level
 
 
 class ConfigError(ValueError):
@@ -47,6 +50,10 @@ class AgentConfig:
                                            # the deployment's keys in the store (/secrets/flow-state-keys)
     ctl: str | None = None                 # the control socket (default: ctl.sock in the private runtime dir)
     start_timeout_s: float = 20.0
+    metrics: str | None = None             # serve Prometheus text on HOST:PORT (or PORT: 127.0.0.1); off if None
+    log_level: str = "INFO"                # every process's log level (DEBUG, INFO, WARNING, ERROR, CRITICAL)
+    log_file: str | None = None            # every process appends its log lines here (default: stderr)
+    log_repeat_s: float = 10.0             # a repeated log message: one "… repeated N times" line per interval
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -56,8 +63,20 @@ class AgentConfig:
             raise ConfigError(f"datapath: 'memory' or 'real', got {self.datapath!r}")
         if not 0 < self.tunnel_port < 65536:
             raise ConfigError(f"tunnel_port: 1..65535, got {self.tunnel_port!r}")
+        try:
+            self.log_level = logging.getLevelName(check_level(self.log_level))
+        except ValueError as e:
+            raise ConfigError(f"log_level: {e}") from None
+        if self.metrics is not None:
+            try:
+                metrics_address(self.metrics)
+            except ValueError as e:
+                raise ConfigError(f"metrics: {e}") from None
         if self.cpus is None:
             self.cpus = sorted(os.sched_getaffinity(0))
+
+    def metrics_address(self) -> tuple[str, int] | None:
+        return None if self.metrics is None else metrics_address(self.metrics)
 
     def state_path(self) -> str:
         """Where the flow-state snapshot lives: ``state_file``, else under ``runtime_base`` or
@@ -95,3 +114,19 @@ class AgentConfig:
             if want.startswith("bool") and not isinstance(v, bool):
                 raise ConfigError(f"{source}: {k}: expected true or false, got {v!r}")
         return cls(**data)
+
+
+def metrics_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT`` or ``PORT`` (on 127.0.0.1) → (host, port); ValueError otherwise.  Port 0:
+    any free port."""
+    host, sep, port = str(text).rpartition(":")
+    if not sep:
+        host = "127.0.0.1"
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"expected HOST:PORT or PORT, got {text!r}") from None
+    if not 0 <= number < 65536:
+        raise ValueError(f"port 0..65535, got {number}")
+    return host, number
