@@ -1,10 +1,12 @@
 """The virtual router: ARP for its own addresses, filters, L4 load balancing, routing, ICMP, next-hop MAC.
 
 ``process`` takes a packet that entered the router at ``in_port`` and returns the (egress port, packet) it
-leaves by, or ends the simulation (Stop / Consumed).  Route choice: longest destination prefix, then longest
-source prefix, then lowest weight; equal candidates are ECMP, chosen by the flow hash.  Connected routes come
-from the port addresses (weight 0).  The next-hop MAC comes from the peer router port, a static ARP entry, or
-the agent's ARP table — else the packet needs ARP (an ARP request is emitted and the packet parks).
+leaves by, or ends the simulation (Stop / Consumed).  Routers are VLAN-unaware: an 802.1Q-tagged frame is
+dropped (``vlan_tagged``), a priority-tagged one (VID 0) is handled untagged.  Route choice: longest
+destination prefix, then longest source prefix, then lowest weight; equal candidates are ECMP, chosen by the
+flow hash.  Connected routes come from the port addresses (weight 0).  The next-hop MAC comes from the peer
+router port, a static ARP entry, or the agent's ARP table — else the packet needs ARP (an ARP request is
+emitted and the packet parks).
 """
 
 from __future__ import annotations
@@ -76,7 +78,11 @@ def _mask(length: int) -> int:
 def process(ctx: Ctx, router: Router, in_port: Port, pkt: Packet) -> list[tuple[Port, Packet]]:
     name = router.name
     ctx.tags.add(tags.router(name))
-    ctx.read("eth_type")
+    ctx.read("eth_type", "vlan")
+    if pkt.vlan is not None:
+        if pkt.vlan:
+            raise Stop("vlan_tagged")                   # routers are VLAN-unaware
+        pkt = pkt._replace(vlan=None, vlan_pcp=0)       # a priority tag (VID 0) is popped
     if pkt.is_arp:
         _arp(ctx, router, in_port, pkt)
     if not pkt.is_ipv4:
