@@ -4,9 +4,10 @@ inputs.  Every port is bound to one host so that outputs show."""
 
 from __future__ import annotations
 
-from scapy.layers.inet import IP
+from scapy.layers.inet import ICMP, IP, IPerror
 from scapy.layers.l2 import Dot1Q
 
+from packet.addr import ip2int
 from tests.scenario.conftest import Tracer, scapy_of
 from workers.simulation.result import MacTableWrite
 
@@ -85,3 +86,89 @@ def test_a_router_routes_priority_tagged_frames_with_the_tag_popped():
             "arp_sha=02:00:00:00:00:05,arp_tpa=10.0.0.1")
     assert out["result"] == "consumed" and "vlan" not in out["generated"][0]["packet"]
     assert not scapy_of(t.last, generated=True).haslayer(Dot1Q)
+
+
+# -- 4. a packet a device generates onto an interior port enters the peer device ------------------------------
+TWO_ROUTERS = """
+version: 1
+hosts: {h: {tunnel_ip: 127.0.0.11}}
+bridges:
+  br:
+    ports:
+      edge: {peer: edge.in}
+      tenant: {peer: tenant.in}
+routers:
+  edge:
+    ports:
+      ext: {address: 180.0.1.2/24, mac: "02:0a:00:00:01:02", host: h, interface: t1}
+      in: {address: 10.0.0.254/24, mac: "02:0a:00:00:00:fe"}
+    routes:
+      - {dst: 0.0.0.0/0, port: in}
+    arp_table: {10.0.2.9: "02:0a:00:00:02:fe"}     # a host behind the tenant router, reached through it
+  tenant:
+    ports:
+      in: {address: 10.0.2.254/24, mac: "02:0a:00:00:02:fe"}
+    routes:
+      - {dst: 0.0.0.0/0, port: in}
+"""
+
+PINGER = "eth_src=02:00:00:00:01:17,eth_dst=02:0a:00:00:01:02,ip_src=180.0.1.23"
+PINGER_ARP = "eth_src=02:00:00:00:01:17,eth_dst=ff:ff:ff:ff:ff:ff,arp_op=1,arp_sha=02:00:00:00:01:17," \
+             "arp_spa=180.0.1.23,arp_tpa=180.0.1.2"
+REPLY_PATH = ["tenant.in", "br.tenant", "br", "br.edge", "edge.in", "edge", "edge.ext"]
+
+
+def two_routers() -> Tracer:
+    """The pinger has ARPed for the edge router's address first, as a host does: the edge router knows it."""
+    t = Tracer(TWO_ROUTERS)
+    assert t("edge.ext", PINGER_ARP)["result"] == "consumed"
+    return t
+
+
+def test_a_ping_across_two_routers_and_a_bridge_is_answered():
+    t = two_routers()
+    out = t("edge.ext", PINGER + ",ip_dst=10.0.2.254,proto=icmp,icmp_type=8,icmp_id=7,icmp_seq=1")
+    # the edge router's ARP request crossed the bridge, was answered for the tenant router, and the reply
+    # crossed back into the edge router: the ping went on and the tenant router answered it
+    assert out["result"] == "consumed" and "needs" not in out
+    assert out["path"] == ["edge.ext", "edge", "edge.in", "br.edge", "br", "br.tenant", "tenant.in", "tenant"]
+    assert t.session.state.arp_lookup("edge", ip2int("10.0.2.254"), t.session.now) == 0x020A000002FE
+    [g] = out["generated"]
+    assert (g["port"], g["from"], g["path"]) == ("edge.ext", "tenant.in", REPLY_PATH)
+    s = scapy_of(t.last, generated=True)
+    assert (s.src, s.dst) == ("02:0a:00:00:01:02", "02:00:00:00:01:17")
+    assert (s[IP].src, s[IP].dst, s[IP].ttl) == ("10.0.2.254", "180.0.1.23", 63)   # one router on the way
+    assert (s[ICMP].type, s[ICMP].id, s[ICMP].seq) == (0, 7, 1)
+    # the next ping needs no ARP at all
+    out = t("edge.ext", PINGER + ",ip_dst=10.0.2.254,proto=icmp,icmp_type=8,icmp_id=7,icmp_seq=2")
+    assert out["result"] == "consumed" and out["generated"][0]["port"] == "edge.ext"
+
+
+def test_an_icmp_error_from_the_far_router_comes_back_through_the_bridge():
+    t = two_routers()
+    out = t("edge.ext", PINGER + ",ip_dst=10.0.2.9,proto=udp,tp_src=4000,tp_dst=53,ttl=2")
+    assert out["result"] == "drop" and out["drop_reason"] == "ttl_exceeded"
+    [g] = out["generated"]
+    assert (g["port"], g["from"], g["path"]) == ("edge.ext", "tenant.in", REPLY_PATH)
+    s = scapy_of(t.last, generated=True)
+    assert (s[ICMP].type, s[ICMP].code) == (11, 0)
+    assert (s[IP].src, s[IP].dst, s[IP].ttl) == ("10.0.2.254", "180.0.1.23", 63)
+    assert (s[IPerror].src, s[IPerror].dst) == ("180.0.1.23", "10.0.2.9")
+
+
+def test_a_generated_packet_whose_onward_walk_needs_arp_waits_for_it():
+    t = Tracer(TWO_ROUTERS)                       # the edge router does not know the pinger yet
+    out = t("edge.ext", PINGER + ",ip_dst=10.0.2.254,proto=icmp,icmp_type=8,icmp_id=7,icmp_seq=1")
+    assert out["result"] == "consumed"
+    # the echo reply reached the edge router, which asks for the pinger's MAC: the reply waits for it
+    [w] = out["waiting"]
+    assert w["port"] == "tenant.in" and w["packet"]["icmp_type"] == 0
+    assert w["needs"] == {"type": "NeedArp", "router": "edge", "port": "edge.ext", "ip": "180.0.1.23"}
+    [g] = out["generated"]
+    assert g["port"] == "edge.ext" and g["packet"]["arp_op"] == 1 and g["packet"]["arp_tpa"] == "180.0.1.23"
+    # once the pinger answered, the next ping's reply goes straight out
+    reply = "eth_src=02:00:00:00:01:17,eth_dst=02:0a:00:00:01:02,arp_op=2,arp_sha=02:00:00:00:01:17," \
+            "arp_spa=180.0.1.23,arp_tha=02:0a:00:00:01:02,arp_tpa=180.0.1.2"
+    assert t("edge.ext", reply)["result"] == "consumed"
+    out = t("edge.ext", PINGER + ",ip_dst=10.0.2.254,proto=icmp,icmp_type=8,icmp_id=7,icmp_seq=2")
+    assert "waiting" not in out and [g["port"] for g in out["generated"]] == ["edge.ext"]
