@@ -88,6 +88,56 @@ def test_a_router_routes_priority_tagged_frames_with_the_tag_popped():
     assert not scapy_of(t.last, generated=True).haslayer(Dot1Q)
 
 
+# -- 3. the echo reply to a floating IP passes the router's outbound chain -------------------------------------
+FIP = """
+version: 1
+hosts: {h: {tunnel_ip: 127.0.0.11}}
+routers:
+  r:
+    ports:
+      uplink: {address: 180.0.1.2/24, mac: "02:0a:08:06:04:02", host: h, interface: t1}
+      port1: {address: 10.0.1.5/30, mac: "02:0a:08:06:04:03", host: h, interface: t2}
+    inbound_filter: r-in
+    outbound_filter: r-out
+chains:
+  r-in:
+    - {match: {dst: 176.28.127.1}, action: dnat, targets: [{ip: 10.0.1.5}]}
+  r-out:
+    - {match: {src: 10.0.1.5}, action: snat, targets: [{ip: 176.28.127.1}]}
+"""
+
+PING_FIP = "eth_src=02:00:00:00:01:17,eth_dst=02:0a:08:06:04:02,ip_src=180.0.1.23,ip_dst=176.28.127.1," \
+           "proto=icmp,icmp_type=8,icmp_id=1,icmp_seq=1"
+
+
+def test_the_echo_reply_to_a_floating_ip_leaves_from_the_floating_ip():
+    t = Tracer(FIP)
+    out = t("r.uplink", PING_FIP)
+    assert out["result"] == "consumed" and out["outputs"] == []
+    [g] = out["generated"]
+    assert g["port"] == "r.uplink" and "from" not in g
+    p = g["packet"]
+    assert (p["ip_src"], p["ip_dst"], p["icmp_type"], p["icmp_id"], p["icmp_seq"]) == (
+        "176.28.127.1", "180.0.1.23", 0, 1, 1)
+    assert (p["eth_src"], p["eth_dst"]) == ("02:0a:08:06:04:02", "02:00:00:00:01:17")
+    s = scapy_of(t.last, generated=True)
+    assert s[IP].src == "176.28.127.1" and s[ICMP].type == 0
+    # the checksums are right after the rewrite (scapy recomputes them)
+    ip_sum, icmp_sum = s[IP].chksum, s[ICMP].chksum
+    del s[IP].chksum, s[ICMP].chksum
+    again = s.__class__(bytes(s))
+    assert (again[IP].chksum, again[ICMP].chksum) == (ip_sum, icmp_sum)
+    # a ping to the uplink's own address is answered from it: the SNAT rule does not match that source
+    out = t("r.uplink", PING_FIP.replace("ip_dst=176.28.127.1", "ip_dst=180.0.1.2"))
+    assert out["generated"][0]["packet"]["ip_src"] == "180.0.1.2"
+
+
+def test_an_echo_reply_the_outbound_chain_drops_is_not_sent():
+    t = Tracer(FIP.replace("action: snat, targets: [{ip: 176.28.127.1}]", "action: drop"))
+    out = t("r.uplink", PING_FIP)
+    assert out["result"] == "consumed" and out["generated"] == []
+
+
 # -- 4. a packet a device generates onto an interior port enters the peer device ------------------------------
 TWO_ROUTERS = """
 version: 1
