@@ -4,7 +4,7 @@ inputs.  Every port is bound to one host so that outputs show."""
 
 from __future__ import annotations
 
-from scapy.layers.inet import ICMP, IP, IPerror
+from scapy.layers.inet import ICMP, IP, ICMPerror, IPerror
 from scapy.layers.l2 import Dot1Q
 
 from packet.addr import ip2int
@@ -222,3 +222,13 @@ def test_a_generated_packet_whose_onward_walk_needs_arp_waits_for_it():
     assert t("edge.ext", reply)["result"] == "consumed"
     out = t("edge.ext", PINGER + ",ip_dst=10.0.2.254,proto=icmp,icmp_type=8,icmp_id=7,icmp_seq=2")
     assert "waiting" not in out and [g["port"] for g in out["generated"]] == ["edge.ext"]
+
+
+def test_an_icmp_error_about_an_echo_request_carries_its_whole_header():
+    t = Tracer(ROUTER)
+    t("r.p1", TO_R.replace("proto=udp,tp_src=1000,tp_dst=53", "proto=icmp,icmp_type=8,icmp_id=77,icmp_seq=5,ttl=1"))
+    s = scapy_of(t.last, generated=True)
+    inner = s[ICMPerror]
+    assert (inner.type, inner.code, inner.id, inner.seq) == (8, 0, 77, 5)
+    sent = inner.chksum                             # the checksum the sender's echo request had
+    assert sent == ICMP(bytes(ICMP(type=8, code=0, id=77, seq=5))).chksum
