@@ -4,7 +4,7 @@ inputs.  Every port is bound to one host so that outputs show."""
 
 from __future__ import annotations
 
-from scapy.layers.inet import ICMP, IP, ICMPerror, IPerror
+from scapy.layers.inet import ICMP, IP, ICMPerror, IPerror, TCPerror
 from scapy.layers.l2 import Dot1Q
 
 from packet.addr import ip2int
@@ -222,6 +222,82 @@ def test_a_generated_packet_whose_onward_walk_needs_arp_waits_for_it():
     assert t("edge.ext", reply)["result"] == "consumed"
     out = t("edge.ext", PINGER + ",ip_dst=10.0.2.254,proto=icmp,icmp_type=8,icmp_id=7,icmp_seq=2")
     assert "waiting" not in out and [g["port"] for g in out["generated"]] == ["edge.ext"]
+
+
+# -- 5. the NAT state of a packet dropped with an ICMP error translates the error back ------------------------
+# MidoNet's IcmpErrorNatTest: the far router has no route to the DNAT target, so its net unreachable goes back
+# through the near router, which must reverse both translations.
+ICMP_NAT = """
+version: 1
+hosts: {h: {tunnel_ip: 127.0.0.11}}
+routers:
+  near:
+    ports:
+      left: {address: 172.19.0.2/24, mac: "02:0a:08:06:04:01", host: h, interface: t1}
+      right: {address: 172.20.0.2/32, mac: "02:0a:08:06:04:02", peer: far.p}
+    routes:
+      - {dst: 2.2.2.2/32, port: right}
+    arp_table: {172.19.0.4: "02:00:00:00:00:04"}
+    inbound_filter: near-in
+    outbound_filter: near-out
+  far:
+    ports:
+      p: {address: 172.20.0.3/32, mac: "02:0a:08:06:05:01"}
+chains:
+  near-in:
+    - {match: {in_port: near.right, dst: 42.159.207.7}, action: rev_snat}
+    - {match: {in_port: near.left, dst: 1.1.1.1}, action: dnat, targets: [{ip: 2.2.2.2, port: 20}]}
+  near-out:
+    - {match: {src: 172.19.0.4}, action: snat, targets: [{ip: 42.159.207.7, port: 10}]}
+    - {match: {dst: 172.19.0.4}, action: rev_dnat}
+"""
+
+FROM_HOST = "eth_src=02:00:00:00:00:04,eth_dst=02:0a:08:06:04:01,ip_src=172.19.0.4,ip_dst=1.1.1.1"
+ERROR_PATH = ["far.p", "near.right", "near", "near.left"]
+
+
+def _the_error_comes_back_translated(t: Tracer, out: dict):
+    assert out["result"] == "drop" and out["drop_reason"] == "no_route"
+    assert out["path"] == ["near.left", "near", "near.right", "far.p", "far"]
+    # the bindings the packet got on its way are kept (reported and applied): the error is translated by them
+    kinds = sorted(f["kind"] for f in out["flow_state"])
+    assert kinds == ["fwd_dnat", "fwd_snat", "rev_dnat", "rev_snat"]
+    assert len(t.session.state.flow_state) == 4
+    [g] = out["generated"]
+    assert (g["port"], g["from"], g["path"]) == ("near.left", "far.p", ERROR_PATH)
+    s = scapy_of(t.last, generated=True)
+    assert (s.src, s.dst) == ("02:0a:08:06:04:01", "02:00:00:00:00:04")
+    assert (s[IP].src, s[IP].dst, s[IP].ttl) == ("172.20.0.3", "172.19.0.4", 63)
+    assert (s[ICMP].type, s[ICMP].code) == (3, 0)
+    assert (s[IPerror].src, s[IPerror].dst) == ("172.19.0.4", "1.1.1.1")
+    return s
+
+
+def test_an_icmp_error_about_a_tcp_packet_comes_back_through_both_nats():
+    t = Tracer(ICMP_NAT)
+    out = t("near.left", FROM_HOST + ",proto=tcp,tp_src=1234,tp_dst=6789,tcp_flags=syn")
+    s = _the_error_comes_back_translated(t, out)
+    assert (s[TCPerror].sport, s[TCPerror].dport) == (1234, 6789)
+    # the far router saw the packet translated both ways: 42.159.207.7:10 → 2.2.2.2:20
+    snat = next(f for f in out["flow_state"] if f["kind"] == "fwd_snat")
+    assert snat["binding"] == "42.159.207.7:10"
+
+
+def test_an_icmp_error_about_an_echo_request_comes_back_through_both_nats():
+    t = Tracer(ICMP_NAT)
+    out = t("near.left", FROM_HOST + ",proto=icmp,icmp_type=8,icmp_id=8756,icmp_seq=1")
+    s = _the_error_comes_back_translated(t, out)
+    assert s[ICMPerror].id == 8756
+
+
+def test_a_drop_that_generates_nothing_still_keeps_no_state():
+    # the far router's filter drops UDP: the packet was translated on the way, but nothing comes back
+    topo = ICMP_NAT.replace("      p: {address: 172.20.0.3/32, mac: \"02:0a:08:06:05:01\"}",
+                            "      p: {address: 172.20.0.3/32, mac: \"02:0a:08:06:05:01\"}\n    inbound_filter: far-in")
+    t = Tracer(topo + "  far-in:\n    - {match: {proto: udp}, action: drop}\n")
+    out = t("near.left", FROM_HOST + ",proto=udp,tp_src=1234,tp_dst=53")
+    assert out["drop_reason"] == "filter_drop" and out["path"][-1] == "far"
+    assert out["flow_state"] == [] and out["generated"] == [] and t.session.state.flow_state == {}
 
 
 def test_an_icmp_error_about_an_echo_request_carries_its_whole_header():

@@ -454,3 +454,50 @@ def test_a_ping_across_two_routers_and_a_bridge_is_answered_end_to_end():
         assert len(wire.answers(m.Execute)) == 4 and not wire.answers(m.FlowPut)
     finally:
         wire.close()
+
+
+# Issue 16, item 5 (MidoNet's IcmpErrorNatTest): the far router has no route to the DNAT target; its net
+# unreachable comes back through the near router, translated back by the bindings the dropped SYN created.
+ICMP_NAT = """
+version: 1
+hosts: {host-a: {tunnel_ip: 127.0.0.11}}
+routers:
+  near:
+    ports:
+      left: {address: 172.19.0.2/24, mac: "02:0a:08:06:04:01", host: host-a, interface: t1}
+      right: {address: 172.20.0.2/32, mac: "02:0a:08:06:04:02", peer: far.p}
+    routes:
+      - {dst: 2.2.2.2/32, port: right}
+    arp_table: {172.19.0.4: "02:00:00:00:00:04"}
+    inbound_filter: near-in
+    outbound_filter: near-out
+  far:
+    ports:
+      p: {address: 172.20.0.3/32, mac: "02:0a:08:06:05:01"}
+chains:
+  near-in:
+    - {match: {in_port: near.right, dst: 42.159.207.7}, action: rev_snat}
+    - {match: {in_port: near.left, dst: 1.1.1.1}, action: dnat, targets: [{ip: 2.2.2.2, port: 20}]}
+  near-out:
+    - {match: {src: 172.19.0.4}, action: snat, targets: [{ip: 42.159.207.7, port: 10}]}
+    - {match: {dst: 172.19.0.4}, action: rev_dnat}
+"""
+
+
+def test_the_icmp_error_about_a_dropped_natted_syn_leaves_translated():
+    wire = Wire(topo=ICMP_NAT)
+    try:
+        wire.inject("near.left", frame("eth_src=02:00:00:00:00:04,eth_dst=02:0a:08:06:04:01,ip_src=172.19.0.4,"
+                                       "ip_dst=1.1.1.1,proto=tcp,tp_src=1234,tp_dst=6789,tcp_flags=syn"))
+        [err] = wire.outputs("near.left")
+        assert (err.ip_src, err.ip_dst, err.ttl, err.icmp_type) == (ip2int("172.20.0.3"), ip2int("172.19.0.4"),
+                                                                    63, 3)
+        assert (err.inner_ip_src, err.inner_tp_src, err.inner_ip_dst, err.inner_tp_dst) == (
+            ip2int("172.19.0.4"), 1234, ip2int("1.1.1.1"), 6789)
+        # the SYN itself is dropped (a drop flow), and its bindings are kept
+        [put] = wire.answers(m.FlowPut)
+        assert put.actions == (("drop",),)
+        kinds = sorted(e[0] for w in wire.workers for e in w.state_entries())
+        assert {"fwd_dnat", "fwd_snat", "rev_dnat", "rev_snat"} <= set(kinds)
+    finally:
+        wire.close()

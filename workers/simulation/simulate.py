@@ -18,7 +18,9 @@ that translated the packet it reports.  The result's ``generated`` lists where t
 ``waiting`` (the shell parks it and carries it again).  Workers call ``simulate_generated`` too, for the
 packets they generate outside a simulation (ARP retries and refreshes).
 
-Flow state: a parked packet keeps none (it is simulated again from scratch), nor does a dropped one.
+Flow state: a parked packet keeps none (it is simulated again from scratch).  A dropped packet keeps what it
+created only when the drop generated a packet about it (an ICMP error, a reset): that error is translated back
+through those bindings by its own walk, and the entries stay in the agent state like any others.
 """
 
 from __future__ import annotations
@@ -80,9 +82,11 @@ def _simulate(pkt: Packet, in_port: str, topo, state, now: float, local_host: st
     except Consumed:
         res = _result(ctx, CONSUMED)
     except Stop as s:
-        # flow state is created only by a packet that goes through: a parked packet will be simulated again
-        # from scratch, a dropped one has no connection
-        ctx.effects = [e for e in ctx.effects if type(e) is not FlowStateWrite]
+        # flow state is created only by a packet that goes through (a parked packet will be simulated again
+        # from scratch, a dropped one has no connection) — or by one dropped with an error generated about
+        # it, which is translated back through that state
+        if s.needs is not None or not ctx.generated:
+            ctx.effects = [e for e in ctx.effects if type(e) is not FlowStateWrite]
         kind = PARKED if s.needs is not None else DROP
         res = _result(ctx, kind, drop_reason=None if s.needs is not None else s.reason,
                       expiry=s.expiry if s.needs is None else EXPIRY_TEMPORARY, needs=s.needs)
