@@ -4,20 +4,18 @@
         agent.inject("tenant.vm1", [frame, ...])
         agent.stats()                                         # per worker and datapath counters
 
-Owns the agent's parts and their order of start and stop: the store session, the topology mirror
-(topology.mirror, which serves fragments and reports changes), the NAT block allocator, the replicated tables
-(engine.tables), the private runtime directory (0700) with the ipc sockets, and the pieces that do the work:
+Owns the agent's parts and their order of start and stop: the store session, the private runtime directory
+(0700) with the ipc sockets, and the pieces that do the work:
 
+  engine/session.py      the store, the topology mirror, the NAT allocator, the replicated tables, the keys
   engine/pool.py         the datapath and worker processes (spawn, readiness, restart, stop)
   engine/service.py      the service thread: every socket, the commands and their answers
   engine/storeshell.py   what the workers ask of the store, and the store's changes relayed to them
   engine/persistence.py  flow-state snapshot and restore (real datapath)
   engine/portmap.py      which ports are bound here (pure functions of the mirror)
   engine/metrics.py      the Prometheus endpoint (``metrics``: started last, stopped first)
+  engine/ctl.py          the control socket of ``shardnet ctl``
   engine/logs.py         this process's logging (left to an embedding program that configured its own)
-
-The store's connection state is followed here (``store_state``; ``supervisor_store_connected`` in the stats) and
-every change of it is logged.
 
 Every public method is safe from any thread: it hands a command to the service thread (``_call``, which
 wakes it) and waits on a future.  With ``datapath="real"`` the saved flow state is restored into every worker
@@ -39,12 +37,9 @@ from engine.ctl import ControlServer, pointer_path
 from engine.persistence import Persistence
 from engine.pool import ProcessPool, datapath_config
 from engine.service import Service, ServiceNotRunning
-from engine.tables import SharedTables
+from engine.session import SessionError, StoreSession
 from topology.loader import load_topology
-from topology.mirror import StoreMirror
-from topology.store.secrets import SecretsError, flow_state_keys, parse_keys
 from topology.store.topo import read_tunnel_keys, write_topology
-from topology.store.uri import open_store
 from workers.logs import set_level
 
 DP = m.DATAPATH_INDEX
@@ -70,20 +65,20 @@ class Agent:
         self.pool = ProcessPool(self.cfg, self.counters)
         self.service = Service(self.cfg, self.counters)
         self.rt: RuntimeDir | None = None
-        self.store = None
-        self.mirror: StoreMirror | None = None
-        self.allocator = None
-        self.tables: SharedTables | None = None
+        self.session = StoreSession(self.cfg, self.counters)
         self.persistence: Persistence | None = None
         self.restored = 0
         self.ctl: ControlServer | None = None
         self.metrics = None                            # engine.metrics.MetricsServer, with cfg.metrics
-        self.store_state = "connected"                 # the store session: connected | suspended | lost
-        self.counters["supervisor_store_connected"] = 1
-        self.counters["supervisor_store_state_changes"] = 0
-        self._store_sub = None
         self._own_logging = False                      # start() set up this process's logging
         self._stopping = False
+
+    # the store session's parts, by their old names (tests and embedding programs read them)
+    store = property(lambda self: self.session.store)
+    mirror = property(lambda self: self.session.mirror)
+    allocator = property(lambda self: self.session.allocator)
+    tables = property(lambda self: self.session.tables)
+    store_state = property(lambda self: self.session.state, doc="connected | suspended | lost")
 
     @property
     def procs(self) -> dict:
@@ -105,13 +100,13 @@ class Agent:
         self._own_logging = logs.setup("supervisor", cfg.log_level, cfg.log_file, repeat_s=cfg.log_repeat_s,
                                        force=False)
         try:
-            self._open_store()
+            self.session.open(self.service.on_change, self.service.relay)
             self.rt = RuntimeDir(cfg.runtime_base)
             self.persistence = Persistence(cfg, self.counters, self.allocator)
             self.service.open(self.rt, mirror=self.mirror, tables=self.tables, allocator=self.allocator,
                               pool=self.pool, persistence=self.persistence)
             pm = portmap.port_map(self.mirror.objects, cfg.host)
-            host = self.mirror.get("host", cfg.host) if cfg.host else None
+            host = self.session.host()
             self.pool.start(datapath_config(cfg, self.rt.path, pm, host.tunnel_ip if host else None), self.rt.path)
             self.service.start()
             late = self.pool.wait_ready(cfg.start_timeout_s)
@@ -123,6 +118,10 @@ class Agent:
                                      pointer_path(cfg)).start()
             if cfg.metrics is not None:
                 self._serve_metrics()
+        except SessionError as e:
+            log.error("agent did not start: %s", e)
+            self.stop()
+            raise AgentError(str(e)) from None
         except BaseException as e:
             log.error("agent did not start: %s", e)
             self.stop()
@@ -140,58 +139,10 @@ class Agent:
             raise AgentError(f"metrics: cannot listen on {self.cfg.metrics}: {e}") from None
         log.info("metrics on %s", self.metrics.url)
 
-    def _on_store_state(self, state) -> None:
-        """The store's connection state changed (store thread)."""
-        previous, self.store_state = self.store_state, str(state)
-        self.counters["supervisor_store_connected"] = int(self.store_state == "connected")
-        self.counters["supervisor_store_state_changes"] += 1
-        if self.store_state == "suspended":
-            log.warning("store connection lost (%s): cached topology keeps forwarding, store requests wait",
-                        self.cfg.store)
-        elif self.store_state == "lost":
-            log.warning("store session expired (%s): owned entries are written again on reconnect", self.cfg.store)
-        elif previous != "connected":
-            log.info("store connected again (%s) after %s", self.cfg.store, previous)
-
-    def _open_store(self) -> None:
-        cfg = self.cfg
-        self.store = open_store(cfg.store)
-        self._store_sub = self.store.add_state_listener(self._on_store_state)
-        if cfg.topology:
-            write_topology(self.store, load_topology(cfg.topology, tunnel_keys=read_tunnel_keys(self.store)))
-        self.mirror = StoreMirror(self.store, self.service.on_change)
-        if not self.mirror.wait_ready(cfg.start_timeout_s):
-            raise AgentError("the topology store did not answer")
-        self.allocator = self._make_allocator()
-        self.tables = SharedTables(self.store, cfg.host or "agent", self.service.relay)
-        for kind in portmap.DEVICE_KINDS:
-            for name in [n for (k, n) in list(self.mirror.objects) if k == kind]:
-                self.tables.watch_device(kind, name)
-        host = self.mirror.get("host", cfg.host) if cfg.host else None
-        if host is not None:
-            self.tables.register(host.tunnel_ip)
-
-    def _flow_state_keys(self) -> tuple[bytes, ...]:
-        """The deployment keys of the flow-state tunnel: from the configuration, else from the store (made
-        there by the first agent)."""
-        try:
-            if self.cfg.flow_state_keys:
-                return parse_keys(self.cfg.flow_state_keys, "flow_state_keys")
-            return flow_state_keys(self.store)
-        except SecretsError as e:
-            raise AgentError(str(e)) from None
-
-    def _make_allocator(self):
-        """SNAT blocks are leased in the store (ephemeral nodes), so agents sharing a store — ZooKeeper, or
-        one in-process memory backend — never hold the same block."""
-        from topology.store.leases import StoreNatAllocator
-
-        return StoreNatAllocator(self.store, self.cfg.host or "agent")
-
     def _bind_ports(self) -> None:
         """Real datapath: the flow-state tunnel's keys, then restore the saved flow state, then bind the
         ports, then snapshot periodically."""
-        keys = self._flow_state_keys()
+        keys = self.session.flow_state_keys()
         answer = self._query([DP], lambda req: m.SetStateAuth(req, self.cfg.host or "agent", keys))[DP]
         if "error" in answer:
             raise AgentError(f"flow-state keys: {answer['error']}")
@@ -222,14 +173,7 @@ class Agent:
         self.service.close()
         if self.rt is not None:
             self.rt.close()
-        if self.tables is not None:
-            self.tables.close()
-        if self.mirror is not None:
-            self.mirror.close()
-        if self._store_sub is not None:
-            self._store_sub.cancel()
-        if self.store is not None:
-            self.store.close()
+        self.session.close()
         if self.pool.pids:
             log.info("agent down: host %s", self.cfg.host)
         if self._own_logging:                          # the agent's logging lasts as long as the agent
@@ -253,13 +197,7 @@ class Agent:
     def stats(self, timeout: float = 10.0) -> dict:
         answers = self._query([DP, *range(self.cfg.workers)], m.StatsRequest, timeout)
         return {"datapath": answers.get(DP, {}), "workers": [answers.get(i, {}) for i in range(self.cfg.workers)],
-                "supervisor": {**self.counters, **(self.mirror.counters if self.mirror else {}),
-                               **(self.tables.stats() if self.tables else {}), **self._store_counters()}}
-
-    def _store_counters(self) -> dict:
-        """The store session's own counters (suspensions, expiries, reconnects)."""
-        counters = getattr(self.store, "counters", None) or {}
-        return {k: v for k, v in counters.items() if k.startswith("store_")}
+                "supervisor": {**self.counters, **self.session.stats()}}
 
     def flows(self) -> list:
         """The datapath's flows: [[key, worker, hits, tags, flow id], ...]."""

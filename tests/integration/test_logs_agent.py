@@ -70,8 +70,8 @@ def test_a_store_session_expiry_is_logged_and_counted(topo_file, tmp_path, resto
         assert sup["supervisor_store_connected"] == 1 and sup["store_sessions_expired"] == 1
         assert agent.store_state == "connected"
     text = log_file.read_text()
-    assert "WARNING engine.supervisor: store session expired" in text
-    assert "INFO engine.supervisor: store connected again (memory://" in text and "after lost" in text
+    assert "WARNING engine.session: store session expired" in text
+    assert "INFO engine.session: store connected again (memory://" in text and "after lost" in text
 
 
 @pytest.mark.zk
