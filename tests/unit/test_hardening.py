@@ -66,3 +66,89 @@ def test_two_writers_use_distinct_temporary_names(tmp_path, monkeypatch):
     for _ in range(2):
         statefile.write_state(str(tmp_path / "s"), _entries(1))
     assert len(set(names)) == 2 and all(os.path.dirname(n) == str(tmp_path) for n in names)
+
+
+# -- hostile topology files ---------------------------------------------------------------------------------
+BOMB = """version: 1
+a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g, *g]
+i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h, *h]
+"""
+
+
+def _load_file(tmp_path, text: str):
+    from topology.loader import load_topology
+
+    path = tmp_path / "hostile.yaml"
+    path.write_text(text)
+    return load_topology(str(path))
+
+
+def test_an_alias_bomb_is_a_clear_error_naming_the_file_not_minutes_of_cpu(tmp_path):
+    import time
+
+    from topology.errors import TopologyError
+
+    t0 = time.process_time()
+    with pytest.raises(TopologyError, match=r"hostile\.yaml:\d+: .*aliases expand to more than 100000 nodes"):
+        _load_file(tmp_path, BOMB)                     # 10^9 strings if expanded
+    assert time.process_time() - t0 < 2.0
+
+
+@pytest.mark.parametrize(("style", "depth"), [("flow", 80), ("flow", 5000), ("flow", 200_000), ("block", 80),
+                                            ("block", 5000)])
+def test_deep_nesting_is_a_clear_error_naming_the_file(tmp_path, style, depth):
+    from topology.errors import TopologyError
+
+    if style == "flow":
+        text = "version: 1\nbridges: " + "[" * depth + "]" * depth + "\n"
+    else:
+        text = "version: 1\nbridges:\n" + "".join(" " * (i + 1) + f"k{i}:\n" for i in range(depth))
+    with pytest.raises(TopologyError, match=r"hostile\.yaml(:\d+)?: .*nesting|hostile\.yaml:\d+: invalid YAML"):
+        _load_file(tmp_path, text)
+
+
+@pytest.mark.parametrize("depth", [80, 5000])
+def test_deep_nesting_with_the_pure_python_yaml_parser(tmp_path, monkeypatch, depth):
+    import yaml
+
+    from topology import errors
+
+    class PurePython(yaml.SafeLoader):                 # what runs where libyaml is missing
+        compose_node = errors._Loader.compose_node
+        _depth = 0
+
+    PurePython.yaml_implicit_resolvers = errors._Loader.yaml_implicit_resolvers
+    monkeypatch.setattr(errors, "_Loader", PurePython)
+    with pytest.raises(errors.TopologyError, match=r"hostile\.yaml:\d+: .*nesting too deep"):
+        _load_file(tmp_path, "version: 1\nbridges: " + "[" * depth + "]" * depth + "\n")
+    with pytest.raises(errors.TopologyError, match=r"hostile\.yaml:\d+: .*aliases expand"):
+        _load_file(tmp_path, BOMB)
+
+
+def test_ordinary_aliases_and_merge_keys_still_load():
+    from topology.loader import loads_topology
+
+    t = loads_topology("""
+version: 1
+chains:
+  c1: &rules
+    - {match: {proto: tcp, dst_port: 22}, action: drop}
+    - {action: accept}
+  c2: *rules
+bridges:
+  b1:
+    ports: &ports
+      p1: {}
+      p2: {}
+  b2:
+    ports: *ports
+""")
+    assert set(t.bridges["b1"].ports) == set(t.bridges["b2"].ports) == {"p1", "p2"}
+    assert t.chains["c1"].rules == t.chains["c2"].rules and len(t.chains["c2"].rules) == 2
