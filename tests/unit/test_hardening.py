@@ -152,3 +152,51 @@ bridges:
 """)
     assert set(t.bridges["b1"].ports) == set(t.bridges["b2"].ports) == {"p1", "p2"}
     assert t.chains["c1"].rules == t.chains["c2"].rules and len(t.chains["c2"].rules) == 2
+
+
+# -- config range checks -------------------------------------------------------------------------------------
+BAD_VALUES = [
+    ("max_flows", 0), ("max_flows", -1), ("max_flows", 1.5), ("max_flows", True), ("max_parked", 0),
+    ("workers", 0), ("workers", 10_000), ("batch", 0), ("max_inflight", 0), ("port_rate", 0.0),
+    ("port_rate", -5.0), ("port_burst", 0.5), ("park_timeout_s", 0.0), ("park_timeout_s", float("nan")),
+    ("drop_flow_s", float("inf")), ("flow_state_idle_s", -1.0), ("arp_retry_s", 0), ("arp_timeout_s", "5"),
+    ("flow_idle_s", -0.1), ("flow_hard_s", -1.0), ("state_snapshot_s", -1.0), ("start_timeout_s", 0.0),
+    ("tunnel_port", 0), ("tunnel_port", 65_536), ("datapath_cpu", -1), ("cpus", []), ("cpus", [-1]),
+    ("cpus", ["0"]), ("port_workers", {"b.p": 2}), ("port_workers", {"b.p": -1}), ("port_workers", [1]),
+    ("datapath", "kernel"), ("host", ""), ("state_file", 5), ("keep_outputs", 1),
+]
+
+
+@pytest.mark.parametrize(("key", "value"), BAD_VALUES)
+def test_a_value_out_of_range_is_an_error_naming_the_key(key, value):
+    from engine.config import AgentConfig, ConfigError
+
+    with pytest.raises(ConfigError, match=rf"^{key}(\.[\w.]+)?: "):
+        AgentConfig(**{key: value})
+
+
+def test_max_flows_zero_in_a_toml_file_names_the_file_and_the_key(tmp_path):
+    from engine.config import AgentConfig, ConfigError
+
+    path = tmp_path / "agent.toml"
+    path.write_text("[agent]\nworkers = 1\nmax_flows = 0\n")
+    with pytest.raises(ConfigError, match=r"agent\.toml: max_flows: must be at least 1, got 0"):
+        AgentConfig.from_toml(str(path))
+
+
+def test_boundary_values_are_accepted():
+    from engine.config import AgentConfig
+
+    cfg = AgentConfig(workers=1, max_flows=1, max_parked=1, flow_idle_s=0, flow_hard_s=0.0, state_snapshot_s=0,
+                      tunnel_port=65_535, batch=1, port_burst=1, port_rate=0.5, datapath_cpu=0, cpus=[0],
+                      port_workers={"b.p": 0})
+    assert cfg.max_flows == 1 and cfg.flow_idle_s == 0
+
+
+def test_the_unused_extra_field_is_gone():
+    from engine.config import AgentConfig, ConfigError
+
+    with pytest.raises(TypeError):
+        AgentConfig(extra={})
+    with pytest.raises(ConfigError, match="unknown key 'extra'"):
+        AgentConfig.from_dict({"extra": {}})
