@@ -38,6 +38,8 @@ class AgentConfig:
     max_inflight: int = 4096               # upcalls in flight per worker (admission control)
     port_rate: float = 200_000.0           # upcalls/s per ingress port (token bucket)
     port_burst: float = 20_000.0
+    max_held: int = 16                     # frames held back per flow while its first packet is simulated
+    max_held_total: int = 16_384           # ... and in all, in the datapath (beyond either: dropped, counted)
     batch: int = 64
     keep_outputs: bool = True              # in-memory datapath: keep output frames for inspection
     port_workers: dict | None = None       # ingress port id → worker index (pinned dispatch; default: hash)
@@ -145,6 +147,8 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "max_inflight": (1, _BIG),
     "port_rate": (_POSITIVE, 1e12),
     "port_burst": (1.0, 1e12),
+    "max_held": (0, _BIG),                          # 0: no frame is held back (dropped while one is in flight)
+    "max_held_total": (0, _BIG),
     "batch": (1, 65_536),
     "tunnel_port": (1, 65_535),
     "state_snapshot_s": (0.0, _FOREVER),            # 0: never

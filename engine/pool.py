@@ -49,6 +49,8 @@ def datapath_config(cfg: AgentConfig, runtime_dir: str, pm: PortMap, tunnel_ip: 
         max_inflight=cfg.max_inflight,
         port_rate=cfg.port_rate,
         port_burst=cfg.port_burst,
+        max_held=cfg.max_held,
+        max_held_total=cfg.max_held_total,
         batch=cfg.batch,
         keep_outputs=cfg.keep_outputs and not real,
         port_workers=cfg.port_workers,
