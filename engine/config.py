@@ -49,6 +49,8 @@ class AgentConfig:
     state_file: str | None = None          # real: flow-state snapshot file (default: see state_path)
     state_snapshot_s: float = 1.0          # real: how often the snapshot is written (0: never)
     start_timeout_s: float = 20.0
+    request_timeout_s: float = 10.0        # a command a child has not answered by then fails (RequestExpired)
+    max_pending_requests: int = 1024       # commands waiting for answers at once (beyond: ServiceBusy)
 
     def __post_init__(self) -> None:
         for name, (lo, hi) in _LIMITS.items():
@@ -153,6 +155,8 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "tunnel_port": (1, 65_535),
     "state_snapshot_s": (0.0, _FOREVER),            # 0: never
     "start_timeout_s": (_POSITIVE, _FOREVER),
+    "request_timeout_s": (_POSITIVE, _FOREVER),
+    "max_pending_requests": (1, _BIG),
 }
 
 
