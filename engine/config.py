@@ -33,6 +33,10 @@ class AgentConfig:
     flow_hard_s: float = 0.0
     drop_flow_s: float = 5.0               # lifetime of the temporary drop flows a worker installs
     flow_state_idle_s: float = 60.0
+    max_flow_state: int = 300_000          # flow-state entries per worker, replicas included (see README: caps)
+    max_macs_per_bridge: int = 4096        # learned MACs per bridge (beyond: not learned, flooded to)
+    max_macs_per_port: int = 1024          # learned MACs per bridge port
+    max_arps_per_router: int = 4096        # ARP entries per router
     arp_retry_s: float = 1.0
     arp_timeout_s: float = 5.0
     max_inflight: int = 4096               # upcalls in flight per worker (admission control)
@@ -144,6 +148,10 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "flow_hard_s": (0.0, _FOREVER),                 # 0: no hard timeout
     "drop_flow_s": (_POSITIVE, _FOREVER),
     "flow_state_idle_s": (_POSITIVE, _FOREVER),
+    "max_flow_state": (1, _BIG),
+    "max_macs_per_bridge": (1, _BIG),
+    "max_macs_per_port": (1, _BIG),
+    "max_arps_per_router": (1, _BIG),
     "arp_retry_s": (_POSITIVE, _FOREVER),
     "arp_timeout_s": (_POSITIVE, _FOREVER),
     "max_inflight": (1, _BIG),
