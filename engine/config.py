@@ -37,6 +37,8 @@ class AgentConfig:
     max_macs_per_bridge: int = 4096        # learned MACs per bridge (beyond: not learned, flooded to)
     max_macs_per_port: int = 1024          # learned MACs per bridge port
     max_arps_per_router: int = 4096        # ARP entries per router
+    learn_rate: float = 20.0               # store writes of learned entries per second, per port (MAC) / router (ARP)
+    learn_burst: float = 100.0             # ... and their burst
     arp_retry_s: float = 1.0
     arp_timeout_s: float = 5.0
     max_inflight: int = 4096               # upcalls in flight per worker (admission control)
@@ -152,6 +154,8 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "max_macs_per_bridge": (1, _BIG),
     "max_macs_per_port": (1, _BIG),
     "max_arps_per_router": (1, _BIG),
+    "learn_rate": (_POSITIVE, 1e9),
+    "learn_burst": (1.0, 1e9),
     "arp_retry_s": (_POSITIVE, _FOREVER),
     "arp_timeout_s": (_POSITIVE, _FOREVER),
     "max_inflight": (1, _BIG),

@@ -113,7 +113,10 @@ class Agent:
         if not self.mirror.wait_ready(cfg.start_timeout_s):
             raise AgentError("the topology store did not answer")
         self.allocator = self._make_allocator()
-        self.tables = SharedTables(self.store, cfg.host or "agent", self.service.relay)
+        self.tables = SharedTables(self.store, cfg.host or "agent", self.service.relay,
+                                   max_macs_per_bridge=cfg.max_macs_per_bridge,
+                                   max_arps_per_router=cfg.max_arps_per_router, learn_rate=cfg.learn_rate,
+                                   learn_burst=cfg.learn_burst)
         for kind in portmap.DEVICE_KINDS:
             for name in [n for (k, n) in list(self.mirror.objects) if k == kind]:
                 self.tables.watch_device(kind, name)

@@ -317,3 +317,71 @@ def test_a_local_write_without_room_is_refused_and_a_replica_update_keeps_an_ent
     assert s.add_replicas([(*c, None)], 1) == ([], []) and s.counters["state_replicas_refused"] == 1
     s.expire(1000)
     assert not s.flow_state and not s.replicas
+
+
+# -- the store's shared tables (the supervisor's writes) ---------------------------------------------------------
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def shared():
+    import uuid
+
+    from engine.tables import SharedTables
+    from topology.store.uri import open_store
+
+    store = open_store(f"memory://caps-{uuid.uuid4().hex}")
+    clock = _Clock()
+    made = []
+
+    def make(**kw):
+        t = SharedTables(store, "host-a", lambda msg: None, clock=clock, **kw)
+        made.append(t)
+        return t
+
+    yield make, clock, store
+    for t in made:
+        t.close()
+    store.close()
+
+
+def _mac_nodes(store, bridge: str = "tenant") -> int:
+    try:
+        return len(store.children(f"/tables/mac/{bridge}/0"))
+    except Exception:                                           # noqa: BLE001 - no node yet
+        return 0
+
+
+def test_learning_writes_are_rate_limited_per_port_and_refreshes_are_free(shared):
+    make, clock, store = shared
+    t = make(learn_rate=1.0, learn_burst=3)
+    assert [t.learned(m.MacLearned("tenant", 0, 0x0200_0000_1000 + i, "tenant.vm1", 0)) for i in range(5)] == [
+        True, True, True, False, False]
+    assert t.counters["tables_learn_rate_limited"] == 2 and t.counters["tables_local_writes"] == 3
+    assert t.learned(m.MacLearned("tenant", 0, 0x0200_0000_2000, "tenant.vm2", 0))      # another port's bucket
+    assert t.learned(m.MacLearned("tenant", 0, 0x0200_0000_1000, "tenant.vm1", 0))      # a refresh: no token
+    clock.t = 1.0
+    assert t.learned(m.MacLearned("tenant", 0, 0x0200_0000_1003, "tenant.vm1", 0))      # one token back
+    assert not t.learned(m.MacLearned("tenant", 0, 0x0200_0000_1004, "tenant.vm1", 0))
+    assert _mac_nodes(store) == 5
+
+
+def test_the_store_table_of_a_bridge_or_router_is_capped(shared, wait_until):
+    make, clock, store = shared
+    t = make(max_macs_per_bridge=3, max_arps_per_router=2, learn_burst=1000)
+    for i in range(3):
+        assert t.learned(m.MacLearned("tenant", 0, 0x0200_0000_3000 + i, "tenant.vm1", 0))
+    wait_until(lambda: len(t.macs["tenant"]) == 3)
+    assert not t.learned(m.MacLearned("tenant", 0, 0x0200_0000_3003, "tenant.vm1", 0))
+    assert t.counters["tables_full_refused"] == 1 and _mac_nodes(store) == 3
+    assert t.learned(m.MacLearned("tenant", 0, 0x0200_0000_3000, "tenant.vm2", 0))      # a move: same key
+    assert [t.learned(m.ArpLearned("r1", 10 + i, 0x0200_0000_4000, 0)) for i in range(2)] == [True, True]
+    wait_until(lambda: len(t.arps["r1"]) == 2)
+    assert not t.learned(m.ArpLearned("r1", 12, 0x0200_0000_4000, 0))
+    assert t.learned(m.ArpLearned("r1", 10, 0x0200_0000_4001, 0))                       # an update
+    assert t.counters["tables_full_refused"] == 2 and t.stats()["tables_full_refused"] == 2
