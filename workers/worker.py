@@ -229,10 +229,13 @@ class Worker:
     # -- effects and replication ----------------------------------------------------------------------------
     def _room_for_state(self, effects) -> bool:
         """Whether the flow state ``effects`` create fits under the cap (evicting replicas if need be)."""
-        n = self.state.new_entries(effects)
+        st = self.state
+        if len(st.flow_state) + len(effects) <= st.max_flow_state:       # far from the cap: fits (cheap)
+            return True
+        n = st.new_entries(effects)
         if not n:
             return True
-        evicted = self.state.make_room(n)
+        evicted = st.make_room(n)
         if evicted is None:
             return False
         if evicted:

@@ -146,13 +146,17 @@ class LocalState:
                     refused.append(e)
             elif t is FlowStateWrite:
                 k = (e.kind, e.key)
-                if k in self.replicas:                 # written here now: ours
-                    del self.replicas[k]
-                elif k not in self.flow_state and len(self.flow_state) >= self.max_flow_state:
-                    self.counters["state_writes_refused"] += 1
-                    refused.append(e)
-                    continue
-                self.flow_state[k] = StateEntry(e.kind, e.key, e.value, now, self.flow_state_idle_s)
+                fs = self.flow_state
+                if self.replicas or len(fs) >= self.max_flow_state:    # else: no lookup (the setup path)
+                    old = fs.get(k)
+                    if old is None:
+                        if len(fs) >= self.max_flow_state:
+                            self.counters["state_writes_refused"] += 1
+                            refused.append(e)
+                            continue
+                    elif old.replica:                   # written here now: ours
+                        del self.replicas[k]
+                fs[k] = StateEntry(e.kind, e.key, e.value, now, self.flow_state_idle_s)
             elif t is FlowStateTouch:
                 entry = self.flow_state.get((e.kind, e.key))
                 if entry is not None:
