@@ -11,6 +11,11 @@ Every Upcall is answered by exactly one FlowPut (install and execute) or Execute
 malformed, refused), by its ``seq`` alone: the datapath kept the frame, the packet and the key.  The flow table
 names flows by that seq (their flow id in the datapath).
 
+Its tables are capped (workers.simulation.state.LocalState: flow state, learned MACs, ARP entries; the flow
+table; the waiting room): a new connection that finds the flow-state table full of this worker's own entries is
+dropped (``flow_state_full``), a MAC or ARP entry a cap refused is not learned (and a refused MAC is not sent to
+the supervisor), and every refusal is counted in ``stats``.
+
 Flow state a simulation created is relayed to the worker its packets hash to through the datapath *before*
 the install (same outbox, so in order): the datapath forwards it ahead of any later upcall, so no return flow
 is simulated without its state.  With real interfaces, state also goes to the other interested hosts first.
