@@ -33,8 +33,10 @@ Who sends what (→ receiver):
   supervisor ↔ any process          StatsRequest/StatsReply, Ping/Pong, Shutdown, Ready (at start)
   worker → supervisor (store shell) FragmentRequest, LeaseRequest, LeaseRelease
   supervisor → worker               Fragment, LeaseGranted, MacLearned/ArpLearned (learned by other agents),
-                                    TableEntryRemoved, DumpState
-  supervisor → datapath             DumpFlows, TakeOutputs, TakeLatencies, SetPortMap, PurgeWorker
+                                    TableEntryRemoved, DumpState, TraceRequest, DumpTable, SetLogLevel
+  supervisor → datapath             DumpFlows, DumpFlowTable, DelFlows, TakeOutputs, TakeLatencies,
+                                    SetPortMap, PurgeWorker, SetStateAuth, SetLogLevel
+  datapath → supervisor             StateRequest (authenticated, from another host: checked there)
   process → supervisor              Answer (to a command with a non-zero req_id)
   worker → supervisor               MacLearned/ArpLearned (written to the replicated tables)
   worker → datapath → workers       Fanout (ordered relay: state reaches a worker before any later upcall)
@@ -470,6 +472,72 @@ class DumpState(NamedTuple):
 
     TAG = 65
     req_id: int
+
+
+@message
+class SetStateAuth(NamedTuple):
+    """→ datapath: this agent's host name and the deployment keys of the flow-state tunnel (the first signs,
+    all verify; engine/datapath/stateauth.py).  Sent over the private runtime directory, never on a command
+    line.  body = {"keys": how many}."""
+
+    TAG = 67
+    req_id: int
+    host: str
+    keys: tuple[bytes, ...]
+
+
+@message
+class DumpFlowTable(NamedTuple):
+    """→ datapath: one page of the flow cache, for operators (``shardnet ctl dump-flows``): flows ``offset`` ..
+    ``offset + limit`` of ``worker`` (-1: every worker).  body = {"flows": [{"id", "key", "worker", "actions",
+    "tags", "hits", "age_s", "idle_left_s"}, ...], "total": n}."""
+
+    TAG = 68
+    req_id: int
+    worker: int
+    offset: int
+    limit: int
+
+
+@message
+class DelFlows(NamedTuple):
+    """→ datapath: delete these flows (ids; an operator's ``del-flows``); their workers hear FlowRemoved
+    ("deleted").  body = how many were deleted."""
+
+    TAG = 69
+    req_id: int
+    flows: tuple[int, ...]
+
+
+@message
+class TraceRequest(NamedTuple):
+    """→ worker: simulate ``frame`` entering ``port`` against the worker's live state, without side effects
+    (nothing learned, created, installed or sent on).  body = the trace JSON of CONTRACTS §3."""
+
+    TAG = 70
+    req_id: int
+    port: str
+    frame: bytes
+
+
+@message
+class DumpTable(NamedTuple):
+    """→ worker: its view of a MAC table (``kind`` "mac", ``device`` a bridge) or an ARP table ("arp", a
+    router).  body = [[vlan, mac, port, age_s], ...] or [[ip, mac, age_s], ...]."""
+
+    TAG = 71
+    req_id: int
+    kind: str
+    device: str
+
+
+@message
+class SetLogLevel(NamedTuple):
+    """→ any process: set its log level ("DEBUG", "INFO", "WARNING", "ERROR").  body = the level now."""
+
+    TAG = 72
+    req_id: int
+    level: str
 
 
 @message

@@ -1,6 +1,7 @@
 """The `shardnet` command line: subcommands share one parser and a `--store URI` option.
 
-Subcommands: `trace` (CONTRACTS §3), `run` (an agent), `topology` (apply/show), and those other packages
+Subcommands: `trace` (CONTRACTS §3), `run` (an agent), `topology` (apply/show), `ctl` (a running agent,
+CONTRACTS §5), and those other packages
 register (`bench`, CONTRACTS §4).  The CLI is a thin shell: it parses arguments, loads the topology and hands the
 work to the same entry points the tests use (workers.trace.TraceSession for `trace`, engine.supervisor.Agent
 for `run`).
@@ -25,6 +26,7 @@ import argparse
 import sys
 from importlib.metadata import entry_points
 
+from engine.ctlclient import add_ctl_parser
 from engine.demo import DEMO_TOPOLOGY, DEMO_TRACE
 from engine.topology_cmd import add_topology_parser
 
@@ -64,9 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "tunnel_ip (default when --host is given without --demo/--config); memory: synthetic")
     r.add_argument("--tunnel-port", type=int, help="UDP port of the VXLAN endpoint (default 4789)")
     r.add_argument("--state-file", help="flow-state snapshot file (real datapath; restored at start)")
+    r.add_argument("--ctl", metavar="PATH", help="control socket for `shardnet ctl` (default: in the private "
+                                                 "runtime directory; `shardnet ctl --host NAME` finds it)")
     r.set_defaults(func=cmd_run)
 
     add_topology_parser(sub)
+    add_ctl_parser(sub)
     for ep in registered_commands():
         ep.load()(sub)                                 # raises: a broken plugin is an error, not a missing command
     return parser

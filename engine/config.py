@@ -54,6 +54,9 @@ class AgentConfig:
     tunnel_port: int = 4789                # real: UDP port of the VXLAN endpoint (bound on the host's tunnel_ip)
     state_file: str | None = None          # real: flow-state snapshot file (default: see state_path)
     state_snapshot_s: float = 1.0          # real: how often the snapshot is written (0: never)
+    flow_state_keys: list[str] | None = None   # real: hex keys of the flow-state tunnel (first signs); default:
+                                           # the deployment's keys in the store (/secrets/flow-state-keys)
+    ctl: str | None = None                 # the control socket (default: ctl.sock in the private runtime dir)
     start_timeout_s: float = 20.0
     request_timeout_s: float = 10.0        # a command a child has not answered by then fails (RequestExpired)
     max_pending_requests: int = 1024       # commands waiting for answers at once (beyond: ServiceBusy)

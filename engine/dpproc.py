@@ -25,8 +25,12 @@ host's tunnel address).  In real mode the port and tunnel fds are polled next to
 is drained (one batch) into dispatcher upcalls, and the dispatcher is flushed after each burst.  The port map
 comes from the supervisor (SetPortMap: ports, tunnel keys, hosts' tunnel addresses) at start and after each
 topology change; ports are added/removed as it changes.  Flow state: StateToHosts sends an encoded
-FlowStateBatch to other hosts on the reserved VNI; state arriving on that VNI is accepted only from a known
-host's address (else counted ``datapath_state_refused``) and relayed raw to every local worker.
+FlowStateBatch (or StateRequest) to other hosts on the reserved VNI, sealed by engine/datapath/stateauth.py
+(HMAC with the deployment key from SetStateAuth, a fresh sequence number).  What arrives on that VNI is opened
+there (authentic, fresh, from a known host at its own address), decoded, and only a FlowStateBatch (relayed to
+every local worker) or a StateRequest (to the supervisor, which checks the port moved) is taken; everything
+else is refused and counted by reason (``datapath_state_refused_<reason>``).  Frames on data VNIs are taken
+only from known hosts' addresses, and only for ports bound here.
 """
 
 from __future__ import annotations
@@ -54,11 +58,24 @@ from backchannel.sockets import (
 )
 from engine.datapath.flowcache import compile_actions
 from engine.datapath.memory import MemoryDatapath
+from engine.datapath.stateauth import Refused, StateAuth
 from engine.dispatcher import Dispatcher
 from packet.codec import ParseError, parse
+from topology.model import TUNNEL_KEY_FLOW_STATE
+from workers.logs import set_level
 
 DP = m.DATAPATH_INDEX
 MAX_LATENCY_SAMPLES = 2_000_000
+MAX_FLOW_PAGE = 5000                                   # flows per DumpFlowTable answer (messages are ≤ 4 MiB)
+
+
+def _actions_of(compiled) -> list:
+    """The actions of a compiled flow, as the worker sent them (sets before each output)."""
+    out = []
+    for fields, kind, target, tkey in compiled:
+        out.extend(["set", k, v] for k, v in fields.items())
+        out.append(["output", target] if kind == "output" else ["tunnel", target, tkey])
+    return out or [["drop"]]
 
 
 @dataclass
@@ -90,6 +107,8 @@ class DatapathProcess:
         self.to_workers = to_workers
         self.to_sup = to_sup
         self.tunnel = None
+        self.auth: StateAuth | None = None
+        self.state_decoder = Decoder()
         self.hosts: dict[str, int] = {}
         self.known_ips: set[int] = set()
         self.fds_changed = False
@@ -100,7 +119,7 @@ class DatapathProcess:
             if cfg.tunnel_ip:
                 self.tunnel = VxlanTunnel(cfg.tunnel_ip, cfg.tunnel_port)
             self.dp = RealDatapath({}, self.tunnel, None, cfg.max_flows, cfg.keep_outputs,
-                                   on_state=self._on_state, batch=cfg.batch)
+                                   on_state=self._on_state, batch=cfg.batch, accept_from=self.known_ips)
         else:
             self.dp = MemoryDatapath(cfg.max_flows, cfg.keep_outputs, cfg.tunnel_ports)
         self.disp = Dispatcher(cfg.n_workers, self._send_batch, max_inflight=cfg.max_inflight,
@@ -124,7 +143,8 @@ class DatapathProcess:
             m.Fanout: self._fanout, m.StateToHosts: self._state_to_hosts, m.StatsRequest: self._stats,
             m.DumpFlows: self._dump_flows, m.TakeOutputs: self._take_outputs,
             m.TakeLatencies: self._take_latencies, m.SetPortMap: self._set_port_map,
-            m.PurgeWorker: self._purge_worker, m.Shutdown: self._shutdown,
+            m.PurgeWorker: self._purge_worker, m.SetStateAuth: self._set_state_auth, m.Shutdown: self._shutdown,
+            m.DumpFlowTable: self._dump_flow_table, m.DelFlows: self._del_flows, m.SetLogLevel: self._log_level,
         }
 
     def _send_batch(self, w: int, batch) -> bool:
@@ -138,9 +158,12 @@ class DatapathProcess:
         """The port map from the supervisor: ports {id: ifname} (real datapath: opened, those no longer
         listed or moved to another interface closed), keys {tunnel key: id}, hosts {name: tunnel ip}."""
         self.hosts = {str(k): int(v) for k, v in hosts.items() if v}
-        self.known_ips = set(self.hosts.values())
+        self.known_ips.clear()                         # the same set object: RealDatapath checks it too
+        self.known_ips.update(self.hosts.values())
         if self.tunnel is not None:
             self.known_ips.discard(self.tunnel.local_ip)
+        if self.auth is not None:
+            self.auth.hosts = self.hosts
         errors = []
         if self.cfg.mode == "real":
             want = {str(k): str(v) for k, v in ports.items()}
@@ -161,12 +184,38 @@ class DatapathProcess:
         self.dp.tunnel_ports.update({int(k): str(v) for k, v in keys.items()})
         return {"ports": sorted(getattr(self.dp, "ports", ())), "errors": errors}
 
-    def _on_state(self, src_ip: int, payload: bytes) -> None:
-        if src_ip not in self.known_ips:
-            self.counters["datapath_state_refused"] += 1
+    def _refuse_state(self, reason: str) -> None:
+        self.counters["datapath_state_refused"] += 1
+        name = f"datapath_state_refused_{reason}"
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    def _on_state(self, src_ip: int, data: bytes) -> None:
+        """A datagram on the flow-state VNI: authenticated, fresh, one of the two messages that belong there."""
+        if self.auth is None:
+            self._refuse_state("no_key")
             return
-        self.counters["datapath_state_accepted"] += 1
-        self._relay(range(len(self.to_workers)), payload)
+        try:
+            _sender, payload = self.auth.open(src_ip, self._state_header, data)
+        except Refused as e:
+            self._refuse_state(e.reason)
+            return
+        msgs = self.state_decoder.decode_many(payload) if payload else []
+        if len(msgs) != 1:
+            self._refuse_state("decode")
+            return
+        msg = msgs[0]
+        if type(msg) is m.FlowStateBatch:
+            self.counters["datapath_state_accepted"] += 1
+            self._relay(range(len(self.to_workers)), payload)
+        elif type(msg) is m.StateRequest:
+            self.counters["datapath_state_requests"] = self.counters.get("datapath_state_requests", 0) + 1
+            send_msg(self.to_sup, msg)
+        else:
+            self._refuse_state("type")
+
+    @property
+    def _state_header(self) -> bytes:
+        return self.tunnel.header(TUNNEL_KEY_FLOW_STATE)
 
     def _relay(self, targets, payload: bytes) -> None:
         for w in targets:
@@ -183,7 +232,10 @@ class DatapathProcess:
             if ip is None or self.tunnel is None:
                 self.counters["datapath_state_no_host"] += 1
                 continue
-            if self.tunnel.send_state(ip, msg.payload):
+            if self.auth is None:
+                self.counters["datapath_state_no_key"] = self.counters.get("datapath_state_no_key", 0) + 1
+                continue
+            if self.tunnel.send_state(ip, self.auth.seal(self._state_header, msg.payload)):
                 self.counters["datapath_state_tx"] += 1
 
     def poll_fd(self, fd: int, now: float) -> None:
@@ -299,6 +351,8 @@ class DatapathProcess:
         out = dict(self.counters)
         out["datapath_flows"] = len(self.dp.cache.flows)
         out["datapath_inflight"] = len(self.disp.inflight_by_seq)
+        for w, n in enumerate(self.disp.inflight):
+            out[f"dispatcher_inflight_{w}"] = n
         out["datapath_pid"] = os.getpid()
         return out
 
@@ -308,6 +362,26 @@ class DatapathProcess:
     def _dump_flows(self, msg: m.DumpFlows, now: float) -> None:
         self._reply(msg.req_id, [[list(f.key), f.worker, f.hits, list(f.tags), f.id]
                                  for f in self.dp.cache.flows.values()])
+
+    def _dump_flow_table(self, msg: m.DumpFlowTable, now: float) -> None:
+        flows = [f for f in self.dp.cache.flows.values() if msg.worker < 0 or f.worker == msg.worker]
+        page = flows[max(0, msg.offset):max(0, msg.offset) + max(0, min(msg.limit, MAX_FLOW_PAGE))]
+        self._reply(msg.req_id, {"total": len(flows), "flows": [{
+            "id": f.id, "key": list(f.key), "worker": f.worker, "actions": _actions_of(f.compiled),
+            "tags": list(f.tags), "hits": f.hits, "age_s": round(now - f.installed_at, 3),
+            "idle_left_s": round(f.idle_s - (now - f.last_used), 3) if f.idle_s else None} for f in page]})
+
+    def _del_flows(self, msg: m.DelFlows, now: float) -> None:
+        gone = [self.dp.cache.flows[k] for k in map(self.dp.cache.by_id.get, msg.flows) if k is not None]
+        n = self.dp.cache.delete_ids(msg.flows)
+        self._removed([(f, "deleted") for f in gone])
+        self._reply(msg.req_id, n)
+
+    def _log_level(self, msg: m.SetLogLevel, now: float) -> None:
+        try:
+            self._reply(msg.req_id, set_level(msg.level))
+        except ValueError as e:
+            self._reply(msg.req_id, {"error": str(e)})
 
     def _take_outputs(self, msg: m.TakeOutputs, now: float) -> None:
         self._reply(msg.req_id, self.dp.take_outputs(msg.port))
@@ -319,6 +393,15 @@ class DatapathProcess:
 
     def _set_port_map(self, msg: m.SetPortMap, now: float) -> None:
         self._reply(msg.req_id, self.set_ports(dict(msg.ports), dict(msg.keys), dict(msg.hosts)))
+
+    def _set_state_auth(self, msg: m.SetStateAuth, now: float) -> None:
+        try:
+            self.auth = StateAuth(msg.host, tuple(msg.keys), self.hosts)
+        except ValueError as e:
+            self.counters["datapath_state_bad_keys"] = self.counters.get("datapath_state_bad_keys", 0) + 1
+            self._reply(msg.req_id, {"error": str(e)})
+            return
+        self._reply(msg.req_id, {"keys": len(msg.keys)})
 
     def _purge_worker(self, msg: m.PurgeWorker, now: float) -> None:
         w = msg.worker

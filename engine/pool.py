@@ -17,6 +17,7 @@ Called from two threads: ``start``/``wait_ready``/``stop``/``health`` from the a
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -105,6 +106,8 @@ class ProcessPool:
         self.pids: dict[int, int] = {}
         self.stopping = False
         self._argv: dict[int, list[str]] = {}           # index → its command line (kept for restarts)
+        self.restarts: dict[int, int] = {}              # index → how many times it was restarted
+        self.last_exit: dict[int, tuple[int, float]] = {}   # index → (exit status, wall time seen dead)
         self._ready: dict[int, threading.Event] = {}
 
     def start(self, dp_cfg: DatapathConfig, runtime_dir: str) -> None:
@@ -150,9 +153,19 @@ class ProcessPool:
                 continue
             send_dp(m.PurgeWorker(0, i))
             self.counters["supervisor_worker_restarts"] += 1
+            self.restarts[i] = self.restarts.get(i, 0) + 1
+            self.last_exit[i] = (getattr(p, "returncode", None), time.time())
             self._spawn(i)
             restarted.append(i)
         return restarted
+
+    def children(self) -> dict[int, dict]:
+        """Per child: pid, alive, CPU seconds used (from /proc), restarts, last exit (status, time)."""
+        out = {}
+        for i, p in list(self.procs.items()):
+            out[i] = {"name": child_name(i), "pid": p.pid, "alive": p.poll() is None, "cpu_s": _cpu_s(p.pid),
+                      "restarts": self.restarts.get(i, 0), "last_exit": self.last_exit.get(i)}
+        return out
 
     def health(self) -> dict:
         return {"alive": {i: p.poll() is None for i, p in list(self.procs.items())}, "pids": dict(self.pids),
@@ -170,3 +183,13 @@ class ProcessPool:
                     break
                 except subprocess.TimeoutExpired:
                     continue
+
+
+def _cpu_s(pid: int) -> float | None:
+    """utime + stime of a process in seconds (None when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

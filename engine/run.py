@@ -32,6 +32,7 @@ def _config(args) -> AgentConfig:
         over["datapath"] = "real"                      # an agent for a host binds that host's interfaces
     over["tunnel_port"] = getattr(args, "tunnel_port", None)
     over["state_file"] = getattr(args, "state_file", None)
+    over["ctl"] = getattr(args, "ctl", None)
     if args.config:
         return AgentConfig.from_toml(args.config, **over)
     return AgentConfig(**{k: v for k, v in over.items() if v is not None})

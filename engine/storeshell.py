@@ -11,16 +11,22 @@ which reads the sockets and calls in here; ``send(target, msg)`` is its non-bloc
 - A topology change: TopologyChanged to every worker, a new port map to the datapath (SetPortMap, no answer
   wanted); with the real datapath a port that moved here asks its previous host for its flow state.
 - An entry another agent learned or removed (the tables' relay): sent to every worker.
+- A StateRequest from another host (authenticated by the datapath): answered by our workers only when the
+  store says the port now lives on the requester, once per (host, port) every few seconds.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from backchannel import messages as m
 from engine import portmap
 
 DP = m.DATAPATH_INDEX
+STATE_REQUEST_WAIT_S = 5.0         # a state request waits this long for our mirror to see the port's move
+STATE_REQUEST_EVERY_S = 5.0        # at most one answer per (host, port) this often
+MAX_WAITING_STATE_REQUESTS = 1024
 
 
 class StoreShell:
@@ -33,6 +39,8 @@ class StoreShell:
         self.send = send
         self.awaited: dict[tuple[str, str], set[int]] = {}     # (kind, name) → workers waiting for it
         self.bound: dict[str, str] = {}                # real datapath: port id → host, as last seen
+        self.state_requests: dict[tuple[str, str], float] = {}  # (requester, port) → until when it may wait
+        self.state_answered: dict[tuple[str, str], float] = {}  # (requester, port) → when it was last answered
 
     def _workers(self):
         return range(self.cfg.workers)
@@ -58,9 +66,46 @@ class StoreShell:
             self.allocator.release(self.cfg.lease_owner(msg.worker), msg.device, msg.ip, msg.block)
         elif t is m.MacLearned or t is m.ArpLearned:
             self.tables.learned(msg)
+        elif t is m.StateRequest:
+            self._state_request(msg, time.monotonic())
         else:
             return False
         return True
+
+    # -- state requests from other hosts (authenticated by the datapath, checked here) ---------------------------
+    def _state_request(self, msg: m.StateRequest, now: float) -> None:
+        """Another host says port ``msg.port`` moved to it: its flow state is sent there only if the store says
+        so (the request may arrive before our mirror saw the move: it waits up to STATE_REQUEST_WAIT_S), and at
+        most once per STATE_REQUEST_EVERY_S per (host, port)."""
+        key = (msg.requester, msg.port)
+        last = self.state_answered.get(key)
+        if last is not None and now - last < STATE_REQUEST_EVERY_S:
+            self._count("supervisor_state_requests_rate_limited")
+            return
+        if portmap.bindings(self.mirror.objects).get(msg.port) != msg.requester:
+            if key not in self.state_requests and len(self.state_requests) >= MAX_WAITING_STATE_REQUESTS:
+                self._count("supervisor_state_requests_refused")
+                return
+            self.state_requests.setdefault(key, now + STATE_REQUEST_WAIT_S)
+            return
+        self.state_requests.pop(key, None)
+        if len(self.state_answered) >= MAX_WAITING_STATE_REQUESTS:
+            self.state_answered = {k: t for k, t in self.state_answered.items() if now - t < STATE_REQUEST_EVERY_S}
+        self.state_answered[key] = now
+        self._count("supervisor_state_requests_answered")
+        for i in self._workers():
+            self.send(i, msg)
+
+    def _recheck_state_requests(self, now: float) -> None:
+        for (requester, port), until in list(self.state_requests.items()):
+            if now > until:
+                del self.state_requests[(requester, port)]
+                self._count("supervisor_state_requests_refused")
+            else:
+                self._state_request(m.StateRequest(requester, port), now)
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
 
     def push_awaited(self) -> None:
         """Objects workers asked for that did not exist: send those that exist now."""
@@ -80,6 +125,8 @@ class StoreShell:
 
     def topology_changed(self, kind: str, name: str) -> None:
         self.counters["supervisor_topology_changes"] += 1
+        if self.state_requests:
+            self._recheck_state_requests(time.monotonic())
         if kind in portmap.DEVICE_KINDS and self.mirror.get(kind, name) is not None:
             self.tables.watch_device(kind, name)
         if kind in (*portmap.DEVICE_KINDS, "host"):

@@ -22,20 +22,24 @@ process, socket file or directory behind.
 
 from __future__ import annotations
 
+import os
 import time
 
 from backchannel import messages as m
 from backchannel.sockets import RuntimeDir
 from engine import portmap
 from engine.config import AgentConfig
+from engine.ctl import ControlServer, pointer_path
 from engine.persistence import Persistence
 from engine.pool import ProcessPool, datapath_config
 from engine.service import Service, ServiceNotRunning
 from engine.tables import SharedTables
 from topology.loader import load_topology
 from topology.mirror import StoreMirror
+from topology.store.secrets import SecretsError, flow_state_keys, parse_keys
 from topology.store.topo import read_tunnel_keys, write_topology
 from topology.store.uri import open_store
+from workers.logs import set_level
 
 DP = m.DATAPATH_INDEX
 QUERIES = {                                            # Agent.query's names → their command (req_id, arg)
@@ -65,6 +69,7 @@ class Agent:
         self.tables: SharedTables | None = None
         self.persistence: Persistence | None = None
         self.restored = 0
+        self.ctl: ControlServer | None = None
         self._stopping = False
 
     @property
@@ -99,6 +104,8 @@ class Agent:
                 raise AgentError(f"{late} did not start")
             if cfg.datapath == "real":
                 self._bind_ports()
+            self.ctl = ControlServer(self, cfg.ctl or os.path.join(self.rt.path, "ctl.sock"),
+                                     pointer_path(cfg)).start()
         except BaseException:
             self.stop()
             raise
@@ -124,6 +131,16 @@ class Agent:
         if host is not None:
             self.tables.register(host.tunnel_ip)
 
+    def _flow_state_keys(self) -> tuple[bytes, ...]:
+        """The deployment keys of the flow-state tunnel: from the configuration, else from the store (made
+        there by the first agent)."""
+        try:
+            if self.cfg.flow_state_keys:
+                return parse_keys(self.cfg.flow_state_keys, "flow_state_keys")
+            return flow_state_keys(self.store)
+        except SecretsError as e:
+            raise AgentError(str(e)) from None
+
     def _make_allocator(self):
         """SNAT blocks are leased in the store (ephemeral nodes), so agents sharing a store — ZooKeeper, or
         one in-process memory backend — never hold the same block."""
@@ -132,7 +149,12 @@ class Agent:
         return StoreNatAllocator(self.store, self.cfg.host or "agent")
 
     def _bind_ports(self) -> None:
-        """Real datapath: restore the saved flow state, then bind the ports, then snapshot periodically."""
+        """Real datapath: the flow-state tunnel's keys, then restore the saved flow state, then bind the
+        ports, then snapshot periodically."""
+        keys = self._flow_state_keys()
+        answer = self._query([DP], lambda req: m.SetStateAuth(req, self.cfg.host or "agent", keys))[DP]
+        if "error" in answer:
+            raise AgentError(f"flow-state keys: {answer['error']}")
         self.service.shell.note_bindings()
         self.restored = self.persistence.restore(lambda i, msg: self._call("send", (i, msg)))
         pm = portmap.port_map(self.mirror.objects, self.cfg.host)
@@ -150,6 +172,8 @@ class Agent:
             except Exception:                          # noqa: BLE001 - best effort; the periodic one stands
                 pass
         self._stopping = True
+        if self.ctl is not None:
+            self.ctl.stop()
         self.pool.stopping = True
         self.service.shutdown()
         self.pool.stop()
@@ -198,6 +222,24 @@ class Agent:
 
     def health(self) -> dict:
         return self.pool.health()
+
+    def children(self) -> dict[int, dict]:
+        """Per child process (-1: the datapath): pid, alive, CPU seconds, restarts, last exit."""
+        return self.pool.children()
+
+    def command(self, targets, make_msg, timeout: float = 10.0) -> dict:
+        """Send the command message ``make_msg(req_id)`` (backchannel.messages) to processes (indices; -1 is
+        the datapath) and wait for their answers: {index: answer body}."""
+        return self._query(targets, make_msg, timeout)
+
+    def set_log_level(self, level: str) -> str:
+        """This (the supervisor's) process's log level."""
+        return set_level(level)
+
+    @property
+    def ctl_path(self) -> str | None:
+        """Where the control socket listens (``shardnet ctl --ctl PATH``)."""
+        return self.ctl.path if self.ctl is not None else None
 
     def apply_topology(self, topology) -> dict:
         """Write a topology (file path or Topology) into the store, as a diff; workers hear of each change."""

@@ -145,6 +145,30 @@ _L4_KEYS = _PORT_KEYS | _TCP_KEYS | _ICMP_KEYS | _INNER_KEYS
 def parse_spec(text: str, rng: _random.Random | None = None) -> Packet:
     """``key=value,...`` → Packet.  Missing fields get defaults; random ones are drawn from ``rng``."""
     rng = rng if rng is not None else _random  # the module functions share its hidden instance
+    given, raw = _fields(text)
+    if not given:
+        raise SpecError("empty packet spec")
+    return _make(_Given(given, raw), rng)
+
+
+def parse_match(text: str) -> dict[str, object]:
+    """A spec used as a match (``shardnet ctl dump-flows --match``): only the fields given, parsed as in a
+    packet spec, plus ``in_port`` (a port id).  No defaults."""
+    port = None
+    rest = []
+    for item in text.split(","):
+        key, _, value = item.strip().partition("=")
+        if key.strip() == "in_port":
+            port = value.strip()
+        elif item.strip():
+            rest.append(item)
+    given, _raw = _fields(",".join(rest))
+    if port is not None:
+        given["in_port"] = port
+    return given
+
+
+def _fields(text: str) -> tuple[dict[str, object], dict[str, str]]:
     given: dict[str, object] = {}
     raw: dict[str, str] = {}
     for item in text.split(","):
@@ -161,9 +185,7 @@ def parse_spec(text: str, rng: _random.Random | None = None) -> Packet:
             raise SpecError(f"{key}: given twice")
         given[key] = _PARSERS[key](key, value)
         raw[key] = value
-    if not given:
-        raise SpecError("empty packet spec")
-    return _make(_Given(given, raw), rng)
+    return given, raw
 
 
 class _Given(dict):

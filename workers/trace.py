@@ -83,7 +83,12 @@ class TraceSession:
 def _state_json(kind: str, key: tuple, value) -> dict:
     if kind == CONNTRACK:
         return {"type": "conntrack", "key": tags.key_str(key)}
-    return {"type": "nat", "kind": kind, "key": tags.key_str(key), "binding": f"{int2ip(value[0])}:{value[1]}"}
+    return {"type": "nat", "kind": kind, "key": tags.key_str(key), "binding": binding_str(value)}
+
+
+def binding_str(value) -> str:
+    """A NAT binding (ip, port) as "ip:port" (JSON output)."""
+    return f"{int2ip(value[0])}:{value[1]}"
 
 
 def result_json(res: SimResult) -> dict:
@@ -92,7 +97,8 @@ def result_json(res: SimResult) -> dict:
         "result": res.result,
         "path": list(res.path),
         "outputs": [{"port": o.port, "host": o.host, "tunnel_key": o.tunnel_key,
-                     "packet": packet_to_dict(o.packet)} for o in res.outputs],
+                     **({} if o.bound else {"bound": False}), "packet": packet_to_dict(o.packet)}
+                    for o in res.outputs],
         "generated": [{"port": g.port, "packet": packet_to_dict(g.packet)} for g in res.generated],
         "flow_state": [_state_json(e.kind, e.key, e.value) for e in res.effects if type(e) is FlowStateWrite],
         "drop_reason": res.drop_reason,

@@ -35,6 +35,7 @@ from topology.nat_leases import BLOCK_SIZE
 from workers import tags
 from workers.arp import ArpBroker
 from workers.flowtable import FlowTable
+from workers.logs import set_level
 from workers.parking import ParkingLot
 from workers.plan import DROP_ACTIONS, output_actions
 from workers.simulation import generate
@@ -65,6 +66,7 @@ from workers.simulation.state import (
     LocalState,
 )
 from workers.topocache import TopologyCache
+from workers.trace import result_json
 
 STATE_CHUNK = 500                                   # flow-state entries per message to another host
 
@@ -145,6 +147,14 @@ class Worker:
         if res.result == PARKED:
             self._park(up, pkt, res, now)
             return
+        outputs = res.outputs
+        if res.result == FORWARD and not all(o.bound for o in outputs):
+            outputs = tuple(o for o in outputs if o.bound)      # ports no host binds yet: dropped, counted
+            self.c["unbound_outputs"] += len(res.outputs) - len(outputs)
+            if not outputs:                                    # as a drop: no state, nothing learned
+                self._drop("no_bound_egress_port")
+                self._answer(up.seq, DROP_ACTIONS, res.tags, now)
+                return
         if res.effects and not self._room_for_state(res.effects):
             # the flow-state table is full of this worker's own connections: the new one is dropped
             self._drop("flow_state_full")
@@ -157,8 +167,7 @@ class Worker:
             self.c["consumed"] += 1
             self._answer(up.seq, (), res.tags, now, install=False)
         elif res.result == FORWARD:
-            actions = output_actions(pkt, res.outputs, self._tunnel_ip)
-            self._answer(up.seq, actions, res.tags, now)
+            self._answer(up.seq, output_actions(pkt, outputs, self._tunnel_ip), res.tags, now)
         else:
             self._drop(res.drop_reason or "unknown")
             self._answer(up.seq, DROP_ACTIONS, res.tags, now, temporary=res.expiry == EXPIRY_TEMPORARY)
@@ -418,10 +427,43 @@ class Worker:
         elif t is m.DumpState:
             if msg.req_id:
                 self._sup(m.Answer(msg.req_id, self.i, self.state_entries()))
+        elif t is m.TraceRequest:
+            self._sup(m.Answer(msg.req_id, self.i, self.trace(msg.port, msg.frame, now)))
+        elif t is m.DumpTable:
+            self._sup(m.Answer(msg.req_id, self.i, self.table(msg.kind, msg.device, now)))
+        elif t is m.SetLogLevel:
+            try:
+                body = set_level(msg.level)
+            except ValueError as e:
+                body = {"error": str(e)}
+            self._sup(m.Answer(msg.req_id, self.i, body))
         elif t is m.Shutdown:
             self.running = False
         else:
             self.c["unexpected_messages"] += 1
+
+    def trace(self, port: str, frame: bytes, now: float) -> dict:
+        """The live trace: ``frame`` simulated against this worker's state, effects not applied, nothing
+        answered, learned or installed.  A missing topology fragment is requested (the cache fills as it would
+        for a packet), so tracing again shortly gives the full path."""
+        try:
+            pkt = parse(frame)
+        except ParseError as e:
+            return {"error": f"malformed frame: {e.reason}"}
+        res = simulate(pkt, port, self.topo, self.state, now, self.cfg.host)
+        if res.result == PARKED and type(res.needs) is NeedFragment and not self.topo.is_absent(
+                res.needs.kind, res.needs.name):
+            self._sup(m.FragmentRequest(self.i, res.needs.kind, res.needs.name))
+        out = result_json(res)
+        out["worker"] = self.i
+        return out
+
+    def table(self, kind: str, device: str, now: float) -> list:
+        """This worker's view of a MAC table (a bridge) or an ARP table (a router)."""
+        if kind == "mac":
+            return [[vlan, mac, port, round(now - t, 3)] for (b, vlan, mac), (port, t) in self.state.macs.items()
+                    if b == device]
+        return [[ip, mac, round(now - t, 3)] for (r, ip), (mac, t) in self.state.arps.items() if r == device]
 
     def state_entries(self) -> list:
         """The flow-state shard as the agent's snapshot file stores it (restored at start)."""
@@ -442,6 +484,7 @@ class Worker:
         out["worker_macs"] = len(self.state.macs)
         out["worker_arps"] = len(self.state.arps)
         out["worker_index"] = self.i
+        out["worker_cpu"] = -1 if self.cfg.cpu is None else self.cfg.cpu
         out["worker_pid"] = os.getpid()
         return out
 

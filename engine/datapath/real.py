@@ -11,8 +11,9 @@ datapath process polls: ``fds()`` and ``poll_ready(fd, now)``.
 - Action "output" → the port's AfPacketPort.send; "tunnel" → VxlanTunnel.send(host ip, key, frame).
 - A frame from the tunnel is never simulated: VNI == a local port's tunnel key → output on that port
   (``datapath_tunnel_rx``), an unknown VNI → dropped (``datapath_tunnel_unknown_key``), VNI 0xFFFFFF → the
-  payload goes to ``on_state(src_ip, payload)`` (flow-state replication; accepting or refusing the sender is
-  the callback's business).
+  payload goes to ``on_state(src_ip, payload)`` (flow-state replication; authenticating it is the callback's
+  business).  With ``accept_from`` (a set of tunnel addresses, kept up to date by the caller), a data frame
+  from any other source is dropped (``datapath_tunnel_refused_source``).
 - ``keep_outputs`` additionally keeps a bounded copy of every output (tests, the "outputs" query).
 
 Port ids are whatever the caller uses in flow keys and actions (the engine uses port names).
@@ -37,11 +38,13 @@ class RealDatapath(MemoryDatapath):
 
     def __init__(self, ports: dict, tunnel: VxlanTunnel | None = None, key_to_port: dict | None = None,
                  max_flows: int = 200_000, keep_outputs: bool = False,
-                 on_state: Callable[[int, bytes], None] | None = None, batch: int = 64):
+                 on_state: Callable[[int, bytes], None] | None = None, batch: int = 64,
+                 accept_from: set[int] | None = None):
         self.ports: dict = {}
         super().__init__(max_flows, keep_outputs, key_to_port)
         self.counters.update({"datapath_tunnel_state_rx": 0, "datapath_output_no_port": 0,
-                              "datapath_no_tunnel": 0})
+                              "datapath_no_tunnel": 0, "datapath_tunnel_refused_source": 0})
+        self.accept_from = accept_from
         self.tunnel = tunnel
         self.on_state = on_state
         self.batch = batch
@@ -146,6 +149,9 @@ class RealDatapath(MemoryDatapath):
                 c["datapath_tunnel_state_rx"] += 1
                 if self.on_state is not None:
                     self.on_state(src, inner)
+                continue
+            if self.accept_from is not None and src not in self.accept_from:
+                c["datapath_tunnel_refused_source"] += 1
                 continue
             self.receive_tunnel(vni, inner)
 

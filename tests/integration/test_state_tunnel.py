@@ -1,5 +1,6 @@
 """Flow-state replication between two datapath processes' shells over real VXLAN/UDP sockets on loopback:
-state goes out on the reserved tunnel key, is accepted only from known hosts, and reaches every local worker."""
+state goes out on the reserved tunnel key, sealed with the deployment key, is accepted only when authentic and
+from a known host, and reaches every local worker."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from backchannel.codec import decode, encode
 from engine.datapath.tunnel import VxlanTunnel
 from engine.dpproc import DatapathConfig, DatapathProcess
 from packet.addr import ip2int
+
+KEY = bytes(range(32))
 
 
 def _free_udp_port() -> int:
@@ -36,7 +39,10 @@ def _agent(ctx, ip: str, port: int, hosts: dict, n_workers: int = 2):
         pushes.append(push)
     cfg = DatapathConfig("/nonexistent", n_workers, mode="real", tunnel_ip=ip2int(ip), tunnel_port=port,
                          hosts={k: ip2int(v) for k, v in hosts.items()})
-    return DatapathProcess(cfg, pushes, None), inboxes
+    proc = DatapathProcess(cfg, pushes, None)
+    name = next(h for h, a in hosts.items() if a == ip)
+    proc.handle(m.SetStateAuth(0, name, (KEY,)), time.monotonic())
+    return proc, inboxes
 
 
 def _drain(proc: DatapathProcess, timeout: float = 2.0) -> None:
@@ -61,7 +67,7 @@ def test_state_reaches_every_worker_of_the_other_host_and_strangers_are_refused(
         stranger.send_state(ip2int("127.0.0.62"), encode(batch))
         _drain(b, 0.5)
         assert b.counters["datapath_state_accepted"] == 1
-        assert b.counters["datapath_state_refused"] == 1
+        assert b.counters["datapath_state_refused"] == 1 and b.counters["datapath_state_refused_format"] == 1
         for inbox in b_inboxes:
             assert inbox.poll(1000)
             assert decode(inbox.recv()) == batch

@@ -67,7 +67,8 @@ class FakeChild:
             return m.StatsReply(msg.req_id, i, {"fake_pid": self.pid})
         body = {m.DumpFlows: lambda: [FLOW], m.TakeOutputs: lambda: {msg[1] or "b.p1": [b"out"]},
                 m.TakeLatencies: lambda: [10, 20], m.DumpState: lambda: [["conntrack", [i, 2, 3], None, 50.0]],
-                m.SetPortMap: lambda: {"ports": [p for p, _ in msg.ports], "errors": []}}.get(t)
+                m.SetPortMap: lambda: {"ports": [p for p, _ in msg.ports], "errors": []},
+                m.SetStateAuth: lambda: {"keys": len(msg.keys)}}.get(t)
         return None if body is None else m.Answer(msg.req_id, i, body())
 
     def _run(self, rt):
@@ -171,6 +172,9 @@ def test_real_datapath_restore_port_map_snapshot_and_moves(agent_factory, tmp_pa
     assert dp.config["mode"] == "real" and dp.config["ports"] is None and dp.config["tunnel_ip"] == 0x7F00000B
     first = sent(dp, m.SetPortMap)[0]
     assert first.req_id != 0 and first.ports == (("b.p1", "tap1"),)
+    [auth] = sent(dp, m.SetStateAuth)                   # the deployment key, made in the store by this agent
+    assert auth.req_id != 0 and [len(k) for k in auth.keys] == [32]
+    assert dp.received.index(auth) < dp.received.index(first)
     wait_for(lambda: state.exists() and a.stats()["supervisor"].get("supervisor_state_snapshots", 0) >= 2,
              what="periodic snapshots")
     a.apply_topology(TOPO.replace("p2: {host: host-b", "p2: {host: host-a"))

@@ -116,8 +116,11 @@ def test_unknown_mac_floods_then_learned_mac_unicasts():
     t = Tracer(TOPO)
     out = t("tenant.vm1", VM1 + ",eth_dst=02:00:00:00:00:02,ip_src=10.0.0.2,ip_dst=10.0.0.3,proto=udp")
     assert out["result"] == "forward"
-    # flood: every bound exterior port but the ingress one; vm4 is unbound, the router port is not flooded
-    assert sorted(o["port"] for o in out["outputs"]) == ["tenant.vm2", "tenant.vm3"]
+    # flood: every exterior port but the ingress one, the router port is not flooded; vm4 is bound to no host
+    # yet: listed (CONTRACTS §3: host null, bound false), and the agent drops that copy
+    assert sorted(o["port"] for o in out["outputs"] if o.get("bound", True)) == ["tenant.vm2", "tenant.vm3"]
+    [vm4] = [o for o in out["outputs"] if o["port"] == "tenant.vm4"]
+    assert vm4["bound"] is False and vm4["host"] is None
     vm2 = next(o for o in out["outputs"] if o["port"] == "tenant.vm2")
     assert vm2["tunnel_key"] == t.topo.port("tenant.vm2").tunnel_key   # vm2 lives on host-b
     # vm2 answers: its MAC is learned, and vm1's (learned from the first packet) is a unicast now

@@ -61,7 +61,8 @@ def test_child_configs_get_every_field_by_keyword(monkeypatch, datapath):
 
 # AgentConfig fields that are the supervisor's own business, not a child's
 SUPERVISOR_ONLY = {"store", "topology", "runtime_base", "restart_workers", "state_file", "state_snapshot_s",
-                   "start_timeout_s", "request_timeout_s", "max_pending_requests", "learn_rate", "learn_burst"}
+                   "start_timeout_s", "request_timeout_s", "max_pending_requests", "learn_rate", "learn_burst",
+                   "flow_state_keys", "ctl"}
 
 
 @pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(AgentConfig)

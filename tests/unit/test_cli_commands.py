@@ -36,13 +36,13 @@ def test_pyproject_registers_bench_in_the_group_the_cli_reads():
 
 def test_without_registered_commands_only_the_built_in_ones(monkeypatch):
     _registered(monkeypatch)
-    assert _commands(cli.build_parser()) == {"trace", "run", "topology"}
+    assert _commands(cli.build_parser()) == {"trace", "run", "topology", "ctl"}
 
 
 def test_a_registered_command_is_added(monkeypatch):
     _registered(monkeypatch, BENCH)
     parser = cli.build_parser()
-    assert _commands(parser) == {"trace", "run", "topology", "bench"}
+    assert _commands(parser) == {"trace", "run", "topology", "ctl", "bench"}
     args = parser.parse_args(["bench", "--scenario", "l2", "--workers", "1,2", "--flows", "10"])
     assert (args.scenario, args.workers, args.flows, args.func.__module__) == ("l2", [1, 2], 10, "bench.cli")
 
@@ -87,4 +87,4 @@ def test_without_any_distribution_metadata_the_built_in_commands_remain(monkeypa
     with pytest.raises(importlib.metadata.PackageNotFoundError):
         importlib.metadata.distribution("shardnet")
     assert cli.registered_commands() == []
-    assert _commands(cli.build_parser()) == {"trace", "run", "topology"}
+    assert _commands(cli.build_parser()) == {"trace", "run", "topology", "ctl"}

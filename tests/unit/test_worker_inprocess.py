@@ -37,6 +37,7 @@ bridges:
       vm1: {host: host-a, interface: tap-vm1}
       vm2: {host: host-a, interface: tap-vm2}
       vm3: {host: host-b, interface: tap-vm3}
+      vm4: {}
       up: {peer: r1.tenant}
     inbound_filter: fw
     mac_table:
@@ -394,3 +395,13 @@ def test_stats_and_state_commands_have_their_own_answers(wire):
     [flows] = [r for r in wire.to_supervisor if type(r) is m.Answer and r.req_id == 9]
     [[key, worker, hits, tags, flow_id]] = flows.body
     assert key[0] == "tenant.vm1" and flow_id == wire.answers(m.FlowPut)[0].seq
+
+
+def test_outputs_to_ports_no_host_binds_are_dropped_and_counted(wire):
+    wire.inject("tenant.vm1", frame(f"{VM1},eth_dst=ff:ff:ff:ff:ff:ff,ip_src=10.0.0.2,ip_dst=10.0.0.255,"
+                                    "proto=udp,tp_src=9,tp_dst=9"))
+    [put] = wire.answers(m.FlowPut)
+    outs = [a for a in put.actions if a[0] in ("output", "tunnel")]
+    assert ("output", "tenant.vm2") in outs and any(a[0] == "tunnel" for a in outs)
+    assert all(a != ("output", "tenant.vm4") for a in outs)
+    assert sum(w.c["unbound_outputs"] for w in wire.workers) == 1

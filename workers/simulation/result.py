@@ -32,9 +32,11 @@ EXPIRY_TEMPORARY = "temporary"
 
 class Output(NamedTuple):
     port: str                  # exterior port id
-    host: str | None           # host the port is bound to
+    host: str | None           # host the port is bound to (None: bound to no host yet)
     tunnel_key: int | None     # set when the port lives on another host: the VXLAN key to send with
     packet: Packet
+    bound: bool = True         # False: no host binds the port (a topology traced before deployment); the
+                               # agent drops such outputs and counts them
 
 
 class Generated(NamedTuple):

@@ -40,7 +40,7 @@ def simulate(pkt: Packet, in_port: str, topo, state, now: float, local_host: str
         outputs = _outputs(ctx, egress)
         conntrack.finish(ctx, [(dev, p) for dev, _, p in egress])
         if not outputs:
-            raise Stop("no_bound_egress_port")
+            raise Stop("no_egress_port")
         interested = _interested(ctx, in_port, egress) if any(
             type(e) is FlowStateWrite for e in ctx.effects) else frozenset()
     except Consumed:
@@ -84,8 +84,9 @@ def _enter(ctx: Ctx, port: Port, pkt: Packet, egress: list) -> None:
 def _outputs(ctx: Ctx, egress) -> list[Output]:
     out = []
     for _, port, pkt in egress:
-        if port.host is None:
-            continue                                  # exterior port not bound to any host yet
+        if port.host is None:                         # exterior port not bound to any host yet: still shown
+            out.append(Output(port.id, None, None, pkt, False))
+            continue
         key = port.tunnel_key if port.host != ctx.local_host else None
         out.append(Output(port.id, port.host, key, pkt))
     return out

@@ -1,0 +1,148 @@
+"""The flow-state tunnel does not trust the underlay (DESIGN §7): forged, replayed and wrongly signed datagrams
+change nothing.
+
+A real agent (datapath process with its VXLAN socket, two worker processes, the supervisor) for host h1 on
+127.0.0.31; the datagrams come from real UDP sockets bound on the address of h2 (127.0.0.32: a source address
+anyone on the underlay can use).  Refusals are read from the datapath's counters, the workers' pids and their
+flow-state counts are checked unchanged.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+
+import pytest
+
+from backchannel import messages as m
+from backchannel.codec import encode
+from engine.datapath.stateauth import StateAuth
+from engine.supervisor import Agent
+from packet.addr import ip2int
+from topology.model import TUNNEL_KEY_FLOW_STATE
+
+KEY = bytes.fromhex("11" * 32)
+WRONG = bytes.fromhex("22" * 32)
+HEADER = struct.pack("!II", 0x08 << 24, TUNNEL_KEY_FLOW_STATE << 8)
+
+TOPO = """
+version: 1
+hosts:
+  h1: {tunnel_ip: 127.0.0.31}
+  h2: {tunnel_ip: 127.0.0.32}
+bridges:
+  br:
+    ports:
+      vm1: {host: h2, interface: none-vm1}
+"""
+
+
+def _free_port() -> int:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.31", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_for(fn, timeout: float = 5.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def agent(tmp_path):
+    topo = tmp_path / "t.yaml"
+    topo.write_text(TOPO)
+    port = _free_port()
+    a = Agent(workers=2, host="h1", datapath="real", tunnel_port=port, topology=str(topo),
+              store=f"memory://trust-{tmp_path.name}", state_file=str(tmp_path / "h1.state"),
+              state_snapshot_s=0, flow_state_keys=[KEY.hex()])
+    with a:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.32", 0))                  # h2's address, any source port: forgeable
+        try:
+            yield a, lambda payload: sock.sendto(HEADER + payload, ("127.0.0.31", port))
+        finally:
+            sock.close()
+
+
+def _dp(agent) -> dict:
+    return agent.stats()["datapath"]
+
+
+def _state_entries(agent) -> int:
+    return sum(w.get("worker_state_entries", 0) for w in agent.stats()["workers"])
+
+
+def _batch(sport: int) -> bytes:
+    return encode(m.FlowStateBatch((m.FlowStateEntry("conntrack", (ip2int("10.0.0.2"), ip2int("10.0.0.3"), 6,
+                                                                    sport, 80, "br"), None, 1e12),), 9))
+
+
+def test_forged_replayed_and_wrongly_signed_datagrams_change_nothing(agent):
+    a, send = agent
+    pids = dict(a.pids)
+    h2 = StateAuth("h2", (KEY,), {"h1": ip2int("127.0.0.31")})
+    # a valid datagram is accepted: the state reaches both workers
+    valid = h2.seal(HEADER, _batch(1000))
+    send(valid)
+    wait_for(lambda: _state_entries(a) == 2, what="the valid state in both workers")
+    # the forged Shutdown of the issue (msgpack 91 22), a forged Fragment, the replayed valid datagram,
+    # a batch signed with another key, and one with the right key id but a wrong MAC
+    send(b"\x91\x22")
+    send(encode(m.Fragment("bridge", "br", (("bridge", "br", b'{"evil": 1}'),))))
+    send(valid)
+    send(StateAuth("h2", (WRONG,), {}).seal(HEADER, _batch(1001)))
+    forged = bytearray(h2.seal(HEADER, _batch(1002)))
+    forged[-1] ^= 1
+    send(bytes(forged))
+    # a datagram signed by h1's own key as "h1" (reflected back at us) is refused too
+    send(StateAuth("h1", (KEY,), {}).seal(HEADER, _batch(1003)))
+    c = wait_for(lambda: (d := _dp(a)).get("datapath_state_refused", 0) >= 6 and d, what="six refusals")
+    assert c["datapath_state_refused"] == 6
+    assert c["datapath_state_refused_format"] == 2          # Shutdown, Fragment: no seal at all
+    assert c["datapath_state_refused_replay"] == 1
+    assert c["datapath_state_refused_key"] == 1             # another key: an unknown key id
+    assert c["datapath_state_refused_auth"] == 1
+    assert c["datapath_state_refused_sender"] == 1
+    assert c["datapath_state_accepted"] == 1
+    time.sleep(0.2)
+    assert a.health()["alive"] == {i: True for i in pids} and a.pids == pids
+    assert _state_entries(a) == 2                           # nothing else was learned
+
+
+def test_only_flow_state_messages_are_taken_from_the_state_vni(agent):
+    a, send = agent
+    h2 = StateAuth("h2", (KEY,), {})
+    # authentic, but not a message that belongs on the flow-state VNI
+    for msg in (m.Shutdown(), m.InvalidateTags(("bridge:br",), 0), m.LeaseGranted("r1", 1, 5000),
+                m.DumpState(1)):
+        send(h2.seal(HEADER, encode(msg)))
+    c = wait_for(lambda: (d := _dp(a)).get("datapath_state_refused", 0) >= 4 and d, what="four refusals")
+    assert c["datapath_state_refused_type"] == 4 and c["datapath_state_accepted"] == 0
+    assert all(a.health()["alive"].values())
+
+
+def test_a_state_request_is_answered_only_for_a_port_that_moved_to_the_requester(agent):
+    a, send = agent
+    h2 = StateAuth("h2", (KEY,), {})
+    send(h2.seal(HEADER, _batch(2000)))                   # some state for h1's workers to hold
+    wait_for(lambda: _state_entries(a) == 2, what="state")
+    # br.vm1 is bound to h2 in the topology: h2 may ask for it; a request for a port bound elsewhere waits
+    # for the store to say so, and is never answered
+    send(h2.seal(HEADER, encode(m.StateRequest("h2", "br.vm1"))))
+    send(h2.seal(HEADER, encode(m.StateRequest("h2", "br.vm1"))))     # again at once: rate-limited
+    send(h2.seal(HEADER, encode(m.StateRequest("h2", "br.nothere"))))
+    sup = wait_for(lambda: (s := a.stats()["supervisor"]).get("supervisor_state_requests_answered") and s,
+                   what="the request answered")
+    assert sup["supervisor_state_requests_answered"] == 1
+    wait_for(lambda: a.stats()["supervisor"].get("supervisor_state_requests_rate_limited") == 1,
+             what="the repeat rate-limited")
+    assert _dp(a)["datapath_state_requests"] == 3
