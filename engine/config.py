@@ -67,7 +67,7 @@ class AgentConfig:
         for name in ("store", "datapath"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"{name}: expected a string, got {getattr(self, name)!r}")
-        for name in ("host", "topology", "runtime_base", "state_file"):
+        for name in ("host", "topology", "runtime_base", "state_file", "ctl"):
             value = getattr(self, name)
             if name != "host" and isinstance(value, os.PathLike):
                 value = os.fspath(value)
@@ -79,6 +79,16 @@ class AgentConfig:
                 raise ConfigError(f"{name}: expected true or false, got {getattr(self, name)!r}")
         if self.datapath not in ("memory", "real"):
             raise ConfigError(f"datapath: 'memory' or 'real', got {self.datapath!r}")
+        if self.flow_state_keys:                       # None or empty: the store's keys
+            from topology.store.secrets import SecretsError, parse_keys
+
+            if not isinstance(self.flow_state_keys, list | tuple) or not all(
+                    isinstance(k, str) for k in self.flow_state_keys):
+                raise ConfigError("flow_state_keys: expected a list of hex strings")
+            try:
+                parse_keys(self.flow_state_keys, "flow_state_keys")
+            except SecretsError as e:
+                raise ConfigError(str(e)) from None           # names the key's position, never its value
         if self.datapath_cpu is not None:
             _check_number("datapath_cpu", self.datapath_cpu, 0, MAX_CPU)
         if self.cpus is None:

@@ -163,7 +163,8 @@ BAD_VALUES = [
     ("flow_idle_s", -0.1), ("flow_hard_s", -1.0), ("state_snapshot_s", -1.0), ("start_timeout_s", 0.0),
     ("tunnel_port", 0), ("tunnel_port", 65_536), ("datapath_cpu", -1), ("cpus", []), ("cpus", [-1]),
     ("cpus", ["0"]), ("port_workers", {"b.p": 2}), ("port_workers", {"b.p": -1}), ("port_workers", [1]),
-    ("datapath", "kernel"), ("host", ""), ("state_file", 5), ("keep_outputs", 1),
+    ("datapath", "kernel"), ("host", ""), ("state_file", 5), ("keep_outputs", 1), ("ctl", ""),
+    ("flow_state_keys", "00" * 16), ("flow_state_keys", ["zz" * 16]), ("flow_state_keys", ["00" * 8]),
 ]
 
 
