@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--state-file", help="flow-state snapshot file (real datapath; restored at start)")
     r.add_argument("--ctl", metavar="PATH", help="control socket for `shardnet ctl` (default: in the private "
                                                  "runtime directory; `shardnet ctl --host NAME` finds it)")
+    r.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus text at http://HOST:PORT/metrics (a PORT alone: on 127.0.0.1)")
+    r.add_argument("--log-file", metavar="PATH", help="every process appends its log lines here (default: stderr)")
+    r.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO (default), WARNING, ERROR or CRITICAL")
+    r.add_argument("--status", action=argparse.BooleanOptionalAction, default=None,
+                   help="a one-line status every few seconds on stdout (default: when stdout is a terminal)")
+    r.add_argument("--status-every", type=float, default=5.0, metavar="S", help="seconds between status lines")
     r.set_defaults(func=cmd_run)
 
     add_topology_parser(sub)

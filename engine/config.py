@@ -7,10 +7,13 @@ child (``max_flows: 0`` used to raise StopIteration in a worker's flow table).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import tomllib
 from dataclasses import dataclass, fields
+
+from engine.logs import check_level
 
 
 class ConfigError(ValueError):
@@ -60,6 +63,10 @@ class AgentConfig:
     start_timeout_s: float = 20.0
     request_timeout_s: float = 10.0        # a command a child has not answered by then fails (RequestExpired)
     max_pending_requests: int = 1024       # commands waiting for answers at once (beyond: ServiceBusy)
+    metrics: str | None = None             # serve Prometheus text on HOST:PORT (or PORT: 127.0.0.1); off if None
+    log_level: str = "INFO"                # every process's log level (DEBUG, INFO, WARNING, ERROR, CRITICAL)
+    log_file: str | None = None            # every process appends its log lines here (default: stderr)
+    log_repeat_s: float = 10.0             # a repeated log message: one "… repeated N times" line per interval
 
     def __post_init__(self) -> None:
         for name, (lo, hi) in _LIMITS.items():
@@ -91,6 +98,15 @@ class AgentConfig:
                 raise ConfigError(str(e)) from None           # names the key's position, never its value
         if self.datapath_cpu is not None:
             _check_number("datapath_cpu", self.datapath_cpu, 0, MAX_CPU)
+        try:
+            self.log_level = logging.getLevelName(check_level(self.log_level))
+        except ValueError as e:
+            raise ConfigError(f"log_level: {e}") from None
+        if self.metrics is not None:
+            try:
+                metrics_address(self.metrics)
+            except ValueError as e:
+                raise ConfigError(f"metrics: {e}") from None
         if self.cpus is None:
             self.cpus = sorted(os.sched_getaffinity(0))
         if not isinstance(self.cpus, list | tuple) or not self.cpus:
@@ -104,6 +120,9 @@ class AgentConfig:
                 if not isinstance(port, str) or not port:
                     raise ConfigError(f"port_workers: port ids are non-empty strings, got {port!r}")
                 _check_number(f"port_workers.{port}", w, 0, self.workers - 1)
+
+    def metrics_address(self) -> tuple[str, int] | None:
+        return None if self.metrics is None else metrics_address(self.metrics)
 
     def state_path(self) -> str:
         """Where the flow-state snapshot lives: ``state_file``, else under ``runtime_base`` or
@@ -197,3 +216,19 @@ def _check_number(name: str, value: object, lo: float, hi: float) -> None:
         else:
             want = f"{lo:g}..{hi:g}" if hi < _BIG else f"at least {lo:g}"
         raise ConfigError(f"{name}: must be {want}, got {value!r}")
+
+
+def metrics_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT`` or ``PORT`` (on 127.0.0.1) → (host, port); ValueError otherwise.  Port 0:
+    any free port."""
+    host, sep, port = str(text).rpartition(":")
+    if not sep:
+        host = "127.0.0.1"
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"expected HOST:PORT or PORT, got {text!r}") from None
+    if not 0 <= number < 65536:
+        raise ValueError(f"port 0..65535, got {number}")
+    return host, number

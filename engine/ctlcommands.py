@@ -191,9 +191,9 @@ def log_level(agent, state, level: str, process: str = "all") -> dict:
             raise CtlError(f"unknown process {process!r} (all, supervisor, datapath, workers, worker-N)")
     out = {}
     if process in ("all", "supervisor"):
-        out["supervisor"] = agent.set_log_level(level)
+        out["supervisor"] = agent.set_log_level(level)["level"]
     for i, body in agent.command(targets, lambda req: m.SetLogLevel(req, level)).items():
-        out["datapath" if i == DP else f"worker-{i}"] = body
+        out["datapath" if i == DP else f"worker-{i}"] = body.get("level", body.get("error"))
     return out
 
 

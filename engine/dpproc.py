@@ -1,7 +1,8 @@
 """The datapath process: the flow cache, the ports, and the dispatcher in one process, pinned to a core.
 
 Owns: the datapath (engine.datapath: flow cache + ports), the dispatcher (engine.dispatcher), the setup-latency
-samples, and the sockets
+samples (drained by TakeLatencies) and histogram (``LATENCY_BUCKETS_US``, never drained, in the stats), and the
+sockets
 
     inbox      PULL datapath      FlowPut / Execute / PacketOut / FlowDelete, fan-out relays, injected frames,
                                   commands
@@ -36,10 +37,12 @@ only from known hosts' addresses, and only for ports bound here.
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import signal
 import time
 from array import array
+from bisect import bisect_left
 from dataclasses import dataclass
 
 import zmq
@@ -60,6 +63,7 @@ from engine.datapath.flowcache import compile_actions
 from engine.datapath.memory import MemoryDatapath
 from engine.datapath.stateauth import Refused, StateAuth
 from engine.dispatcher import Dispatcher
+from engine.logs import Every
 from packet.codec import ParseError, parse
 from topology.model import TUNNEL_KEY_FLOW_STATE
 from workers.logs import set_level
@@ -76,6 +80,11 @@ def _actions_of(compiled) -> list:
         out.extend(["set", k, v] for k, v in fields.items())
         out.append(["output", target] if kind == "output" else ["tunnel", target, tkey])
     return out or [["drop"]]
+# setup-latency histogram: fixed upper bounds (µs) of the buckets, one count per bucket plus one past the last
+LATENCY_BUCKETS_US = (50, 100, 200, 300, 500, 750, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000,
+                      250_000, 500_000, 1_000_000, 5_000_000)
+_LATENCY_BOUNDS_NS = tuple(b * 1000 for b in LATENCY_BUCKETS_US)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -112,6 +121,7 @@ class DatapathProcess:
         self.hosts: dict[str, int] = {}
         self.known_ips: set[int] = set()
         self.fds_changed = False
+        self._refusals_logged = Every()                # one line per reason per interval, with the count
         if cfg.mode == "real":
             from engine.datapath.real import RealDatapath
             from engine.datapath.tunnel import VxlanTunnel
@@ -126,6 +136,8 @@ class DatapathProcess:
                                port_rate=cfg.port_rate, port_burst=cfg.port_burst, max_held=cfg.max_held,
                                max_held_total=cfg.max_held_total, batch=cfg.batch, port_workers=cfg.port_workers)
         self.latencies = array("q")
+        self.latency_buckets = [0] * (len(_LATENCY_BOUNDS_NS) + 1)   # never drained: the histogram's counts
+        self.latency_sum_ns = 0
         self.counters = self.dp.counters
         self.counters.update(self.disp.counters)
         self.counters.update({"datapath_relayed": 0, "datapath_relay_full": 0, "datapath_unexpected": 0,
@@ -172,14 +184,17 @@ class DatapathProcess:
                 if want.get(pid) != ifname:
                     self.dp.remove_port(pid)
                     self.fds_changed = True
+                    log.info("port %s unbound (interface %s)", pid, ifname)
             for pid, ifname in want.items():
                 if pid not in self.dp.ports:
                     try:
                         self.dp.add_port(pid, ifname)
                         self.fds_changed = True
+                        log.info("port %s bound to interface %s", pid, ifname)
                     except OSError as e:
                         self.counters["datapath_port_errors"] += 1
                         errors.append(f"{pid}: {e}")
+                        log.warning("port %s: cannot bind interface %s: %s", pid, ifname, e)
         self.dp.tunnel_ports.clear()
         self.dp.tunnel_ports.update({int(k): str(v) for k, v in keys.items()})
         return {"ports": sorted(getattr(self.dp, "ports", ())), "errors": errors}
@@ -188,6 +203,8 @@ class DatapathProcess:
         self.counters["datapath_state_refused"] += 1
         name = f"datapath_state_refused_{reason}"
         self.counters[name] = self.counters.get(name, 0) + 1
+        if self._refusals_logged.due(reason, time.monotonic()):
+            log.warning("refused flow-state datagrams: %s (%s: %d so far)", reason, name, self.counters[name])
 
     def _on_state(self, src_ip: int, data: bytes) -> None:
         """A datagram on the flow-state VNI: authenticated, fresh, one of the two messages that belong there."""
@@ -266,9 +283,16 @@ class DatapathProcess:
         rec, held = self.disp.answered(seq)
         if rec is None:
             self.counters["datapath_late_answers"] += 1
-        elif len(self.latencies) < MAX_LATENCY_SAMPLES:
-            self.latencies.append(time.monotonic_ns() - rec.sent_ns)
+            return rec, held
+        self.record_latency(time.monotonic_ns() - rec.sent_ns)
         return rec, held
+
+    def record_latency(self, ns: int) -> None:
+        """One setup-latency sample: its histogram bucket (kept) and the sample (until TakeLatencies)."""
+        self.latency_buckets[bisect_left(_LATENCY_BOUNDS_NS, ns)] += 1
+        self.latency_sum_ns += ns
+        if len(self.latencies) < MAX_LATENCY_SAMPLES:
+            self.latencies.append(ns)
 
     def flow_put(self, msg: m.FlowPut, now: float) -> None:
         """Install the flow of upcall ``seq`` under the key kept for it; execute its packet and the packets
@@ -354,6 +378,18 @@ class DatapathProcess:
         for w, n in enumerate(self.disp.inflight):
             out[f"dispatcher_inflight_{w}"] = n
         out["datapath_pid"] = os.getpid()
+        out.update(self.latency_histogram())
+        return out
+
+    def latency_histogram(self) -> dict[str, int]:
+        """The setup-latency histogram since start, Prometheus style: cumulative counts per upper bound
+        (``datapath_setup_latency_le_<µs>``, the last one ``_le_inf``), the count and the sum (µs)."""
+        out, total = {}, 0
+        for bound, n in zip((*LATENCY_BUCKETS_US, "inf"), self.latency_buckets, strict=True):
+            total += n
+            out[f"datapath_setup_latency_le_{bound}"] = total
+        out["datapath_setup_latency_count"] = total
+        out["datapath_setup_latency_sum_us"] = self.latency_sum_ns // 1000
         return out
 
     def _stats(self, msg: m.StatsRequest, now: float) -> None:

@@ -17,6 +17,7 @@ Called from two threads: ``start``/``wait_ready``/``stop``/``health`` from the a
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 
 from backchannel import messages as m
+from engine import logs
 from engine.config import AgentConfig
 from engine.dpproc import DatapathConfig
 from engine.portmap import PortMap
@@ -34,6 +36,7 @@ from workers.worker import WorkerConfig
 DP = m.DATAPATH_INDEX
 STOP_WAIT_S = 5.0              # after Shutdown, before SIGTERM
 TERM_WAIT_S = 2.0              # after SIGTERM, before SIGKILL (and after SIGKILL)
+log = logging.getLogger(__name__)
 
 
 # -- child configs: every field by keyword, so a renamed or added field cannot shift the others ------------
@@ -109,6 +112,7 @@ class ProcessPool:
         self.restarts: dict[int, int] = {}              # index → how many times it was restarted
         self.last_exit: dict[int, tuple[int, float]] = {}   # index → (exit status, wall time seen dead)
         self._ready: dict[int, threading.Event] = {}
+        self._reported: set[int] = set()               # pids of dead children not restarted (logged once)
 
     def start(self, dp_cfg: DatapathConfig, runtime_dir: str) -> None:
         """Spawn the datapath and every worker (they connect to each other by themselves)."""
@@ -118,9 +122,10 @@ class ProcessPool:
         for i in (DP, *range(self.cfg.workers)):
             self._spawn(i)
 
-    @staticmethod
-    def _command(role: str, child_cfg) -> list[str]:
-        return [sys.executable, "-m", "engine.procmain", role, json.dumps(asdict(child_cfg))]
+    def _command(self, role: str, child_cfg) -> list[str]:
+        raw = {**asdict(child_cfg),
+               "log": logs.child_settings(self.cfg.log_level, self.cfg.log_file, self.cfg.log_repeat_s)}
+        return [sys.executable, "-m", "engine.procmain", role, json.dumps(raw)]
 
     def _spawn(self, i: int) -> None:
         self._ready[i] = threading.Event()
@@ -144,18 +149,25 @@ class ProcessPool:
 
     def restart_dead(self, send_dp: Callable[[tuple], object]) -> list[int]:
         """Restart every dead worker in place (service thread): the datapath first forgets it (PurgeWorker, no
-        answer wanted).  Returns the restarted indices."""
-        if self.stopping or not self.cfg.restart_workers:
+        answer wanted).  Returns the restarted indices.  Each death is logged once."""
+        if self.stopping:
             return []
         restarted = []
         for i, p in list(self.procs.items()):
-            if i == DP or p.poll() is None:
+            status = p.poll()
+            if status is None or p.pid in self._reported:
                 continue
+            if i == DP or not self.cfg.restart_workers:
+                self._reported.add(p.pid)
+                log.error("%s (pid %d) died with exit status %s; it is not restarted", child_name(i), p.pid, status)
+                continue
+            log.warning("%s (pid %d) died with exit status %s; restarting it", child_name(i), p.pid, status)
             send_dp(m.PurgeWorker(0, i))
             self.counters["supervisor_worker_restarts"] += 1
             self.restarts[i] = self.restarts.get(i, 0) + 1
             self.last_exit[i] = (getattr(p, "returncode", None), time.time())
             self._spawn(i)
+            log.info("%s restarted (pid %d)", child_name(i), self.pids[i])
             restarted.append(i)
         return restarted
 

@@ -1,6 +1,8 @@
 """`shardnet run`: start an agent, optionally drive the demo traffic, stop after a duration with a summary.
 
-A thin shell over the embedding API (engine.supervisor.Agent).  SIGINT/SIGTERM stop it cleanly.
+A thin shell over the embedding API (engine.supervisor.Agent).  SIGINT/SIGTERM stop it cleanly.  Logging is
+set up first (engine/logs.py: stderr or ``--log-file``, ``--log-level``); on a terminal (or with ``--status``)
+a status line is printed every ``--status-every`` seconds (engine/status.py) from a thread of its own.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import sys
 import threading
 import time
 
+from engine import logs
 from engine.config import AgentConfig, ConfigError
 from engine.demo import DEMO_TOPOLOGY
+from engine.status import StatusLine
 from engine.supervisor import Agent, AgentError
 
 SUMMARY_KEYS = [("upcalls", "worker_upcalls"), ("simulations", "worker_simulations"),
@@ -33,6 +37,8 @@ def _config(args) -> AgentConfig:
     over["tunnel_port"] = getattr(args, "tunnel_port", None)
     over["state_file"] = getattr(args, "state_file", None)
     over["ctl"] = getattr(args, "ctl", None)
+    for name in ("metrics", "log_file", "log_level"):
+        over[name] = getattr(args, name, None)
     if args.config:
         return AgentConfig.from_toml(args.config, **over)
     return AgentConfig(**{k: v for k, v in over.items() if v is not None})
@@ -44,19 +50,38 @@ def run_agent(args) -> int:
     except (ConfigError, TypeError) as e:
         print(f"shardnet run: {e}", file=sys.stderr)
         return 2
+    try:
+        logs.setup("supervisor", cfg.log_level, cfg.log_file, repeat_s=cfg.log_repeat_s)
+    except (OSError, ValueError) as e:
+        print(f"shardnet run: log file: {e}", file=sys.stderr)
+        return 2
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    show_status = sys.stdout.isatty() if getattr(args, "status", None) is None else args.status
     try:
         with Agent(cfg) as agent:
             print(f"shardnet: agent up: {cfg.workers} workers, store {cfg.store}, host {cfg.host}, "
-                  f"datapath {cfg.datapath}, pids {agent.pids}", flush=True)
+                  f"datapath {cfg.datapath}, pids {agent.pids}"
+                  + (f", metrics {agent.metrics.url}" if agent.metrics else ""),
+                  flush=True)
             t0 = time.monotonic()
-            if args.demo:
-                _drive_demo(agent, args, stop, t0)
-            else:
-                while not stop.is_set() and (args.duration is None or time.monotonic() - t0 < args.duration):
-                    stop.wait(0.2)
+            done = threading.Event()
+            status = None
+            if show_status:
+                status = threading.Thread(target=_status_loop, name="shardnet-status", daemon=True,
+                                          args=(agent, done, getattr(args, "status_every", 5.0), t0))
+                status.start()
+            try:
+                if args.demo:
+                    _drive_demo(agent, args, stop, t0)
+                else:
+                    while not stop.is_set() and (args.duration is None or time.monotonic() - t0 < args.duration):
+                        stop.wait(0.2)
+            finally:
+                done.set()
+                if status is not None:
+                    status.join(5.0)
             time.sleep(0.3)                            # let the last answers land before reading counters
             stats = agent.stats()
             _summary(stats, time.monotonic() - t0)
@@ -64,6 +89,18 @@ def run_agent(args) -> int:
         print(f"shardnet run: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def _status_loop(agent: Agent, done: threading.Event, every: float, t0: float) -> None:
+    """One status line every ``every`` seconds until ``done`` (its own thread: the agent's API is thread-safe)."""
+    line = StatusLine(t0)
+    while not done.wait(max(0.5, every)):
+        try:
+            stats = agent.stats(timeout=max(1.0, every))
+        except Exception as e:                         # noqa: BLE001 - the status line never stops the agent
+            print(f"shardnet {time.strftime('%H:%M:%S')}  no answer from the agent ({type(e).__name__})", flush=True)
+            continue
+        print(line.line(stats, agent.store_state, time.monotonic()), flush=True)
 
 
 def _drive_demo(agent: Agent, args, stop: threading.Event, t0: float) -> None:

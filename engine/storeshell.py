@@ -17,16 +17,19 @@ which reads the sockets and calls in here; ``send(target, msg)`` is its non-bloc
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
 from backchannel import messages as m
 from engine import portmap
+from packet.addr import int2ip
 
 DP = m.DATAPATH_INDEX
 STATE_REQUEST_WAIT_S = 5.0         # a state request waits this long for our mirror to see the port's move
 STATE_REQUEST_EVERY_S = 5.0        # at most one answer per (host, port) this often
 MAX_WAITING_STATE_REQUESTS = 1024
+log = logging.getLogger(__name__)
 
 
 class StoreShell:
@@ -60,6 +63,9 @@ class StoreShell:
             self.counters["supervisor_lease_requests"] += 1
             block = self.allocator.lease(self.cfg.lease_owner(msg.worker), msg.device, msg.ip, msg.port_start,
                                          msg.port_end)
+            if block is None:
+                log.warning("SNAT: no free port block on %s for %s ports %d-%d (worker %d): its packets are dropped",
+                            msg.device, int2ip(msg.ip), msg.port_start, msg.port_end, msg.worker)
             if 0 <= msg.worker < self.cfg.workers:
                 self.send(msg.worker, m.LeaseGranted(msg.device, msg.ip, -1 if block is None else block))
         elif t is m.LeaseRelease:

@@ -13,6 +13,11 @@ Owns the agent's parts and their order of start and stop: the store session, the
   engine/storeshell.py   what the workers ask of the store, and the store's changes relayed to them
   engine/persistence.py  flow-state snapshot and restore (real datapath)
   engine/portmap.py      which ports are bound here (pure functions of the mirror)
+  engine/metrics.py      the Prometheus endpoint (``metrics``: started last, stopped first)
+  engine/logs.py         this process's logging (left to an embedding program that configured its own)
+
+The store's connection state is followed here (``store_state``; ``supervisor_store_connected`` in the stats) and
+every change of it is logged.
 
 Every public method is safe from any thread: it hands a command to the service thread (``_call``, which
 wakes it) and waits on a future.  With ``datapath="real"`` the saved flow state is restored into every worker
@@ -22,12 +27,13 @@ process, socket file or directory behind.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
 from backchannel import messages as m
 from backchannel.sockets import RuntimeDir
-from engine import portmap
+from engine import logs, portmap
 from engine.config import AgentConfig
 from engine.ctl import ControlServer, pointer_path
 from engine.persistence import Persistence
@@ -42,6 +48,7 @@ from topology.store.uri import open_store
 from workers.logs import set_level
 
 DP = m.DATAPATH_INDEX
+log = logging.getLogger(__name__)
 QUERIES = {                                            # Agent.query's names → their command (req_id, arg)
     "stats": lambda req, _: m.StatsRequest(req),
     "flows": lambda req, _: m.DumpFlows(req),
@@ -70,6 +77,12 @@ class Agent:
         self.persistence: Persistence | None = None
         self.restored = 0
         self.ctl: ControlServer | None = None
+        self.metrics = None                            # engine.metrics.MetricsServer, with cfg.metrics
+        self.store_state = "connected"                 # the store session: connected | suspended | lost
+        self.counters["supervisor_store_connected"] = 1
+        self.counters["supervisor_store_state_changes"] = 0
+        self._store_sub = None
+        self._own_logging = False                      # start() set up this process's logging
         self._stopping = False
 
     @property
@@ -89,6 +102,8 @@ class Agent:
 
     def start(self) -> Agent:
         cfg = self.cfg
+        self._own_logging = logs.setup("supervisor", cfg.log_level, cfg.log_file, repeat_s=cfg.log_repeat_s,
+                                       force=False)
         try:
             self._open_store()
             self.rt = RuntimeDir(cfg.runtime_base)
@@ -106,14 +121,42 @@ class Agent:
                 self._bind_ports()
             self.ctl = ControlServer(self, cfg.ctl or os.path.join(self.rt.path, "ctl.sock"),
                                      pointer_path(cfg)).start()
-        except BaseException:
+            if cfg.metrics is not None:
+                self._serve_metrics()
+        except BaseException as e:
+            log.error("agent did not start: %s", e)
             self.stop()
             raise
+        log.info("agent up: host %s, %d workers, store %s, datapath %s, pids %s", cfg.host, cfg.workers,
+                 cfg.store, cfg.datapath, self.pids)
         return self
+
+    def _serve_metrics(self) -> None:
+        from engine.metrics import MetricsServer
+
+        try:
+            self.metrics = MetricsServer(self, self.cfg.metrics_address()).start()
+        except OSError as e:
+            raise AgentError(f"metrics: cannot listen on {self.cfg.metrics}: {e}") from None
+        log.info("metrics on %s", self.metrics.url)
+
+    def _on_store_state(self, state) -> None:
+        """The store's connection state changed (store thread)."""
+        previous, self.store_state = self.store_state, str(state)
+        self.counters["supervisor_store_connected"] = int(self.store_state == "connected")
+        self.counters["supervisor_store_state_changes"] += 1
+        if self.store_state == "suspended":
+            log.warning("store connection lost (%s): cached topology keeps forwarding, store requests wait",
+                        self.cfg.store)
+        elif self.store_state == "lost":
+            log.warning("store session expired (%s): owned entries are written again on reconnect", self.cfg.store)
+        elif previous != "connected":
+            log.info("store connected again (%s) after %s", self.cfg.store, previous)
 
     def _open_store(self) -> None:
         cfg = self.cfg
         self.store = open_store(cfg.store)
+        self._store_sub = self.store.add_state_listener(self._on_store_state)
         if cfg.topology:
             write_topology(self.store, load_topology(cfg.topology, tunnel_keys=read_tunnel_keys(self.store)))
         self.mirror = StoreMirror(self.store, self.service.on_change)
@@ -166,6 +209,8 @@ class Agent:
     def stop(self) -> None:
         if self._stopping:
             return
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.persistence is not None and self.persistence.next_snapshot is not None and self.service.alive:
             try:
                 self.save_state()
@@ -184,8 +229,14 @@ class Agent:
             self.tables.close()
         if self.mirror is not None:
             self.mirror.close()
+        if self._store_sub is not None:
+            self._store_sub.cancel()
         if self.store is not None:
             self.store.close()
+        if self.pool.pids:
+            log.info("agent down: host %s", self.cfg.host)
+        if self._own_logging:                          # the agent's logging lasts as long as the agent
+            logs.remove()
 
     # -- public API (any thread) ------------------------------------------------------------------------------
     def inject(self, port: str, frames) -> None:
@@ -206,7 +257,12 @@ class Agent:
         answers = self._query([DP, *range(self.cfg.workers)], m.StatsRequest, timeout)
         return {"datapath": answers.get(DP, {}), "workers": [answers.get(i, {}) for i in range(self.cfg.workers)],
                 "supervisor": {**self.counters, **(self.mirror.counters if self.mirror else {}),
-                               **(self.tables.stats() if self.tables else {})}}
+                               **(self.tables.stats() if self.tables else {}), **self._store_counters()}}
+
+    def _store_counters(self) -> dict:
+        """The store session's own counters (suspensions, expiries, reconnects)."""
+        counters = getattr(self.store, "counters", None) or {}
+        return {k: v for k, v in counters.items() if k.startswith("store_")}
 
     def flows(self) -> list:
         """The datapath's flows: [[key, worker, hits, tags, flow id], ...]."""
@@ -232,7 +288,7 @@ class Agent:
         the datapath) and wait for their answers: {index: answer body}."""
         return self._query(targets, make_msg, timeout)
 
-    def set_log_level(self, level: str) -> str:
+    def set_log_level(self, level: str) -> dict:
         """This (the supervisor's) process's log level."""
         return set_level(level)
 

@@ -8,6 +8,7 @@ or store unreachable.  Wiring: ``add_topology_parser(subparsers)`` on the ``add_
 their keys), writes the records that changed (``topo.write_topology``: records and tunnel keys) and the port
 bindings (``registry.write_bindings``), and prints the counts as one JSON object.  ``show --store URI`` prints
 the stored topology in the file format (tunnel keys are not part of the file: they stay in the store).
+On a terminal, an ``apply`` that takes longer than a second shows its progress on stderr (``Progress``).
 memory:// lives in one process, so apply-then-show round-trips across commands only on zk://.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 from topology.errors import TopologyError
 from topology.store.base import StoreError
@@ -54,14 +56,45 @@ def _open(uri: str):
     return open_store(uri)
 
 
-def apply_topology(store, path: str) -> dict:
-    """Load ``path`` keeping the store's tunnel keys, write it (a diff) and its bindings; return counts."""
+class Progress:
+    """``topology apply`` on a terminal: after SHOW_AFTER_S, one stderr line rewritten in place with the
+    records written so far (at most every EVERY_S); a final newline once it showed."""
+
+    SHOW_AFTER_S, EVERY_S = 1.0, 0.1
+
+    def __init__(self, out, clock=time.monotonic):
+        self.out, self.clock = out, clock
+        self.t0 = clock()
+        self.next = self.t0 + self.SHOW_AFTER_S
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        now = self.clock()
+        if now < self.next and done < total:
+            return
+        if not self.shown and now < self.t0 + self.SHOW_AFTER_S:
+            return                                     # short runs show nothing
+        self.next = now + self.EVERY_S
+        self.shown = True
+        self.out.write(f"\rshardnet topology apply: {done}/{total} records ({100 * done // max(1, total)}%) "
+                       f"{now - self.t0:.1f} s")
+        self.out.flush()
+
+    def close(self) -> None:
+        if self.shown:
+            self.out.write("\n")
+            self.out.flush()
+
+
+def apply_topology(store, path: str, progress=None) -> dict:
+    """Load ``path`` keeping the store's tunnel keys, write it (a diff) and its bindings; return counts.
+    ``progress(done, total)``: called per record (``write_topology``)."""
     from topology.loader import load_topology
     from topology.store.registry import write_bindings
     from topology.store.topo import read_tunnel_keys, write_topology
 
     topo = load_topology(path, tunnel_keys=read_tunnel_keys(store))
-    records = write_topology(store, topo)
+    records = write_topology(store, topo, progress=progress)
     bindings = write_bindings(store, topo)
     keys = sum(1 for p in topo.all_ports().values() if p.tunnel_key is not None)
     return {"records": records, "bindings": bindings, "tunnel_keys": keys}
@@ -72,13 +105,16 @@ def cmd_topology_apply(args) -> int:
         store = _open(args.store)
     except (StoreError, ValueError) as e:
         return _fail("apply", e)
+    progress = Progress(sys.stderr) if sys.stderr.isatty() else None
     try:
-        counts = apply_topology(store, args.file)
+        counts = apply_topology(store, args.file, progress=progress)
     except TopologyError as e:
         return _fail("apply", e)
     except StoreError as e:
         return _fail("apply", f"store error: {e}")
     finally:
+        if progress is not None:
+            progress.close()
         store.close()
     print(json.dumps(counts, sort_keys=True), flush=True)
     return EXIT_OK

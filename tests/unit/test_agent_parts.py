@@ -62,11 +62,13 @@ def test_child_configs_get_every_field_by_keyword(monkeypatch, datapath):
 # AgentConfig fields that are the supervisor's own business, not a child's
 SUPERVISOR_ONLY = {"store", "topology", "runtime_base", "restart_workers", "state_file", "state_snapshot_s",
                    "start_timeout_s", "request_timeout_s", "max_pending_requests", "learn_rate", "learn_burst",
-                   "flow_state_keys", "ctl"}
+                   "flow_state_keys", "metrics", "ctl"}
+# AgentConfig fields every child gets on its command line next to its config (engine/procmain.py: "log")
+COMMAND_LINE = {"log_level", "log_file", "log_repeat_s"}
 
 
-@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(AgentConfig)
-                                  if f.name not in SUPERVISOR_ONLY | {"datapath"}])   # the mode: parametrized
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(AgentConfig)      # the mode: parametrized
+                                  if f.name not in SUPERVISOR_ONLY | COMMAND_LINE | {"datapath"}])
 @pytest.mark.parametrize("datapath", ["memory", "real"])
 def test_a_changed_agent_setting_reaches_a_child_config(name, datapath):
     base = AgentConfig(workers=2, host="host-a", datapath=datapath, cpus=[0, 1], datapath_cpu=0,
@@ -76,6 +78,19 @@ def test_a_changed_agent_setting_reaches_a_child_config(name, datapath):
         assert _children(changed) == _children(base)   # the real datapath keeps no outputs
         return
     assert _children(changed) != _children(base), f"AgentConfig.{name} reaches no child config"
+
+
+def test_the_log_settings_reach_every_child_command_line():
+    import json
+
+    cfg = AgentConfig(workers=2, log_level="debug", log_file="/tmp/agent.log", log_repeat_s=2.5)
+    procs = pool.ProcessPool(cfg, {})
+    pm = portmap.PortMap({}, {}, {})
+    lines = [procs._command("datapath", pool.datapath_config(cfg, "/run/x", pm, None)),
+             *(procs._command("worker", pool.worker_config(cfg, i, "/run/x")) for i in range(2))]
+    assert [json.loads(argv[-1])["log"] for argv in lines] == [{"level": "DEBUG", "file": "/tmp/agent.log",
+                                                                     "repeat_s": 2.5}] * 3
+    assert [argv[-2] for argv in lines] == ["datapath", "worker", "worker"]
 
 
 def test_child_config_values():

@@ -255,13 +255,16 @@ def _records(topo: Topology) -> dict[str, bytes]:
     return out
 
 
-def write_topology(store: Store, topo: Topology) -> dict[str, int]:
+def write_topology(store: Store, topo: Topology, progress=None) -> dict[str, int]:
     """Make the store hold exactly ``topo``: write changed records, delete removed ones.  Returns counts
-    ``{"created", "updated", "deleted", "unchanged"}`` (tunnel-key nodes included)."""
+    ``{"created", "updated", "deleted", "unchanged"}`` (tunnel-key nodes included).  ``progress(done, total)``,
+    if given, is called after each record written or compared."""
     wanted = _records(topo)
     counts = {"created": 0, "updated": 0, "deleted": 0, "unchanged": 0}
-    for path, data in wanted.items():
+    for n, (path, data) in enumerate(wanted.items(), 1):
         counts[_upsert(store, path, data)] += 1
+        if progress is not None:
+            progress(n, len(wanted))
     for directory in [kind_path(k) for k in KINDS] + [TUNNEL_KEYS]:
         try:
             present = store.children(directory)
