@@ -74,7 +74,7 @@ class AgentConfig:
         for name in ("store", "datapath"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"{name}: expected a string, got {getattr(self, name)!r}")
-        for name in ("host", "topology", "runtime_base", "state_file", "ctl"):
+        for name in ("host", "topology", "runtime_base", "state_file", "ctl", "log_file"):
             value = getattr(self, name)
             if name != "host" and isinstance(value, os.PathLike):
                 value = os.fspath(value)
@@ -201,6 +201,7 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "start_timeout_s": (_POSITIVE, _FOREVER),
     "request_timeout_s": (_POSITIVE, _FOREVER),
     "max_pending_requests": (1, _BIG),
+    "log_repeat_s": (0.0, _FOREVER),
 }
 
 

@@ -164,6 +164,7 @@ BAD_VALUES = [
     ("tunnel_port", 0), ("tunnel_port", 65_536), ("datapath_cpu", -1), ("cpus", []), ("cpus", [-1]),
     ("cpus", ["0"]), ("port_workers", {"b.p": 2}), ("port_workers", {"b.p": -1}), ("port_workers", [1]),
     ("datapath", "kernel"), ("host", ""), ("state_file", 5), ("keep_outputs", 1), ("ctl", ""),
+    ("log_file", ""), ("log_repeat_s", -1.0), ("log_level", "LOUD"), ("metrics", "host:notaport"),
     ("flow_state_keys", "00" * 16), ("flow_state_keys", ["zz" * 16]), ("flow_state_keys", ["00" * 8]),
 ]
 
