@@ -4,7 +4,11 @@ This is the one trace entry point: ``shardnet trace`` (engine/cli.py) and the sc
 TraceSession.  It owns a LocalState, an in-process NAT allocator and a simulated clock.  Between packets it
 applies each result's effects, so a reply sees the state its request created.  A NAT lease the simulation asks
 for is granted here at once and the packet simulated again from scratch — what a worker does when the lease
-arrives.  ``advance`` moves the clock and reports expired flow state and the flow tags to invalidate.
+arrives.  So is a packet parked on an ARP entry that its own simulation learned (the request it generated was
+answered inside the agent, by a router behind a bridge), as a worker resumes it when the entry is learned.  A
+generated packet whose onward walk parked (``waiting``) is carried again the same way when its lease or ARP
+entry comes at once; otherwise it is reported as waiting.  ``advance`` moves the clock and reports expired
+flow state and the flow tags to invalidate.
 """
 
 from __future__ import annotations
@@ -15,8 +19,17 @@ from packet.addr import int2ip
 from packet.spec import SpecError, packet_to_dict, parse_spec
 from topology.nat_leases import MemoryNatAllocator
 from workers import tags
-from workers.simulation.result import CONNTRACK, FlowStateWrite, NeedLease, SimResult
-from workers.simulation.simulate import simulate
+from workers.simulation.result import (
+    CONNTRACK,
+    PARKED,
+    ArpTableWrite,
+    FlowStateWrite,
+    NeedArp,
+    NeedLease,
+    SimResult,
+    Waiting,
+)
+from workers.simulation.simulate import simulate, simulate_generated
 from workers.simulation.state import LocalState
 
 MAX_RESIMULATIONS = 4
@@ -35,13 +48,51 @@ class TraceSession:
     def run(self, port: str, packet) -> SimResult:
         """Simulate one packet (a Packet or a spec string) arriving at ``port``; apply its effects."""
         pkt = parse_spec(packet) if isinstance(packet, str) else packet
-        for _ in range(MAX_RESIMULATIONS):
-            res = simulate(pkt, port, self.topology, self.state, self.now, self.host)
-            if isinstance(res.needs, NeedLease) and self._lease(res.needs):
-                continue
-            break
+
+        def walk():
+            return simulate(pkt, port, self.topology, self.state, self.now, self.host)
+
+        res = self._until_settled(walk(), walk)
         self.state.apply(res.effects, self.now)
+        return self._carry_waiting(res) if res.waiting else res
+
+    def _until_settled(self, res: SimResult, again) -> SimResult:
+        """Walk again (``again()``) while what the result parked on is granted here at once (a NAT lease) or was
+        learned by the walk itself (an ARP entry: its effects are applied first)."""
+        for _ in range(MAX_RESIMULATIONS):
+            need = res.needs
+            if isinstance(need, NeedLease) and self._lease(need):
+                pass
+            elif isinstance(need, NeedArp) and _learns(res, need):
+                self.state.apply(res.effects, self.now)
+            else:
+                break
+            res = again()
         return res
+
+    def _carry_waiting(self, res: SimResult) -> SimResult:
+        """Generated packets whose onward walk parked: carried again if that settles them here; else reported
+        as waiting, with what their walk generated (the ARP request that leaves the agent)."""
+        generated, effects, waiting = list(res.generated), list(res.effects), []
+        todo = list(res.waiting)
+        for _ in range(4 * MAX_RESIMULATIONS):
+            if not todo:
+                break
+            w = todo.pop(0)
+
+            def again(w=w):
+                return simulate_generated(w.packet, w.port, self.topology, self.state, self.now, self.host)
+
+            sub = self._until_settled(w.result, again)
+            self.state.apply(sub.effects, self.now)
+            effects.extend(sub.effects)
+            generated.extend(sub.generated)
+            if sub.result == PARKED:
+                waiting.append(Waiting(w.port, w.packet, sub))
+            else:
+                todo.extend(sub.waiting)
+        waiting.extend(todo)
+        return res._replace(generated=tuple(generated), effects=tuple(effects), waiting=tuple(waiting))
 
     def _lease(self, need: NeedLease) -> bool:
         block = self.allocator.lease(self.owner, need.device, need.ip, need.port_start, need.port_end)
@@ -80,6 +131,10 @@ class TraceSession:
             return {"error": str(e)}
 
 
+def _learns(res: SimResult, need: NeedArp) -> bool:
+    return any(type(e) is ArpTableWrite and (e.router, e.ip) == (need.router, need.ip) for e in res.effects)
+
+
 def _state_json(kind: str, key: tuple, value) -> dict:
     if kind == CONNTRACK:
         return {"type": "conntrack", "key": tags.key_str(key)}
@@ -99,16 +154,32 @@ def result_json(res: SimResult) -> dict:
         "outputs": [{"port": o.port, "host": o.host, "tunnel_key": o.tunnel_key,
                      **({} if o.bound else {"bound": False}), "packet": packet_to_dict(o.packet)}
                     for o in res.outputs],
-        "generated": [{"port": g.port, "packet": packet_to_dict(g.packet)} for g in res.generated],
+        "generated": [_generated_json(g) for g in res.generated],
         "flow_state": [_state_json(e.kind, e.key, e.value) for e in res.effects if type(e) is FlowStateWrite],
         "drop_reason": res.drop_reason,
     }
     if res.needs is not None:
-        out["needs"] = {"type": type(res.needs).__name__, **{
-            k: (int2ip(v) if k == "ip" else v) for k, v in res.needs._asdict().items()}}
+        out["needs"] = _needs_json(res.needs)
+    if res.waiting:
+        out["waiting"] = [{"port": w.port, "packet": packet_to_dict(w.packet), "needs": _needs_json(w.result.needs)}
+                          for w in res.waiting]
     if res.interested_hosts:
         out["interested_hosts"] = sorted(res.interested_hosts)
     return out
+
+
+def _generated_json(g) -> dict:
+    """A generated packet where it leaves the agent; one carried on from an interior port also says where it was
+    emitted (``from``) and its walk from there (``path``)."""
+    out = {"port": g.port, "packet": packet_to_dict(g.packet)}
+    if g.origin is not None:
+        out["from"] = g.origin
+        out["path"] = list(g.path)
+    return out
+
+
+def _needs_json(need) -> dict:
+    return {"type": type(need).__name__, **{k: (int2ip(v) if k == "ip" else v) for k, v in need._asdict().items()}}
 
 
 def dumps(obj: dict) -> str:

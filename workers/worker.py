@@ -16,6 +16,13 @@ table; the waiting room): a new connection that finds the flow-state table full 
 dropped (``flow_state_full``), a MAC or ARP entry a cap refused is not learned (and a refused MAC is not sent to
 the supervisor), and every refusal is counted in ``stats``.
 
+Packets the agent generates (ARP, ICMP errors and echo replies) come out of a simulation already carried to
+where they leave the agent — one a device emits on an interior port has entered the peer device and been
+simulated from there — and each goes out as a PacketOut.  One whose onward walk parked (the result's
+``waiting``) waits in the waiting room like an upcall, as the item (port id, packet), and is carried again from
+that port when its need is met (``emit_generated``: the same walk, simulate_generated); so are the ARP broker's
+retries and refreshes.
+
 Flow state a simulation created is relayed to the worker its packets hash to through the datapath *before*
 the install (same outbox, so in order): the datapath forwards it ahead of any later upcall, so no return flow
 is simulated without its state.  With real interfaces, state also goes to the other interested hosts first.
@@ -41,6 +48,7 @@ from workers.plan import DROP_ACTIONS, output_actions
 from workers.simulation import generate
 from workers.simulation.result import (
     CONSUMED,
+    DROP,
     EXPIRY_TEMPORARY,
     FORWARD,
     FWD_STICK_DNAT,
@@ -57,7 +65,7 @@ from workers.simulation.result import (
     lease_need_key,
     need_key,
 )
-from workers.simulation.simulate import simulate
+from workers.simulation.simulate import simulate, simulate_generated
 from workers.simulation.state import (
     DEFAULT_MAX_ARPS_PER_ROUTER,
     DEFAULT_MAX_FLOW_STATE,
@@ -145,7 +153,7 @@ class Worker:
         self.c["simulations"] += 1
         res = simulate(pkt, up.port, self.topo, self.state, now, self.cfg.host)
         if res.result == PARKED:
-            self._park(up, pkt, res, now)
+            self._park((up, pkt), res, now)
             return
         outputs = res.outputs
         if res.result == FORWARD and not all(o.bound for o in outputs):
@@ -161,8 +169,7 @@ class Worker:
             self._answer(up.seq, DROP_ACTIONS, res.tags, now, temporary=True)
             return
         self._apply(res.effects, now, res.interested_hosts)
-        for g in res.generated:
-            self.emit_generated(g.port, g.packet, now)
+        self._emit(res, now)
         if res.result == CONSUMED:
             self.c["consumed"] += 1
             self._answer(up.seq, (), res.tags, now, install=False)
@@ -197,33 +204,37 @@ class Worker:
         return h.tunnel_ip if h is not None else 0
 
     # -- parking --------------------------------------------------------------------------------------------
-    def _park(self, up, pkt, res, now: float) -> None:
+    # A parked item is (Upcall, packet), simulated again from its ingress port, or (port id, packet): a packet
+    # the agent generated whose walk from that port parked, carried again (emit_generated).
+    def _park(self, item, res, now: float) -> None:
+        """Park ``item`` on the result's need and ask for what it needs.  The parked walk's effects are applied
+        (the ARP entry a request answered inside the agent taught resumes the item at once)."""
         need = res.needs
-        new = self.parking.park(need, (up, pkt), now)
+        new = self.parking.park(need, item, now)
         if new is None:
             self._drop("parked_overflow")
-            self._answer(up.seq, DROP_ACTIONS, (), now, install=False)
+            if type(item[0]) is not str:
+                self._answer(item[0].seq, DROP_ACTIONS, (), now, install=False)
             return
         if type(need) is NeedArp:
-            for g in res.generated:                    # the ARP request the simulation built
-                if self.arp.request(need.router, need.ip, g.port, g.packet, now):
-                    self.emit_generated(g.port, g.packet, now)
-            return
-        if type(need) is NeedLease:
+            # the router's request goes out once per (router, ip), as the simulation carried it (out of the
+            # bridge ports it flooded to, or answered inside the agent); the broker retries it from the router
+            port = self.topo.port(need.port)
+            req = generate.arp_request(port.mac, port.address, need.ip) if port is not None else None
+            if req is None or self.arp.request(need.router, need.ip, need.port, req, now):
+                self._emit(res, now)
+        elif type(need) is NeedLease:
             # one block (64 ports) per request: ask for as many as the waiting packets need
             key = need_key(need)
             if self.parking.waiting_on(key) > BLOCK_SIZE * self.leases_out.get(key, 0):
                 self._request_lease(need)
-            return
-        if not new:
-            return
-        if type(need) is NeedFragment:
-            if self.topo.is_absent(need.kind, need.name):
-                # the supervisor said it does not exist and will push it if it appears: wait (deadline)
-                return
-            self.c["fragment_requests"] += 1
-            self.c["offbox_reads"] += 1
-            self._sup(m.FragmentRequest(self.i, need.kind, need.name))
+        elif new and type(need) is NeedFragment:
+            if not self.topo.is_absent(need.kind, need.name):
+                self.c["fragment_requests"] += 1
+                self.c["offbox_reads"] += 1
+                self._sup(m.FragmentRequest(self.i, need.kind, need.name))
+            # else: the supervisor said it does not exist and will push it if it appears: wait (deadline)
+        self._apply(res.effects, now)
 
     def _request_lease(self, need: NeedLease) -> None:
         key = need_key(need)
@@ -232,13 +243,23 @@ class Worker:
         self._sup(m.LeaseRequest(self.i, need.device, need.ip, need.port_start, need.port_end))
 
     def _resume(self, key: tuple, now: float, limit: int | None = None) -> None:
-        for up, pkt in self.parking.satisfy(key, limit):
-            self._simulate(up, pkt, now)
+        for first, pkt in self.parking.satisfy(key, limit):
+            if type(first) is str:
+                self.emit_generated(first, pkt, now)
+            else:
+                self._simulate(first, pkt, now)
 
     def _fail(self, key: tuple, reason: str, now: float) -> None:
-        for up, _pkt in self.parking.satisfy(key):
+        for item in self.parking.satisfy(key):
+            self._give_up(item, reason, now)
+
+    def _give_up(self, item, reason: str, now: float) -> None:
+        first = item[0]
+        if type(first) is str:
+            self._drop(f"generated_{reason}")
+        else:
             self._drop(reason)
-            self._answer(up.seq, DROP_ACTIONS, (), now, temporary=True)
+            self._answer(first.seq, DROP_ACTIONS, (), now, temporary=True)
 
     # -- effects and replication ----------------------------------------------------------------------------
     def _room_for_state(self, effects) -> bool:
@@ -341,26 +362,37 @@ class Worker:
         self._resume(arp_need_key(router, ip), now)
 
     def emit_generated(self, port_id: str, pkt, now: float) -> None:
-        """Send a packet the agent generated out of ``port_id``: directly when the port is exterior, through
-        a simulation from the peer port when it is interior (a router's ICMP error crossing a bridge)."""
+        """Send a packet the agent generated outside a simulation (an ARP retry or refresh, a parked generated
+        packet carried again), leaving by ``port_id``: the same walk a simulation gives the packets it generates
+        (simulate_generated) — out of an exterior port; into the peer device from an interior one, its outputs
+        sent as generated packets."""
+        res = simulate_generated(pkt, port_id, self.topo, self.state, now, self.cfg.host)
+        if res.result == PARKED:
+            self._park((port_id, pkt), res, now)
+            return
+        if res.result == DROP:
+            self._drop(f"generated_{res.drop_reason}")
+        self._apply(res.effects, now)
+        self._emit(res, now)
+
+    def _emit(self, res, now: float) -> None:
+        """The generated packets of a result: out where they leave the agent; those whose walk parked wait."""
+        for g in res.generated:
+            self._send_generated(g.port, g.packet)
+        for w in res.waiting:
+            self._park((w.port, w.packet), w.result, now)
+
+    def _send_generated(self, port_id: str, pkt) -> None:
         self.c["generated"] += 1
         port = self.topo.port(port_id)
         if port is None:
             self._drop("generated_unknown_port")
             return
         frame = build(pkt)
-        if port.peer is None:
-            if port.host is None or port.host == self.cfg.host or self.cfg.host is None:
-                self._dp(m.PacketOut((("output", port.id),), frame))
-            else:
-                self._dp(m.PacketOut((("tunnel", self._tunnel_ip(port.host), port.tunnel_key),), frame))
-            return
-        res = simulate(pkt, port.peer, self.topo, self.state, now, self.cfg.host)
-        if res.result != FORWARD:
-            self._drop(f"generated_{res.drop_reason or res.result}")
-            return
-        self._apply(res.effects, now)
-        self._dp(m.PacketOut(output_actions(pkt, res.outputs, self._tunnel_ip), frame))
+        if port.host is None or port.host == self.cfg.host or self.cfg.host is None:
+            self._dp(m.PacketOut((("output", port.id),), frame))
+        else:
+            self._dp(m.PacketOut((("tunnel", self._tunnel_ip(port.host), port.tunnel_key),), frame))
 
     # -- inbox ----------------------------------------------------------------------------------------------
     def handle(self, msg, now: float) -> None:
@@ -491,9 +523,8 @@ class Worker:
     # -- housekeeping ---------------------------------------------------------------------------------------
     def housekeeping(self, now: float) -> None:
         for (kind, *_), items in self.parking.expire(now):
-            for up, _pkt in items:
-                self._drop(f"parked_timeout_{kind}")
-                self._answer(up.seq, DROP_ACTIONS, (), now, temporary=True)
+            for item in items:
+                self._give_up(item, f"parked_timeout_{kind}", now)
         resend, failed = self.arp.tick(now)
         for port, pkt in resend:
             self.emit_generated(port, pkt, now)

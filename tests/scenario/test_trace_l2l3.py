@@ -91,7 +91,9 @@ def test_ttl_one_generates_time_exceeded_to_the_sender():
     out = t("tenant.vm1", TO_R1 + ",ip_dst=203.0.113.10,proto=icmp,icmp_type=8,icmp_id=203,icmp_seq=25,ttl=1")
     assert out["result"] == "drop" and out["drop_reason"] == "ttl_exceeded"
     [g] = out["generated"]
-    assert g["port"] == "r1.tenant"
+    # emitted on the router's interior port, it crosses the bridge to the sender's port (issue 16, item 4)
+    assert g["port"] == "tenant.vm1" and g["from"] == "r1.tenant"
+    assert g["path"] == ["r1.tenant", "tenant.up", "tenant", "tenant.vm1"]
     s = scapy_of(t.last, generated=True)
     assert (s[ICMP].type, s[ICMP].code) == (11, 0)
     assert s[IP].src == "10.0.0.1" and s[IP].dst == "10.0.0.2" and s.dst == "02:00:00:00:00:01"

@@ -113,9 +113,10 @@ class Link:
 
 
 class Wire:
-    def __init__(self, n_workers: int = 2, host: str = "host-a", port_workers: dict | None = None):
+    def __init__(self, n_workers: int = 2, host: str = "host-a", port_workers: dict | None = None,
+                 topo: str = TOPO):
         self.store = open_store(f"memory://inproc-{next(_names)}")
-        write_topology(self.store, loads_topology(TOPO))
+        write_topology(self.store, loads_topology(topo))
         self.mirror = StoreMirror(self.store, lambda kind, name: None)
         assert self.mirror.wait_ready(5)
         self.leases = StoreNatAllocator(self.store, host)
@@ -405,3 +406,109 @@ def test_outputs_to_ports_no_host_binds_are_dropped_and_counted(wire):
     assert ("output", "tenant.vm2") in outs and any(a[0] == "tunnel" for a in outs)
     assert all(a != ("output", "tenant.vm4") for a in outs)
     assert sum(w.c["unbound_outputs"] for w in wire.workers) == 1
+
+
+# Issue 16, item 4: two routers sharing a bridge through their interior ports; the edge router's default route
+# points at its interior port with no gateway.  The worker carries what a device generates on an interior port
+# into the peer device, as the trace does (tests/scenario/test_trace_fidelity.py).
+TWO_ROUTERS = """
+version: 1
+hosts: {host-a: {tunnel_ip: 127.0.0.11}}
+bridges:
+  br:
+    ports:
+      edge: {peer: edge.in}
+      tenant: {peer: tenant.in}
+routers:
+  edge:
+    ports:
+      ext: {address: 180.0.1.2/24, mac: "02:0a:00:00:01:02", host: host-a, interface: t1}
+      in: {address: 10.0.0.254/24, mac: "02:0a:00:00:00:fe"}
+    routes:
+      - {dst: 0.0.0.0/0, port: in}
+  tenant:
+    ports:
+      in: {address: 10.0.2.254/24, mac: "02:0a:00:00:02:fe"}
+    routes:
+      - {dst: 0.0.0.0/0, port: in}
+"""
+PINGER = "eth_src=02:00:00:00:01:17,eth_dst=02:0a:00:00:01:02,ip_src=180.0.1.23"
+
+
+def test_a_ping_across_two_routers_and_a_bridge_is_answered_end_to_end():
+    wire = Wire(topo=TWO_ROUTERS)
+    try:
+        # the pinger ARPs for its gateway first (the edge router learns it), then pings the tenant router
+        wire.inject("edge.ext", frame("eth_src=02:00:00:00:01:17,eth_dst=ff:ff:ff:ff:ff:ff,arp_op=1,"
+                                      "arp_sha=02:00:00:00:01:17,arp_spa=180.0.1.23,arp_tpa=180.0.1.2"))
+        [arp_reply] = wire.outputs("edge.ext")
+        assert arp_reply.arp_op == 2
+        for seq in (1, 2, 3):
+            if seq == 3:
+                # the entry vanishes: with every fragment cached now, the request is answered and learned within
+                # the ping's own simulation, which parks and resumes at once
+                for i in range(2):
+                    wire.to_workers[i].send(encode(m.TableEntryRemoved("arp", "edge", 0, ip2int("10.0.2.254"))))
+                wire.pump()
+            wire.inject("edge.ext", frame(PINGER + f",ip_dst=10.0.2.254,proto=icmp,icmp_type=8,icmp_id=7,"
+                                          f"icmp_seq={seq}"))
+            [reply] = wire.outputs("edge.ext")
+            assert (reply.ip_src, reply.ip_dst) == (ip2int("10.0.2.254"), ip2int("180.0.1.23"))
+            assert (reply.icmp_type, reply.icmp_id, reply.icmp_seq, reply.ttl) == (0, 7, seq, 63)
+            assert (reply.eth_src, reply.eth_dst) == (0x020A00000102, 0x020000000117)
+        # the edge router's ARP request was answered inside the agent: nothing but the replies left it
+        assert not any(wire.dp.dp.take_outputs(None).values())
+        assert sum(w.arp.counters["arp_resolved"] for w in wire.workers) >= 2
+        assert sum(w.parking.size for w in wire.workers) == 0
+        assert not [k for w in wire.workers for k in w.drops if k.startswith("generated_")]
+        # the pings were answered by the agent: executed, never installed as flows
+        assert len(wire.answers(m.Execute)) == 4 and not wire.answers(m.FlowPut)
+    finally:
+        wire.close()
+
+
+# Issue 16, item 5 (MidoNet's IcmpErrorNatTest): the far router has no route to the DNAT target; its net
+# unreachable comes back through the near router, translated back by the bindings the dropped SYN created.
+ICMP_NAT = """
+version: 1
+hosts: {host-a: {tunnel_ip: 127.0.0.11}}
+routers:
+  near:
+    ports:
+      left: {address: 172.19.0.2/24, mac: "02:0a:08:06:04:01", host: host-a, interface: t1}
+      right: {address: 172.20.0.2/32, mac: "02:0a:08:06:04:02", peer: far.p}
+    routes:
+      - {dst: 2.2.2.2/32, port: right}
+    arp_table: {172.19.0.4: "02:00:00:00:00:04"}
+    inbound_filter: near-in
+    outbound_filter: near-out
+  far:
+    ports:
+      p: {address: 172.20.0.3/32, mac: "02:0a:08:06:05:01"}
+chains:
+  near-in:
+    - {match: {in_port: near.right, dst: 42.159.207.7}, action: rev_snat}
+    - {match: {in_port: near.left, dst: 1.1.1.1}, action: dnat, targets: [{ip: 2.2.2.2, port: 20}]}
+  near-out:
+    - {match: {src: 172.19.0.4}, action: snat, targets: [{ip: 42.159.207.7, port: 10}]}
+    - {match: {dst: 172.19.0.4}, action: rev_dnat}
+"""
+
+
+def test_the_icmp_error_about_a_dropped_natted_syn_leaves_translated():
+    wire = Wire(topo=ICMP_NAT)
+    try:
+        wire.inject("near.left", frame("eth_src=02:00:00:00:00:04,eth_dst=02:0a:08:06:04:01,ip_src=172.19.0.4,"
+                                       "ip_dst=1.1.1.1,proto=tcp,tp_src=1234,tp_dst=6789,tcp_flags=syn"))
+        [err] = wire.outputs("near.left")
+        assert (err.ip_src, err.ip_dst, err.ttl, err.icmp_type) == (ip2int("172.20.0.3"), ip2int("172.19.0.4"),
+                                                                    63, 3)
+        assert (err.inner_ip_src, err.inner_tp_src, err.inner_ip_dst, err.inner_tp_dst) == (
+            ip2int("172.19.0.4"), 1234, ip2int("1.1.1.1"), 6789)
+        # the SYN itself is dropped (a drop flow), and its bindings are kept
+        [put] = wire.answers(m.FlowPut)
+        assert put.actions == (("drop",),)
+        kinds = sorted(e[0] for w in wire.workers for e in w.state_entries())
+        assert {"fwd_dnat", "fwd_snat", "rev_dnat", "rev_snat"} <= set(kinds)
+    finally:
+        wire.close()

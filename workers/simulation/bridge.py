@@ -1,5 +1,8 @@
 """The virtual bridge: MAC learning, unicast/flood, VLAN access and trunk ports, ARP for router ports.
 
+A frame whose source MAC is a group (multicast or broadcast) address is dropped (``bad_src_mac``) before
+anything is learned: no station owns a group address.
+
 ``process`` takes a packet that entered the bridge at ``in_port`` and returns the (egress port, packet)
 pairs it leaves by.  MAC learning is an effect (MacTableWrite); the MAC table is read from the static entries in
 the topology, then the agent state.  Router ports peered with the bridge are known to it: their MACs are
@@ -48,6 +51,8 @@ def process(ctx: Ctx, bridge: Bridge, in_port: Port, pkt: Packet) -> list[tuple[
     name = bridge.name
     ctx.tags.add(tags.bridge(name))
     ctx.read("eth_src", "eth_dst", "vlan")
+    if _multicast(pkt.eth_src):
+        raise Stop("bad_src_mac")                  # a group address is never a station's: drop, learn nothing
     if in_port.vlan is not None:
         if pkt.vlan is not None:
             raise Stop("vlan_tag_on_access_port")
@@ -60,11 +65,10 @@ def process(ctx: Ctx, bridge: Bridge, in_port: Port, pkt: Packet) -> list[tuple[
         _verdict(ctx, verdict, pkt, in_port)
 
     src = pkt.eth_src
-    if not _multicast(src):
-        ctx.tags.add(tags.mac(name, vlan, src))
-        known = bridge.mac_table.get((vlan, src)) or _learned(ctx, name, vlan, src)
-        if known != in_port.name and (vlan, src) not in bridge.mac_table:
-            ctx.effects.append(MacTableWrite(name, vlan, src, in_port.id))
+    ctx.tags.add(tags.mac(name, vlan, src))
+    known = bridge.mac_table.get((vlan, src)) or _learned(ctx, name, vlan, src)
+    if known != in_port.name and (vlan, src) not in bridge.mac_table:
+        ctx.effects.append(MacTableWrite(name, vlan, src, in_port.id))
 
     router_macs, router_ips = _router_ports(ctx, bridge)
     if pkt.is_arp and pkt.arp_op == ARP_REQUEST:

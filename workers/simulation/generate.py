@@ -6,6 +6,7 @@ Pure constructors of Packet values; the devices decide when to emit them and fro
 from __future__ import annotations
 
 from packet.addr import BROADCAST_MAC
+from packet.checksum import checksum
 from packet.packet import (
     ARP_REPLY,
     ARP_REQUEST,
@@ -51,14 +52,18 @@ def icmp_error(offending: Packet, icmp_type: int, code: int, src_mac: int, src_i
 
 
 def _inner_rest(o: Packet) -> bytes:
-    """The L4 bytes of the carried header after the ports (TCP: seq; UDP: length + checksum; ICMP echo:
-    sequence number), so the carried 8 bytes are the ones the sender sent as far as we know them."""
+    """The L4 bytes of the carried header but the ports or the echo id, as packet.codec lays out inner_rest
+    (TCP: seq; UDP: length + checksum; ICMP echo: type, code, checksum, then the sequence number), so the
+    carried 8 bytes are the ones the sender sent as far as we know them."""
     if o.proto == PROTO_TCP:
         return (o.tcp_seq or 0).to_bytes(4, "big")
     if o.proto == PROTO_UDP:
         return (8 + len(o.payload)).to_bytes(2, "big") + b"\0\0"
     if o.proto == PROTO_ICMP and o.icmp_id is not None:
-        return (o.icmp_seq or 0).to_bytes(2, "big")
+        head = bytes((o.icmp_type or 0, o.icmp_code or 0))
+        seq = (o.icmp_seq or 0).to_bytes(2, "big")
+        csum = checksum(head + b"\0\0" + o.icmp_id.to_bytes(2, "big") + seq + o.payload)
+        return head + csum.to_bytes(2, "big") + seq
     return b""
 
 

@@ -4,7 +4,9 @@ The simulation never performs I/O; everything it wants done is in the result:
 
 - ``outputs``   the packet as it leaves each exterior port (and whether it needs a tunnel to get there);
 - ``generated`` packets the agent itself emits (ARP requests and replies, ICMP errors and echo replies), each
-                with the port it leaves from;
+                with the exterior port it leaves from: one a device emits on an interior port has already been
+                carried into the peer device and simulated onward, in the same call (``waiting`` holds those
+                whose onward walk parked);
 - ``effects``   changes to agent state the shell applies (MAC or ARP table written, flow state written or used);
 - ``needs``     why the packet must be parked (a topology fragment, an ARP entry, a NAT port block) — the shell
                 requests it and simulates the packet again from scratch when it arrives; ``need_key`` is
@@ -40,8 +42,14 @@ class Output(NamedTuple):
 
 
 class Generated(NamedTuple):
+    """A packet the agent emits.  A device emits it on one of its ports; one emitted on an interior port is
+    carried on into the peer device and simulated from there (simulate.simulate_generated), so in a result
+    ``port`` is always where it leaves the agent, and ``origin``/``path`` say where it came from."""
+
     port: str                  # the port the packet leaves from (the agent injects it there)
     packet: Packet
+    origin: str | None = None  # carried: the interior port the device emitted it on
+    path: tuple[str, ...] = ()  # carried: its walk from ``origin`` to ``port``
 
 
 # -- flow-state kinds (FlowStateWrite.kind): connection tracking and the NAT bindings -------------------------
@@ -154,6 +162,16 @@ def need_key(need: NeedFragment | NeedArp | NeedLease) -> tuple:
     raise TypeError(f"not a need: {need!r}")
 
 
+class Waiting(NamedTuple):
+    """A generated packet whose own walk (from ``port``, where a device emitted it) is parked: ``result`` is that
+    walk's PARKED result (its need, and what it generated and changed so far, e.g. the ARP request).  The shell
+    parks it like an upcall and carries it again from ``port`` when the need is met."""
+
+    port: str
+    packet: Packet
+    result: SimResult
+
+
 class SimResult(NamedTuple):
     result: str
     path: tuple[str, ...] = ()
@@ -166,6 +184,7 @@ class SimResult(NamedTuple):
     tags: frozenset[str] = frozenset()
     fields_read: frozenset[str] = frozenset()
     interested_hosts: frozenset[str] = frozenset()
+    waiting: tuple[Waiting, ...] = ()        # generated packets whose onward walk parked (see Waiting)
 
     @property
     def flow_state(self) -> tuple[FlowStateWrite, ...]:

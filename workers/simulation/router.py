@@ -1,10 +1,13 @@
 """The virtual router: ARP for its own addresses, filters, L4 load balancing, routing, ICMP, next-hop MAC.
 
 ``process`` takes a packet that entered the router at ``in_port`` and returns the (egress port, packet) it
-leaves by, or ends the simulation (Stop / Consumed).  Route choice: longest destination prefix, then longest
-source prefix, then lowest weight; equal candidates are ECMP, chosen by the flow hash.  Connected routes come
-from the port addresses (weight 0).  The next-hop MAC comes from the peer router port, a static ARP entry, or
-the agent's ARP table — else the packet needs ARP (an ARP request is emitted and the packet parks).
+leaves by, or ends the simulation (Stop / Consumed).  Routers are VLAN-unaware: an 802.1Q-tagged frame is
+dropped (``vlan_tagged``), a priority-tagged one (VID 0) is handled untagged.  Route choice: longest
+destination prefix, then longest source prefix, then lowest weight; equal candidates are ECMP, chosen by the
+flow hash.  Connected routes come from the port addresses (weight 0).  The next-hop MAC comes from the peer
+router port, a static ARP entry, or the agent's ARP table — else the packet needs ARP (an ARP request is
+emitted and the packet parks).  An echo request to one of the router's addresses is consumed; the reply is
+routed like any packet leaving the router, through its outbound filter (``_send_local``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from workers.simulation import generate, lb
 from workers.simulation.chains import ACCEPT, DROP, run_chain
 from workers.simulation.context import Consumed, Ctx, Stop
 from workers.simulation.result import EXPIRY_TEMPORARY, ArpTableWrite, NeedArp
+from workers.simulation.state import PendingState
 
 BROADCAST = 0xFFFFFFFFFFFF
 _ROUTES: dict[int, tuple[Router, tuple[Route, ...], dict[int, Port]]] = {}
@@ -76,7 +80,11 @@ def _mask(length: int) -> int:
 def process(ctx: Ctx, router: Router, in_port: Port, pkt: Packet) -> list[tuple[Port, Packet]]:
     name = router.name
     ctx.tags.add(tags.router(name))
-    ctx.read("eth_type")
+    ctx.read("eth_type", "vlan")
+    if pkt.vlan is not None:
+        if pkt.vlan:
+            raise Stop("vlan_tagged")                   # routers are VLAN-unaware
+        pkt = pkt._replace(vlan=None, vlan_pcp=0)       # a priority tag (VID 0) is popped
     if pkt.is_arp:
         _arp(ctx, router, in_port, pkt)
     if not pkt.is_ipv4:
@@ -97,7 +105,7 @@ def process(ctx: Ctx, router: Router, in_port: Port, pkt: Packet) -> list[tuple[
     if pkt.ip_dst in own:
         ctx.read("proto", "icmp_type")
         if pkt.proto == PROTO_ICMP and pkt.icmp_type == ICMP_ECHO_REQUEST:
-            ctx.emit(in_port.id, generate.echo_reply(pkt, in_port.mac))
+            _send_local(ctx, router, in_port, pkt, generate.echo_reply(pkt, in_port.mac))
             raise Consumed()
         raise Stop("to_router")
 
@@ -126,6 +134,32 @@ def process(ctx: Ctx, router: Router, in_port: Port, pkt: Packet) -> list[tuple[
     mac = _next_hop_mac(ctx, router, out_port, next_hop)
     ttl = pkt.ttl - 1 if pkt.ttl is not None else None
     return [(out_port, pkt._replace(ttl=ttl, eth_src=out_port.mac, eth_dst=mac))]
+
+
+def _send_local(ctx: Ctx, router: Router, in_port: Port, request: Packet, pkt: Packet) -> None:
+    """Send a packet the router itself originates (an echo reply), as MidoNet's Router.sendIpPacket does: routed
+    by its destination, through the outbound filter (so a reply to a floating IP leaves from the floating IP),
+    out of the route's port to the next hop.  Back out of the request's port it goes to the request's sender
+    MAC.  No route, or a filter that does not accept it: nothing is sent."""
+    route = lookup_route(ctx, router, pkt)
+    if route is None or route.type == ROUTE_BLACKHOLE or route.type == ROUTE_REJECT:
+        return
+    out_port = router.ports[route.port]
+    if router.outbound_filter:
+        # its own conntrack and NAT view: the reply, not the request, is the packet the rules see; it sees the
+        # state the request's walk created so far
+        sub = Ctx(ctx.topo, PendingState(ctx.state, ctx.effects) if ctx.effects else ctx.state, ctx.now,
+                  ctx.local_host, in_port.id, pkt)
+        verdict, pkt = run_chain(sub, router.outbound_filter, pkt, router.name, None, out_port.id)
+        ctx.tags.update(sub.tags)
+        ctx.effects.extend(sub.effects)
+        if verdict != ACCEPT:
+            return
+    if out_port.id == in_port.id:
+        mac = request.eth_src
+    else:
+        mac = _next_hop_mac(ctx, router, out_port, route.gateway if route.gateway is not None else pkt.ip_dst)
+    ctx.emit(out_port.id, pkt._replace(eth_src=out_port.mac, eth_dst=mac))
 
 
 def _next_hop_mac(ctx: Ctx, router: Router, out_port: Port, ip: int) -> int:

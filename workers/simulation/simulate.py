@@ -7,6 +7,20 @@ the trace CLI and the tests all call this one function.
 The walk: the packet enters a port → the port's device processes it (bridge or router) and names the ports
 it leaves by → an interior port hands the packet to its peer port's device → an exterior port is an output.
 A device-hop limit stops loops.
+
+Generated packets take the same walk.  A device that emits a packet (ARP request or reply, ICMP error, echo
+reply, TCP reset) names the port it leaves by.  On an exterior port it leaves the agent there.  On an interior
+port it enters the peer device and is simulated from there (``simulate_generated``), in the same call, against
+the state as the generating walk left it (its effects, not applied yet, read through a PendingState): the ARP
+reply a router answers through a bridge reaches the asking router, an ICMP error crosses back the routers
+that translated the packet it reports.  The result's ``generated`` lists where they leave the agent, its
+``effects`` include what their walks changed, and a generated packet whose own walk parks is handed back in
+``waiting`` (the shell parks it and carries it again).  Workers call ``simulate_generated`` too, for the
+packets they generate outside a simulation (ARP retries and refreshes).
+
+Flow state: a parked packet keeps none (it is simulated again from scratch).  A dropped packet keeps what it
+created only when the drop generated a packet about it (an ICMP error, a reset): that error is translated back
+through those bindings by its own walk, and the entries stay in the agent state like any others.
 """
 
 from __future__ import annotations
@@ -22,14 +36,36 @@ from workers.simulation.result import (
     FORWARD,
     PARKED,
     FlowStateWrite,
+    Generated,
+    NeedFragment,
     Output,
     SimResult,
+    Waiting,
 )
+from workers.simulation.state import PendingState
+
+MAX_GENERATED_DEPTH = 4          # a generated packet's walk may generate packets, and so on, this deep
 
 
 def simulate(pkt: Packet, in_port: str, topo, state, now: float, local_host: str | None = None) -> SimResult:
     """Simulate ``pkt`` arriving at exterior port ``in_port``.  ``local_host`` is the agent's host (defaults
     to the host the ingress port is bound to); outputs on other hosts carry the egress port's tunnel key."""
+    return _simulate(pkt, in_port, topo, state, now, local_host, 0)
+
+
+def simulate_generated(pkt: Packet, port_id: str, topo, state, now: float,
+                       local_host: str | None = None) -> SimResult:
+    """A packet the agent generated, leaving by ``port_id`` (the port a device emitted it on).
+
+    Exterior port: it leaves there (a FORWARD result whose ``generated`` is the packet itself).  Interior port:
+    it enters the peer port's device and is simulated from there; every packet that walk outputs leaves the
+    agent as a generated packet (``generated``: those outputs, then what the walk itself generated), and
+    ``effects`` are what it changed.  A PARKED result means the packet itself waits for ``needs``."""
+    return _carry(pkt, port_id, topo, state, now, local_host, 0)
+
+
+def _simulate(pkt: Packet, in_port: str, topo, state, now: float, local_host: str | None,
+              depth: int) -> SimResult:
     ctx = Ctx(topo, state, now, local_host, in_port, pkt)
     egress: list[tuple[str, Port, Packet]] = []
     try:
@@ -44,15 +80,61 @@ def simulate(pkt: Packet, in_port: str, topo, state, now: float, local_host: str
         interested = _interested(ctx, in_port, egress) if any(
             type(e) is FlowStateWrite for e in ctx.effects) else frozenset()
     except Consumed:
-        return _result(ctx, CONSUMED)
+        res = _result(ctx, CONSUMED)
     except Stop as s:
-        # flow state is created only by a packet that goes through: a parked packet will be simulated again
-        # from scratch, a dropped one has no connection
-        ctx.effects = [e for e in ctx.effects if type(e) is not FlowStateWrite]
+        # flow state is created only by a packet that goes through (a parked packet will be simulated again
+        # from scratch, a dropped one has no connection) — or by one dropped with an error generated about
+        # it, which is translated back through that state
+        if s.needs is not None or not ctx.generated:
+            ctx.effects = [e for e in ctx.effects if type(e) is not FlowStateWrite]
         kind = PARKED if s.needs is not None else DROP
-        return _result(ctx, kind, drop_reason=None if s.needs is not None else s.reason,
-                       expiry=s.expiry if s.needs is None else EXPIRY_TEMPORARY, needs=s.needs)
-    return _result(ctx, FORWARD, outputs=tuple(outputs), interested_hosts=interested)
+        res = _result(ctx, kind, drop_reason=None if s.needs is not None else s.reason,
+                      expiry=s.expiry if s.needs is None else EXPIRY_TEMPORARY, needs=s.needs)
+    else:
+        res = _result(ctx, FORWARD, outputs=tuple(outputs), interested_hosts=interested)
+    return _carry_generated(ctx, res, depth) if res.generated else res
+
+
+def _carry(pkt: Packet, port_id: str, topo, state, now: float, local_host: str | None,
+           depth: int) -> SimResult:
+    port = topo.port(port_id)
+    if port is None:
+        return SimResult(PARKED, path=(port_id,), expiry=EXPIRY_TEMPORARY, needs=NeedFragment("port", port_id))
+    if port.peer is None:
+        return SimResult(FORWARD, path=(port_id,), generated=(Generated(port_id, pkt),))
+    if depth >= MAX_GENERATED_DEPTH:
+        return SimResult(DROP, path=(port_id,), drop_reason="generated_depth")
+    res = _simulate(pkt, port.peer, topo, state, now, local_host, depth + 1)
+    path = (port_id, *res.path)
+    leaving = tuple(Generated(o.port, o.packet, port_id, path) for o in res.outputs)
+    return res._replace(path=path, outputs=(), generated=leaving + res.generated)
+
+
+def _carry_generated(ctx: Ctx, res: SimResult, depth: int) -> SimResult:
+    """Carry on every packet the walk generated on an interior port (see the module comment).  Each onward
+    walk sees the effects of the walk and of the onward walks before it; its own tags and fields read are not
+    the flow's.  A parked onward walk is handed back whole (``waiting``): its effects and generated packets are
+    the shell's to apply when it parks the packet."""
+    topo = ctx.topo
+    if all((p := topo.port(g.port)) is not None and p.peer is None for g in res.generated):
+        return res
+    effects = list(res.effects)
+    generated: list[Generated] = []
+    waiting: list[Waiting] = []
+    for g in res.generated:
+        p = topo.port(g.port)
+        if p is not None and p.peer is None:
+            generated.append(g)
+            continue
+        view = PendingState(ctx.state, effects) if effects else ctx.state
+        sub = _carry(g.packet, g.port, topo, view, ctx.now, ctx.local_host, depth)
+        if sub.result == PARKED:
+            waiting.append(Waiting(g.port, g.packet, sub))
+            continue
+        effects.extend(sub.effects)
+        generated.extend(sub.generated)
+        waiting.extend(sub.waiting)
+    return res._replace(generated=tuple(generated), effects=tuple(effects), waiting=tuple(waiting))
 
 
 def _result(ctx: Ctx, kind: str, **kw) -> SimResult:

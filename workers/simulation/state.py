@@ -62,6 +62,49 @@ class AgentState(Protocol):
 MISSING = object()
 
 
+class PendingState:
+    """An AgentState seen through effects that are not applied yet: those of the simulation that generated a
+    packet, read by that packet's onward walk in the same call (the NAT binding an ICMP error is translated
+    back by, the ARP entry an answered request taught, the MAC the bridge just learned).  Read-only like any
+    AgentState; anything else (``prefer_snat_port``) is the base state's."""
+
+    __slots__ = ("base", "macs", "arps", "flows")
+
+    def __init__(self, base: AgentState, effects):
+        self.base = base
+        self.macs: dict[tuple[str, int, int], str] = {}
+        self.arps: dict[tuple[str, int], int] = {}
+        self.flows: dict[tuple[str, tuple], object] = {}
+        for e in effects:
+            t = type(e)
+            if t is MacTableWrite:
+                self.macs[(e.bridge, e.vlan, e.mac)] = e.port
+            elif t is ArpTableWrite:
+                self.arps[(e.router, e.ip)] = e.mac
+            elif t is FlowStateWrite:
+                self.flows[(e.kind, e.key)] = e.value
+
+    def mac_lookup(self, bridge: str, vlan: int, mac: int) -> str | None:
+        hit = self.macs.get((bridge, vlan, mac))
+        return hit if hit is not None else self.base.mac_lookup(bridge, vlan, mac)
+
+    def arp_lookup(self, router: str, ip: int, now: float) -> int | None:
+        hit = self.arps.get((router, ip))
+        return hit if hit is not None else self.base.arp_lookup(router, ip, now)
+
+    def flow_state_get(self, kind: str, key: StateKey, now: float) -> object:
+        hit = self.flows.get((kind, key), MISSING)
+        return hit if hit is not MISSING else self.base.flow_state_get(kind, key, now)
+
+    def nat_blocks(self, device: str, ip: int) -> list[int]:
+        return self.base.nat_blocks(device, ip)
+
+    def __getattr__(self, name: str):
+        if name == "base":
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+
 def snat_block(kind: str, key: tuple, value: tuple | None) -> tuple[str, int, int] | None:
     """(device, ip, block start) of the SNAT port block an entry's binding lives in; None if it is not SNAT.
     A reverse entry's key holds the translated address as its destination; a forward entry's value holds it.
