@@ -205,6 +205,8 @@ def _relayed_mac(mac: int, port: str) -> bytes:
 def test_macs_beyond_the_port_and_bridge_caps_are_not_learned_and_are_flooded_to(wire1):
     w = wire1.workers[0]
     w.state.max_macs_per_port, w.state.max_macs_per_bridge = 3, 5
+    wire1.inject("tenant.vm1", _from_vm1("02:00:00:00:00:01", sport=6))   # a static MAC: the topology fetched
+    wire1.outputs("tenant.vm2")
     sprayed = [f"02:00:00:01:00:{i:02x}" for i in range(6)]
     wire1.inject("tenant.vm1", *[_from_vm1(mac) for mac in sprayed])
     # every frame is forwarded (to vm2, a static MAC); only 3 of its source MACs are learned
