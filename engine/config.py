@@ -1,14 +1,17 @@
 """Agent configuration: one dataclass, from keyword arguments or a TOML file (``[agent]`` table or top level).
 
-Unknown keys are errors that name the key; values are checked for type.
+Unknown keys are errors that name the key; values are checked for type (TOML) and range (always, in
+``__post_init__``: ``_LIMITS``), each error naming the key, so a bad value fails at start instead of deep inside a
+child (``max_flows: 0`` used to raise StopIteration in a worker's flow table).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 from engine.logs import check_level
 
@@ -33,11 +36,19 @@ class AgentConfig:
     flow_hard_s: float = 0.0
     drop_flow_s: float = 5.0               # lifetime of the temporary drop flows a worker installs
     flow_state_idle_s: float = 60.0
+    max_flow_state: int = 300_000          # flow-state entries per worker, replicas included (see README: caps)
+    max_macs_per_bridge: int = 4096        # learned MACs per bridge (beyond: not learned, flooded to)
+    max_macs_per_port: int = 1024          # learned MACs per bridge port
+    max_arps_per_router: int = 4096        # ARP entries per router
+    learn_rate: float = 20.0               # store writes of learned entries per second, per port (MAC) / router (ARP)
+    learn_burst: float = 100.0             # ... and their burst
     arp_retry_s: float = 1.0
     arp_timeout_s: float = 5.0
     max_inflight: int = 4096               # upcalls in flight per worker (admission control)
     port_rate: float = 200_000.0           # upcalls/s per ingress port (token bucket)
     port_burst: float = 20_000.0
+    max_held: int = 16                     # frames held back per flow while its first packet is simulated
+    max_held_total: int = 16_384           # ... and in all, in the datapath (beyond either: dropped, counted)
     batch: int = 64
     keep_outputs: bool = True              # in-memory datapath: keep output frames for inspection
     port_workers: dict | None = None       # ingress port id → worker index (pinned dispatch; default: hash)
@@ -50,19 +61,43 @@ class AgentConfig:
                                            # the deployment's keys in the store (/secrets/flow-state-keys)
     ctl: str | None = None                 # the control socket (default: ctl.sock in the private runtime dir)
     start_timeout_s: float = 20.0
+    request_timeout_s: float = 10.0        # a command a child has not answered by then fails (RequestExpired)
+    max_pending_requests: int = 1024       # commands waiting for answers at once (beyond: ServiceBusy)
     metrics: str | None = None             # serve Prometheus text on HOST:PORT (or PORT: 127.0.0.1); off if None
     log_level: str = "INFO"                # every process's log level (DEBUG, INFO, WARNING, ERROR, CRITICAL)
     log_file: str | None = None            # every process appends its log lines here (default: stderr)
     log_repeat_s: float = 10.0             # a repeated log message: one "… repeated N times" line per interval
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise ConfigError("workers: must be at least 1")
+        for name, (lo, hi) in _LIMITS.items():
+            _check_number(name, getattr(self, name), lo, hi)
+        for name in ("store", "datapath"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name}: expected a string, got {getattr(self, name)!r}")
+        for name in ("host", "topology", "runtime_base", "state_file", "ctl", "log_file"):
+            value = getattr(self, name)
+            if name != "host" and isinstance(value, os.PathLike):
+                value = os.fspath(value)
+                setattr(self, name, value)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(f"{name}: expected a non-empty string, got {value!r}")
+        for name in ("keep_outputs", "restart_workers"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}: expected true or false, got {getattr(self, name)!r}")
         if self.datapath not in ("memory", "real"):
             raise ConfigError(f"datapath: 'memory' or 'real', got {self.datapath!r}")
-        if not 0 < self.tunnel_port < 65536:
-            raise ConfigError(f"tunnel_port: 1..65535, got {self.tunnel_port!r}")
+        if self.flow_state_keys:                       # None or empty: the store's keys
+            from topology.store.secrets import SecretsError, parse_keys
+
+            if not isinstance(self.flow_state_keys, list | tuple) or not all(
+                    isinstance(k, str) for k in self.flow_state_keys):
+                raise ConfigError("flow_state_keys: expected a list of hex strings")
+            try:
+                parse_keys(self.flow_state_keys, "flow_state_keys")
+            except SecretsError as e:
+                raise ConfigError(str(e)) from None           # names the key's position, never its value
+        if self.datapath_cpu is not None:
+            _check_number("datapath_cpu", self.datapath_cpu, 0, MAX_CPU)
         try:
             self.log_level = logging.getLevelName(check_level(self.log_level))
         except ValueError as e:
@@ -74,6 +109,17 @@ class AgentConfig:
                 raise ConfigError(f"metrics: {e}") from None
         if self.cpus is None:
             self.cpus = sorted(os.sched_getaffinity(0))
+        if not isinstance(self.cpus, list | tuple) or not self.cpus:
+            raise ConfigError(f"cpus: expected a non-empty list of CPU numbers, got {self.cpus!r}")
+        for cpu in self.cpus:
+            _check_number("cpus", cpu, 0, MAX_CPU)
+        if self.port_workers is not None:
+            if not isinstance(self.port_workers, dict):
+                raise ConfigError(f"port_workers: expected a table of port id = worker, got {self.port_workers!r}")
+            for port, w in self.port_workers.items():
+                if not isinstance(port, str) or not port:
+                    raise ConfigError(f"port_workers: port ids are non-empty strings, got {port!r}")
+                _check_number(f"port_workers.{port}", w, 0, self.workers - 1)
 
     def metrics_address(self) -> tuple[str, int] | None:
         return None if self.metrics is None else metrics_address(self.metrics)
@@ -102,6 +148,7 @@ class AgentConfig:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "<config>") -> AgentConfig:
+        """A config from parsed data; every error names ``source`` and the key."""
         known = {f.name: f for f in fields(cls)}
         for k, v in data.items():
             if k not in known:
@@ -113,7 +160,63 @@ class AgentConfig:
                 raise ConfigError(f"{source}: {k}: expected an integer, got {v!r}")
             if want.startswith("bool") and not isinstance(v, bool):
                 raise ConfigError(f"{source}: {k}: expected true or false, got {v!r}")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+
+MAX_CPU = 4095
+_FOREVER = 7 * 86400.0                 # no timeout or period is longer than a week
+_BIG = 1 << 40                         # no count is larger
+
+# field → (minimum, maximum), both inclusive; a float minimum of 0.0 given as (0.0, ...) allows 0, while
+# ``_POSITIVE`` (a tiny positive number) means "more than 0"
+_POSITIVE = 1e-9
+_LIMITS: dict[str, tuple[float, float]] = {
+    "workers": (1, 256),
+    "park_timeout_s": (_POSITIVE, _FOREVER),
+    "max_parked": (1, _BIG),
+    "max_flows": (1, _BIG),
+    "flow_idle_s": (0.0, _FOREVER),                 # 0: never idle-expired
+    "flow_hard_s": (0.0, _FOREVER),                 # 0: no hard timeout
+    "drop_flow_s": (_POSITIVE, _FOREVER),
+    "flow_state_idle_s": (_POSITIVE, _FOREVER),
+    "max_flow_state": (1, _BIG),
+    "max_macs_per_bridge": (1, _BIG),
+    "max_macs_per_port": (1, _BIG),
+    "max_arps_per_router": (1, _BIG),
+    "learn_rate": (_POSITIVE, 1e9),
+    "learn_burst": (1.0, 1e9),
+    "arp_retry_s": (_POSITIVE, _FOREVER),
+    "arp_timeout_s": (_POSITIVE, _FOREVER),
+    "max_inflight": (1, _BIG),
+    "port_rate": (_POSITIVE, 1e12),
+    "port_burst": (1.0, 1e12),
+    "max_held": (0, _BIG),                          # 0: no frame is held back (dropped while one is in flight)
+    "max_held_total": (0, _BIG),
+    "batch": (1, 65_536),
+    "tunnel_port": (1, 65_535),
+    "state_snapshot_s": (0.0, _FOREVER),            # 0: never
+    "start_timeout_s": (_POSITIVE, _FOREVER),
+    "request_timeout_s": (_POSITIVE, _FOREVER),
+    "max_pending_requests": (1, _BIG),
+    "log_repeat_s": (0.0, _FOREVER),
+}
+
+
+def _check_number(name: str, value: object, lo: float, hi: float) -> None:
+    """``value`` is a number in [lo, hi] (an integer when both bounds are integers), else ConfigError naming
+    ``name``."""
+    integral = isinstance(lo, int) and isinstance(hi, int)
+    if isinstance(value, bool) or not isinstance(value, int if integral else int | float):
+        raise ConfigError(f"{name}: expected {'an integer' if integral else 'a number'}, got {value!r}")
+    if not (math.isfinite(value) and lo <= value <= hi):
+        if lo == _POSITIVE:
+            want = f"more than 0 and at most {hi:g}"
+        else:
+            want = f"{lo:g}..{hi:g}" if hi < _BIG else f"at least {lo:g}"
+        raise ConfigError(f"{name}: must be {want}, got {value!r}")
 
 
 def metrics_address(text: str) -> tuple[str, int]:

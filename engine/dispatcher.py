@@ -12,7 +12,8 @@ they arise: one hop fewer on the flow-setup path).  It owns:
   packet and flow key, the worker it went to and when — so the worker's answer names only the ``seq`` and the
   packet is executed with what is kept here (``answered``): no second parse, nothing shipped back;
 - held-back upcalls: while a flow's first packet is being simulated, later packets of the same flow wait here
-  (bounded) and are executed with the installed actions when the answer comes;
+  and are executed with the installed actions when the answer comes; bounded per flow (``max_held``) and in
+  all (``max_held_total`` frames); beyond either a frame is dropped and counted (``dispatcher_held_overflow``);
 - the batches: upcalls accumulate per worker and leave in one UpcallBatch (≤ ``batch`` upcalls) per flush.
 """
 
@@ -56,13 +57,15 @@ class TokenBucket:
 class Dispatcher:
     def __init__(self, n_workers: int, send: Callable[[int, UpcallBatch], bool], *, max_inflight: int = 4096,
                  port_rate: float = 200_000.0, port_burst: float = 20_000.0, max_held: int = 16,
-                 batch: int = 64, port_workers: dict[str, int] | None = None):
+                 max_held_total: int = 16_384, batch: int = 64, port_workers: dict[str, int] | None = None):
         self.n = n_workers
         self.port_workers = port_workers or {}
         self.send = send
         self.max_inflight = max_inflight
         self.port_rate, self.port_burst = port_rate, port_burst
         self.max_held = max_held
+        self.max_held_total = max_held_total
+        self.held_frames = 0                            # frames in all of ``held``
         self.batch = batch
         self.inflight = [0] * n_workers
         self.pending: list[list[Upcall]] = [[] for _ in range(n_workers)]
@@ -84,10 +87,11 @@ class Dispatcher:
         """A miss.  Returns False when it was held back or dropped (not sent)."""
         held = self.held.get(key)
         if held is not None:
-            if len(held) >= self.max_held:
+            if len(held) >= self.max_held or self.held_frames >= self.max_held_total:
                 self.counters["dispatcher_held_overflow"] += 1
             else:
                 held.append((port, frame, pkt))
+                self.held_frames += 1
                 self.counters["dispatcher_held"] += 1
             return False
         bucket = self.buckets.get(port)
@@ -117,7 +121,11 @@ class Dispatcher:
         if rec is None:
             return None, []
         self.inflight[rec.worker] -= 1
-        return rec, self.held.pop(rec.key, None) or []
+        held = self.held.pop(rec.key, None)
+        if not held:
+            return rec, []
+        self.held_frames -= len(held)
+        return rec, held
 
     def flush(self) -> None:
         for w in range(self.n):

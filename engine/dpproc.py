@@ -96,6 +96,8 @@ class DatapathConfig:
     max_inflight: int = 4096
     port_rate: float = 200_000.0
     port_burst: float = 20_000.0
+    max_held: int = 16                     # frames held back per flow while its first packet is simulated
+    max_held_total: int = 16_384           # ... and in all
     batch: int = 64
     keep_outputs: bool = True
     port_workers: dict | None = None
@@ -131,8 +133,8 @@ class DatapathProcess:
         else:
             self.dp = MemoryDatapath(cfg.max_flows, cfg.keep_outputs, cfg.tunnel_ports)
         self.disp = Dispatcher(cfg.n_workers, self._send_batch, max_inflight=cfg.max_inflight,
-                               port_rate=cfg.port_rate, port_burst=cfg.port_burst, batch=cfg.batch,
-                               port_workers=cfg.port_workers)
+                               port_rate=cfg.port_rate, port_burst=cfg.port_burst, max_held=cfg.max_held,
+                               max_held_total=cfg.max_held_total, batch=cfg.batch, port_workers=cfg.port_workers)
         self.latencies = array("q")
         self.latency_buckets = [0] * (len(_LATENCY_BOUNDS_NS) + 1)   # never drained: the histogram's counts
         self.latency_sum_ns = 0

@@ -8,7 +8,8 @@ Owns the snapshot schedule (every ``state_snapshot_s``, one at a time) and the d
   the workers (round robin); the bindings of a block another agent took meanwhile are dropped — a lost
   connection, never a duplicate binding.
 - **snapshot**, on the service thread: DumpState to every worker; when all answered, the entries are written
-  to ``cfg.state_path()`` (atomically).  A snapshot nobody answered is given up after SNAPSHOT_GIVE_UP_S.
+  to ``cfg.state_path()`` (atomically).  A snapshot not answered by every worker within SNAPSHOT_GIVE_UP_S
+  expires (the service fails it) and is not written (``supervisor_state_snapshot_failed``).
 
 It sends nothing itself: ``send(target, msg)`` and ``ask(targets, make_msg)`` are the service's.
 """
@@ -93,13 +94,17 @@ class Persistence:
         if then is None and self._busy_since and now - self._busy_since < SNAPSHOT_GIVE_UP_S:
             return
         self._busy_since = now
-        fut = ask(range(self.cfg.workers), m.DumpState)
+        fut = ask(range(self.cfg.workers), m.DumpState, SNAPSHOT_GIVE_UP_S)
         fut.add_done_callback(self._write)
         if then is not None:
-            fut.add_done_callback(lambda _f: then.set_result(True))
+            fut.add_done_callback(lambda f: then.set_result(True) if f.exception() is None
+                                  else then.set_exception(f.exception()))
 
     def _write(self, fut: Future) -> None:
         self._busy_since = 0.0
+        if fut.exception() is not None:                # a worker did not answer (expired), or too busy
+            self._count("supervisor_state_snapshot_failed")
+            return
         entries = []
         for body in fut.result().values():
             if isinstance(body, (list, tuple)):

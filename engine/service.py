@@ -13,7 +13,11 @@ One loop (``_run``) polls the inbox and the wake pipe, then:
   flow-state snapshot, and every CHECK_S restarts dead workers and ticks the replicated tables.
 
 Commands that want an answer go through ``_ask`` only: it allocates a non-zero req_id, registers the pending
-future and sends ``make_msg(req_id)`` to each target; req_id 0 means "no answer wanted".
+future and sends ``make_msg(req_id)`` to each target; req_id 0 means "no answer wanted".  Pending commands are
+bounded: at most ``cfg.max_pending_requests`` at a time (beyond, the future fails at once with ServiceBusy,
+counted ``supervisor_requests_refused``), and one unanswered after its timeout (the caller's, else
+``cfg.request_timeout_s``: a dead or restarted child never answers) fails with RequestExpired and is forgotten
+(``supervisor_requests_expired``); an answer that comes later is dropped (``supervisor_late_answers``).
 """
 
 from __future__ import annotations
@@ -45,6 +49,14 @@ class ServiceNotRunning(RuntimeError):
     pass
 
 
+class ServiceBusy(RuntimeError):
+    """Too many commands wait for their answers."""
+
+
+class RequestExpired(TimeoutError):
+    """A command was not answered by all its targets in time."""
+
+
 class Service:
     def __init__(self, cfg, counters: dict):
         self.cfg = cfg
@@ -54,7 +66,9 @@ class Service:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._pending: dict[int, tuple[set, dict, Future]] = {}
+        self._pending: dict[int, tuple[set, dict, Future, float]] = {}   # req_id → targets, answers, future, deadline
+        for name in ("supervisor_requests_expired", "supervisor_requests_refused", "supervisor_late_answers"):
+            counters.setdefault(name, 0)
         self._req = itertools.count(1)
         self._thread: threading.Thread | None = None
         self._zctx: zmq.Context | None = None
@@ -154,6 +168,7 @@ class Service:
                 self.persistence.snapshot(self._ask)
             if now >= next_check:
                 next_check = now + CHECK_S
+                self.expire_pending(now)
                 self.pool.restart_dead(self._send_dp)
                 self.tables.tick()
 
@@ -190,19 +205,27 @@ class Service:
                 return False
             if what == "send":                         # arg: (target, msg)
                 fut.set_result(self._send(*arg))
-            elif what == "ask":                        # arg: (targets, make_msg)
+            elif what == "ask":                        # arg: (targets, make_msg[, timeout])
                 self._ask(*arg, fut=fut)
             elif what == "snapshot":
                 self.persistence.snapshot(self._ask, then=fut)
             else:
                 fut.set_exception(ValueError(f"unknown command {what!r}"))
 
-    def _ask(self, targets: Iterable[int], make_msg: Callable[[int], tuple], fut: Future | None = None) -> Future:
-        """Send ``make_msg(req_id)`` to each target; the future completes with {target: answer body}."""
+    def _ask(self, targets: Iterable[int], make_msg: Callable[[int], tuple], timeout: float | None = None,
+             fut: Future | None = None) -> Future:
+        """Send ``make_msg(req_id)`` to each target; the future completes with {target: answer body}, or fails
+        with ServiceBusy (too many pending) or RequestExpired (not all answered within ``timeout`` seconds,
+        default ``cfg.request_timeout_s``)."""
         fut = Future() if fut is None else fut
+        if len(self._pending) >= self.cfg.max_pending_requests:
+            self.counters["supervisor_requests_refused"] += 1
+            fut.set_exception(ServiceBusy(f"{len(self._pending)} commands wait for answers"))
+            return fut
         targets = set(targets)
         req = next(self._req)
-        self._pending[req] = (targets, {}, fut)
+        deadline = time.monotonic() + (self.cfg.request_timeout_s if timeout is None else timeout)
+        self._pending[req] = (targets, {}, fut, deadline)
         for t in targets:
             self._send(t, make_msg(req))
         return fut
@@ -210,12 +233,24 @@ class Service:
     def _answered(self, req_id: int, sender: int, body) -> None:
         pending = self._pending.get(req_id)
         if pending is None:
+            self.counters["supervisor_late_answers"] += 1
             return
-        targets, answers, fut = pending
+        targets, answers, fut, _deadline = pending
         answers[sender] = body
         if targets <= answers.keys():
             del self._pending[req_id]
             fut.set_result(answers)
+
+    def expire_pending(self, now: float) -> int:
+        """Fail and forget the commands unanswered past their deadline; how many."""
+        late = [req for req, (_t, _a, _f, deadline) in self._pending.items() if now >= deadline]
+        for req in late:
+            targets, answers, fut, _deadline = self._pending.pop(req)
+            self.counters["supervisor_requests_expired"] += 1
+            if not fut.done():
+                fut.set_exception(RequestExpired(
+                    f"request {req}: no answer from {sorted(targets - answers.keys())} in time"))
+        return len(late)
 
     def _handle(self, msg) -> None:
         t = type(msg)

@@ -53,7 +53,10 @@ class StoreSession:
         if not self.mirror.wait_ready(cfg.start_timeout_s):
             raise SessionError("the topology store did not answer")
         self.allocator = StoreNatAllocator(self.store, cfg.host or "agent")
-        self.tables = SharedTables(self.store, cfg.host or "agent", relay)
+        self.tables = SharedTables(self.store, cfg.host or "agent", relay,
+                                   max_macs_per_bridge=cfg.max_macs_per_bridge,
+                                   max_arps_per_router=cfg.max_arps_per_router, learn_rate=cfg.learn_rate,
+                                   learn_burst=cfg.learn_burst)
         for kind in portmap.DEVICE_KINDS:
             for name in [n for (k, n) in list(self.mirror.objects) if k == kind]:
                 self.tables.watch_device(kind, name)

@@ -245,7 +245,7 @@ class Agent:
     def _query(self, targets, make_msg, timeout: float = 10.0) -> dict:
         """Send the command ``make_msg(req_id)`` to ``targets`` (indices; -1 is the datapath) and wait for
         their answers: {index: answer body}."""
-        return self._call("ask", (tuple(targets), make_msg), wait=False).result(timeout)
+        return self._call("ask", (tuple(targets), make_msg, timeout), wait=False).result(timeout)
 
     def _call(self, what: str, arg, wait: bool = True):
         try:

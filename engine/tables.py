@@ -10,7 +10,18 @@ kept by one OwnedEntries (so they come back after a session loss), plus this age
 - An entry that vanished (its owner's session died, or it expired) is relayed as TableEntryRemoved: workers
   forget it and invalidate the flows tagged with it.
 
-Times are wall-clock (``time.time()``), as the tables compare them across hosts.
+Bounded: the store's tables are shared by every agent, so a VM spraying source MACs (or ARP replies) must not
+turn into as many store writes.  A local entry is written only
+- while the device's table (every agent's entries) is under its cap (``max_macs_per_bridge``,
+  ``max_arps_per_router``; counted ``tables_full_refused``), and
+- within the write rate of its port (MACs) or router (ARP): a token bucket of ``learn_rate`` writes/s and
+  ``learn_burst`` (counted ``tables_learn_rate_limited``).  A refresh of an entry that is ours already costs
+  no write and no token.
+What is refused stays learned in the worker that learned it (and its agent's other workers): the other agents
+flood to that MAC or ARP themselves, and the worker sends it again when it learns it again.
+
+Times are wall-clock (``time.time()``), as the tables compare them across hosts; the rate limit uses
+``clock`` (monotonic).
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ import time
 from collections.abc import Callable
 
 from backchannel import messages as m
+from engine.dispatcher import TokenBucket
 from topology.store.base import StoreError
 from topology.store.registry import register_host
 from topology.store.session import OwnedEntries
@@ -29,16 +41,22 @@ log = logging.getLogger(__name__)
 
 
 class SharedTables:
-    def __init__(self, store, owner: str, relay: Callable[[tuple], None], mac_expiry_s: float = 600.0):
+    def __init__(self, store, owner: str, relay: Callable[[tuple], None], mac_expiry_s: float = 600.0, *,
+                 max_macs_per_bridge: int = 4096, max_arps_per_router: int = 4096, learn_rate: float = 20.0,
+                 learn_burst: float = 100.0, clock: Callable[[], float] = time.monotonic):
         self.store = store
         self.owner = owner
         self.relay = relay
         self.mac_expiry_s = mac_expiry_s
+        self.max_macs_per_bridge, self.max_arps_per_router = max_macs_per_bridge, max_arps_per_router
+        self.learn_rate, self.learn_burst = learn_rate, learn_burst
+        self.clock = clock
+        self.buckets: dict[tuple[str, str], TokenBucket] = {}     # ("port", id) / ("router", name) → writes
         self.owned = OwnedEntries(store)
         self.macs: dict[str, MacTable] = {}
         self.arps: dict[str, ArpTable] = {}
         self.counters = {"tables_local_writes": 0, "tables_remote_relayed": 0, "tables_removed_relayed": 0,
-                         "tables_write_errors": 0}
+                         "tables_write_errors": 0, "tables_learn_rate_limited": 0, "tables_full_refused": 0}
 
     def register(self, tunnel_ip: int) -> None:
         register_host(self.store, self.owner, tunnel_ip, self.owned)
@@ -72,20 +90,46 @@ class SharedTables:
                     self.relay(m.TableEntryRemoved("arp", device, 0, key))
         return cb
 
-    def learned(self, msg) -> None:
-        """A local worker learned an entry: write it as ours."""
+    def learned(self, msg) -> bool:
+        """A local worker learned an entry: write it as ours, unless the table is full or the port (router) is
+        over its write rate.  True when it was written (or refreshed)."""
         now = time.time()
         try:
             if type(msg) is m.MacLearned:
                 self.watch_device("bridge", msg.bridge)
-                self.macs[msg.bridge].learn(msg.mac, msg.port, now, msg.vlan)
+                table = self.macs[msg.bridge]
+                if not table.is_current(msg.mac, msg.port, msg.vlan):      # else a refresh: no write
+                    have = table.entry((msg.vlan, msg.mac))
+                    if not self._admit(table, have, self.max_macs_per_bridge, ("port", msg.port)):
+                        return False
+                table.learn(msg.mac, msg.port, now, msg.vlan)
             else:
                 self.watch_device("router", msg.router)
-                self.arps[msg.router].put(msg.ip, msg.mac, now)
+                table = self.arps[msg.router]
+                if not self._admit(table, table.entry(msg.ip), self.max_arps_per_router, ("router", msg.router)):
+                    return False
+                table.put(msg.ip, msg.mac, now)
             self.counters["tables_local_writes"] += 1
+            return True
         except StoreError as e:
             self.counters["tables_write_errors"] += 1
             log.warning("replicated table write failed: %s", e)
+            return False
+
+    def _admit(self, table, have, cap: int, bucket_key: tuple[str, str]) -> bool:
+        """Whether a store write for a learned entry may happen: room in ``table`` for a new key, and a token of
+        ``bucket_key``'s write rate."""
+        if have is None and len(table) >= cap:
+            self.counters["tables_full_refused"] += 1
+            return False
+        now = self.clock()
+        bucket = self.buckets.get(bucket_key)
+        if bucket is None:
+            bucket = self.buckets[bucket_key] = TokenBucket(self.learn_rate, self.learn_burst, now)
+        if not bucket.take(now):
+            self.counters["tables_learn_rate_limited"] += 1
+            return False
+        return True
 
     def tick(self) -> None:
         now = time.time()

@@ -56,9 +56,27 @@ class TopologyError(ValueError):
 
 # -- reading ---------------------------------------------------------------------------------------
 
+MAX_DEPTH = 64                 # nesting levels of a topology file (a real one uses fewer than 10)
+MAX_ALIAS_NODES = 100_000      # nodes built again through aliases (an alias bomb builds billions)
+
+
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):   # libyaml when present: ~10x faster
     """SafeLoader without the YAML 1.1 traps: no base-60 ints/floats (so 10:00:00:00:00:01 stays a MAC
     string), no octal ints (010 is not 8), no timestamps."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        """The pure-Python composer recurses per level: stop it at MAX_DEPTH (libyaml's composer, in C, does
+        not call this; it stops by itself at 1000 levels, and ``_build`` at MAX_DEPTH)."""
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nesting too deep (more than {MAX_DEPTH} levels)",
+                                                  self.peek_event().start_mark)
+            return yaml.composer.Composer.compose_node(self, parent, index)
+        finally:
+            self._depth -= 1
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -76,16 +94,31 @@ _Loader.add_implicit_resolver(
 )
 
 
+class _Budget:
+    """What one read may build: ``seen`` node ids (a node met again came through an alias), ``repeats``."""
+
+    __slots__ = ("seen", "repeats")
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+        self.repeats = 0
+
+
 def read_text(text: str, source: str) -> tuple[object, dict[Path, int]]:
-    """Parse YAML/JSON text.  Returns (plain data, {path: 1-based line})."""
+    """Parse YAML/JSON text.  Returns (plain data, {path: 1-based line}).  Hostile input fails as a
+    TopologyError naming ``source``: nesting deeper than MAX_DEPTH, or aliases that expand to more than
+    MAX_ALIAS_NODES nodes (a "billion laughs" document), never a RecursionError or minutes of CPU."""
     loader = _Loader(text)
     lines: dict[Path, int] = {}
     try:
-        node = loader.get_single_node()
+        try:
+            node = loader.get_single_node()
+        except RecursionError:                         # the pure-Python composer recurses per level
+            raise TopologyError(f"nesting too deep (more than {MAX_DEPTH} levels)", source=source) from None
         if node is None:
             return None, lines
         lines[()] = node.start_mark.line + 1
-        return _build(loader, node, (), lines, source, set()), lines
+        return _build(loader, node, (), lines, source, set(), _Budget()), lines
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         msg = e.problem or e.context or "syntax error"
@@ -98,12 +131,22 @@ def read_text(text: str, source: str) -> tuple[object, dict[Path, int]]:
 
 
 def _build(loader: _Loader, node: yaml.Node, path: Path, lines: dict[Path, int], source: str,
-           active: set[int]) -> object:
+           active: set[int], budget: _Budget) -> object:
     def fail(msg: str, line: int) -> NoReturn:
         raise TopologyError(msg, format_path(path), line, source)
 
+    if id(node) in budget.seen:
+        budget.repeats += 1
+        if budget.repeats > MAX_ALIAS_NODES:
+            fail(f"aliases expand to more than {MAX_ALIAS_NODES} nodes (an alias bomb?)",
+                 node.start_mark.line + 1)
+    else:
+        budget.seen.add(id(node))
     if isinstance(node, yaml.ScalarNode):
         return loader.construct_object(node)
+    if len(path) >= MAX_DEPTH:
+        raise TopologyError(f"nesting too deep (more than {MAX_DEPTH} levels)", format_path(path[:2]),
+                            node.start_mark.line + 1, source)
     if id(node) in active:
         fail("recursive alias", node.start_mark.line + 1)
     active.add(id(node))
@@ -112,7 +155,7 @@ def _build(loader: _Loader, node: yaml.Node, path: Path, lines: dict[Path, int],
             out_list = []
             for i, item in enumerate(node.value):
                 lines[(*path, i)] = item.start_mark.line + 1
-                out_list.append(_build(loader, item, (*path, i), lines, source, active))
+                out_list.append(_build(loader, item, (*path, i), lines, source, active, budget))
             return out_list
         assert isinstance(node, yaml.MappingNode)
         own = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
@@ -131,7 +174,7 @@ def _build(loader: _Loader, node: yaml.Node, path: Path, lines: dict[Path, int],
             if i >= merged:
                 mine.add(key)
             lines[(*path, key)] = line
-            out[key] = _build(loader, value_node, (*path, key), lines, source, active)
+            out[key] = _build(loader, value_node, (*path, key), lines, source, active, budget)
         return out
     finally:
         active.discard(id(node))

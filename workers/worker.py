@@ -11,6 +11,11 @@ Every Upcall is answered by exactly one FlowPut (install and execute) or Execute
 malformed, refused), by its ``seq`` alone: the datapath kept the frame, the packet and the key.  The flow table
 names flows by that seq (their flow id in the datapath).
 
+Its tables are capped (workers.simulation.state.LocalState: flow state, learned MACs, ARP entries; the flow
+table; the waiting room): a new connection that finds the flow-state table full of this worker's own entries is
+dropped (``flow_state_full``), a MAC or ARP entry a cap refused is not learned (and a refused MAC is not sent to
+the supervisor), and every refusal is counted in ``stats``.
+
 Packets the agent generates (ARP, ICMP errors and echo replies) come out of a simulation already carried to
 where they leave the agent — one a device emits on an interior port has entered the peer device and been
 simulated from there — and each goes out as a PacketOut.  One whose onward walk parked (the result's
@@ -61,7 +66,13 @@ from workers.simulation.result import (
     need_key,
 )
 from workers.simulation.simulate import simulate, simulate_generated
-from workers.simulation.state import LocalState
+from workers.simulation.state import (
+    DEFAULT_MAX_ARPS_PER_ROUTER,
+    DEFAULT_MAX_FLOW_STATE,
+    DEFAULT_MAX_MACS_PER_BRIDGE,
+    DEFAULT_MAX_MACS_PER_PORT,
+    LocalState,
+)
 from workers.topocache import TopologyCache
 from workers.trace import result_json
 
@@ -87,6 +98,10 @@ class WorkerConfig:
     batch: int = 64
     pinned_ports: bool = False             # the dispatcher pins some ports to workers (port_workers)
     replicate_hosts: bool = False          # send created flow state to the other interested hosts (real mode)
+    max_flow_state: int = DEFAULT_MAX_FLOW_STATE           # flow-state entries, replicas included
+    max_macs_per_bridge: int = DEFAULT_MAX_MACS_PER_BRIDGE
+    max_macs_per_port: int = DEFAULT_MAX_MACS_PER_PORT
+    max_arps_per_router: int = DEFAULT_MAX_ARPS_PER_ROUTER
 
 
 class Worker:
@@ -96,7 +111,9 @@ class Worker:
         self.cfg = cfg
         self.i = cfg.index
         self.topo = TopologyCache()
-        self.state = LocalState(flow_state_idle_s=cfg.flow_state_idle_s)
+        self.state = LocalState(flow_state_idle_s=cfg.flow_state_idle_s, max_flow_state=cfg.max_flow_state,
+                                max_macs_per_bridge=cfg.max_macs_per_bridge, max_macs_per_port=cfg.max_macs_per_port,
+                                max_arps_per_router=cfg.max_arps_per_router)
         # SNAT prefers ports whose reply hashes to this worker (the reply's state is then local)
         n, i = cfg.n_workers, cfg.index
         self.state.prefer_snat_port = lambda t: tuple_hash(t[2], t[0], t[3], t[1], t[4]) % n == i
@@ -146,6 +163,11 @@ class Worker:
                 self._drop("no_bound_egress_port")
                 self._answer(up.seq, DROP_ACTIONS, res.tags, now)
                 return
+        if res.effects and not self._room_for_state(res.effects):
+            # the flow-state table is full of this worker's own connections: the new one is dropped
+            self._drop("flow_state_full")
+            self._answer(up.seq, DROP_ACTIONS, res.tags, now, temporary=True)
+            return
         self._apply(res.effects, now, res.interested_hosts)
         self._emit(res, now)
         if res.result == CONSUMED:
@@ -240,13 +262,34 @@ class Worker:
             self._answer(first.seq, DROP_ACTIONS, (), now, temporary=True)
 
     # -- effects and replication ----------------------------------------------------------------------------
+    def _room_for_state(self, effects) -> bool:
+        """Whether the flow state ``effects`` create fits under the cap (evicting replicas if need be)."""
+        st = self.state
+        if len(st.flow_state) + len(effects) <= st.max_flow_state:       # far from the cap: fits (cheap)
+            return True
+        n = st.new_entries(effects)
+        if not n:
+            return True
+        evicted = st.make_room(n)
+        if evicted is None:
+            return False
+        if evicted:
+            self._invalidate([tags.flow_state(e.kind, e.key) for e in evicted])
+        return True
+
     def _apply(self, effects, now: float, hosts=frozenset()) -> None:
         if not effects:
             return
-        self.state.apply(effects, now)
+        refused = self.state.apply(effects, now)
         relay, written = [], []
         for e in effects:
             t = type(e)
+            if refused and e in refused:
+                if t is MacTableWrite:                 # not learned (a cap): flooded to; a move forgot the MAC
+                    self._invalidate([tags.mac(e.bridge, e.vlan, e.mac)])
+                elif t is ArpTableWrite:
+                    self._arp_refused(e, now, relay)
+                continue
             if t is FlowStateWrite:
                 written.append(m.FlowStateEntry(e.kind, e.key, e.value, now + self.cfg.flow_state_idle_s))
             elif t is MacTableWrite:
@@ -298,6 +341,21 @@ class Worker:
         if keys:
             self._dp(m.FlowDelete(tuple(keys)))
 
+    def _arp_refused(self, e: ArpTableWrite, now: float, relay: list) -> None:
+        """The router's ARP table is full.  An answer this worker waits for is learned anyway (evicting the
+        router's oldest entry); any other is not learned here, but still relayed and sent to the supervisor:
+        the answer to another worker's or agent's request lands where the reply is simulated, maybe here."""
+        wanted = (e.router, e.ip) in self.arp.pending
+        if wanted:
+            _learned, evicted = self.state.learn_arp(e.router, e.ip, e.mac, now, force=True)
+            if evicted is not None:
+                self._invalidate([tags.arp(e.router, evicted)])
+        msg = m.ArpLearned(e.router, e.ip, e.mac, self.i)
+        relay.append(msg)
+        self._sup(msg)
+        if wanted:
+            self._arp_learned(e.router, e.ip, now)
+
     def _arp_learned(self, router: str, ip: int, now: float) -> None:
         self._invalidate([tags.arp(router, ip)])
         self.arp.resolved(router, ip)
@@ -344,14 +402,19 @@ class Worker:
                 self.upcall(up, now)
         elif t is m.FlowStateBatch:
             self.c["state_received"] += len(msg.entries)
-            self.state.apply([FlowStateWrite(e.kind, e.key, e.value) for e in msg.entries], now)
-            self._invalidate([tags.flow_state(e.kind, e.key) for e in msg.entries])
+            written, evicted = self.state.add_replicas([(e.kind, e.key, e.value) for e in msg.entries], now)
+            self._invalidate([tags.flow_state(kind, key) for kind, key in written]
+                             + [tags.flow_state(e.kind, e.key) for e in evicted])
         elif t is m.MacLearned:
-            self.state.apply([MacTableWrite(msg.bridge, msg.vlan, msg.mac, msg.port)], now)
+            self.state.learn_mac(msg.bridge, msg.vlan, msg.mac, msg.port, now)     # a cap may refuse it
             self._invalidate([tags.mac(msg.bridge, msg.vlan, msg.mac)])
         elif t is m.ArpLearned:
-            self.state.apply([ArpTableWrite(msg.router, msg.ip, msg.mac)], now)
-            self._arp_learned(msg.router, msg.ip, now)
+            wanted = (msg.router, msg.ip) in self.arp.pending      # this worker asked: learned even when full
+            learned, evicted = self.state.learn_arp(msg.router, msg.ip, msg.mac, now, force=wanted)
+            if evicted is not None:
+                self._invalidate([tags.arp(msg.router, evicted)])
+            if learned:
+                self._arp_learned(msg.router, msg.ip, now)
         elif t is m.Fragment:
             for kind, name, data in msg.records:
                 self.topo.add(kind, name, data)
@@ -445,9 +508,13 @@ class Worker:
         out.update(self.parking.counters)
         out.update(self.arp.counters)
         out.update(self.topo.counters)
+        out.update(self.state.counters)
         out["worker_flows"] = len(self.flows)
         out["worker_parked_now"] = self.parking.size
         out["worker_state_entries"] = len(self.state.flow_state)
+        out["worker_state_replicas"] = len(self.state.replicas)
+        out["worker_macs"] = len(self.state.macs)
+        out["worker_arps"] = len(self.state.arps)
         out["worker_index"] = self.i
         out["worker_cpu"] = -1 if self.cfg.cpu is None else self.cfg.cpu
         out["worker_pid"] = os.getpid()

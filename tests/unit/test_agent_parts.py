@@ -61,7 +61,8 @@ def test_child_configs_get_every_field_by_keyword(monkeypatch, datapath):
 
 # AgentConfig fields that are the supervisor's own business, not a child's
 SUPERVISOR_ONLY = {"store", "topology", "runtime_base", "restart_workers", "state_file", "state_snapshot_s",
-                   "start_timeout_s", "extra", "flow_state_keys", "metrics", "ctl"}
+                   "start_timeout_s", "request_timeout_s", "max_pending_requests", "learn_rate", "learn_burst",
+                   "flow_state_keys", "metrics", "ctl"}
 # AgentConfig fields every child gets on its command line next to its config (engine/procmain.py: "log")
 COMMAND_LINE = {"log_level", "log_file", "log_repeat_s"}
 
@@ -70,7 +71,8 @@ COMMAND_LINE = {"log_level", "log_file", "log_repeat_s"}
                                   if f.name not in SUPERVISOR_ONLY | COMMAND_LINE | {"datapath"}])
 @pytest.mark.parametrize("datapath", ["memory", "real"])
 def test_a_changed_agent_setting_reaches_a_child_config(name, datapath):
-    base = AgentConfig(workers=2, host="host-a", datapath=datapath, cpus=[0, 1], port_workers={"b.p": 0})
+    base = AgentConfig(workers=2, host="host-a", datapath=datapath, cpus=[0, 1], datapath_cpu=0,
+                       port_workers={"b.p": 0})
     changed = dataclasses.replace(base, **{name: _changed(getattr(base, name))})
     if name == "keep_outputs" and datapath == "real":
         assert _children(changed) == _children(base)   # the real datapath keeps no outputs

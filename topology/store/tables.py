@@ -159,6 +159,11 @@ class _OwnedTable:
         """Hook: local state of a key this agent no longer owns."""
 
     # -- reads (local) --------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        """How many entries the table holds (every owner's)."""
+        with self._lock:
+            return len(self._entries)
+
     def entry(self, key: object) -> object | None:
         with self._lock:
             return self._entries.get(key)
@@ -286,6 +291,12 @@ class MacTable(_OwnedTable):
         """The port id behind ``mac`` (local mirror, no store read)."""
         e = self.entry((vlan, mac))
         return e.port if e is not None else None
+
+    def is_current(self, mac: int, port: str, vlan: int = 0) -> bool:
+        """Whether ``mac`` is ours behind ``port`` already: learning it again only refreshes (no store write)."""
+        with self._lock:
+            mine = self._mine.get((vlan, mac))
+            return mine is not None and mine.port == port
 
     def learn(self, mac: int, port: str, now: float, vlan: int = 0) -> str:
         """``mac`` was seen behind ``port`` on this agent.  Returns 'refreshed' (already ours, no store write),

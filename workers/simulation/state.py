@@ -6,10 +6,28 @@ in-memory implementation used by the trace and by each worker for its own shard;
 implement the same read methods.
 
 Ownership: a LocalState belongs to exactly one simulation shell (one trace session, one worker process).
+
+Bounded: every table here can be grown by a VM or a peer, so each has a cap, and what a cap refuses is counted
+(``counters``):
+
+- **flow state** (``max_flow_state`` entries, replicas included).  Entries are *local* (written by this shell's
+  simulations: ``apply``) or *replicas* (pushed by another worker or host, or restored: ``add_replicas``).  A
+  full table makes room by evicting replicas, oldest first (a replica is a copy of another's state, re-sent by
+  its owner's next use, and an old one is the least likely to be read again); it never evicts a local entry.
+  So a local write that finds no replica to evict is refused — the worker checks first (``make_room``) and
+  drops the new connection instead (drop reason ``flow_state_full``) — and a replica likewise is refused
+  (``state_replicas_refused``): no peer can push out this shell's own connections or grow the table past
+  its cap.
+- **learned MACs**, per bridge (``max_macs_per_bridge``) and per port (``max_macs_per_port``), MidoNet-style: a
+  new MAC beyond either cap is not learned (the bridge floods to it, as to any unknown MAC).  A MAC moving to
+  a port that is full is forgotten where it was (that place is wrong now) and not learned at the new one.
+- **ARP entries** per router (``max_arps_per_router``): a new entry beyond the cap is refused, unless the
+  caller forces it (an answer this worker is waiting for), which evicts the router's oldest entry.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -28,6 +46,10 @@ DEFAULT_FLOW_STATE_IDLE_S = 60.0
 DEFAULT_MAC_EXPIRY_S = 300.0
 DEFAULT_ARP_EXPIRY_S = 3600.0
 DEFAULT_ARP_STALE_S = 1800.0
+DEFAULT_MAX_FLOW_STATE = 300_000             # per shell (worker): ~100k connections with SNAT (3 entries each)
+DEFAULT_MAX_MACS_PER_BRIDGE = 4096
+DEFAULT_MAX_MACS_PER_PORT = 1024
+DEFAULT_MAX_ARPS_PER_ROUTER = 4096
 
 
 class AgentState(Protocol):
@@ -107,6 +129,7 @@ class StateEntry:
     last_used: float
     idle_s: float
     tag: str | None = None          # the flow tag of this entry, computed once by whoever needs it
+    replica: bool = False           # pushed by another worker or host (evictable), not written here
 
 
 @dataclass
@@ -117,10 +140,19 @@ class LocalState:
     mac_expiry_s: float = DEFAULT_MAC_EXPIRY_S
     arp_expiry_s: float = DEFAULT_ARP_EXPIRY_S
     arp_stale_s: float = DEFAULT_ARP_STALE_S
+    max_flow_state: int = DEFAULT_MAX_FLOW_STATE
+    max_macs_per_bridge: int = DEFAULT_MAX_MACS_PER_BRIDGE
+    max_macs_per_port: int = DEFAULT_MAX_MACS_PER_PORT
+    max_arps_per_router: int = DEFAULT_MAX_ARPS_PER_ROUTER
     macs: dict[tuple[str, int, int], tuple[str, float]] = field(default_factory=dict)   # → (port, learned_at)
     arps: dict[tuple[str, int], tuple[int, float]] = field(default_factory=dict)        # → (mac, learned_at)
     flow_state: dict[tuple[str, tuple], StateEntry] = field(default_factory=dict)
     blocks: dict[tuple[str, int], list[int]] = field(default_factory=dict)   # (device, ip) → held block starts
+    replicas: dict[tuple[str, tuple], None] = field(default_factory=dict)   # replica keys, oldest first
+    macs_per_bridge: dict[str, int] = field(default_factory=dict)
+    macs_per_port: dict[str, int] = field(default_factory=dict)
+    arps_per_router: dict[str, int] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
 
     # -- reads (AgentState) -------------------------------------------------------------------------------
     def mac_lookup(self, bridge: str, vlan: int, mac: int) -> str | None:
@@ -143,19 +175,131 @@ class LocalState:
         return self.blocks.get((device, ip), [])
 
     # -- writes (effects) ----------------------------------------------------------------------------------
-    def apply(self, effects, now: float) -> None:
+    def apply(self, effects, now: float) -> list:
+        """Apply a simulation's effects as local writes; returns the effects a cap refused (usually none).
+        Flow state beyond the cap evicts replicas only when the caller made room first (``make_room``)."""
+        refused: list = []
         for e in effects:
             t = type(e)
             if t is MacTableWrite:
-                self.macs[(e.bridge, e.vlan, e.mac)] = (e.port, now)
+                if not self.learn_mac(e.bridge, e.vlan, e.mac, e.port, now):
+                    refused.append(e)
             elif t is ArpTableWrite:
-                self.arps[(e.router, e.ip)] = (e.mac, now)
+                if not self.learn_arp(e.router, e.ip, e.mac, now)[0]:
+                    refused.append(e)
             elif t is FlowStateWrite:
-                self.flow_state[(e.kind, e.key)] = StateEntry(e.kind, e.key, e.value, now, self.flow_state_idle_s)
+                k = (e.kind, e.key)
+                fs = self.flow_state
+                if self.replicas or len(fs) >= self.max_flow_state:    # else: no lookup (the setup path)
+                    old = fs.get(k)
+                    if old is None:
+                        if len(fs) >= self.max_flow_state:
+                            self.counters["state_writes_refused"] += 1
+                            refused.append(e)
+                            continue
+                    elif old.replica:                   # written here now: ours
+                        del self.replicas[k]
+                fs[k] = StateEntry(e.kind, e.key, e.value, now, self.flow_state_idle_s)
             elif t is FlowStateTouch:
                 entry = self.flow_state.get((e.kind, e.key))
                 if entry is not None:
                     entry.last_used = max(entry.last_used, now)
+        return refused
+
+    # -- flow state: the cap -------------------------------------------------------------------------------
+    def new_entries(self, effects) -> int:
+        """How many entries ``effects`` would add to the flow state (writes of keys not held yet)."""
+        keys = {(e.kind, e.key) for e in effects if type(e) is FlowStateWrite}
+        return sum(1 for k in keys if k not in self.flow_state)
+
+    def make_room(self, n: int) -> list[StateEntry] | None:
+        """Make room for ``n`` new entries by evicting replicas, oldest first: the evicted entries (the caller
+        invalidates the flows tagged with them), or None — and nothing evicted — when even evicting every
+        replica would not make room."""
+        over = len(self.flow_state) + n - self.max_flow_state
+        if over <= 0:
+            return []
+        if over > len(self.replicas):
+            return None
+        return self._evict_replicas(over)
+
+    def _evict_replicas(self, n: int) -> list[StateEntry]:
+        gone = []
+        for k in list(itertools.islice(self.replicas, n)):
+            del self.replicas[k]
+            gone.append(self.flow_state.pop(k))
+        self.counters["state_replicas_evicted"] += len(gone)
+        return gone
+
+    def add_replicas(self, entries, now: float) -> tuple[list[tuple[str, tuple]], list[StateEntry]]:
+        """Entries ``(kind, key, value)`` pushed by another worker or host (or restored).  Returns (the keys
+        written, the replicas evicted to make room).  A key held already is updated in place (a local entry
+        stays local; a replica becomes the newest); a new one beyond the cap evicts the oldest replica, or is
+        refused (counted) when every entry is local."""
+        written, evicted = [], []
+        fs, replicas, idle = self.flow_state, self.replicas, self.flow_state_idle_s
+        for kind, key, value in entries:
+            k = (kind, key)
+            e = fs.get(k)
+            if e is not None:
+                e.value, e.last_used = value, max(e.last_used, now)
+                if k in replicas:
+                    del replicas[k]
+                    replicas[k] = None
+                written.append(k)
+                continue
+            if len(fs) >= self.max_flow_state:
+                if not replicas:
+                    self.counters["state_replicas_refused"] += 1
+                    continue
+                evicted.extend(self._evict_replicas(1))
+            fs[k] = StateEntry(kind, key, value, now, idle, None, True)
+            replicas[k] = None
+            written.append(k)
+        return written, evicted
+
+    # -- learned MACs and ARP entries: the caps ------------------------------------------------------------
+    def learn_mac(self, bridge: str, vlan: int, mac: int, port: str, now: float) -> bool:
+        """``mac`` seen behind ``port`` (a port id).  False when a cap refused it (then it is not known at all:
+        a move's old place is forgotten too)."""
+        key = (bridge, vlan, mac)
+        old = self.macs.get(key)
+        if old is not None and old[0] == port:
+            self.macs[key] = (port, now)
+            return True
+        if self.macs_per_port.get(port, 0) >= self.max_macs_per_port:
+            self.counters["macs_refused_port"] += 1
+        elif old is None and self.macs_per_bridge.get(bridge, 0) >= self.max_macs_per_bridge:
+            self.counters["macs_refused_bridge"] += 1
+        else:
+            if old is None:
+                self.macs_per_bridge[bridge] = self.macs_per_bridge.get(bridge, 0) + 1
+            else:
+                _decrement(self.macs_per_port, old[0])
+            self.macs_per_port[port] = self.macs_per_port.get(port, 0) + 1
+            self.macs[key] = (port, now)
+            return True
+        if old is not None:
+            self.forget_mac(bridge, vlan, mac)
+        return False
+
+    def learn_arp(self, router: str, ip: int, mac: int, now: float, force: bool = False) -> tuple[bool, int | None]:
+        """``ip`` is at ``mac`` for ``router``.  Returns (learned, the IP evicted for it or None).  A new entry
+        beyond the router's cap is refused, or with ``force`` replaces the router's oldest entry."""
+        key = (router, ip)
+        evicted = None
+        if key not in self.arps:
+            if self.arps_per_router.get(router, 0) >= self.max_arps_per_router:
+                if not force:
+                    self.counters["arps_refused"] += 1
+                    return False, None
+                oldest = min((k for k in self.arps if k[0] == router), key=lambda k: self.arps[k][1])
+                self.forget_arp(*oldest)
+                self.counters["arps_evicted"] += 1
+                evicted = oldest[1]
+            self.arps_per_router[router] = self.arps_per_router.get(router, 0) + 1
+        self.arps[key] = (mac, now)
+        return True, evicted
 
     def add_nat_block(self, device: str, ip: int, start: int) -> None:
         held = self.blocks.setdefault((device, ip), [])
@@ -163,10 +307,14 @@ class LocalState:
             held.append(start)
 
     def forget_mac(self, bridge: str, vlan: int, mac: int) -> None:
-        self.macs.pop((bridge, vlan, mac), None)
+        old = self.macs.pop((bridge, vlan, mac), None)
+        if old is not None:
+            _decrement(self.macs_per_bridge, bridge)
+            _decrement(self.macs_per_port, old[0])
 
     def forget_arp(self, router: str, ip: int) -> None:
-        self.arps.pop((router, ip), None)
+        if self.arps.pop((router, ip), None) is not None:
+            _decrement(self.arps_per_router, router)
 
     def idle_nat_blocks(self) -> list[tuple[str, int, int]]:
         """Held (device, ip, block) with no SNAT binding left in them: candidates for release."""
@@ -189,9 +337,24 @@ class LocalState:
         (their keys are the tags of the flows to invalidate; NAT entries release their ports)."""
         gone = [e for e in self.flow_state.values() if now - e.last_used > e.idle_s]
         for e in gone:
-            del self.flow_state[(e.kind, e.key)]
+            k = (e.kind, e.key)
+            del self.flow_state[k]
+            if e.replica:
+                self.replicas.pop(k, None)
         for k in [k for k, (_, t) in self.macs.items() if now - t > self.mac_expiry_s]:
-            del self.macs[k]
+            self.forget_mac(*k)
         for k in [k for k, (_, t) in self.arps.items() if now - t > self.arp_expiry_s]:
-            del self.arps[k]
+            self.forget_arp(*k)
         return gone
+
+
+COUNTERS = ("state_writes_refused", "state_replicas_evicted", "state_replicas_refused", "macs_refused_port",
+            "macs_refused_bridge", "arps_refused", "arps_evicted")
+
+
+def _decrement(counts: dict[str, int], name: str) -> None:
+    n = counts.get(name, 0) - 1
+    if n > 0:
+        counts[name] = n
+    else:
+        counts.pop(name, None)
