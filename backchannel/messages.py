@@ -35,7 +35,7 @@ Who sends what (→ receiver):
   supervisor → worker               Fragment, LeaseGranted, MacLearned/ArpLearned (learned by other agents),
                                     TableEntryRemoved, DumpState, TraceRequest, DumpTable, SetLogLevel
   supervisor → datapath             DumpFlows, DumpFlowTable, DelFlows, TakeOutputs, TakeLatencies,
-                                    SetPortMap, PurgeWorker, SetStateAuth, SetLogLevel
+                                    SetPortMap, PurgeWorker, SetStateAuth, SetLiveHosts, SetLogLevel
   datapath → supervisor             StateRequest (authenticated, from another host: checked there)
   process → supervisor              Answer (to a command with a non-zero req_id)
   worker → supervisor               MacLearned/ArpLearned (written to the replicated tables)
@@ -484,6 +484,16 @@ class SetStateAuth(NamedTuple):
     req_id: int
     host: str
     keys: tuple[bytes, ...]
+
+
+@message
+class SetLiveHosts(NamedTuple):
+    """→ datapath: the hosts whose agent is alive now (the host registry).  Frames on data VNIs are taken only
+    from the tunnel addresses of those hosts (of the topology's hosts, until the first SetLiveHosts)."""
+
+    TAG = 73
+    req_id: int
+    hosts: tuple[str, ...]
 
 
 @message

@@ -119,7 +119,8 @@ class DatapathProcess:
         self.auth: StateAuth | None = None
         self.state_decoder = Decoder()
         self.hosts: dict[str, int] = {}
-        self.known_ips: set[int] = set()
+        self.known_ips: set[int] = set()               # data frames are taken from these tunnel addresses
+        self.live: set[str] | None = None              # hosts live in the registry (None: not told yet)
         self.fds_changed = False
         self._refusals_logged = Every()                # one line per reason per interval, with the count
         if cfg.mode == "real":
@@ -156,7 +157,8 @@ class DatapathProcess:
             m.DumpFlows: self._dump_flows, m.TakeOutputs: self._take_outputs,
             m.TakeLatencies: self._take_latencies, m.SetPortMap: self._set_port_map,
             m.PurgeWorker: self._purge_worker, m.SetStateAuth: self._set_state_auth, m.Shutdown: self._shutdown,
-            m.DumpFlowTable: self._dump_flow_table, m.DelFlows: self._del_flows, m.SetLogLevel: self._log_level,
+            m.SetLiveHosts: self._set_live_hosts, m.DumpFlowTable: self._dump_flow_table,
+            m.DelFlows: self._del_flows, m.SetLogLevel: self._log_level,
         }
 
     def _send_batch(self, w: int, batch) -> bool:
@@ -170,10 +172,7 @@ class DatapathProcess:
         """The port map from the supervisor: ports {id: ifname} (real datapath: opened, those no longer
         listed or moved to another interface closed), keys {tunnel key: id}, hosts {name: tunnel ip}."""
         self.hosts = {str(k): int(v) for k, v in hosts.items() if v}
-        self.known_ips.clear()                         # the same set object: RealDatapath checks it too
-        self.known_ips.update(self.hosts.values())
-        if self.tunnel is not None:
-            self.known_ips.discard(self.tunnel.local_ip)
+        self._accept_from()
         if self.auth is not None:
             self.auth.hosts = self.hosts
         errors = []
@@ -205,6 +204,18 @@ class DatapathProcess:
         self.counters[name] = self.counters.get(name, 0) + 1
         if self._refusals_logged.due(reason, time.monotonic()):
             log.warning("refused flow-state datagrams: %s (%s: %d so far)", reason, name, self.counters[name])
+
+    def _accept_from(self) -> None:
+        """Data frames: from the topology's hosts that are live (all of them until the registry was heard)."""
+        self.known_ips.clear()                         # the same set object: RealDatapath checks it too
+        self.known_ips.update(ip for h, ip in self.hosts.items() if self.live is None or h in self.live)
+        if self.tunnel is not None:
+            self.known_ips.discard(self.tunnel.local_ip)
+
+    def _set_live_hosts(self, msg: m.SetLiveHosts, now: float) -> None:
+        self.live = set(msg.hosts)
+        self._accept_from()
+        self._reply(msg.req_id, sorted(self.live))
 
     def _on_state(self, src_ip: int, data: bytes) -> None:
         """A datagram on the flow-state VNI: authenticated, fresh, one of the two messages that belong there."""

@@ -13,11 +13,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from backchannel import messages as m
 from engine import portmap
 from engine.tables import SharedTables
 from topology.loader import load_topology
 from topology.mirror import StoreMirror
 from topology.store.leases import StoreNatAllocator
+from topology.store.registry import HostWatcher
 from topology.store.secrets import SecretsError, flow_state_keys, parse_keys
 from topology.store.topo import read_tunnel_keys, write_topology
 from topology.store.uri import open_store
@@ -41,6 +43,9 @@ class StoreSession:
         counters["supervisor_store_connected"] = 1
         counters["supervisor_store_state_changes"] = 0
         self._sub = None
+        self.live: HostWatcher | None = None
+        self._live: dict[str, object] = {}
+        self._relay: Callable[[tuple], None] | None = None
 
     def open(self, on_change: Callable[[str, str], None], relay: Callable[[tuple], None]) -> None:
         """Open everything; a given topology file is written into the store first (a diff)."""
@@ -63,6 +68,22 @@ class StoreSession:
         host = self.host()
         if host is not None:
             self.tables.register(host.tunnel_ip)
+        self._relay = relay
+        self.live = HostWatcher(self.store, self._live_changed)
+        self._live.update(self.live.hosts())
+
+    def live_hosts(self) -> m.SetLiveHosts:
+        """The hosts whose agent is alive now, as the datapath's command (no answer wanted)."""
+        return m.SetLiveHosts(0, tuple(sorted(self._live)))
+
+    def _live_changed(self, name: str, old, new) -> None:
+        """The host registry changed (store thread): a host's agent came or went."""
+        if new is None:
+            self._live.pop(name, None)
+        else:
+            self._live[name] = new
+        if self._relay is not None:
+            self._relay(self.live_hosts())
 
     def host(self):
         """This agent's host record (None without a host name, or when the topology has none)."""
@@ -98,6 +119,8 @@ class StoreSession:
             log.info("store connected again (%s) after %s", self.cfg.store, previous)
 
     def close(self) -> None:
+        if self.live is not None:
+            self.live.close()
         if self.tables is not None:
             self.tables.close()
         if self.mirror is not None:

@@ -125,7 +125,11 @@ class StoreShell:
 
     # -- changes from the store ------------------------------------------------------------------------------
     def relay(self, msg) -> None:
-        """A replicated-table entry another agent learned, or one that vanished: to every worker."""
+        """A replicated-table entry another agent learned, or one that vanished: to every worker; the live
+        hosts (the registry changed): to the datapath."""
+        if type(msg) is m.SetLiveHosts:
+            self.send(DP, msg)
+            return
         for i in self._workers():
             self.send(i, msg)
 

@@ -146,6 +146,7 @@ class Agent:
         answer = self._query([DP], lambda req: m.SetStateAuth(req, self.cfg.host or "agent", keys))[DP]
         if "error" in answer:
             raise AgentError(f"flow-state keys: {answer['error']}")
+        self._call("send", (DP, self.session.live_hosts()))
         self.service.shell.note_bindings()
         self.restored = self.persistence.restore(lambda i, msg: self._call("send", (i, msg)))
         pm = portmap.port_map(self.mirror.objects, self.cfg.host)

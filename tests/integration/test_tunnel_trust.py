@@ -21,6 +21,8 @@ from engine.datapath.stateauth import StateAuth
 from engine.supervisor import Agent
 from packet.addr import ip2int
 from topology.model import TUNNEL_KEY_FLOW_STATE
+from topology.store.registry import register_host
+from topology.store.uri import open_store
 
 KEY = bytes.fromhex("11" * 32)
 WRONG = bytes.fromhex("22" * 32)
@@ -146,3 +148,27 @@ def test_a_state_request_is_answered_only_for_a_port_that_moved_to_the_requester
     wait_for(lambda: a.stats()["supervisor"].get("supervisor_state_requests_rate_limited") == 1,
              what="the repeat rate-limited")
     assert _dp(a)["datapath_state_requests"] == 3
+
+
+def test_data_frames_are_taken_only_from_live_hosts(agent, tmp_path):
+    a, send = agent
+    data = struct.pack("!II", 0x08 << 24, 4242 << 8) + b"\x02" * 64     # a data VNI no port of h1 has
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.32", 0))
+    try:
+        port = a.cfg.tunnel_port
+        sock.sendto(data, ("127.0.0.31", port))                         # h2 is in the topology but not alive
+        c = wait_for(lambda: (d := _dp(a)).get("datapath_tunnel_refused_source", 0) >= 1 and d, what="refused")
+        assert c.get("datapath_tunnel_unknown_key", 0) == 0
+        store = open_store(a.cfg.store)                                  # h2's agent comes up: it registers
+        try:
+            register_host(store, "h2", ip2int("127.0.0.32"))
+            wait_for(lambda: (sock.sendto(data, ("127.0.0.31", port)), _dp(a))[1].get(
+                "datapath_tunnel_unknown_key", 0) >= 1, what="h2's frames taken once it is live")
+        finally:
+            store.close()                                                # h2's session ends: not live again
+        refused = _dp(a)["datapath_tunnel_refused_source"]
+        wait_for(lambda: (sock.sendto(data, ("127.0.0.31", port)), _dp(a))[1][
+            "datapath_tunnel_refused_source"] > refused, what="h2's frames refused after its agent left")
+    finally:
+        sock.close()
