@@ -27,6 +27,10 @@ comes from the supervisor (SetPortMap: ports, tunnel keys, hosts' tunnel address
 topology change; ports are added/removed as it changes.  Flow state: StateToHosts sends an encoded
 FlowStateBatch to other hosts on the reserved VNI; state arriving on that VNI is accepted only from a known
 host's address (else counted ``datapath_state_refused``) and relayed raw to every local worker.
+
+The loop (``datapath_main``) runs every inbox message, every fd poll and the housekeeping under the loop guard
+(backchannel/guard.py, ``self.guard``): what one of them raises is counted as ``datapath_handler_errors_<Type>``
+(``_poll`` for a port or tunnel fd, ``_housekeeping``), logged rate-limited, and the loop goes on.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import zmq
 
 from backchannel import messages as m
 from backchannel.codec import Decoder
+from backchannel.guard import Guard
 from backchannel.sockets import (
     DATAPATH,
     SUPERVISOR,
@@ -114,6 +119,7 @@ class DatapathProcess:
         if cfg.mode == "real":
             self.set_ports(cfg.ports or {}, cfg.tunnel_ports or {}, cfg.hosts or {})
             self.fds_changed = True                    # the tunnel's fd, even with no port yet
+        self.guard = Guard("datapath", self.counters)
         self.running = True
         self._next_expiry = 0.0
         self._handlers = {
@@ -347,6 +353,7 @@ def datapath_main(cfg: DatapathConfig) -> None:
     to_sup = push_connect(ctx, rt, SUPERVISOR)
     proc = DatapathProcess(cfg, to_workers, to_sup)
     decoder = Decoder(proc.counters)
+    guard = proc.guard
     poller = zmq.Poller()
     poller.register(inbox, zmq.POLLIN)
     polled: set[int] = set()
@@ -369,11 +376,10 @@ def datapath_main(cfg: DatapathConfig) -> None:
                 now = time.monotonic()
                 for sock, _ in events:
                     if sock is inbox:
-                        for msg in recv_msgs(inbox, decoder, 256):
-                            proc.handle(msg, now)
+                        guard.run(proc.handle, recv_msgs(inbox, decoder, 256), now)
                     elif sock in polled:
-                        proc.poll_fd(sock, now)
-            proc.housekeeping(time.monotonic())
+                        guard.call("_poll", proc.poll_fd, sock, now)
+            guard.call("_housekeeping", proc.housekeeping, time.monotonic())
     finally:
         proc.close()
         for s in (inbox, to_sup, *to_workers):
