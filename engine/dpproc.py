@@ -326,6 +326,10 @@ class DatapathProcess:
 
     def _purge_worker(self, msg: m.PurgeWorker, now: float) -> None:
         w = msg.worker
+        if not 0 <= w < self.cfg.n_workers:            # not one of ours: nothing to purge
+            self.counters["datapath_bad_worker"] = self.counters.get("datapath_bad_worker", 0) + 1
+            self._reply(msg.req_id, {"flows_purged": 0, "upcalls_lost": 0})
+            return
         self._reply(msg.req_id, {"flows_purged": self.dp.cache.purge_worker(w),
                                  "upcalls_lost": self.disp.forget_worker(w)})
 

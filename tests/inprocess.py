@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 
 from backchannel import messages as m
-from backchannel.codec import decode_many, encode, encode_many
+from backchannel.codec import DecodeError, Decoder, decode_many, encode, encode_many
 from engine.dpproc import DatapathConfig, DatapathProcess
 from packet.codec import build, parse
 from packet.spec import parse_spec
@@ -104,9 +104,18 @@ class Link:
     def send(self, data: bytes, flags: int = 0) -> None:
         self.frames.append(bytes(data))
 
-    def take(self) -> list:
-        out = [msg for f in self.frames for msg in decode_many(f)]
-        self.frames.clear()
+    def take(self, decoder: Decoder | None = None) -> list:
+        """The messages sent so far.  With ``decoder`` a frame the receiver refuses is counted and skipped (as
+        backchannel.sockets.recv_msgs does); without one it raises."""
+        frames, self.frames = self.frames, []
+        if decoder is None:
+            return [msg for f in frames for msg in decode_many(f)]
+        out = []
+        for f in frames:
+            try:
+                out.extend(decoder.decode_many(f))
+            except DecodeError:
+                pass
         return out
 
 
@@ -124,6 +133,7 @@ class Wire:
         self.workers = [Worker(WorkerConfig(index=i, n_workers=n_workers, runtime_dir="", host=host,
                                             pinned_ports=bool(port_workers)))
                         for i in range(n_workers)]
+        self.decoders = [Decoder(w.c) for w in self.workers]       # what each worker's loop counts its rejects in
         self.seen: list[list] = [[] for _ in range(n_workers)]    # every message each worker received
         self.to_dp: list = []                                       # every message the workers sent the datapath
         self.to_supervisor: list = []
@@ -145,7 +155,7 @@ class Wire:
             self.dp.housekeeping(self.now)               # flushes the dispatcher's batches
             busy = False
             for i, (w, link) in enumerate(zip(self.workers, self.to_workers, strict=True)):
-                for msg in link.take():
+                for msg in link.take(self.decoders[i]):
                     busy = True
                     self.seen[i].append(msg)
                     w.handle(msg, self.now)
@@ -157,9 +167,10 @@ class Wire:
                     for msg in decode_many(encode_many(out_dp)):
                         self.to_dp.append(msg)
                         self.dp.handle(msg, self.now)
-                for msg in out_sup:
+                if out_sup:
                     busy = True
-                    self.serve(msg)
+                    for msg in decode_many(encode_many(out_sup)):
+                        self.serve(msg)
             for msg in self.to_sup.take():
                 self.to_supervisor.append(msg)
             if not busy:

@@ -92,10 +92,10 @@ def message_strategies(name=any_name, frame=any_frame, seq=i64, index=i64,
     """{class: strategy} of accepted messages.  ``name``: any str field; ``port``/``device``/``host``: port ids,
     device names and host names (default: ``name``); ``seq``: upcall seqs and flow ids; ``index``: worker /
     sender indexes and req_ids; ``payload``: the bytes of Fanout/StateToHosts (default: ``frame``)."""
-    port = port or name
-    device = device or name
-    host = host or name
-    payload = payload or frame
+    port = name if port is None else port
+    device = name if device is None else device
+    host = name if host is None else host
+    payload = frame if payload is None else payload
     state_key = st.tuples(u32, u32, u8, u16, u16, device)
     set_action = st.sampled_from(sorted(SET_FIELDS)).flatmap(
         lambda f: st.tuples(st.just("set"), st.just(f), SET_FIELDS[f]))
