@@ -6,10 +6,11 @@ from __future__ import annotations
 from backchannel import messages as m
 from backchannel.codec import encode
 from engine.datapath.flowcache import FlowCache, compile_actions
+from packet.codec import build as build_frame
 from packet.codec import parse
 from tests.inprocess import VM1, Wire, frame, vm1_to_vm2
 from topology.loader import loads_topology
-from workers.simulation.result import FORWARD, MacTableWrite
+from workers.simulation.result import CONSUMED, FORWARD, FlowStateWrite, MacTableWrite
 from workers.simulation.simulate import simulate
 from workers.simulation.state import LocalState
 from workers.topocache import TopologyCache
@@ -93,3 +94,42 @@ def test_encoded_hostile_contents_are_refused_before_any_handler():
         assert not wire.workers[0].state.flow_state
     finally:
         wire.close()
+
+
+def test_an_icmp_error_about_an_echo_carries_the_echos_first_8_bytes():
+    """The carried ICMP header is type, code, checksum, id, seq (it was seq, id: 4 bytes, and a NAT rewrite of
+    its id then ran past the frame)."""
+    from scapy.layers.inet import ICMPerror
+    from scapy.layers.l2 import Ether
+
+    from packet.spec import parse_spec
+    from workers.simulation import generate
+
+    echo = parse_spec("ip_src=10.0.0.2,ip_dst=203.0.113.10,proto=icmp,icmp_type=8,icmp_id=203,icmp_seq=25,"
+                      "payload_len=12")
+    err = generate.icmp_error(echo, 11, 0, 0x020A00000001, 0x0A000001)
+    carried = Ether(build_frame(err))[ICMPerror]
+    original = Ether(build_frame(echo))["ICMP"]
+    assert (carried.type, carried.code, carried.id, carried.seq) == (8, 0, 203, 25)
+    assert carried.chksum == original.chksum
+    assert parse(build_frame(err)).inner_icmp_id == 203
+
+
+def test_a_packet_the_agent_answers_itself_creates_no_flow_state():
+    """An echo request DNATed (in a bridge's filter) to the router's own address is answered by the router:
+    consumed, and the NAT entries made on the way are not kept (no connection goes through)."""
+    topo = loads_topology("""
+version: 1
+hosts: {h: {tunnel_ip: 192.0.2.1}}
+bridges:
+  b0: {ports: {p0: {host: h, interface: i0}, r: {peer: r0.b0}}, inbound_filter: c}
+routers:
+  r0: {ports: {b0: {address: 10.0.0.1/24, mac: "02:0a:00:00:00:01"}}}
+chains:
+  c: [{match: {dst: 10.9.9.9}, action: dnat, targets: [{ip: 10.0.0.1, port: 1-100}]}]
+""")
+    pkt = parse(frame("eth_src=02:00:00:00:00:02,eth_dst=02:0a:00:00:00:01,ip_src=10.0.0.2,ip_dst=10.9.9.9,"
+                      "proto=icmp,icmp_type=8,icmp_id=7,icmp_seq=1"))
+    res = simulate(pkt, "b0.p0", topo, LocalState(), 0.0)
+    assert res.result == CONSUMED and res.generated
+    assert not [e for e in res.effects if type(e) is FlowStateWrite]

@@ -5,7 +5,10 @@ Pure constructors of Packet values; the devices decide when to emit them and fro
 
 from __future__ import annotations
 
+import struct
+
 from packet.addr import BROADCAST_MAC
+from packet.checksum import checksum
 from packet.packet import (
     ARP_REPLY,
     ARP_REQUEST,
@@ -20,6 +23,7 @@ from packet.packet import (
 )
 
 TTL_GENERATED = 64
+_TYPE_CODE_CSUM_SEQ = struct.Struct("!BBHH")
 
 
 def arp_request(src_mac: int, src_ip: int, target_ip: int) -> Packet:
@@ -51,14 +55,16 @@ def icmp_error(offending: Packet, icmp_type: int, code: int, src_mac: int, src_i
 
 
 def _inner_rest(o: Packet) -> bytes:
-    """The L4 bytes of the carried header after the ports (TCP: seq; UDP: length + checksum; ICMP echo:
-    sequence number), so the carried 8 bytes are the ones the sender sent as far as we know them."""
+    """The carried L4 bytes the Packet does not keep in inner_tp_*/inner_icmp_id (TCP: seq; UDP: length +
+    checksum; ICMP: type, code and checksum before the id, sequence number after it: packet.codec's layout), so
+    the carried 8 bytes are the ones the sender sent as far as we know them."""
     if o.proto == PROTO_TCP:
         return (o.tcp_seq or 0).to_bytes(4, "big")
     if o.proto == PROTO_UDP:
         return (8 + len(o.payload)).to_bytes(2, "big") + b"\0\0"
     if o.proto == PROTO_ICMP and o.icmp_id is not None:
-        return (o.icmp_seq or 0).to_bytes(2, "big")
+        t, c, seq = o.icmp_type or 0, o.icmp_code or 0, o.icmp_seq or 0
+        return _TYPE_CODE_CSUM_SEQ.pack(t, c, checksum(o.payload, (t << 8 | c) + o.icmp_id + seq), seq)
     return b""
 
 
