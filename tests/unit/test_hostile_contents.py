@@ -133,3 +133,13 @@ chains:
     res = simulate(pkt, "b0.p0", topo, LocalState(), 0.0)
     assert res.result == CONSUMED and res.generated
     assert not [e for e in res.effects if type(e) is FlowStateWrite]
+
+
+def test_an_interface_name_the_kernel_cannot_take_is_a_port_error_not_a_crash():
+    """SetPortMap names interfaces: one with a NUL raised ValueError out of the port map (real datapath)."""
+    import pytest
+
+    from engine.datapath.afpacket import AfPacketError, AfPacketPort
+
+    with pytest.raises(AfPacketError):
+        AfPacketPort("tap\x00x")
