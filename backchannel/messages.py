@@ -315,7 +315,8 @@ class InvalidateTags(NamedTuple):
 @message
 class FlowStateEntry(NamedTuple):
     """One flow-state entry: ``kind`` "conntrack" (value None) or a NAT kind (value: (ip, port) binding);
-    ``expires_at`` in the sender's simulated clock seconds."""
+    ``key`` a StateKey (STATE_KEY); ``expires_at`` in the sender's simulated clock seconds.  Decode does not
+    tie the value to the kind: a NAT entry with value None reads as unbound, a conntrack value is not read."""
 
     TAG = 21
     kind: Annotated[str, FLOW_STATE_KINDS]
