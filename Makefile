@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 APT_PKGS := zookeeper iproute2 iputils-ping ethtool netcat-openbsd tcpdump
 
-.PHONY: venv sysdeps demo test test-fast lint bench clean
+.PHONY: venv sysdeps demo test test-fast fuzz lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,6 +32,10 @@ test: venv sysdeps
 
 test-fast: venv
 	$(BIN)/pytest tests/unit tests/scenario tests/fuzz
+
+# The property suites with many more examples (the hypothesis profile "fuzz", tests/conftest.py); minutes.
+fuzz: venv
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest tests/fuzz -o timeout=3600 --hypothesis-show-statistics
 
 lint: venv
 	$(BIN)/ruff check .

@@ -8,7 +8,10 @@ and the ``Decoder`` that counts rejects.  Nothing here touches a socket.
 - Decoding unpacks with ``use_list=False, raw=False, strict_map_key=False`` and hands the array to the
   validating constructor of its tag.  Those constructors are generated once per message class from its schema
   (messages.SCHEMA) -- the way ``collections.namedtuple`` builds its ``__new__`` -- because a generic loop
-  over field specs costs ~4x more per field, and an UpcallBatch has 4 x 64 of them.
+  over field specs costs ~4x more per field, and an UpcallBatch has 4 x 64 of them.  A field with a wire
+  shape (backchannel/shapes.py: flow-state keys, actions, fragment records, ranges) is checked element by
+  element by straight-line code in the same constructor (``_ShapeGen``): a wrong element type, arity or tag
+  is ``field_type``, a number outside its range ``int_range``.
 - Every malformed input raises ``DecodeError(reason)`` and nothing else.  Reasons: see ``REASONS``.
 - ``encode`` does not validate field types (cost); a wrong type is rejected by the receiver.  ``validate``
   checks a message the way a receiver would, for tests and debugging.
@@ -22,14 +25,15 @@ from collections.abc import Callable, Iterable
 import msgpack
 
 from backchannel.messages import BATCH_TAG, INT64_MAX, INT64_MIN, REGISTRY, SCHEMA
+from backchannel.shapes import Enum, Float, Int, MapOf, OneOf, Tagged, Tup, TupOf, top_types
 
 MALFORMED = "malformed"  # not msgpack: garbage, truncated, trailing bytes, unhashable map keys, too deep
 NOT_BYTES = "not_bytes"  # the input is not bytes-like
 NOT_ARRAY = "not_array"  # valid msgpack, but not an array (a map, a scalar) or an empty array
 UNKNOWN_TAG = "unknown_tag"  # the first element is not the tag of a registered message
 ARITY = "arity"  # wrong number of fields
-FIELD_TYPE = "field_type"  # a field of the wrong type (or an unhashable key)
-INT_RANGE = "int_range"  # an int field outside int64
+FIELD_TYPE = "field_type"  # a field (or an element of it) of the wrong type, arity or tag
+INT_RANGE = "int_range"  # an int outside int64, or a number outside its field's range
 MULTIPART = "multipart"  # counted by the socket layer: a ZMQ message with an unexpected number of parts
 REASONS = (MALFORMED, NOT_BYTES, NOT_ARRAY, UNKNOWN_TAG, ARITY, FIELD_TYPE, INT_RANGE, MULTIPART)
 
@@ -116,13 +120,8 @@ def _field_check(i: int, f, where: str, ns: dict) -> list[str]:
             return [f"if {test.format(x=v)}: {bad}"] + [r.format(x=v) for r in rng]
         loop = [f"if type({v}) is not tuple: {bad}", f"for x in {v}:", f"    if {test.format(x='x')}: {bad}"]
         return loop + ["    " + r.format(x="x") for r in rng]
-    if f.kind == "container" or f.kind == "key":
-        (only,) = f.types
-        ns[f"X{i}"] = only
-        lines = [f"if type({v}) is not X{i}: {bad}"]
-        if f.kind == "key":
-            lines += ["try:", f"    hash({v})", "except TypeError:", f"    {bad}"]
-        return lines
+    if f.kind == "shape":
+        return _ShapeGen(ns, f"s{i}_", err).check(f.shape, v)
     if f.kind == "msg":
         ns[f"C{i}"] = _nested(f.sub)
         return [f"{v} = C{i}({v})"]
@@ -130,6 +129,148 @@ def _field_check(i: int, f, where: str, ns: dict) -> list[str]:
         ns[f"C{i}"] = _nested(f.sub)
         return [f"if type({v}) is not tuple: {bad}", f"{v} = tuple([C{i}(x) for x in {v}])"]
     return []  # "any"
+
+
+def _arities(shape) -> tuple[int, ...]:
+    """The lengths a tuple of ``shape`` (a Tup or a Tagged) may have, in the order its cases list them."""
+    if type(shape) is Tup:
+        return (len(shape.items),)
+    out: list[int] = []
+    for _, rest in shape.cases:
+        for n in _arities(rest):
+            if n + 1 not in out:
+                out.append(n + 1)
+    return tuple(out)
+
+
+class _ShapeGen:
+    """Straight-line checks of a value against a wire shape (backchannel/shapes.py), as source lines for the
+    message's constructor.  A fixed-arity tuple (Tup, Tagged) is dispatched on its length first and unpacked
+    into fresh locals once; a Tagged then branches on its tag (``==`` or a frozenset), and the tags whose rest
+    is one ranged int (``("set", field, value)``) become one dict lookup of the range; a tuple of items is a
+    ``for`` loop.  Constants go into the namespace ``ns``."""
+
+    def __init__(self, ns: dict, prefix: str, err: str) -> None:
+        self.ns, self.prefix, self.n = ns, prefix, 0
+        self.bad = f"raise DecodeError(FIELD_TYPE, {err})"
+        self.range = f"raise DecodeError(INT_RANGE, {err})"
+
+    def _name(self, what: str = "v") -> str:
+        self.n += 1
+        return f"{self.prefix}{what}{self.n}"
+
+    def _const(self, value) -> str:
+        name = self._name("k")
+        self.ns[name] = value
+        return name
+
+    def test(self, shape, v: str) -> str:
+        """An expression true when ``v`` has the top-level type of ``shape`` (for OneOf's branches)."""
+        types_ = top_types(shape)
+        if types_ == {type(None)}:
+            return f"{v} is None"
+        return " or ".join(f"type({v}) is {self._const(t)}" for t in sorted(types_, key=lambda t: t.__name__))
+
+    def check(self, shape, v: str) -> list[str]:
+        """Lines that check ``v``; the first line is the top-level type check (OneOf relies on it)."""
+        bad = self.bad
+        if shape is None or shape is type(None):
+            return [f"if {v} is not None: {bad}"]
+        if shape is int:
+            shape = Int()
+        if shape is float:
+            return [f"if type({v}) is not float and type({v}) is not int: {bad}"]
+        if shape in (str, bytes, bool):
+            return [f"if type({v}) is not {shape.__name__}: {bad}"]
+        t = type(shape)
+        if t is Int:
+            return [f"if type({v}) is not int: {bad}", f"if {v} < {shape.lo} or {v} > {shape.hi}: {self.range}"]
+        if t is Float:
+            lo, hi = self._const(shape.lo), self._const(shape.hi)
+            return [f"if type({v}) is not float and type({v}) is not int: {bad}",
+                    f"if not {lo} <= {v} <= {hi}: {self.range}"]
+        if t is Enum:
+            return [f"if type({v}) is not str or {v} not in {self._const(shape.values)}: {bad}"]
+        if t is Tup or t is Tagged:
+            lines = [f"if type({v}) is not tuple: {bad}"]
+            arities = _arities(shape)
+            if len(arities) == 1:
+                (n,) = arities
+                return lines + [f"if len({v}) != {n}: {bad}"] + self._unpacked(shape, v, n)
+            ln = self._name("n")
+            lines.append(f"{ln} = len({v})")
+            for j, n in enumerate(arities):
+                lines.append(f"{'if' if j == 0 else 'elif'} {ln} == {n}:")
+                lines += ["    " + line for line in self._unpacked(shape, v, n) or ["pass"]]
+            return lines + ["else:", f"    {bad}"]
+        if t is TupOf:
+            lines = [f"if type({v}) is not tuple: {bad}"]
+            if shape.max_len is not None:
+                lines.append(f"if len({v}) > {shape.max_len}: {bad}")
+            x = self._name("x")
+            body = self.check(shape.item, x)
+            return lines + [f"for {x} in {v}:"] + ["    " + line for line in body]
+        if t is MapOf:
+            k, x = self._name("k"), self._name("x")
+            body = self.check(shape.key, k) + self.check(shape.value, x)
+            return [f"if type({v}) is not dict: {bad}", f"for {k}, {x} in {v}.items():"] + [
+                "    " + line for line in body]
+        if t is OneOf:
+            lines = []
+            for j, alt in enumerate(shape.alts):
+                # the branch's test is the alternative's type check: what follows it (ranges, elements)
+                body = self.check(alt, v)[1:] if type(alt) in (Int, Float, Tup, Tagged, TupOf, MapOf) else []
+                if type(alt) is Enum:
+                    body = self.check(alt, v)
+                lines.append(f"{'if' if j == 0 else 'elif'} {self.test(alt, v)}:")
+                lines += ["    " + line for line in body] or ["    pass"]
+            return lines + ["else:", f"    {bad}"]
+        raise TypeError(f"not a wire shape: {shape!r}")
+
+    def _unpacked(self, shape, v: str, n: int) -> list[str]:
+        """``v`` is a tuple of length ``n``: unpack it and check its elements against a Tup or a Tagged."""
+        if n == 0:
+            return []
+        names = [self._name() for _ in range(n)]
+        return [f"{', '.join(names)}, = {v}"] + self._elements(shape, names)
+
+    def _elements(self, shape, names: list[str]) -> list[str]:
+        """Check the unpacked elements ``names`` against a Tup or a Tagged of exactly that many elements."""
+        if type(shape) is Tup:
+            lines = []
+            for name, item in zip(names, shape.items, strict=True):
+                lines += self.check(item, name)
+            return lines
+        h, rest_names = names[0], names[1:]
+        cases = [(tags, rest) for tags, rest in shape.cases if len(rest_names) in _arities(rest)]
+        ranged = {}            # tag → (lo, hi) of the tags whose rest is one ranged int: one dict lookup
+        others = []
+        for tags, rest in cases:
+            if type(rest) is Tup and len(rest.items) == 1 and type(rest.items[0]) is Int:
+                ranged.update(dict.fromkeys(tags, (rest.items[0].lo, rest.items[0].hi)))
+            else:
+                others.append((tags, rest))
+        lines = []
+        if ranged or any(len(tags) > 1 for tags, _ in others):
+            lines.append(f"if type({h}) is not str: {self.bad}")
+        branches = []
+        if ranged:
+            r, (x,) = self._name("r"), rest_names
+            if all(lo == 0 for lo, _ in ranged.values()):
+                table = self._const({tag: hi for tag, (_, hi) in ranged.items()})
+                test = f"if {x} < 0 or {x} > {r}: {self.range}"
+            else:
+                table = self._const(ranged)
+                test = f"if {x} < {r}[0] or {x} > {r}[1]: {self.range}"
+            lines.append(f"{r} = {table}.get({h})")
+            branches.append((f"{r} is not None", [f"if type({x}) is not int: {self.bad}", test]))
+        for tags, rest in others:
+            cond = f"{h} == {next(iter(tags))!r}" if len(tags) == 1 else f"{h} in {self._const(tags)}"
+            branches.append((cond, self._elements(rest, rest_names)))
+        for j, (cond, body) in enumerate(branches):
+            lines.append(f"{'if' if j == 0 else 'elif'} {cond}:")
+            lines += ["    " + line for line in body or ["pass"]]
+        return lines + ["else:", f"    {self.bad}"]
 
 
 def _compile(cls: type, top: bool) -> Callable:

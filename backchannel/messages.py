@@ -16,12 +16,13 @@ that the codec compiles into one validating constructor per message.  Allowed an
   str, bytes, bool          exactly that type; ``X | None`` adds None
   tuple[str, ...]           a tuple whose elements are all of that scalar type
   tuple[Msg, ...] / Msg     nested registered messages, rebuilt as their types
-  Key, Keys                 a hashable tuple (flow keys: usable as dict keys once decoded)
-  tuple, dict[...], Any     only the top-level container type is checked (Any: nothing)
+  tuple[A, B], dict[K, V]   a tuple of exactly these elements / a dict of these keys and values, each checked
+  Annotated[T, shape]       a wire shape (backchannel/shapes.py): ranges, enums, fixed tuples, tagged tuples
+  Any                       unchecked: only ``Answer.body`` (a child's answer, which the supervisor only stores)
 
-Decoding checks arity and the types of top-level fields (and of nested messages' fields); it does not walk
-arbitrary containers (``actions``, ``value``, ``counters``).  Ints, strs, bytes, None, floats, bools and
-tuples/dicts of those are what a field may hold; lists come back as tuples.
+A bare ``tuple`` or ``dict`` is not a wire type: a field says what it holds, element by element, so that a
+message that passes decode holds nothing its handler does not expect (the wire vocabulary below names the
+shapes: flow-state keys, NAT bindings, actions, fragment records, port-map pairs).  Lists come back as tuples.
 
 Who sends what (→ receiver):
   datapath → dispatcher → worker    UpcallBatch
@@ -51,14 +52,66 @@ import types
 import typing
 from typing import Annotated, Any, NamedTuple
 
+from backchannel.shapes import (
+    INT64_MAX,
+    INT64_MIN,
+    Float,
+    Int,
+    MapOf,
+    TupOf,
+    enum,
+    is_shape,
+    one_of,
+    tagged,
+    top_types,
+    tup,
+)
+
 BATCH_TAG = 0  # reserved: the batch frame of codec.encode_many
 DATAPATH_INDEX = -1  # ``sender`` / target index of the datapath process (workers are 0..N-1)
-INT64_MIN = -(2**63)
-INT64_MAX = 2**63 - 1
+__all__ = ["INT64_MAX", "INT64_MIN"]  # re-exported: the int64 bounds of an ``int`` field
 
-HASHABLE = "hashable"
-Key = Annotated[tuple, HASHABLE]  # a flow key / flow-state key: a tuple of scalars (or nested tuples)
-Keys = Annotated[tuple, HASHABLE]  # a tuple of Keys
+# ---------------------------------------------------------------------------------------------------------
+# the wire vocabulary: what the fields hold, element by element (backchannel/shapes.py is the grammar).  A
+# leaf package: these are the wire forms of things other layers define, checked against them by tests
+# (tests/unit/test_backchannel_vocabulary.py).
+
+U8, U16, U24, U32, U48 = Int(0, 0xFF), Int(0, 0xFFFF), Int(0, 0xFFFFFF), Int(0, 0xFFFFFFFF), Int(0, 2**48 - 1)
+VLAN_ID = Int(0, 4095)
+SECONDS = Float(0.0, 1e9)                         # a timeout or lifetime (0 = none); NaN and negatives refused
+
+Ip = Annotated[int, U32]                          # an IPv4 address
+Mac = Annotated[int, U48]
+Vlan = Annotated[int, VLAN_ID]                    # 0: untagged
+L4Port = Annotated[int, U16]
+TunnelKey = Annotated[int, U24]                   # a VXLAN network identifier
+Seconds = Annotated[float, SECONDS]
+
+# A flow-state key: workers.simulation.result.StateKey (src ip, dst ip, proto, sport, dport, device).
+STATE_KEY = tup(U32, U32, U8, U16, U16, str)
+# The kinds of flow-state entries: workers.simulation.result.CONNTRACK and NAT_KINDS.
+FLOW_STATE_KINDS = enum("conntrack", "fwd_snat", "rev_snat", "fwd_dnat", "rev_dnat", "fwd_stick_dnat")
+# A flow-state entry's value: None (conntrack) or a NAT binding (ip, port).
+STATE_VALUE = one_of(None, tup(U32, U16))
+
+# ("set", field, value): the fields the datapath rewrites in place (packet.rewrite.REWRITABLE), each with the
+# range of its header field; only the VLAN may be set to None (pop the tag).
+SET_FIELDS = tagged({
+    ("eth_src", "eth_dst"): tup(U48),
+    ("ip_src", "ip_dst", "inner_ip_src", "inner_ip_dst"): tup(U32),
+    ("ttl", "tos", "inner_ttl", "inner_tos"): tup(U8),
+    ("tp_src", "tp_dst", "icmp_id", "ip_id", "inner_tp_src", "inner_tp_dst", "inner_icmp_id", "inner_ip_id"):
+        tup(U16),
+    "vlan": tup(one_of(None, VLAN_ID)),
+    "vlan_pcp": tup(Int(0, 7)),
+})
+# A datapath action (engine/datapath/flowcache.py): ("set", field, value), ("output", port id),
+# ("tunnel", host ip, tunnel key), ("drop",).
+ACTION = tagged({"set": SET_FIELDS, "output": tup(str), "tunnel": tup(U32, U24), "drop": tup()})
+Actions = Annotated[tuple, TupOf(ACTION)]
+# A topology record of a Fragment: (kind, name, record JSON bytes, or None when the object does not exist).
+FRAGMENT_RECORD = tup(str, str, one_of(None, bytes))
+TABLE_KINDS = enum("mac", "arp")                  # the replicated tables (TableEntryRemoved.kind)
 
 REGISTRY: dict[int, type] = {}  # TAG -> message class
 SCHEMA: dict[type, tuple[Field, ...]] = {}  # message class -> its fields
@@ -68,14 +121,15 @@ class Field(NamedTuple):
     """One field of a message schema.
 
     kind: "scalar" (types = accepted python types), "tuple_of" (tuple whose elements are of ``types``),
-    "msg" (one nested message ``sub``), "msgs" (tuple of ``sub``), "key" (hashable tuple), "container"
-    (top-level type in ``types`` only), "any" (unchecked).
+    "msg" (one nested message ``sub``), "msgs" (tuple of ``sub``), "shape" (a wire shape ``shape``; ``types``
+    its top-level types), "any" (unchecked).
     """
 
     name: str
     kind: str
     types: frozenset = frozenset()
     sub: type | None = None
+    shape: object = None
 
 
 _SCALARS = {int, float, str, bytes, bool, type(None)}
@@ -94,6 +148,38 @@ def _scalar_types(hint: Any) -> frozenset | None:
     return None
 
 
+def _hint_types(hint: Any) -> frozenset:
+    """The top-level Python types an annotation's values may have (``tuple | None`` → {tuple, NoneType})."""
+    scalar = _scalar_types(hint)
+    if scalar is not None:
+        return scalar
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return frozenset().union(*(_hint_types(a) for a in typing.get_args(hint)))
+    return frozenset({typing.get_origin(hint) or hint})
+
+
+def _shape_of(hint: Any):
+    """The wire shape of an annotation, its elements included; TypeError if it has none."""
+    if hint is None or hint is type(None):
+        return None
+    if hint in _SCALARS:
+        return Int() if hint is int else hint
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Annotated:
+        shapes = [a for a in args[1:] if is_shape(a)]
+        if len(shapes) == 1 and top_types(shapes[0]) <= _hint_types(args[0]):
+            return shapes[0]
+    elif isinstance(hint, types.UnionType) or origin is typing.Union:
+        return one_of(*(_shape_of(a) for a in args))
+    elif origin is tuple:                              # tuple[()] has no args: the empty tuple
+        if len(args) == 2 and args[1] is Ellipsis:
+            return TupOf(_shape_of(args[0]))
+        return tup(*(_shape_of(a) for a in args))
+    elif origin is dict and args:
+        return MapOf(_shape_of(args[0]), _shape_of(args[1]))
+    raise TypeError(f"{hint!r} has no wire shape")
+
+
 def _field(name: str, hint: Any) -> Field:
     scalar = _scalar_types(hint)
     if scalar is not None:
@@ -103,20 +189,18 @@ def _field(name: str, hint: Any) -> Field:
     if hint is Any:
         return Field(name, "any")
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is Annotated and args[0] is tuple and HASHABLE in args[1:]:
-        return Field(name, "key", frozenset({tuple}))
-    if hint is tuple or hint is dict:
-        return Field(name, "container", frozenset({hint}))
-    if origin is dict:
-        return Field(name, "container", frozenset({dict}))
-    if origin is tuple:
-        if len(args) == 2 and args[1] is Ellipsis:
-            if args[0] in SCHEMA:
-                return Field(name, "msgs", frozenset({tuple}), sub=args[0])
-            elem = _scalar_types(args[0])
-            if elem is not None:
-                return Field(name, "tuple_of", elem)
-        return Field(name, "container", frozenset({tuple}))
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if args[0] in SCHEMA:
+            return Field(name, "msgs", frozenset({tuple}), sub=args[0])
+        elem = _scalar_types(args[0])
+        if elem is not None:
+            return Field(name, "tuple_of", elem)
+    try:
+        shape = _shape_of(hint)
+    except TypeError:
+        shape = None
+    if shape is not None:
+        return Field(name, "shape", top_types(shape), shape=shape)
     raise TypeError(f"field {name!r}: annotation {hint!r} is not a wire type")
 
 
@@ -164,18 +248,18 @@ class FlowPut(NamedTuple):
     """Worker → datapath: install a flow for upcall ``seq`` and execute its packet (and those held back for
     the same flow) with ``actions``.
 
-    ``match`` is () for "exactly the upcall's key" (the datapath holds it); a mask comes with megaflows.
-    ``actions`` are tuples: ("set", field, value), ("output", port), ("tunnel", host_ip, tunnel_key),
+    ``match`` is () for "exactly the upcall's key" (the datapath holds it; a mask would come with megaflows).
+    ``actions`` are tuples (ACTION): ("set", field, value), ("output", port), ("tunnel", host_ip, tunnel_key),
     ("drop",).  ``tags`` name every device/entry the decision read (workers.tags).  ``idle_s``/``hard_s``
     are timeouts in seconds (0 = none).  The flow's id is ``seq``."""
 
     TAG = 10
     seq: int
-    match: tuple
-    actions: tuple
+    match: tuple[()]
+    actions: Actions
     tags: tuple[str, ...]
-    idle_s: float
-    hard_s: float
+    idle_s: Seconds
+    hard_s: Seconds
 
 
 @message
@@ -185,7 +269,7 @@ class Execute(NamedTuple):
 
     TAG = 11
     seq: int
-    actions: tuple
+    actions: Actions
 
 
 @message
@@ -195,7 +279,7 @@ class PacketOut(NamedTuple):
     device on the way)."""
 
     TAG = 14
-    actions: tuple
+    actions: Actions
     frame: bytes
 
 
@@ -233,12 +317,13 @@ class InvalidateTags(NamedTuple):
 @message
 class FlowStateEntry(NamedTuple):
     """One flow-state entry: ``kind`` "conntrack" (value None) or a NAT kind (value: (ip, port) binding);
-    ``expires_at`` in the sender's simulated clock seconds."""
+    ``key`` a StateKey (STATE_KEY); ``expires_at`` in the sender's simulated clock seconds.  Decode does not
+    tie the value to the kind: a NAT entry with value None reads as unbound, a conntrack value is not read."""
 
     TAG = 21
-    kind: str
-    key: Key
-    value: Any
+    kind: Annotated[str, FLOW_STATE_KINDS]
+    key: Annotated[tuple, STATE_KEY]
+    value: Annotated[tuple | None, STATE_VALUE]
     expires_at: float
 
 
@@ -257,8 +342,8 @@ class ArpLearned(NamedTuple):
 
     TAG = 23
     router: str
-    ip: int
-    mac: int
+    ip: Ip
+    mac: Mac
     origin: int
 
 
@@ -268,8 +353,8 @@ class MacLearned(NamedTuple):
 
     TAG = 24
     bridge: str
-    vlan: int
-    mac: int
+    vlan: Vlan
+    mac: Mac
     port: str
     origin: int
 
@@ -349,7 +434,7 @@ class Fragment(NamedTuple):
     TAG = 41
     request_kind: str
     request_name: str
-    records: tuple
+    records: Annotated[tuple, TupOf(FRAGMENT_RECORD)]
 
 
 @message
@@ -359,9 +444,9 @@ class LeaseRequest(NamedTuple):
     TAG = 42
     worker: int
     device: str
-    ip: int
-    port_start: int
-    port_end: int
+    ip: Ip
+    port_start: L4Port
+    port_end: L4Port
 
 
 @message
@@ -370,8 +455,8 @@ class LeaseGranted(NamedTuple):
 
     TAG = 43
     device: str
-    ip: int
-    block: int
+    ip: Ip
+    block: Annotated[int, Int(-1, 0xFFFF)]
 
 
 @message
@@ -379,8 +464,8 @@ class LeaseRelease(NamedTuple):
     TAG = 44
     worker: int
     device: str
-    ip: int
-    block: int
+    ip: Ip
+    block: L4Port
 
 
 @message
@@ -408,7 +493,7 @@ class TunnelFrames(NamedTuple):
     datapath; the real one reads them from its VXLAN socket)."""
 
     TAG = 52
-    vni: int
+    vni: TunnelKey
     frames: tuple[bytes, ...]
 
 
@@ -451,9 +536,9 @@ class SetPortMap(NamedTuple):
 
     TAG = 63
     req_id: int
-    ports: tuple
-    keys: tuple
-    hosts: tuple
+    ports: tuple[tuple[str, str], ...]
+    keys: tuple[tuple[TunnelKey, str], ...]
+    hosts: tuple[tuple[str, Ip | None], ...]
 
 
 @message
@@ -576,10 +661,10 @@ class TableEntryRemoved(NamedTuple):
     ``kind`` "mac" (``entry`` = MAC, on ``vlan``) or "arp" (``entry`` = IP); ``device`` the bridge or router."""
 
     TAG = 49
-    kind: str
+    kind: Annotated[str, TABLE_KINDS]
     device: str
-    vlan: int
-    entry: int
+    vlan: Vlan
+    entry: Mac
 
 
 @message

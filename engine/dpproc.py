@@ -32,6 +32,10 @@ there (authentic, fresh, from a known host at its own address), decoded, and onl
 every local worker) or a StateRequest (to the supervisor, which checks the port moved) is taken; everything
 else is refused and counted by reason (``datapath_state_refused_<reason>``).  Frames on data VNIs are taken
 only from known hosts' addresses, and only for ports bound here.
+
+The loop (``datapath_main``) runs every inbox message, every fd poll and the housekeeping under the loop guard
+(backchannel/guard.py, ``self.guard``): what one of them raises is counted as ``datapath_handler_errors_<Type>``
+(``_poll`` for a port or tunnel fd, ``_housekeeping``), logged rate-limited, and the loop goes on.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ import zmq
 
 from backchannel import messages as m
 from backchannel.codec import Decoder
+from backchannel.guard import Guard
 from backchannel.sockets import (
     DATAPATH,
     SUPERVISOR,
@@ -148,6 +153,7 @@ class DatapathProcess:
         if cfg.mode == "real":
             self.set_ports(cfg.ports or {}, cfg.tunnel_ports or {}, cfg.hosts or {})
             self.fds_changed = True                    # the tunnel's fd, even with no port yet
+        self.guard = Guard("datapath", self.counters)
         self.running = True
         self._next_expiry = 0.0
         self._handlers = {
@@ -452,6 +458,10 @@ class DatapathProcess:
 
     def _purge_worker(self, msg: m.PurgeWorker, now: float) -> None:
         w = msg.worker
+        if not 0 <= w < self.cfg.n_workers:            # not one of ours: nothing to purge
+            self.counters["datapath_bad_worker"] = self.counters.get("datapath_bad_worker", 0) + 1
+            self._reply(msg.req_id, {"flows_purged": 0, "upcalls_lost": 0})
+            return
         self._reply(msg.req_id, {"flows_purged": self.dp.cache.purge_worker(w),
                                  "upcalls_lost": self.disp.forget_worker(w)})
 
@@ -479,6 +489,7 @@ def datapath_main(cfg: DatapathConfig) -> None:
     to_sup = push_connect(ctx, rt, SUPERVISOR)
     proc = DatapathProcess(cfg, to_workers, to_sup)
     decoder = Decoder(proc.counters)
+    guard = proc.guard
     poller = zmq.Poller()
     poller.register(inbox, zmq.POLLIN)
     polled: set[int] = set()
@@ -501,11 +512,10 @@ def datapath_main(cfg: DatapathConfig) -> None:
                 now = time.monotonic()
                 for sock, _ in events:
                     if sock is inbox:
-                        for msg in recv_msgs(inbox, decoder, 256):
-                            proc.handle(msg, now)
+                        guard.run(proc.handle, recv_msgs(inbox, decoder, 256), now)
                     elif sock in polled:
-                        proc.poll_fd(sock, now)
-            proc.housekeeping(time.monotonic())
+                        guard.call("_poll", proc.poll_fd, sock, now)
+            guard.call("_housekeeping", proc.housekeeping, time.monotonic())
     finally:
         proc.close()
         for s in (inbox, to_sup, *to_workers):

@@ -12,6 +12,11 @@ One loop (``_run``) polls the inbox and the wake pipe, then:
 - pushes awaited fragments once an edit settled (SETTLE_S after its last record), takes the periodic
   flow-state snapshot, and every CHECK_S restarts dead workers and ticks the replicated tables.
 
+Every inbox message, queued store change and periodic duty runs under the loop guard (backchannel/guard.py):
+what one raises is counted as ``supervisor_handler_errors_<Type>`` (``_relay``, ``_topology_changed``,
+``_command_<what>``, ``_settled``, ``_snapshot``, ``_check`` for the others), logged rate-limited, and the
+thread goes on; a command that raises completes its future with the error.
+
 Commands that want an answer go through ``_ask`` only: it allocates a non-zero req_id, registers the pending
 future and sends ``make_msg(req_id)`` to each target; req_id 0 means "no answer wanted".  Pending commands are
 bounded: at most ``cfg.max_pending_requests`` at a time (beyond, the future fails at once with ServiceBusy,
@@ -34,6 +39,7 @@ import zmq
 
 from backchannel import messages as m
 from backchannel.codec import Decoder
+from backchannel.guard import Guard
 from backchannel.sockets import DATAPATH, SUPERVISOR, pull_bind, push_connect, recv_msgs, send_msg, worker_role
 from engine.storeshell import StoreShell
 
@@ -73,6 +79,7 @@ class Service:
         self._thread: threading.Thread | None = None
         self._zctx: zmq.Context | None = None
         self.shell: StoreShell | None = None
+        self.guard = Guard("supervisor", counters)
 
     def open(self, rt, *, mirror, tables, allocator, pool, persistence) -> None:
         """Bind the inbox in ``rt`` (a RuntimeDir) and connect to every child's, before they are spawned."""
@@ -141,6 +148,7 @@ class Service:
     # -- the loop (service thread) ---------------------------------------------------------------------------
     def _run(self) -> None:
         decoder = Decoder()
+        guard = self.guard
         poller = zmq.Poller()
         poller.register(self._inbox, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
@@ -154,8 +162,7 @@ class Service:
                     except BlockingIOError:
                         pass
                 else:
-                    for msg in recv_msgs(self._inbox, decoder, 256):
-                        self._handle(msg)
+                    guard.run(self._handle, recv_msgs(self._inbox, decoder, 256))
             if self._drain_changes():
                 changed_at = time.monotonic()
             if not self._drain_commands():
@@ -163,14 +170,17 @@ class Service:
             now = time.monotonic()
             if changed_at is not None and now - changed_at >= SETTLE_S:
                 changed_at = None                      # the records of one edit arrive one by one
-                self.shell.push_awaited()
+                guard.call("_settled", self.shell.push_awaited)
             if self.persistence.due(now):
-                self.persistence.snapshot(self._ask)
+                guard.call("_snapshot", self.persistence.snapshot, self._ask)
             if now >= next_check:
                 next_check = now + CHECK_S
-                self.expire_pending(now)
-                self.pool.restart_dead(self._send_dp)
-                self.tables.tick()
+                guard.call("_check", self._check, now)
+
+    def _check(self, now: float) -> None:
+        self.expire_pending(now)
+        self.pool.restart_dead(self._send_dp)
+        self.tables.tick()
 
     def _send(self, target: int, msg) -> bool:
         return send_msg(self._to[target], msg)
@@ -187,9 +197,9 @@ class Service:
             except queue.Empty:
                 return changed
             if item[0] == "relay":                     # learned by another agent, or removed
-                self.shell.relay(item[1])
+                self.guard.call("_relay", self.shell.relay, item[1])
             else:
-                self.shell.topology_changed(item[1], item[2])
+                self.guard.call("_topology_changed", self.shell.topology_changed, item[1], item[2])
                 changed = True
 
     def _drain_commands(self) -> bool:
@@ -203,14 +213,19 @@ class Service:
                 for s in self._to.values():
                     send_msg(s, m.Shutdown())
                 return False
-            if what == "send":                         # arg: (target, msg)
-                fut.set_result(self._send(*arg))
-            elif what == "ask":                        # arg: (targets, make_msg[, timeout])
-                self._ask(*arg, fut=fut)
-            elif what == "snapshot":
-                self.persistence.snapshot(self._ask, then=fut)
-            else:
-                fut.set_exception(ValueError(f"unknown command {what!r}"))
+            try:
+                if what == "send":                     # arg: (target, msg)
+                    fut.set_result(self._send(*arg))
+                elif what == "ask":                    # arg: (targets, make_msg[, timeout])
+                    self._ask(*arg, fut=fut)
+                elif what == "snapshot":
+                    self.persistence.snapshot(self._ask, then=fut)
+                else:
+                    fut.set_exception(ValueError(f"unknown command {what!r}"))
+            except Exception as e:                     # the caller gets the error; the thread goes on
+                self.guard.failed(f"_command_{what}", e)
+                if not fut.done():
+                    fut.set_exception(e)
 
     def _ask(self, targets: Iterable[int], make_msg: Callable[[int], tuple], timeout: float | None = None,
              fut: Future | None = None) -> Future:

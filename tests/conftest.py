@@ -20,17 +20,29 @@ Stores (topology.store), one contract run on both implementations:
 
 Helpers: ``wait_until(predicate, timeout=10)`` fixture (polls; fails the test with a message on timeout) and
 ``expire_session(store)`` fixture (forces a session expiry on either store kind).
+
+Hypothesis profiles (``HYPOTHESIS_PROFILE``; tests that set ``max_examples`` themselves keep theirs): the property
+suites that take their example count from the profile (tests/fuzz/test_handlers_fuzz.py,
+tests/fuzz/test_simulation_fuzz.py) run ``shardnet`` (bounded: a few seconds each) in ``make test`` and
+``fuzz`` (many more examples) in ``make fuzz``.
 """
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.zkharness import ZkCluster, ZkHarnessError, expire_kazoo_session
+
+_SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large]
+settings.register_profile("shardnet", max_examples=60, deadline=None, suppress_health_check=_SLOW_OK)
+settings.register_profile("fuzz", max_examples=3000, deadline=None, suppress_health_check=_SLOW_OK)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "shardnet"))
 
 
 def _start_cluster(size: int) -> ZkCluster:

@@ -9,7 +9,9 @@ The process pins itself to its core, binds its inbox and connects to the datapat
 The loop: take a batch from the inbox → the Worker (workers.worker) handles each message → housekeeping
 (expire parked simulations, ARP retries, flow and flow-state expiry) → flush the outboxes, one frame per
 destination and chunk.  The loop reads the clock and passes ``now`` in.  When a peer's queue is full the loop
-stops reading its inbox until the peer drains (back-pressure, nothing lost).
+stops reading its inbox until the peer drains (back-pressure, nothing lost).  A message whose handling raises
+is caught by the loop guard (backchannel/guard.py: counted as ``worker_handler_errors_<Type>``, logged,
+rate-limited) and the loop goes on; so is housekeeping.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import zmq
 
 from backchannel import messages as m
 from backchannel.codec import Decoder
+from backchannel.guard import Guard
 from backchannel.sockets import (
     DATAPATH,
     SUPERVISOR,
@@ -79,6 +82,7 @@ def worker_main(cfg: WorkerConfig) -> None:
     to_sup = push_connect(ctx, rt, SUPERVISOR)
     w = Worker(cfg)
     decoder = Decoder(w.c)
+    guard = Guard("worker", w.c, prefix="")          # Worker.stats() prefixes its counters with "worker_"
     poller = zmq.Poller()
     poller.register(inbox, zmq.POLLIN)
     blocked = zmq.Poller()
@@ -93,7 +97,7 @@ def worker_main(cfg: WorkerConfig) -> None:
             if w.out_dp or w.out_sup:                  # a peer was full: drain before reading more
                 blocked.poll(20)
                 flush(w, to_dp, to_sup)
-                w.housekeeping(time.monotonic())
+                guard.call("housekeeping", w.housekeeping, time.monotonic())
                 continue
             deadline = w.parking.next_deadline()
             wait_ms = 100
@@ -101,10 +105,8 @@ def worker_main(cfg: WorkerConfig) -> None:
                 wait_ms = max(0, min(wait_ms, int((deadline - time.monotonic()) * 1000) + 1))
             if poller.poll(wait_ms):
                 msgs = recv_msgs(inbox, decoder, cfg.batch)
-                now = time.monotonic()
-                for msg in msgs:
-                    w.handle(msg, now)
-            w.housekeeping(time.monotonic())
+                guard.run(w.handle, msgs, time.monotonic())
+            guard.call("housekeeping", w.housekeeping, time.monotonic())
             flush(w, to_dp, to_sup)
     finally:
         for s in (inbox, to_dp, to_sup):

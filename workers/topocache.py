@@ -4,11 +4,16 @@ Owns: the records received from the supervisor (devices with their ports, chains
 groups, hosts), the index port id → device, and the negative entries (objects the supervisor said do not
 exist).  Filled only by ``add`` (Fragment messages), emptied per object by ``forget`` (TopologyChanged).
 A lookup of an object not held returns None: the simulation parks on NeedFragment and the worker asks for it.
+A record that does not decode, or that is not the object it is filed under, is refused and counted: the
+cache holds only what the simulation can read.
 
-Counters: ``topology_fragments`` (records received), ``topology_requests`` is counted by the worker loop.
+Counters: ``topology_fragments`` (records received), ``topology_absent`` (negative answers),
+``topology_bad_records`` (refused); ``topology_requests`` is counted by the worker loop.
 """
 
 from __future__ import annotations
+
+import json
 
 from topology.model import Port
 from topology.store.topo import decode
@@ -24,7 +29,7 @@ class TopologyCache:
         self.ports: dict[str, Port] = {}
         self.kinds: dict[str, str] = {}
         self.groups: dict[str, tuple[str, ...]] | None = None    # port id → group names, once loaded
-        self.counters = {"topology_fragments": 0, "topology_absent": 0}
+        self.counters = {"topology_fragments": 0, "topology_absent": 0, "topology_bad_records": 0}
 
     # -- TopologyView ---------------------------------------------------------------------------------------
     def _get(self, kind: str, name: str):
@@ -63,19 +68,28 @@ class TopologyCache:
     def is_absent(self, kind: str, name: str) -> bool:
         return (kind, name) in self.absent
 
-    def add(self, kind: str, name: str, data: bytes | None) -> None:
-        """Take one record (JSON bytes from topology.store.topo) or a negative answer (None)."""
+    def add(self, kind: str, name: str, data: bytes | None) -> bool:
+        """Take one record (JSON bytes from topology.store.topo) or a negative answer (None).  Returns False
+        when the record is refused (counted ``topology_bad_records``)."""
         if kind == "port_groups":
             if data is not None:
-                import json
-
-                self.groups = {pid: tuple(g) for pid, g in json.loads(data).items()}
-            return
+                groups = _port_groups(data)
+                if groups is None:
+                    self.counters["topology_bad_records"] += 1
+                    return False
+                self.groups = groups
+            return True
         if data is None:
             self.absent.add((kind, name))
             self.counters["topology_absent"] += 1
-            return
-        obj = decode(kind, data)
+            return True
+        try:
+            obj = decode(kind, data)
+        except (ValueError, RecursionError):          # BadRecord is a ValueError; RecursionError: deep JSON
+            obj = None
+        if obj is None or _KIND_TO_VIEW.get(kind) is None or getattr(obj, "name", None) != name:
+            self.counters["topology_bad_records"] += 1
+            return False
         self.forget(kind, name)
         self.absent.discard((kind, name))
         self.objects[(kind, name)] = obj
@@ -85,6 +99,7 @@ class TopologyCache:
             for p in obj.ports.values():
                 self.ports[p.id] = p
                 self.absent.discard(("port", p.id))
+        return True
 
     def forget(self, kind: str, name: str) -> None:
         if kind == "port_groups":
@@ -105,3 +120,14 @@ class TopologyCache:
         self.ports.clear()
         self.kinds.clear()
         self.groups = None
+
+
+def _port_groups(data: bytes) -> dict[str, tuple[str, ...]] | None:
+    """The membership index (port id → group names) of a "port_groups" record; None if it is not one."""
+    try:
+        raw = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    if type(raw) is not dict or not all(type(g) is list and all(type(x) is str for x in g) for g in raw.values()):
+        return None
+    return {pid: tuple(g) for pid, g in raw.items()}

@@ -416,10 +416,9 @@ class Worker:
             if learned:
                 self._arp_learned(msg.router, msg.ip, now)
         elif t is m.Fragment:
-            for kind, name, data in msg.records:
-                self.topo.add(kind, name, data)
+            taken = [self.topo.add(kind, name, data) for kind, name, data in msg.records]
             self.c["fragments"] += 1
-            if msg.records and msg.records[0][2] is not None:
+            if msg.records and msg.records[0][2] is not None and taken[0]:
                 self._resume(fragment_need_key(msg.request_kind, msg.request_name), now)
             else:
                 # absent for now: the packets stay parked until it appears (pushed) or their deadline

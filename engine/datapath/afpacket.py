@@ -32,6 +32,7 @@ frames in blocks) with the vnet header in the ring: left for later.
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 
@@ -94,11 +95,12 @@ class AfPacketPort:
             tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
             tx.bind((ifname, 0))
             tx.setblocking(False)
-        except OSError as e:
+        except (OSError, ValueError) as e:              # ValueError: a name the kernel cannot take (a NUL)
             for s in (rx, tx):
                 if s is not None:
                     s.close()
-            raise AfPacketError(e.errno, f"cannot open AF_PACKET on {ifname!r}: {e.strerror or e}") from None
+            raise AfPacketError(getattr(e, "errno", None) or errno.EINVAL,
+                                f"cannot open AF_PACKET on {ifname!r}: {getattr(e, 'strerror', None) or e}") from None
         self._rx, self._tx = rx, tx
         self._recvmsg = rx.recvmsg
         self._send = tx.send

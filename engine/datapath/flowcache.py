@@ -69,7 +69,7 @@ class FlowCache:
         self.max_flows = max_flows
         self.counters = {"datapath_hits": 0, "datapath_misses": 0, "datapath_installs": 0,
                          "datapath_deletes": 0, "datapath_expired": 0, "datapath_evicted": 0,
-                         "datapath_executes": 0, "datapath_bad_actions": 0}
+                         "datapath_executes": 0, "datapath_bad_actions": 0, "datapath_bad_rewrites": 0}
 
     def lookup(self, key: tuple, now: float) -> Flow | None:
         f = self.flows.get(key)
@@ -112,9 +112,16 @@ class FlowCache:
         return out
 
     def execute(self, compiled: Compiled, frame: bytes, pkt: Packet) -> None:
+        """Emit ``frame`` (parsed as ``pkt``) rewritten for each output.  An output whose rewrite does not
+        apply to this packet (an L3 field of a non-IPv4 frame, ports of a protocol without them) is skipped and
+        counted ``datapath_bad_rewrites``."""
         self.counters["datapath_executes"] += 1
         for fields, kind, target, tkey in compiled:
-            out = rewrite(frame, pkt, pkt._replace(**fields)) if fields else frame
+            try:
+                out = rewrite(frame, pkt, pkt._replace(**fields)) if fields else frame
+            except ValueError:
+                self.counters["datapath_bad_rewrites"] += 1
+                continue
             self.emit(kind, target, tkey, out)
 
     def delete(self, keys) -> int:

@@ -66,7 +66,8 @@ class FakeChild:
         if t is m.StatsRequest:
             return m.StatsReply(msg.req_id, i, {"fake_pid": self.pid})
         body = {m.DumpFlows: lambda: [FLOW], m.TakeOutputs: lambda: {msg[1] or "b.p1": [b"out"]},
-                m.TakeLatencies: lambda: [10, 20], m.DumpState: lambda: [["conntrack", [i, 2, 3], None, 50.0]],
+                m.TakeLatencies: lambda: [10, 20],
+                m.DumpState: lambda: [["conntrack", [i, 2, 6, 3, 4, "b"], None, 50.0]],      # a real state key
                 m.SetPortMap: lambda: {"ports": [p for p, _ in msg.ports], "errors": []},
                 m.SetStateAuth: lambda: {"keys": len(msg.keys)}}.get(t)
         return None if body is None else m.Answer(msg.req_id, i, body())

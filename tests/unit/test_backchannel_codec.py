@@ -28,13 +28,16 @@ FP = FlowPut(7, (), (("output", "r1.uplink"),), ("r1",), 30.0, 0.0)
 BATCH = UpcallBatch(tuple(Upcall(i, "tenant.vm1", b"\x00" * 60) for i in range(4)))
 
 
+KEY = (1, 2, 6, 3, 4, "r1")  # a flow-state key: (src, dst, proto, sport, dport, device)
+
+
 def _sample(cls):
     """A valid instance of ``cls`` with every field filled in."""
     values = {
         "seq": 1, "port": "p", "frame": b"fr", "upcalls": (Upcall(1, "p", b""),), "match": (),
-        "key": (1, "a"), "actions": (("drop",),), "tags": ("t",), "idle_s": 1.0, "hard_s": 2.0,
+        "key": KEY, "actions": (("drop",),), "tags": ("t",), "idle_s": 1.0, "hard_s": 2.0,
         "flows": (1, 2), "reason": "idle", "origin": 0, "kind": "conntrack", "value": None,
-        "expires_at": 3.0, "entries": (FlowStateEntry("conntrack", (1,), None, 1.0),), "router": "r1",
+        "expires_at": 3.0, "entries": (FlowStateEntry("conntrack", KEY, None, 1.0),), "router": "r1",
         "ip": 1, "mac": 2, "bridge": "b", "name": "n", "req_id": 1, "worker": 0, "counters": {"a": 1},
         "t_ns": 1, "request_kind": "port", "request_name": "b.p", "records": (("bridge", "b", b"{}"),),
         "device": "r1", "port_start": 1, "port_end": 2, "block": 64, "targets": (1,), "payload": b"x",
@@ -44,7 +47,9 @@ def _sample(cls):
     }
     if cls.__name__ == "SetStateAuth":
         values["keys"] = (b"k" * 32,)
-    return cls(*(values[f] for f in cls._fields))
+    # fields of one name that hold different things in different messages
+    values.update({"TableEntryRemoved.kind": "mac", "SetPortMap.hosts": (("host-b", 0x7F00000C),)})
+    return cls(*(values.get(f"{cls.__name__}.{f}", values[f]) for f in cls._fields))
 
 
 def reason_of(data) -> str:

@@ -1,7 +1,8 @@
 """Every registered message round-trips through the codec as its own type, for any field values.
 
-The strategies below are written by hand from the brief's field list (not derived from messages.SCHEMA),
-so a schema that drifts from what senders put in the fields fails here.
+The strategies (tests/fuzz/message_strategies.py) are written by hand from the brief's field list and the
+wire vocabulary (not derived from messages.SCHEMA), so a schema that drifts from what senders put in the
+fields fails here.
 """
 
 from __future__ import annotations
@@ -14,127 +15,18 @@ from hypothesis import strategies as st
 from backchannel import codec
 from backchannel.messages import (
     BATCH_TAG,
-    INT64_MAX,
-    INT64_MIN,
     REGISTRY,
     SCHEMA,
-    Answer,
-    ArpLearned,
-    DelFlows,
-    DumpFlows,
-    DumpFlowTable,
-    DumpState,
-    DumpTable,
-    Execute,
-    Fanout,
-    FlowDelete,
     FlowPut,
-    FlowRemoved,
     FlowStateBatch,
     FlowStateEntry,
-    Fragment,
-    FragmentRequest,
-    Inject,
-    InvalidateTags,
-    LeaseGranted,
-    LeaseRelease,
-    LeaseRequest,
-    MacLearned,
-    PacketOut,
     Ping,
-    Pong,
-    PurgeWorker,
-    Ready,
-    SetLogLevel,
-    SetPortMap,
-    SetStateAuth,
-    Shutdown,
-    StateRequest,
-    StateToHosts,
-    StatsReply,
-    StatsRequest,
-    TableEntryRemoved,
-    TakeLatencies,
-    TakeOutputs,
-    TopologyChanged,
-    TraceRequest,
-    TunnelFrames,
     Upcall,
     UpcallBatch,
 )
+from tests.fuzz.message_strategies import message_strategies
 
-i64 = st.integers(INT64_MIN, INT64_MAX)
-name = st.text(max_size=24)
-frame = st.binary(max_size=300)
-secs = st.floats(allow_nan=False)
-scalar = st.one_of(st.none(), st.booleans(), i64, secs, name, frame)
-key = st.lists(scalar, max_size=10).map(tuple)
-anything = st.recursive(
-    scalar,
-    lambda inner: st.one_of(st.lists(inner, max_size=4).map(tuple),
-                            st.dictionaries(st.one_of(name, i64), inner, max_size=4)),
-    max_leaves=12,
-)
-action = st.one_of(
-    st.tuples(st.just("set"), name, st.one_of(i64, name)),
-    st.tuples(st.just("output"), name),
-    st.tuples(st.just("tunnel"), i64, i64),
-    st.just(("drop",)),
-)
-actions = st.lists(action, max_size=6).map(tuple)
-flow_ids = st.lists(i64, max_size=8).map(tuple)  # a flow's id is the seq of its upcall
-upcall = st.builds(Upcall, i64, name, frame)
-flow_state_entry = st.builds(FlowStateEntry, name, key, anything, secs)
-
-MESSAGES = {
-    Upcall: upcall,
-    UpcallBatch: st.builds(UpcallBatch, st.lists(upcall, max_size=64).map(tuple)),
-    FlowPut: st.builds(FlowPut, i64, st.just(()), actions, st.lists(name, max_size=6).map(tuple), secs, secs),
-    Execute: st.builds(Execute, i64, actions),
-    PacketOut: st.builds(PacketOut, actions, frame),
-    FlowDelete: st.builds(FlowDelete, flow_ids),
-    FlowRemoved: st.builds(FlowRemoved, flow_ids, name),
-    InvalidateTags: st.builds(InvalidateTags, st.lists(name, max_size=8).map(tuple), i64),
-    FlowStateEntry: flow_state_entry,
-    FlowStateBatch: st.builds(FlowStateBatch, st.lists(flow_state_entry, max_size=8).map(tuple), i64),
-    ArpLearned: st.builds(ArpLearned, name, i64, i64, i64),
-    MacLearned: st.builds(MacLearned, name, i64, i64, name, i64),
-    TopologyChanged: st.builds(TopologyChanged, name, name),
-    StatsRequest: st.builds(StatsRequest, i64),
-    StatsReply: st.builds(StatsReply, i64, i64, st.dictionaries(name, i64, max_size=8)),
-    Ping: st.builds(Ping, i64, i64),
-    Pong: st.builds(Pong, i64, i64),
-    Shutdown: st.just(Shutdown()),
-    FragmentRequest: st.builds(FragmentRequest, i64, name, name),
-    Fragment: st.builds(Fragment, name, name,
-                        st.lists(st.tuples(name, name, st.one_of(st.none(), frame)), max_size=4).map(tuple)),
-    LeaseRequest: st.builds(LeaseRequest, i64, name, i64, i64, i64),
-    LeaseGranted: st.builds(LeaseGranted, name, i64, i64),
-    LeaseRelease: st.builds(LeaseRelease, i64, name, i64, i64),
-    Fanout: st.builds(Fanout, st.lists(i64, max_size=4).map(tuple), frame),
-    Inject: st.builds(Inject, name, st.lists(frame, max_size=4).map(tuple)),
-    TunnelFrames: st.builds(TunnelFrames, i64, st.lists(frame, max_size=4).map(tuple)),
-    DumpFlows: st.builds(DumpFlows, i64),
-    TakeOutputs: st.builds(TakeOutputs, i64, st.one_of(st.none(), name)),
-    TakeLatencies: st.builds(TakeLatencies, i64),
-    SetPortMap: st.builds(SetPortMap, i64, st.lists(st.tuples(name, name), max_size=4).map(tuple),
-                          st.lists(st.tuples(i64, name), max_size=4).map(tuple),
-                          st.lists(st.tuples(name, name), max_size=4).map(tuple)),
-    PurgeWorker: st.builds(PurgeWorker, i64, i64),
-    DumpState: st.builds(DumpState, i64),
-    Ready: st.builds(Ready, i64, i64),
-    SetStateAuth: st.builds(SetStateAuth, i64, name, st.lists(st.binary(min_size=16, max_size=64), max_size=3)
-                            .map(tuple)),
-    DumpFlowTable: st.builds(DumpFlowTable, i64, i64, i64, i64),
-    DelFlows: st.builds(DelFlows, i64, st.lists(i64, max_size=5).map(tuple)),
-    TraceRequest: st.builds(TraceRequest, i64, name, frame),
-    DumpTable: st.builds(DumpTable, i64, name, name),
-    SetLogLevel: st.builds(SetLogLevel, i64, name),
-    Answer: st.builds(Answer, i64, i64, anything),
-    TableEntryRemoved: st.builds(TableEntryRemoved, name, name, i64, i64),
-    StateRequest: st.builds(StateRequest, name, name),
-    StateToHosts: st.builds(StateToHosts, st.lists(name, max_size=4).map(tuple), frame),
-}
+MESSAGES = message_strategies()  # any text, any int64, any bytes where the wire takes them
 any_message = st.one_of(*MESSAGES.values())
 
 

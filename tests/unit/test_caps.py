@@ -19,7 +19,7 @@ from engine.portmap import PortMap
 from engine.service import RequestExpired, Service, ServiceBusy
 from packet.addr import ip2int
 from packet.codec import parse
-from tests.unit.test_worker_inprocess import VM1, Wire, frame, vm1_to_vm2, vm2_to_vm1
+from tests.inprocess import VM1, Wire, frame, vm1_to_vm2, vm2_to_vm1
 from workers.worker import Worker, WorkerConfig
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from backchannel import messages as m
 from engine.dpproc import LATENCY_BUCKETS_US
-from tests.unit.test_worker_inprocess import Wire, frame
+from tests.inprocess import Wire, frame
 
 VM1 = "eth_src=02:00:00:00:00:01"
 

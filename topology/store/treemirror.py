@@ -55,7 +55,8 @@ class TreeMirror:
             self._dirs.clear()
             self._leaves.clear()
         for s in subs:
-            s.cancel()
+            if s is not None:                          # None: a watch still being set (it cancels itself)
+                s.cancel()
 
     # -- machinery ------------------------------------------------------------------------------------
     def _path(self, key: tuple[str, ...]) -> str:

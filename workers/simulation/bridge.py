@@ -19,27 +19,31 @@ from workers.simulation.chains import DROP, REJECT, run_chain
 from workers.simulation.context import Consumed, Ctx, Stop
 from workers.simulation.result import ArpTableWrite, MacTableWrite
 
-_INDEX: dict[int, tuple[Bridge, dict, dict]] = {}
+_INDEX: dict[int, tuple[Bridge, dict, dict, tuple]] = {}
 
 
 def _router_ports(ctx: Ctx, bridge: Bridge) -> tuple[dict[int, str], dict[int, tuple[str, int]]]:
-    """(router-port MAC → our port name, router-port IP → (our port name, router MAC)), cached by identity."""
+    """(router-port MAC → our port name, router-port IP → (our port name, router MAC)), cached by identity of
+    the bridge and of the peer ports read: the peers are read again each time (their tags; a peer that changed
+    makes a new entry), so the result and its tags do not depend on what the cache holds."""
     hit = _INDEX.get(id(bridge))
-    if hit is not None and hit[0] is bridge:
+    if hit is not None and hit[0] is bridge and all(ctx.port(pid) is peer for pid, peer in hit[3]):
         return hit[1], hit[2]
     macs: dict[int, str] = {}
     ips: dict[int, tuple[str, int]] = {}
+    peers = []
     for p in bridge.ports.values():
         if p.peer is None:
             continue
         peer = ctx.port(p.peer)
+        peers.append((p.peer, peer))
         if peer.mac is not None:
             macs[peer.mac] = p.name
             if peer.address is not None:
                 ips[peer.address] = (p.name, peer.mac)
     if len(_INDEX) > 4096:
         _INDEX.clear()
-    _INDEX[id(bridge)] = (bridge, macs, ips)
+    _INDEX[id(bridge)] = (bridge, macs, ips, tuple(peers))
     return macs, ips
 
 
@@ -65,10 +69,11 @@ def process(ctx: Ctx, bridge: Bridge, in_port: Port, pkt: Packet) -> list[tuple[
         _verdict(ctx, verdict, pkt, in_port)
 
     src = pkt.eth_src
-    ctx.tags.add(tags.mac(name, vlan, src))
-    known = bridge.mac_table.get((vlan, src)) or _learned(ctx, name, vlan, src)
-    if known != in_port.name and (vlan, src) not in bridge.mac_table:
-        ctx.effects.append(MacTableWrite(name, vlan, src, in_port.id))
+    if not _multicast(src):
+        ctx.tags.add(tags.mac(name, vlan, src))
+        known = bridge.mac_table.get((vlan, src)) or _learned(ctx, bridge, vlan, src)
+        if known != in_port.name and (vlan, src) not in bridge.mac_table:
+            ctx.effects.append(MacTableWrite(name, vlan, src, in_port.id))
 
     router_macs, router_ips = _router_ports(ctx, bridge)
     if pkt.is_arp and pkt.arp_op == ARP_REQUEST:
@@ -87,7 +92,7 @@ def process(ctx: Ctx, bridge: Bridge, in_port: Port, pkt: Packet) -> list[tuple[
         out_names = _flood(ctx, bridge, in_port, vlan)
     else:
         ctx.tags.add(tags.mac(name, vlan, dst))
-        out = bridge.mac_table.get((vlan, dst)) or router_macs.get(dst) or _learned(ctx, name, vlan, dst)
+        out = bridge.mac_table.get((vlan, dst)) or router_macs.get(dst) or _learned(ctx, bridge, vlan, dst)
         if out is None:
             out_names = _flood(ctx, bridge, in_port, vlan)
         elif out == in_port.name:
@@ -119,11 +124,16 @@ def process(ctx: Ctx, bridge: Bridge, in_port: Port, pkt: Packet) -> list[tuple[
     return result
 
 
-def _learned(ctx: Ctx, bridge: str, vlan: int, mac: int) -> str | None:
-    port_id = ctx.state.mac_lookup(bridge, vlan, mac)
+def _learned(ctx: Ctx, bridge: Bridge, vlan: int, mac: int) -> str | None:
+    """The port name a learned entry points to; None when unknown, or when the entry names a port this bridge
+    does not have (replicated from another agent, or the port was removed since): the packet is flooded."""
+    port_id = ctx.state.mac_lookup(bridge.name, vlan, mac)
     if port_id is None:
         return None
-    return port_id[len(bridge) + 1:]
+    name = port_id[len(bridge.name) + 1:]
+    if name not in bridge.ports or port_id[:len(bridge.name) + 1] != bridge.name + ".":
+        return None
+    return name
 
 
 def _flood(ctx: Ctx, bridge: Bridge, in_port: Port, vlan: int) -> list[str]:

@@ -5,6 +5,8 @@ Pure constructors of Packet values; the devices decide when to emit them and fro
 
 from __future__ import annotations
 
+import struct
+
 from packet.addr import BROADCAST_MAC
 from packet.checksum import checksum
 from packet.packet import (
@@ -21,6 +23,7 @@ from packet.packet import (
 )
 
 TTL_GENERATED = 64
+_TYPE_CODE_CSUM_SEQ = struct.Struct("!BBHH")
 
 
 def arp_request(src_mac: int, src_ip: int, target_ip: int) -> Packet:

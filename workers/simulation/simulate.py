@@ -80,6 +80,8 @@ def _simulate(pkt: Packet, in_port: str, topo, state, now: float, local_host: st
         interested = _interested(ctx, in_port, egress) if any(
             type(e) is FlowStateWrite for e in ctx.effects) else frozenset()
     except Consumed:
+        # answered by the agent itself: no connection goes through (a NAT rule may have run on the way)
+        ctx.effects = [e for e in ctx.effects if type(e) is not FlowStateWrite]
         res = _result(ctx, CONSUMED)
     except Stop as s:
         # flow state is created only by a packet that goes through (a parked packet will be simulated again
