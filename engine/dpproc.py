@@ -52,7 +52,7 @@ from dataclasses import dataclass
 import zmq
 
 from backchannel import messages as m
-from backchannel.codec import Decoder
+from backchannel.codec import DecodeError, Decoder
 from backchannel.guard import Guard
 from backchannel.sockets import (
     DATAPATH,
@@ -233,7 +233,10 @@ class DatapathProcess:
         except Refused as e:
             self._refuse_state(e.reason)
             return
-        msgs = self.state_decoder.decode_many(payload) if payload else []
+        try:
+            msgs = self.state_decoder.decode_many(payload) if payload else []
+        except DecodeError:                            # counted by the decoder too, by reason
+            msgs = []
         if len(msgs) != 1:
             self._refuse_state("decode")
             return

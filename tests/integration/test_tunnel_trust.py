@@ -172,3 +172,23 @@ def test_data_frames_are_taken_only_from_live_hosts(agent, tmp_path):
             "datapath_tunnel_refused_source"] > refused, what="h2's frames refused after its agent left")
     finally:
         sock.close()
+
+
+def test_a_malformed_batch_from_a_known_host_is_refused_at_decode_and_workers_live_on(agent):
+    import msgpack
+
+    a, send = agent
+    pids = dict(a.pids)
+    h2 = StateAuth("h2", (KEY,), {})
+    # issue 12's batch: well-formed, but its entry's key has two elements (it used to kill both workers)
+    bad = msgpack.packb([m.FlowStateBatch.TAG, [["conntrack", [1, 2], None, 1.0]], 9])
+    send(h2.seal(HEADER, bad))
+    send(h2.seal(HEADER, msgpack.packb([m.FlowStateBatch.TAG, [["conntrack", [1, 2, 6, 3, 4, "br"], [1], 1.0]], 9])))
+    c = wait_for(lambda: (d := _dp(a)).get("datapath_state_refused_decode", 0) >= 2 and d, what="two refusals")
+    assert c["datapath_state_accepted"] == 0
+    send(h2.seal(HEADER, _batch(3000)))                   # a good one after them still goes through
+    wait_for(lambda: _state_entries(a) == 2, what="the good batch in both workers")
+    assert a.pids == pids and all(a.health()["alive"].values())
+    st = a.stats()
+    assert not any(v for w in st["workers"] for k, v in w.items() if k.startswith("worker_handler_errors"))
+    assert not any(v for k, v in st["datapath"].items() if k.startswith("datapath_handler_errors"))
