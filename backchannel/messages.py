@@ -52,9 +52,8 @@ import types
 import typing
 from typing import Annotated, Any, NamedTuple
 
+from backchannel import shapes
 from backchannel.shapes import (
-    INT64_MAX,
-    INT64_MIN,
     Float,
     Int,
     MapOf,
@@ -69,7 +68,7 @@ from backchannel.shapes import (
 
 BATCH_TAG = 0  # reserved: the batch frame of codec.encode_many
 DATAPATH_INDEX = -1  # ``sender`` / target index of the datapath process (workers are 0..N-1)
-__all__ = ["INT64_MAX", "INT64_MIN"]  # re-exported: the int64 bounds of an ``int`` field
+INT64_MIN, INT64_MAX = shapes.INT64_MIN, shapes.INT64_MAX  # the range of an ``int`` field
 
 # ---------------------------------------------------------------------------------------------------------
 # the wire vocabulary: what the fields hold, element by element (backchannel/shapes.py is the grammar).  A

@@ -144,7 +144,8 @@ def test_simulate_never_raises_returns_a_documented_kind_and_is_deterministic(to
                                     res.needs.port_start - res.needs.port_start % BLOCK_SIZE + BLOCK_SIZE * _attempt)
                 continue
             break
-        event(f"{res.result}: {res.drop_reason or type(res.needs).__name__ if res.result != FORWARD else 'ok'}")
+        event(f"{res.result}: " + {FORWARD: "ok", DROP: res.drop_reason, CONSUMED: "answered by the agent",
+                                   PARKED: type(res.needs).__name__}[res.result])
         if any(type(e) is FlowStateWrite and e.kind != CONNTRACK for e in res.effects):
             event("NAT state written")
         if res.result == FORWARD:
