@@ -119,8 +119,11 @@ def test_arp_reply_received_by_another_agent_completes_the_parked_simulation(age
 
 
 def test_two_agents_snat_to_one_address_never_collide(agents):
-    a = agents("host-a", with_topology=True)
-    b = agents("host-b")
+    # what this checks is that no binding is handed out twice; the ~160 block leases it needs go one by one
+    # through the supervisor's service thread and the store, which on a loaded 2-core machine took longer than
+    # the default 5 s a packet may wait for one (parked_timeout_lease): give the packets longer to wait
+    a = agents("host-a", with_topology=True, park_timeout_s=30.0)
+    b = agents("host-b", park_timeout_s=30.0)
     out_a, out_b = Outputs(a), Outputs(b)
     n = 5000
     gw = "eth_dst=02:0a:00:00:00:01"
