@@ -136,7 +136,11 @@ def _carry_generated(ctx: Ctx, res: SimResult, depth: int) -> SimResult:
         effects.extend(sub.effects)
         generated.extend(sub.generated)
         waiting.extend(sub.waiting)
-    return res._replace(generated=tuple(generated), effects=tuple(effects), waiting=tuple(waiting))
+    out = res._replace(generated=tuple(generated), effects=tuple(effects), waiting=tuple(waiting))
+    if res.result == DROP and not generated and not waiting:
+        # the error generated about the dropped packet went nowhere (dropped on its way): no state is kept for it
+        out = out._replace(effects=tuple(e for e in out.effects if type(e) is not FlowStateWrite))
+    return out
 
 
 def _result(ctx: Ctx, kind: str, **kw) -> SimResult:
