@@ -107,10 +107,7 @@ def cmd_ctl(a) -> int:
     try:
         args = _args(a)
         answer = request(socket_path(a.ctl, a.host), a.ctl_command, args)
-    except ValueError as e:
-        print(f"shardnet ctl: {e}", file=sys.stderr)
-        return 2
-    except CtlUnreachable as e:
+    except (ValueError, CtlUnreachable) as e:          # bad arguments, or no agent there
         print(f"shardnet ctl: {e}", file=sys.stderr)
         return 2
     if not answer.get("ok"):
