@@ -111,6 +111,13 @@ Actions = Annotated[tuple, TupOf(ACTION)]
 # A topology record of a Fragment: (kind, name, record JSON bytes, or None when the object does not exist).
 FRAGMENT_RECORD = tup(str, str, one_of(None, bytes))
 TABLE_KINDS = enum("mac", "arp")                  # the replicated tables (TableEntryRemoved.kind)
+# A datapath flow key: packet.flowkey.flow_key — (in_port, *packet.packet.FLOW_KEY_FIELDS values): the
+# ingress port id, then 24 header fields, each an int or None.
+FLOW_KEY_LEN = 24
+FLOW_KEY = tup(str, *[one_of(None, Int(INT64_MIN, INT64_MAX))] * FLOW_KEY_LEN)
+# Flow ids and upcall seqs carry the datapath's incarnation in their high bits (engine/dpproc.py): seqs of a
+# restarted datapath never name a flow of an earlier one.
+EPOCH_SHIFT = 40
 
 REGISTRY: dict[int, type] = {}  # TAG -> message class
 SCHEMA: dict[type, tuple[Field, ...]] = {}  # message class -> its fields
@@ -685,6 +692,45 @@ class StateRequest(NamedTuple):
     TAG = 51
     requester: str
     port: str
+
+
+# ---------------------------------------------------------------------------------------------------------
+# process faults (issue 11): a restarted datapath gets its flows back from the workers; a restarted worker
+# gets its flow state back from its peers
+
+
+@message
+class DatapathRestarted(NamedTuple):
+    """Supervisor → worker: the datapath was restarted as incarnation ``epoch``: the upcalls of earlier ones
+    are never answered (they are dropped), and the worker re-installs its flows (Reinstall)."""
+
+    TAG = 85
+    epoch: Annotated[int, Int(0, 2**22)]
+
+
+@message
+class Reinstall(NamedTuple):
+    """Worker → datapath: install flow ``flow_id`` again, as the worker installed it (after a datapath restart:
+    the workers' flow tables are the source of truth).  ``key`` the datapath's flow key (FLOW_KEY); a key
+    installed already (a newer flow) is left alone."""
+
+    TAG = 86
+    flow_id: int
+    worker: int
+    key: Annotated[tuple, FLOW_KEY]
+    actions: Actions
+    tags: tuple[str, ...]
+    idle_s: Seconds
+    hard_s: Seconds
+
+
+@message
+class StateRecall(NamedTuple):
+    """Supervisor → worker: worker ``requester`` was restarted; send it (FlowStateBatch, by Fanout) the flow-state
+    entries held here whose packets hash to it."""
+
+    TAG = 87
+    requester: int
 
 
 Message = typing.Union[tuple(REGISTRY.values())]  # noqa: UP007 - built from the registry at import

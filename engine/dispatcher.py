@@ -73,9 +73,10 @@ class Dispatcher:
         self.held: dict[tuple, list[tuple[str, bytes, object]]] = {}   # key → frames waiting for the answer
         self.inflight_by_seq: dict[int, InFlight] = {}
         self.seq = 0
+        self.quarantined: dict[tuple, float] = {}      # flow key → until when its packets are dropped
         self.counters = {"dispatcher_upcalls": 0, "dispatcher_batches": 0, "dispatcher_queue_full": 0,
                          "dispatcher_rate_limited": 0, "dispatcher_held": 0, "dispatcher_held_overflow": 0,
-                         "dispatcher_send_full": 0, "dispatcher_reclaimed": 0}
+                         "dispatcher_send_full": 0, "dispatcher_reclaimed": 0, "dispatcher_quarantined": 0}
 
     def worker_for(self, pkt, port: str) -> int:
         pinned = self.port_workers.get(port)
@@ -85,6 +86,11 @@ class Dispatcher:
 
     def upcall(self, port: str, frame: bytes, pkt, key: tuple, now: float) -> bool:
         """A miss.  Returns False when it was held back or dropped (not sent)."""
+        if self.quarantined and key in self.quarantined:
+            if now < self.quarantined[key]:
+                self.counters["dispatcher_quarantined"] += 1
+                return False
+            del self.quarantined[key]
         held = self.held.get(key)
         if held is not None:
             if len(held) >= self.max_held or self.held_frames >= self.max_held_total:
@@ -149,6 +155,15 @@ class Dispatcher:
             self.answered(seq)
         self.counters["dispatcher_reclaimed"] += len(late)
         return len(late)
+
+    def quarantine(self, key: tuple, until: float, max_keys: int = 1024) -> bool:
+        """Drop the packets of flow ``key`` until ``until`` (a key that was in flight when its worker crashed,
+        twice).  Bounded: beyond ``max_keys`` the oldest is let go.  False when it was quarantined already."""
+        new = key not in self.quarantined
+        self.quarantined[key] = until
+        while len(self.quarantined) > max_keys:
+            del self.quarantined[next(iter(self.quarantined))]
+        return new
 
     def forget_worker(self, w: int) -> int:
         """A worker died: its in-flight upcalls will never be answered.  Returns how many were dropped."""

@@ -76,6 +76,9 @@ from workers.logs import set_level
 DP = m.DATAPATH_INDEX
 MAX_LATENCY_SAMPLES = 2_000_000
 MAX_FLOW_PAGE = 5000                                   # flows per DumpFlowTable answer (messages are ≤ 4 MiB)
+QUARANTINE_AFTER = 2                                   # worker deaths a flow key was in flight at
+QUARANTINE_S = 600                                     # how long its packets are dropped then
+MAX_SUSPECTS = 4096                                    # flow keys remembered from workers' deaths
 
 
 def _actions_of(compiled) -> list:
@@ -113,6 +116,7 @@ class DatapathConfig:
     tunnel_ip: int | None = None           # real: this host's tunnel address (no tunnel when None)
     tunnel_port: int = 4789
     hosts: dict | None = None              # real: host name → tunnel address (state goes to / comes from them)
+    epoch: int = 0                         # this incarnation (the supervisor counts restarts): in every seq
 
 
 class DatapathProcess:
@@ -141,6 +145,7 @@ class DatapathProcess:
         self.disp = Dispatcher(cfg.n_workers, self._send_batch, max_inflight=cfg.max_inflight,
                                port_rate=cfg.port_rate, port_burst=cfg.port_burst, max_held=cfg.max_held,
                                max_held_total=cfg.max_held_total, batch=cfg.batch, port_workers=cfg.port_workers)
+        self.disp.seq = cfg.epoch << m.EPOCH_SHIFT     # seqs (flow ids) never repeat an earlier incarnation's
         self.latencies = array("q")
         self.latency_buckets = [0] * (len(_LATENCY_BOUNDS_NS) + 1)   # never drained: the histogram's counts
         self.latency_sum_ns = 0
@@ -164,8 +169,9 @@ class DatapathProcess:
             m.TakeLatencies: self._take_latencies, m.SetPortMap: self._set_port_map,
             m.PurgeWorker: self._purge_worker, m.SetStateAuth: self._set_state_auth, m.Shutdown: self._shutdown,
             m.SetLiveHosts: self._set_live_hosts, m.DumpFlowTable: self._dump_flow_table,
-            m.DelFlows: self._del_flows, m.SetLogLevel: self._log_level,
+            m.DelFlows: self._del_flows, m.SetLogLevel: self._log_level, m.Reinstall: self._reinstall,
         }
+        self._suspects: dict[tuple, int] = {}          # flow key → deaths of its worker while it was in flight
 
     def _send_batch(self, w: int, batch) -> bool:
         return send_msg(self.to_workers[w], batch)
@@ -459,12 +465,45 @@ class DatapathProcess:
             return
         self._reply(msg.req_id, {"keys": len(msg.keys)})
 
+    def _reinstall(self, msg: m.Reinstall, now: float) -> None:
+        """A worker's flow, installed again after this datapath (re)started; a key installed already is a newer
+        flow (an upcall answered meanwhile) and stays."""
+        if not 0 <= msg.worker < self.cfg.n_workers:
+            self.counters["datapath_bad_worker"] = self.counters.get("datapath_bad_worker", 0) + 1
+            return
+        if msg.key in self.dp.cache.flows:             # the worker forgets the old id (it would never expire)
+            self.counters["datapath_reinstall_skipped"] = self.counters.get("datapath_reinstall_skipped", 0) + 1
+            send_msg(self.to_workers[msg.worker], m.FlowRemoved((msg.flow_id,), "replaced"))
+            return
+        if self.dp.cache.install(msg.key, msg.actions, msg.worker, msg.idle_s, msg.hard_s, now, msg.tags,
+                                 msg.flow_id) is not None:
+            self.counters["datapath_reinstalled"] = self.counters.get("datapath_reinstalled", 0) + 1
+        if self.dp.cache.removed:
+            self._removed(self.dp.cache.take_removed())
+
+    def _note_suspects(self, w: int, now: float) -> None:
+        """Worker ``w`` died: the flow keys of its unanswered upcalls are suspects; a key in flight at two
+        deaths is quarantined (its packets are dropped, counted, not replayed into a crash loop)."""
+        for rec in list(self.disp.inflight_by_seq.values()):
+            if rec.worker != w:
+                continue
+            n = self._suspects.pop(rec.key, 0) + 1
+            if n >= QUARANTINE_AFTER:
+                if self.disp.quarantine(rec.key, now + QUARANTINE_S):
+                    log.error("flow key %s was in flight to worker %d at %d of its deaths: quarantined for %d s "
+                              "(its packets are dropped: dispatcher_quarantined)", rec.key, w, n, QUARANTINE_S)
+            else:
+                self._suspects[rec.key] = n            # the newest last: the oldest are forgotten first
+        while len(self._suspects) > MAX_SUSPECTS:
+            del self._suspects[next(iter(self._suspects))]
+
     def _purge_worker(self, msg: m.PurgeWorker, now: float) -> None:
         w = msg.worker
         if not 0 <= w < self.cfg.n_workers:            # not one of ours: nothing to purge
             self.counters["datapath_bad_worker"] = self.counters.get("datapath_bad_worker", 0) + 1
             self._reply(msg.req_id, {"flows_purged": 0, "upcalls_lost": 0})
             return
+        self._note_suspects(w, now)
         self._reply(msg.req_id, {"flows_purged": self.dp.cache.purge_worker(w),
                                  "upcalls_lost": self.disp.forget_worker(w)})
 

@@ -7,6 +7,8 @@ Owns the snapshot schedule (every ``state_snapshot_s``, one at a time) and the d
   bindings use ports of blocks leased by the previous run: those exact blocks are leased again and granted to
   the workers (round robin); the bindings of a block another agent took meanwhile are dropped — a lost
   connection, never a duplicate binding.
+- **restore_worker**, when a worker was restarted (service thread): the saved entries whose packets hash to it
+  (its shard, as of the last snapshot); SNAT bindings only from blocks it still holds.
 - **snapshot**, on the service thread: DumpState to every worker; when all answered, the entries are written
   to ``cfg.state_path()`` (atomically).  A snapshot not answered by every worker within SNAPSHOT_GIVE_UP_S
   expires (the service fails it) and is not written (``supervisor_state_snapshot_failed``).
@@ -23,9 +25,11 @@ from concurrent.futures import Future
 from backchannel import messages as m
 from engine.config import AgentConfig
 from engine.statefile import StateFileError, read_state, write_state
+from packet.flowkey import tuple_hash
 from workers.simulation.state import snat_block as entry_snat_block
 
 SNAPSHOT_GIVE_UP_S = 5.0
+RESTORE_CHUNK = 2000                                   # entries per FlowStateBatch to a restarted worker
 
 
 def snat_block(e: m.FlowStateEntry) -> tuple | None:
@@ -58,6 +62,29 @@ class Persistence:
         for i in range(self.cfg.workers):
             send(i, msg)
         return len(msg.entries)
+
+    def restore_worker(self, worker: int, blocks: set, send: Callable[[int, tuple], object]) -> int:
+        """A restarted worker's shard from the last snapshot: the entries whose packets hash to it, SNAT
+        bindings only of the blocks it holds (``blocks``: (device, ip, block)); the number sent."""
+        try:
+            msg = read_state(self.cfg.state_path())
+        except StateFileError:
+            self._count("supervisor_state_file_bad")
+            return 0
+        if msg is None:
+            return 0
+        n = self.cfg.workers
+        mine = []
+        for e in msg.entries:
+            src, dst, proto, sport, dport, _device = e.key
+            if tuple_hash(proto, src, sport, dst, dport) % n != worker:
+                continue
+            blk = snat_block(e)
+            if blk is None or blk in blocks:
+                mine.append(e)
+        for i in range(0, len(mine), RESTORE_CHUNK):
+            send(worker, m.FlowStateBatch(tuple(mine[i:i + RESTORE_CHUNK]), msg.origin))
+        return len(mine)
 
     def reclaim_snat_blocks(self, msg: m.FlowStateBatch, send: Callable[[int, tuple], object]) -> m.FlowStateBatch:
         """Lease again the blocks of the restored SNAT bindings and grant them to the workers; the batch without

@@ -4,6 +4,13 @@ The supervisor starts the datapath and the workers as plain subprocesses (not mu
 program needs no ``if __name__ == "__main__"`` guard and every child starts from a clean interpreter.
 CONFIG_JSON is the child's config (DatapathConfig / WorkerConfig, by field) plus ``"log"``: its logging
 settings (engine/logs.py ``child_settings``), applied here before the role starts.
+
+No child outlives its supervisor: the pool hands every child the read end of its *lifeline* pipe (the fd in
+``SHARDNET_LIFELINE_FD``; only the supervisor's process holds the write end).  A watcher thread blocks reading
+it; EOF means the supervisor's process is gone (exited, crashed, ``kill -9``): the child removes what the
+supervisor can no longer remove (``SHARDNET_CLEANUP``: the runtime directory with its sockets, the control
+socket) and exits at once.  (Not PR_SET_PDEATHSIG: that fires when the parent *thread* that forked exits, and
+an embedding program may start the agent from a short-lived thread.)
 """
 
 from __future__ import annotations
@@ -11,7 +18,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
+import threading
 
 log = logging.getLogger("engine.procmain")     # run as __main__
 
@@ -19,6 +28,7 @@ log = logging.getLogger("engine.procmain")     # run as __main__
 def main(argv: list[str]) -> int:
     role, raw = argv[0], json.loads(argv[1])
     _logging(role, raw)
+    _watch_lifeline()
     prof_dir = os.environ.get("SHARDNET_PROFILE_DIR")
     if prof_dir:                                  # developer aid: a cProfile dump per process at exit
         import cProfile
@@ -31,6 +41,33 @@ def main(argv: list[str]) -> int:
             prof.disable()
             prof.dump_stats(os.path.join(prof_dir, f"{role}-{raw.get('index', 'dp')}-{os.getpid()}.prof"))
     return _run(role, raw)
+
+
+def _watch_lifeline() -> None:
+    fd = os.environ.get("SHARDNET_LIFELINE_FD")
+    if not fd:
+        return                                         # started by hand: nobody to outlive
+    cleanup = json.loads(os.environ.get("SHARDNET_CLEANUP") or "[]")
+
+    def watch() -> None:
+        try:
+            while os.read(int(fd), 64):
+                pass
+        except OSError:
+            pass
+        log.error("the supervisor is gone (its lifeline closed): exiting")
+        for path in cleanup:
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+        logging.shutdown()
+        os._exit(3)
+
+    threading.Thread(target=watch, name="shardnet-lifeline", daemon=True).start()
 
 
 def _logging(role: str, raw: dict) -> None:

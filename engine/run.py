@@ -83,12 +83,24 @@ def run_agent(args) -> int:
                 if status is not None:
                     status.join(5.0)
             time.sleep(0.3)                            # let the last answers land before reading counters
-            stats = agent.stats()
-            _summary(stats, time.monotonic() - t0)
+            try:
+                stats = agent.stats()
+            except Exception as e:                     # noqa: BLE001 - the summary is not worth a failed stop
+                print(f"shardnet run: no summary: {describe(e)}", file=sys.stderr)
+            else:
+                _summary(stats, time.monotonic() - t0)
     except (AgentError, ConfigError, OSError, ValueError) as e:
-        print(f"shardnet run: {e}", file=sys.stderr)
+        print(f"shardnet run: {describe(e)}", file=sys.stderr)
         return 1
     return 0
+
+
+def describe(e: BaseException) -> str:
+    """An error for the operator: never empty (a bare TimeoutError says nothing by itself)."""
+    text = str(e).strip()
+    if isinstance(e, TimeoutError) and not text:
+        return "the agent's processes did not answer in time (TimeoutError)"
+    return text or type(e).__name__
 
 
 def _status_loop(agent: Agent, done: threading.Event, every: float, t0: float) -> None:

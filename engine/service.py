@@ -80,6 +80,8 @@ class Service:
         self._zctx: zmq.Context | None = None
         self.shell: StoreShell | None = None
         self.guard = Guard("supervisor", counters)
+        self.on_restarted: Callable[[int], None] | None = None   # a restarted child said Ready (this thread)
+        self.dp_log_level: str | None = None           # the datapath's level set at run time (a restart gets it)
 
     def open(self, rt, *, mirror, tables, allocator, pool, persistence) -> None:
         """Bind the inbox in ``rt`` (a RuntimeDir) and connect to every child's, before they are spawned."""
@@ -185,6 +187,8 @@ class Service:
     def _send(self, target: int, msg) -> bool:
         return send_msg(self._to[target], msg)
 
+    send_now = _send                                   # for callbacks that run on this thread (on_restarted)
+
     def _send_dp(self, msg) -> bool:
         return send_msg(self._to[DP], msg)
 
@@ -242,7 +246,10 @@ class Service:
         deadline = time.monotonic() + (self.cfg.request_timeout_s if timeout is None else timeout)
         self._pending[req] = (targets, {}, fut, deadline)
         for t in targets:
-            self._send(t, make_msg(req))
+            msg = make_msg(req)
+            if t == DP and type(msg) is m.SetLogLevel:
+                self.dp_log_level = msg.level
+            self._send(t, msg)
         return fut
 
     def _answered(self, req_id: int, sender: int, body) -> None:
@@ -274,6 +281,7 @@ class Service:
         elif t is m.StatsReply:
             self._answered(msg.req_id, msg.worker, msg.counters)
         elif t is m.Ready:
-            self.pool.ready(msg.sender, msg.pid)
+            if self.pool.ready(msg.sender, msg.pid) and self.on_restarted is not None:
+                self.guard.call("_restarted", self.on_restarted, msg.sender)
         else:
             self.shell.handle(msg)

@@ -20,7 +20,12 @@ Owns the agent's parts and their order of start and stop: the store session, the
 Every public method is safe from any thread: it hands a command to the service thread (``_call``, which
 wakes it) and waits on a future.  With ``datapath="real"`` the saved flow state is restored into every worker
 before the port map is sent, so no packet is simulated on a bound port without its state.  Shutdown leaves no
-process, socket file or directory behind.
+process, socket file or directory behind; so does a ``kill -9`` of this process (the pool's lifeline).
+
+A restarted child (engine/pool.py restarts every dead one) gets back, once it says Ready (``_child_restarted``,
+on the service thread, nothing awaited): the datapath its keys, live hosts, port map and log level, and every
+worker is told (DatapathRestarted) to re-install its flows into it; a worker the SNAT blocks leased under its
+name, the entries of the last snapshot that hash to it, and its peers' copies of its flow state (StateRecall).
 """
 
 from __future__ import annotations
@@ -72,6 +77,8 @@ class Agent:
         self.metrics = None                            # engine.metrics.MetricsServer, with cfg.metrics
         self._own_logging = False                      # start() set up this process's logging
         self._stopping = False
+        self._state_keys: tuple[bytes, ...] | None = None   # the flow-state tunnel's keys (a restarted datapath)
+        self.service.on_restarted = self._child_restarted
 
     # the store session's parts, by their old names (tests and embedding programs read them)
     store = property(lambda self: self.session.store)
@@ -107,15 +114,16 @@ class Agent:
                               pool=self.pool, persistence=self.persistence)
             pm = portmap.port_map(self.mirror.objects, cfg.host)
             host = self.session.host()
-            self.pool.start(datapath_config(cfg, self.rt.path, pm, host.tunnel_ip if host else None), self.rt.path)
+            ctl_path = cfg.ctl or os.path.join(self.rt.path, "ctl.sock")
+            self.pool.start(datapath_config(cfg, self.rt.path, pm, host.tunnel_ip if host else None), self.rt.path,
+                            cleanup=[self.rt.path, ctl_path])
             self.service.start()
             late = self.pool.wait_ready(cfg.start_timeout_s)
             if late is not None:
                 raise AgentError(f"{late} did not start")
             if cfg.datapath == "real":
                 self._bind_ports()
-            self.ctl = ControlServer(self, cfg.ctl or os.path.join(self.rt.path, "ctl.sock"),
-                                     pointer_path(cfg)).start()
+            self.ctl = ControlServer(self, ctl_path, pointer_path(cfg)).start()
             if cfg.metrics is not None:
                 self._serve_metrics()
         except SessionError as e:
@@ -146,6 +154,7 @@ class Agent:
         answer = self._query([DP], lambda req: m.SetStateAuth(req, self.cfg.host or "agent", keys))[DP]
         if "error" in answer:
             raise AgentError(f"flow-state keys: {answer['error']}")
+        self._state_keys = keys
         self._call("send", (DP, self.session.live_hosts()))
         self.service.shell.note_bindings()
         self.restored = self.persistence.restore(lambda i, msg: self._call("send", (i, msg)))
@@ -154,6 +163,36 @@ class Agent:
         if answer.get("errors"):
             raise AgentError("cannot bind ports: " + "; ".join(answer["errors"]))
         self.persistence.schedule(time.monotonic())
+
+    def _child_restarted(self, i: int) -> None:
+        """Child ``i`` was restarted and is up (service thread: sends, awaits nothing)."""
+        send = self.service.send_now
+        workers = range(self.cfg.workers)
+        if i == DP:
+            if self.cfg.datapath == "real" and self._state_keys is not None:
+                send(DP, m.SetStateAuth(0, self.cfg.host or "agent", self._state_keys))
+                send(DP, self.session.live_hosts())
+            send(DP, portmap.set_port_map(0, portmap.port_map(self.mirror.objects, self.cfg.host)))
+            if self.service.dp_log_level is not None:
+                send(DP, m.SetLogLevel(0, self.service.dp_log_level))
+            for w in workers:
+                send(w, m.DatapathRestarted(self.pool.epoch))
+            log.info("datapath restarted (incarnation %d): port map re-sent, workers re-install their flows",
+                     self.pool.epoch)
+            return
+        blocks = self.allocator.held_by(self.cfg.lease_owner(i))
+        for device, ip, block in blocks:               # its SNAT blocks: still leased under its name
+            send(i, m.LeaseGranted(device, ip, block))
+        restored = 0
+        if self.persistence is not None and self.persistence.next_snapshot is not None:
+            restored = self.persistence.restore_worker(i, set(blocks), send)
+        for w in workers:
+            if w != i:
+                send(w, m.StateRecall(i))
+        self.counters["supervisor_worker_state_restored"] = (
+            self.counters.get("supervisor_worker_state_restored", 0) + restored)
+        log.info("worker %d restarted: %d SNAT blocks re-adopted, %d entries from the snapshot, peers asked for "
+                 "its flow state", i, len(blocks), restored)
 
     def stop(self) -> None:
         if self._stopping:

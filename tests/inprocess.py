@@ -11,6 +11,7 @@ Used by tests/unit/test_worker_inprocess.py and the handler property tests (test
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 from backchannel import messages as m
@@ -130,11 +131,11 @@ class Wire:
         self.leases = StoreNatAllocator(self.store, host)
         self.to_workers = [Link() for _ in range(n_workers)]
         self.to_sup = Link()
-        self.dp = DatapathProcess(DatapathConfig(runtime_dir="", n_workers=n_workers, port_workers=port_workers),
-                                  self.to_workers, self.to_sup)
-        self.workers = [Worker(WorkerConfig(index=i, n_workers=n_workers, runtime_dir="", host=host,
-                                            pinned_ports=bool(port_workers)))
-                        for i in range(n_workers)]
+        self.dp_config = DatapathConfig(runtime_dir="", n_workers=n_workers, port_workers=port_workers)
+        self.dp = DatapathProcess(self.dp_config, self.to_workers, self.to_sup)
+        self.worker_config = lambda i: WorkerConfig(index=i, n_workers=n_workers, runtime_dir="", host=host,
+                                                    pinned_ports=bool(port_workers))
+        self.workers = [Worker(self.worker_config(i)) for i in range(n_workers)]
         self.decoders = [Decoder(w.c) for w in self.workers]       # what each worker's loop counts its rejects in
         self.seen: list[list] = [[] for _ in range(n_workers)]    # every message each worker received
         self.to_dp: list = []                                       # every message the workers sent the datapath
@@ -190,6 +191,32 @@ class Wire:
             block = self.leases.lease(f"w{msg.worker}", msg.device, msg.ip, msg.port_start, msg.port_end)
             self.to_workers[msg.worker].send(encode(m.LeaseGranted(msg.device, msg.ip,
                                                                    -1 if block is None else block)))
+
+    # -- process faults: what the supervisor does when a child died (engine/supervisor.py _child_restarted) --
+    def restart_worker(self, i: int) -> Worker:
+        """Worker ``i`` died (its unread inbox with it) and a new one took its place: the datapath forgets the
+        dead one; the new one gets the SNAT blocks leased under its name and its peers' copies of its state."""
+        self.dp.handle(m.PurgeWorker(0, i), self.now)
+        self.to_workers[i].frames.clear()
+        w = self.workers[i] = Worker(self.worker_config(i))
+        self.decoders[i] = Decoder(w.c)
+        for device, ip, block in self.leases.held_by(f"w{i}"):
+            self.to_workers[i].send(encode(m.LeaseGranted(device, ip, block)))
+        for j in range(len(self.workers)):
+            if j != i:
+                self.to_workers[j].send(encode(m.StateRecall(i)))
+        self.pump()
+        return w
+
+    def restart_datapath(self) -> DatapathProcess:
+        """The datapath died (its flows and unanswered upcalls with it) and its next incarnation is up: every
+        worker hears DatapathRestarted (after what the dead one had sent them)."""
+        self.dp_config = dataclasses.replace(self.dp_config, epoch=self.dp_config.epoch + 1)
+        self.dp = DatapathProcess(self.dp_config, self.to_workers, self.to_sup)
+        for link in self.to_workers:
+            link.send(encode(m.DatapathRestarted(self.dp_config.epoch)))
+        self.pump()
+        return self.dp
 
     def tick(self, seconds: float) -> None:
         self.now += seconds

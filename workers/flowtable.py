@@ -17,14 +17,16 @@ class FlowTable:
         self.hard_s = hard_s
         self.flows: OrderedDict[tuple, tuple[frozenset[str], float]] = OrderedDict()
         self.by_tag: dict[str, set[tuple]] = {}
+        self.specs: dict = {}                       # flow key → how it was installed (re-installed from here)
         self.counters = {"flows_installed": 0, "flows_invalidated": 0, "flows_evicted": 0,
                          "flows_hard_expired": 0, "flows_removed_by_datapath": 0}
 
     def __len__(self) -> int:
         return len(self.flows)
 
-    def add(self, key: tuple, tags: frozenset[str], now: float) -> list[tuple]:
-        """Record an installed flow; returns the keys evicted to make room (to delete in the datapath)."""
+    def add(self, key: tuple, tags: frozenset[str], now: float, spec=None) -> list[tuple]:
+        """Record an installed flow (``spec``: what re-installs it in a restarted datapath); returns the keys
+        evicted to make room (to delete in the datapath)."""
         if key in self.flows:
             self._drop(key)
         evicted = []
@@ -34,6 +36,8 @@ class FlowTable:
             evicted.append(old)
         self.counters["flows_evicted"] += len(evicted)
         self.flows[key] = (tags, now)
+        if spec is not None:
+            self.specs[key] = spec
         for t in tags:
             self.by_tag.setdefault(t, set()).add(key)
         self.counters["flows_installed"] += 1
@@ -43,6 +47,7 @@ class FlowTable:
         entry = self.flows.pop(key, None)
         if entry is None:
             return False
+        self.specs.pop(key, None)
         for t in entry[0]:
             keys = self.by_tag.get(t)
             if keys is not None:
@@ -83,4 +88,5 @@ class FlowTable:
         keys = list(self.flows)
         self.flows.clear()
         self.by_tag.clear()
+        self.specs.clear()
         return keys

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from backchannel import messages as m
 from backchannel.codec import encode
 from packet.codec import ParseError, build, parse
-from packet.flowkey import tuple_hash
+from packet.flowkey import flow_key, tuple_hash
 from topology.nat_leases import BLOCK_SIZE
 from workers import tags
 from workers.arp import ArpBroker
@@ -130,6 +130,7 @@ class Worker:
         self._next_blocks = 0.0
         self._idle_since: dict[tuple[str, int, int], float] = {}
         self.leases_out: dict[tuple, int] = {}          # lease requests in flight per (device, ip)
+        self.dp_epoch = 0                               # the datapath's incarnation (seq >> EPOCH_SHIFT)
 
     # -- outboxes: everything a batch produces leaves in one frame per destination, in order -------------------
     def _dp(self, msg) -> None:
@@ -141,6 +142,8 @@ class Worker:
     # -- upcalls ----------------------------------------------------------------------------------------------
     def upcall(self, up: m.Upcall, now: float) -> None:
         self.c["upcalls"] += 1
+        if up.seq >> m.EPOCH_SHIFT > self.dp_epoch:    # a restarted datapath's (before its DatapathRestarted)
+            self.dp_epoch = up.seq >> m.EPOCH_SHIFT
         try:
             pkt = parse(up.frame)
         except ParseError as e:
@@ -163,10 +166,11 @@ class Worker:
                 self._drop("no_bound_egress_port")
                 self._answer(up.seq, DROP_ACTIONS, res.tags, now)
                 return
+        key = flow_key(pkt, up.port)                   # the datapath's key: re-installed from it after a restart
         if res.effects and not self._room_for_state(res.effects):
             # the flow-state table is full of this worker's own connections: the new one is dropped
             self._drop("flow_state_full")
-            self._answer(up.seq, DROP_ACTIONS, res.tags, now, temporary=True)
+            self._answer(up.seq, DROP_ACTIONS, res.tags, now, temporary=True, key=key)
             return
         self._apply(res.effects, now, res.interested_hosts)
         self._emit(res, now)
@@ -174,25 +178,31 @@ class Worker:
             self.c["consumed"] += 1
             self._answer(up.seq, (), res.tags, now, install=False)
         elif res.result == FORWARD:
-            self._answer(up.seq, output_actions(pkt, outputs, self._tunnel_ip), res.tags, now)
+            self._answer(up.seq, output_actions(pkt, outputs, self._tunnel_ip), res.tags, now, key=key)
         else:
             self._drop(res.drop_reason or "unknown")
-            self._answer(up.seq, DROP_ACTIONS, res.tags, now, temporary=res.expiry == EXPIRY_TEMPORARY)
+            self._answer(up.seq, DROP_ACTIONS, res.tags, now, temporary=res.expiry == EXPIRY_TEMPORARY, key=key)
 
-    def _answer(self, seq: int, actions, tags, now: float, temporary: bool = False, install: bool = True) -> None:
-        """The one answer to upcall ``seq``: FlowPut (installed as flow ``seq``) or Execute."""
+    def _answer(self, seq: int, actions, tags, now: float, temporary: bool = False, install: bool = True,
+                key: tuple | None = None) -> None:
+        """The one answer to upcall ``seq``: FlowPut (installed as flow ``seq``) or Execute.  ``key`` (the
+        datapath's flow key) is kept with the flow, to re-install it in a restarted datapath.  An upcall of an
+        earlier datapath incarnation is not answered: that datapath is gone, and so is its packet."""
+        if seq >> m.EPOCH_SHIFT < self.dp_epoch:
+            self.c["upcalls_of_dead_datapath"] += 1
+            return
         if not install:
             self._dp(m.Execute(seq, actions))
             self.c["executes"] += 1
             return
         tags = tuple(tags)
-        evicted = self.flows.add(seq, tags, now)
-        if evicted:
-            self._dp(m.FlowDelete(tuple(evicted)))
         if temporary:
             idle = hard = self.cfg.drop_flow_s
         else:
             idle, hard = self.cfg.flow_idle_s, self.cfg.flow_hard_s
+        evicted = self.flows.add(seq, tags, now, None if key is None else (key, actions, idle, hard))
+        if evicted:
+            self._dp(m.FlowDelete(tuple(evicted)))
         self._dp(m.FlowPut(seq, (), actions, tags, idle, hard))
         self.c["installs"] += 1
 
@@ -259,7 +269,7 @@ class Worker:
             self._drop(f"generated_{reason}")
         else:
             self._drop(reason)
-            self._answer(first.seq, DROP_ACTIONS, (), now, temporary=True)
+            self._answer(first.seq, DROP_ACTIONS, (), now, temporary=True, key=flow_key(item[1], first.port))
 
     # -- effects and replication ----------------------------------------------------------------------------
     def _room_for_state(self, effects) -> bool:
@@ -406,8 +416,14 @@ class Worker:
             self._invalidate([tags.flow_state(kind, key) for kind, key in written]
                              + [tags.flow_state(e.kind, e.key) for e in evicted])
         elif t is m.MacLearned:
-            self.state.learn_mac(msg.bridge, msg.vlan, msg.mac, msg.port, now)     # a cap may refuse it
-            self._invalidate([tags.mac(msg.bridge, msg.vlan, msg.mac)])
+            # a MAC known here behind the same port is a refresh (a restarted peer re-learning it): the flows
+            # that read it stay; a new MAC (flooded to until now) or a move invalidates them
+            old = self.state.macs.get((msg.bridge, msg.vlan, msg.mac))
+            learned = self.state.learn_mac(msg.bridge, msg.vlan, msg.mac, msg.port, now)   # a cap may refuse it
+            if learned and old is not None and old[0] == msg.port:
+                self.c["macs_refreshed"] += 1
+            else:
+                self._invalidate([tags.mac(msg.bridge, msg.vlan, msg.mac)])
         elif t is m.ArpLearned:
             wanted = (msg.router, msg.ip) in self.arp.pending      # this worker asked: learned even when full
             learned, evicted = self.state.learn_arp(msg.router, msg.ip, msg.mac, now, force=wanted)
@@ -451,6 +467,10 @@ class Worker:
                 self._dp(m.StateToHosts((msg.requester,), encode(batch)))
         elif t is m.InvalidateTags:
             self._invalidate(msg.tags)
+        elif t is m.DatapathRestarted:
+            self.reinstall(msg.epoch)
+        elif t is m.StateRecall:
+            self.recall_state(msg.requester)
         elif t is m.FlowRemoved:
             self.flows.removed(msg.flows)
         elif t is m.StatsRequest:
@@ -472,6 +492,34 @@ class Worker:
             self.running = False
         else:
             self.c["unexpected_messages"] += 1
+
+    def reinstall(self, epoch: int) -> None:
+        """The datapath restarted (incarnation ``epoch``): its flow cache is empty and the upcalls in flight to
+        this worker are gone with it.  Every flow of this worker's table is installed again, under its id."""
+        self.dp_epoch = max(self.dp_epoch, epoch)
+        self.c["datapath_restarts_seen"] += 1
+        specs, tags_of = self.flows.specs, self.flows.flows
+        for fid, (key, actions, idle, hard) in specs.items():
+            self._dp(m.Reinstall(fid, self.i, key, actions, tags_of[fid][0], idle, hard))
+        self.c["flows_reinstalled"] += len(specs)
+
+    def recall_state(self, requester: int) -> None:
+        """Worker ``requester`` was restarted: the flow-state entries held here whose packets hash to it (what it
+        had relayed here, and what it would have been sent) go back to it, through the datapath."""
+        n = self.cfg.n_workers
+        if not 0 <= requester < n or requester == self.i:
+            self.c["state_recalls_refused"] += 1
+            return
+        entries = []                                   # what _state_targets would have sent it
+        everyone = self.cfg.pinned_ports
+        for e in self.state.flow_state.values():
+            k = StateKey(*e.key)
+            if everyone or e.kind == FWD_STICK_DNAT or tuple_hash(k.proto, k.src, k.sport, k.dst, k.dport) % n == \
+                    requester:
+                entries.append(m.FlowStateEntry(e.kind, e.key, e.value, e.last_used + e.idle_s))
+        self.c["state_recalled"] += len(entries)
+        for i in range(0, len(entries), STATE_CHUNK):
+            self._dp(m.Fanout((requester,), encode(m.FlowStateBatch(tuple(entries[i:i + STATE_CHUNK]), self.i))))
 
     def trace(self, port: str, frame: bytes, now: float) -> dict:
         """The live trace: ``frame`` simulated against this worker's state, effects not applied, nothing

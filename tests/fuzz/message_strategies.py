@@ -18,10 +18,12 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from backchannel.messages import (
+    FLOW_KEY_LEN,
     INT64_MAX,
     INT64_MIN,
     Answer,
     ArpLearned,
+    DatapathRestarted,
     DelFlows,
     DumpFlows,
     DumpFlowTable,
@@ -47,11 +49,13 @@ from backchannel.messages import (
     Pong,
     PurgeWorker,
     Ready,
+    Reinstall,
     SetLiveHosts,
     SetLogLevel,
     SetPortMap,
     SetStateAuth,
     Shutdown,
+    StateRecall,
     StateRequest,
     StateToHosts,
     StatsReply,
@@ -112,6 +116,8 @@ def message_strategies(name=any_name, frame=any_frame, seq=i64, index=i64,
     actions = st.lists(action, max_size=6).map(tuple)
     flow_ids = st.lists(seq, max_size=8).map(tuple)           # a flow's id is the seq of its upcall
     tags = st.lists(name, max_size=6).map(tuple)
+    flow_key = st.tuples(port, st.lists(st.none() | i64, min_size=FLOW_KEY_LEN, max_size=FLOW_KEY_LEN)).map(
+        lambda t: (t[0], *t[1]))
     upcall = st.builds(Upcall, seq, port, frame)
     entry = st.builds(FlowStateEntry, st.sampled_from(FLOW_STATE_KINDS), state_key,
                       st.none() | st.tuples(u32, u16), any_float)
@@ -169,6 +175,9 @@ def message_strategies(name=any_name, frame=any_frame, seq=i64, index=i64,
         DumpTable: st.builds(DumpTable, index, name, device),
         # never a real level: a hostile one must not change the level of the process running the tests
         SetLogLevel: st.builds(SetLogLevel, index, name.filter(lambda t: t.upper() not in (*LEVELS, "WARN"))),
+        DatapathRestarted: st.builds(DatapathRestarted, ranged(0, 2**22)),
+        Reinstall: st.builds(Reinstall, seq, index, flow_key, actions, tags, seconds, seconds),
+        StateRecall: st.builds(StateRecall, index),
     }
 
 
@@ -208,6 +217,9 @@ BREAKERS = {
     (TableEntryRemoved, "kind"): lambda v, data: data.draw(st.sampled_from(["", "MAC", "route"])),
     (FlowPut, "idle_s"): lambda v, data: data.draw(st.sampled_from([-1.0, float("nan"), float("inf"), 1e10])),
     (FlowPut, "match"): lambda v, data: data.draw(st.sampled_from([(1,), ("in_port",), ((),)])),
+    (Reinstall, "key"): lambda v, data: data.draw(st.sampled_from([
+        v[:-1], (*v, 0), (1, *v[1:]), (v[0], "x", *v[2:]), (v[0], 1.5, *v[2:]), (v[0], 2**63, *v[2:])])),
+    (DatapathRestarted, "epoch"): lambda v, data: data.draw(st.sampled_from([-1, 2**22 + 1])),
     (StatsReply, "counters"): lambda v, data: {**v, data.draw(st.sampled_from(["a", "b"])): data.draw(
         st.sampled_from([1.5, "x", None, (1,)]))},
     (Fragment, "records"): lambda v, data: (*v, _break_tuple(("bridge", "b", b"{}"), data)),
@@ -232,7 +244,7 @@ def malformed(msg: tuple, data) -> tuple | None:
     cls = type(msg)
     fields = list(msg)
     choices = [f for c, f in BREAKERS if c is cls]
-    if cls in (FlowPut, Execute, PacketOut):
+    if cls in (FlowPut, Execute, PacketOut, Reinstall):
         choices.append("actions")
     if cls is FlowStateBatch and msg.entries:
         choices.append("entries")

@@ -27,6 +27,17 @@ def test_a_state_key_is_workers_state_key():
         2**32 - 1, 2**32 - 1, 255, 65535, 65535, str]
 
 
+def test_a_flow_key_is_the_datapaths_flow_key():
+    from packet.flowkey import flow_key
+    from packet.packet import FLOW_KEY_FIELDS
+    from packet.spec import parse_spec
+
+    assert m.FLOW_KEY_LEN == len(FLOW_KEY_FIELDS)
+    key = flow_key(parse_spec("ip_src=10.0.0.1,ip_dst=10.0.0.2,proto=tcp,tp_src=1,tp_dst=2"), "b.p1")
+    assert m.Reinstall(1, 0, key, (), (), 0.0, 0.0) == codec.decode(codec.encode(m.Reinstall(1, 0, key, (), (),
+                                                                                              0.0, 0.0)))
+
+
 def test_the_flow_state_kinds_are_the_simulations():
     from workers.simulation.result import CONNTRACK, NAT_KINDS
 
