@@ -20,7 +20,8 @@ The series (labels ``process`` = datapath | worker | supervisor and ``worker`` =
   shardnet_flow_state_entries              each worker's conntrack/NAT entries
   shardnet_parked_now                      each worker's parked simulations now (shardnet_parked_total: ever)
   shardnet_upcalls_in_flight               the datapath's unanswered upcalls
-  shardnet_restarts_total                  worker restarts by the supervisor (process="supervisor")
+  shardnet_restarts_total                  restarts by the supervisor: of workers (process="supervisor"), of the
+                                           datapath (process="datapath"); deaths: shardnet_supervisor_crashes_total
   shardnet_store_connected                 1 while the store session is connected
   shardnet_store_state{state}              1 for the current one of connected | suspended | lost
 
@@ -45,7 +46,7 @@ STORE_STATES = ("connected", "suspended", "lost")
 GAUGES = {"datapath_flows": "flows", "worker_flows": "flows", "worker_state_entries": "flow_state_entries",
           "worker_parked_now": "parked_now", "datapath_inflight": "upcalls_in_flight"}
 # series of their own, not repeated as shardnet_<key>_total
-SPECIAL = {"supervisor_worker_restarts", "supervisor_store_connected", "datapath_pid", "worker_pid",
+SPECIAL = {"supervisor_worker_restarts", "supervisor_datapath_restarts", "supervisor_store_connected", "datapath_pid", "worker_pid",
            "worker_index"}
 # the datapath's counters of dropped packets / datagrams → their reason in shardnet_drops_total
 DATAPATH_DROPS = {"dispatcher_queue_full": "upcall_queue_full", "dispatcher_rate_limited": "upcall_rate_limited",
@@ -138,6 +139,7 @@ def families(stats: dict, *, up: bool = True, store_state: str = "connected", in
     sup = stats.get("supervisor") or {}
     r = CounterMetricFamily("shardnet_restarts", "worker processes restarted by the supervisor", labels=LABELS)
     r.add_metric(["supervisor", ""], sup.get("supervisor_worker_restarts", 0))
+    r.add_metric(["datapath", ""], sup.get("supervisor_datapath_restarts", 0))
     out.append(r)
     connected = GaugeMetricFamily("shardnet_store_connected", "1 while the store session is connected")
     connected.add_metric([], 1 if store_state == "connected" else 0)

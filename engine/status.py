@@ -41,4 +41,8 @@ class StatusLine:
         restarts = sup.get("supervisor_worker_restarts", 0)
         if restarts:
             parts.append(f"restarts {restarts}")
+        if sup.get("supervisor_datapath_restarts", 0):
+            parts.append(f"datapath restarts {sup['supervisor_datapath_restarts']}")
+        if sup.get("supervisor_crashes", 0):
+            parts.append(f"crashes {sup['supervisor_crashes']}")
         return "  ".join(parts)
