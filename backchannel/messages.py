@@ -733,4 +733,22 @@ class StateRecall(NamedTuple):
     requester: int
 
 
+@message
+class Recover(NamedTuple):
+    """Supervisor → a restarted worker, after the entries of the last snapshot and its SNAT blocks: ``peers``
+    were asked for its flow state (StateRecall); it simulates nothing until each answered (RecallDone) or a
+    short deadline passed — no packet of its connections is simulated without their state."""
+
+    TAG = 88
+    peers: tuple[int, ...]
+
+
+@message
+class RecallDone(NamedTuple):
+    """Worker → worker (Fanout), after its answer to a StateRecall: worker ``origin`` sent all it had."""
+
+    TAG = 89
+    origin: int
+
+
 Message = typing.Union[tuple(REGISTRY.values())]  # noqa: UP007 - built from the registry at import

@@ -107,6 +107,7 @@ def worker_config(cfg: AgentConfig, index: int, runtime_dir: str) -> WorkerConfi
         batch=cfg.batch,
         pinned_ports=bool(cfg.port_workers),
         replicate_hosts=cfg.datapath == "real",
+        restarted=False,                               # True for a restart (ProcessPool.restart_dead)
     )
 
 
@@ -148,6 +149,7 @@ class ProcessPool:
         if self._lifeline is None:
             self._lifeline = os.pipe()                 # both ends non-inheritable: only children get the read end
         self._dp_cfg = dp_cfg
+        self._runtime_dir = runtime_dir
         self._argv[DP] = self._command("datapath", dp_cfg)
         for i in range(self.cfg.workers):
             self._argv[i] = self._command("worker", worker_config(self.cfg, i, runtime_dir))
@@ -223,7 +225,9 @@ class ProcessPool:
                 self.epoch += 1
                 self._argv[DP] = self._command("datapath", replace(self._dp_cfg, epoch=self.epoch))
                 self.counters["supervisor_datapath_restarts"] += 1
-            else:
+            else:                                      # it recovers its state before it simulates
+                self._argv[i] = self._command("worker", replace(worker_config(self.cfg, i, self._runtime_dir),
+                                                                restarted=True))
                 self.counters["supervisor_worker_restarts"] += 1
             self.restarts[i] = self.restarts.get(i, 0) + 1
             self._spawn(i)

@@ -186,9 +186,10 @@ class Agent:
         restored = 0
         if self.persistence is not None and self.persistence.next_snapshot is not None:
             restored = self.persistence.restore_worker(i, set(blocks), send)
-        for w in workers:
-            if w != i:
-                send(w, m.StateRecall(i))
+        peers = tuple(w for w in workers if w != i)
+        send(i, m.Recover(peers))                      # it simulates once its peers answered (or a deadline)
+        for w in peers:
+            send(w, m.StateRecall(i))
         self.counters["supervisor_worker_state_restored"] = (
             self.counters.get("supervisor_worker_state_restored", 0) + restored)
         log.info("worker %d restarted: %d SNAT blocks re-adopted, %d entries from the snapshot, peers asked for "

@@ -193,18 +193,23 @@ class Wire:
                                                                    -1 if block is None else block)))
 
     # -- process faults: what the supervisor does when a child died (engine/supervisor.py _child_restarted) --
-    def restart_worker(self, i: int) -> Worker:
+    def restart_worker(self, i: int, early: tuple = ()) -> Worker:
         """Worker ``i`` died (its unread inbox with it) and a new one took its place: the datapath forgets the
-        dead one; the new one gets the SNAT blocks leased under its name and its peers' copies of its state."""
+        dead one; the new one gets the SNAT blocks leased under its name and its peers' copies of its state.
+        ``early``: (port, frame) pairs that reach the datapath before any of that (their upcalls come first)."""
         self.dp.handle(m.PurgeWorker(0, i), self.now)
         self.to_workers[i].frames.clear()
-        w = self.workers[i] = Worker(self.worker_config(i))
+        w = self.workers[i] = Worker(dataclasses.replace(self.worker_config(i), restarted=True))
         self.decoders[i] = Decoder(w.c)
+        for port, f in early:
+            self.dp.handle(m.Inject(port, (f,)), self.now)
+        self.dp.housekeeping(self.now)
         for device, ip, block in self.leases.held_by(f"w{i}"):
             self.to_workers[i].send(encode(m.LeaseGranted(device, ip, block)))
-        for j in range(len(self.workers)):
-            if j != i:
-                self.to_workers[j].send(encode(m.StateRecall(i)))
+        peers = tuple(j for j in range(len(self.workers)) if j != i)
+        self.to_workers[i].send(encode(m.Recover(peers)))
+        for j in peers:
+            self.to_workers[j].send(encode(m.StateRecall(i)))
         self.pump()
         return w
 

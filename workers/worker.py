@@ -77,6 +77,7 @@ from workers.topocache import TopologyCache
 from workers.trace import result_json
 
 STATE_CHUNK = 500                                   # flow-state entries per message to another host
+RECOVER_S = 1.0                                     # a restarted worker waits at most this long for its state
 
 
 @dataclass
@@ -102,6 +103,7 @@ class WorkerConfig:
     max_macs_per_bridge: int = DEFAULT_MAX_MACS_PER_BRIDGE
     max_macs_per_port: int = DEFAULT_MAX_MACS_PER_PORT
     max_arps_per_router: int = DEFAULT_MAX_ARPS_PER_ROUTER
+    restarted: bool = False                # started in place of a dead one: recovers its state first (Recover)
 
 
 class Worker:
@@ -131,6 +133,12 @@ class Worker:
         self._idle_since: dict[tuple[str, int, int], float] = {}
         self.leases_out: dict[tuple, int] = {}          # lease requests in flight per (device, ip)
         self.dp_epoch = 0                               # the datapath's incarnation (seq >> EPOCH_SHIFT)
+        # a restarted worker holds its upcalls until its flow state is back: the peers whose answer it awaits
+        # (None: not recovering), whether the supervisor's Recover came, the deadline, the upcalls held
+        self._recover: set[int] | None = set() if cfg.restarted else None
+        self._recover_told = False
+        self._recover_until: float | None = None
+        self._recover_held: list = []
 
     # -- outboxes: everything a batch produces leaves in one frame per destination, in order -------------------
     def _dp(self, msg) -> None:
@@ -144,6 +152,13 @@ class Worker:
         self.c["upcalls"] += 1
         if up.seq >> m.EPOCH_SHIFT > self.dp_epoch:    # a restarted datapath's (before its DatapathRestarted)
             self.dp_epoch = up.seq >> m.EPOCH_SHIFT
+        if self._recover is not None:                  # restarted: its state is not back yet
+            if len(self._recover_held) < self.cfg.max_parked:
+                self._recover_held.append(up)
+                return
+            self._drop("recovering_overflow")
+            self._answer(up.seq, DROP_ACTIONS, (), now, install=False)
+            return
         try:
             pkt = parse(up.frame)
         except ParseError as e:
@@ -471,6 +486,15 @@ class Worker:
             self.reinstall(msg.epoch)
         elif t is m.StateRecall:
             self.recall_state(msg.requester)
+        elif t is m.Recover:
+            if self._recover is not None:
+                self._recover = set(msg.peers) - {self.i}
+                self._recover_told = True
+                self._recovered(now)
+        elif t is m.RecallDone:
+            if self._recover is not None:
+                self._recover.discard(msg.origin)
+                self._recovered(now)
         elif t is m.FlowRemoved:
             self.flows.removed(msg.flows)
         elif t is m.StatsRequest:
@@ -520,6 +544,19 @@ class Worker:
         self.c["state_recalled"] += len(entries)
         for i in range(0, len(entries), STATE_CHUNK):
             self._dp(m.Fanout((requester,), encode(m.FlowStateBatch(tuple(entries[i:i + STATE_CHUNK]), self.i))))
+        self._dp(m.Fanout((requester,), encode(m.RecallDone(self.i))))
+
+    def _recovered(self, now: float, timed_out: bool = False) -> None:
+        """A restarted worker's state is back (every peer answered after the supervisor's Recover), or it waited
+        long enough: the upcalls held meanwhile are simulated, in order."""
+        if self._recover is None or not (timed_out or (self._recover_told and not self._recover)):
+            return
+        held, self._recover_held = self._recover_held, []
+        self._recover = None
+        self.c["recovery_timeouts" if timed_out else "recoveries"] += 1
+        self.c["recovery_held_upcalls"] += len(held)
+        for up in held:
+            self.upcall(up, now)
 
     def trace(self, port: str, frame: bytes, now: float) -> dict:
         """The live trace: ``frame`` simulated against this worker's state, effects not applied, nothing
@@ -558,6 +595,7 @@ class Worker:
         out.update(self.state.counters)
         out["worker_flows"] = len(self.flows)
         out["worker_parked_now"] = self.parking.size
+        out["worker_recovering"] = int(self._recover is not None)
         out["worker_state_entries"] = len(self.state.flow_state)
         out["worker_state_replicas"] = len(self.state.replicas)
         out["worker_macs"] = len(self.state.macs)
@@ -569,6 +607,11 @@ class Worker:
 
     # -- housekeeping ---------------------------------------------------------------------------------------
     def housekeeping(self, now: float) -> None:
+        if self._recover is not None:
+            if self._recover_until is None:
+                self._recover_until = now + RECOVER_S
+            elif now >= self._recover_until:
+                self._recovered(now, timed_out=True)
         for (kind, *_), items in self.parking.expire(now):
             for item in items:
                 self._give_up(item, f"parked_timeout_{kind}", now)

@@ -49,6 +49,8 @@ from backchannel.messages import (
     Pong,
     PurgeWorker,
     Ready,
+    RecallDone,
+    Recover,
     Reinstall,
     SetLiveHosts,
     SetLogLevel,
@@ -178,6 +180,8 @@ def message_strategies(name=any_name, frame=any_frame, seq=i64, index=i64,
         DatapathRestarted: st.builds(DatapathRestarted, ranged(0, 2**22)),
         Reinstall: st.builds(Reinstall, seq, index, flow_key, actions, tags, seconds, seconds),
         StateRecall: st.builds(StateRecall, index),
+        Recover: st.builds(Recover, st.lists(index, max_size=4).map(tuple)),
+        RecallDone: st.builds(RecallDone, index),
     }
 
 

@@ -213,3 +213,31 @@ def test_kill_9_of_an_embedding_program_leaves_no_process_behind(tmp_path):
         if proc.poll() is None:
             proc.kill()
         proc.wait(10)
+
+
+def test_shardnet_run_outlives_its_datapath_and_stops_cleanly_with_a_summary(tmp_path):
+    """The report: SIGINT after a datapath death printed ``shardnet run: `` (an empty message)."""
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "run", "--store", "memory://", "--demo",
+                             "--rate", "500", "--duration", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "TMPDIR": str(tmp_path)})
+    try:
+        assert b"agent up" in proc.stdout.readline()
+        dp = min(_children_of(proc.pid), key=lambda c: b"datapath" not in open(f"/proc/{c}/cmdline", "rb").read())
+        os.kill(dp, signal.SIGKILL)
+        time.sleep(2.0)
+        os.kill(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert b"flows installed" in out and b"datapath restarted" in err
+    assert not any(line.rstrip() == "shardnet run:" for line in err.decode().splitlines())
+
+
+def test_an_error_of_shardnet_run_is_never_an_empty_line():
+    from engine.run import describe
+
+    assert describe(TimeoutError()) and describe(RuntimeError()) == "RuntimeError"
+    assert describe(OSError("no such interface")) == "no such interface"

@@ -43,7 +43,7 @@ def _sample(cls):
         "device": "r1", "port_start": 1, "port_end": 2, "block": 64, "targets": (1,), "payload": b"x",
         "frames": (b"f",), "vlan": 0, "entry": 5, "requester": "host-b", "sender": -1, "body": {"a": 1},
         "hosts": ("host-b",), "vni": 5, "pid": 4242, "ports": (("b.p", "eth0"),), "keys": ((5, "b.p"),),
-        "host": "host-a", "offset": 0, "limit": 10, "level": "INFO", "epoch": 1, "flow_id": 1 << 40,
+        "host": "host-a", "offset": 0, "limit": 10, "level": "INFO", "epoch": 1, "peers": (0, 1), "flow_id": 1 << 40,
     }
     if cls.__name__ == "SetStateAuth":
         values["keys"] = (b"k" * 32,)

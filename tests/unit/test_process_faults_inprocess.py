@@ -4,6 +4,8 @@ the others' flows and state.  The real-process versions (kill -9 by pid) are in 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from backchannel import messages as m
@@ -141,3 +143,31 @@ def test_a_restarted_worker_gets_its_snat_bindings_back_from_its_peers_and_its_b
         assert len(w.outputs("tenant.vm1")) == 1               # the reply still finds its way back
     finally:
         w.close()
+
+
+def test_a_restarted_worker_simulates_nothing_before_its_state_is_back():
+    """The dead worker's connection sends again before its state is restored: the upcall waits for the
+    peers' answers (Recover / RecallDone), then finds the old binding."""
+    w = Wire(port_workers={"tenant.vm1": 0})
+    try:
+        w.inject("tenant.vm1", to_internet(4000))
+        [out] = w.outputs("r1.uplink")
+        new = w.restart_worker(0, early=[("tenant.vm1", to_internet(4000))])
+        assert new.c["recoveries"] == 1 and new.c["recovery_held_upcalls"] == 1
+        [again] = w.outputs("r1.uplink")
+        assert (again.ip_src, again.tp_src) == (out.ip_src, out.tp_src)
+    finally:
+        w.close()
+
+
+def test_a_restarted_worker_that_hears_from_nobody_simulates_after_a_deadline(learning):
+    w = learning
+    new = w.restart_worker(0)
+    assert new._recover is None                                # its peer answered
+    late = type(new)(dataclasses.replace(new.cfg, restarted=True))
+    late.handle(m.UpcallBatch((m.Upcall(1, "lan.vm1", udp(MAC1, MAC2, 5)),)), w.now)
+    late.housekeeping(w.now)
+    assert not late.out_dp and late.stats()["worker_recovering"] == 1
+    assert not late.c["simulations"]
+    late.housekeeping(w.now + 1.5)
+    assert late.c["recovery_timeouts"] == 1 and late.c["simulations"] == 1
