@@ -35,7 +35,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from backchannel import messages as m
-from backchannel.codec import encode
+from backchannel.codec import encode, encode_many
 from packet.codec import ParseError, build, parse
 from packet.flowkey import flow_key, tuple_hash
 from topology.nat_leases import BLOCK_SIZE
@@ -441,6 +441,11 @@ class Worker:
                 self._invalidate([tags.mac(msg.bridge, msg.vlan, msg.mac)])
         elif t is m.ArpLearned:
             wanted = (msg.router, msg.ip) in self.arp.pending      # this worker asked: learned even when full
+            old = self.state.arps.get((msg.router, msg.ip))
+            if not wanted and old is not None and old[0] == msg.mac:   # known: a refresh, its flows stay
+                self.state.learn_arp(msg.router, msg.ip, msg.mac, now)
+                self.c["arps_refreshed"] += 1
+                return
             learned, evicted = self.state.learn_arp(msg.router, msg.ip, msg.mac, now, force=wanted)
             if evicted is not None:
                 self._invalidate([tags.arp(msg.router, evicted)])
@@ -544,6 +549,13 @@ class Worker:
         self.c["state_recalled"] += len(entries)
         for i in range(0, len(entries), STATE_CHUNK):
             self._dp(m.Fanout((requester,), encode(m.FlowStateBatch(tuple(entries[i:i + STATE_CHUNK]), self.i))))
+        # and the MACs and ARP entries learned here: it would flood to them (and ARP) until it learned them again,
+        # and learning them later invalidates every flow that flooded meanwhile
+        learned = [m.MacLearned(b, vlan, mac, port, self.i) for (b, vlan, mac), (port, _t) in self.state.macs.items()]
+        learned += [m.ArpLearned(r, ip, mac, self.i) for (r, ip), (mac, _t) in self.state.arps.items()]
+        self.c["tables_recalled"] += len(learned)
+        for i in range(0, len(learned), STATE_CHUNK):
+            self._dp(m.Fanout((requester,), encode_many(learned[i:i + STATE_CHUNK])))
         self._dp(m.Fanout((requester,), encode(m.RecallDone(self.i))))
 
     def _recovered(self, now: float, timed_out: bool = False) -> None:

@@ -47,7 +47,9 @@ def test_a_restarted_worker_relearning_known_macs_leaves_the_other_workers_flows
     w.inject("lan.vm2", *[udp(MAC2, MAC1, 20_000 + i) for i in range(300)])
     before = [len(x.flows) for x in w.workers]
     assert min(before) > 100                                   # both workers hold flows to and from both MACs
-    w.restart_worker(0)
+    new = w.restart_worker(0)
+    assert new.state.macs.keys() == w.workers[1].state.macs.keys()   # its peer told it what it had learned
+    new.state.macs.clear()                                     # as if it had not: it re-learns them from traffic
     w.inject("lan.vm1", *[udp(MAC1, MAC2, 30_000 + i) for i in range(40)])     # new flows: worker 0 re-learns
     w.inject("lan.vm2", *[udp(MAC2, MAC1, 40_000 + i) for i in range(40)])
     relayed = [x for x in w.seen[1] if type(x) is m.MacLearned]
@@ -126,8 +128,9 @@ def test_a_restarted_worker_gets_its_snat_bindings_back_from_its_peers_and_its_b
     connection keeps its translated port, and no second block is leased."""
     w = Wire(port_workers={"tenant.vm1": 0})
     try:
+        w.inject("tenant.vm1", to_internet(3999))             # an earlier connection holds the first port
         w.inject("tenant.vm1", to_internet(4000))
-        [out] = w.outputs("r1.uplink")
+        [_first, out] = w.outputs("r1.uplink")
         blocks = w.leases.held_by("w0")
         assert len(blocks) == 1
         w.restart_worker(0)
@@ -138,7 +141,7 @@ def test_a_restarted_worker_gets_its_snat_bindings_back_from_its_peers_and_its_b
         assert w.leases.held_by("w0") == blocks
         w.inject("tenant.vm1", to_internet(4001))             # a new connection: from the re-adopted block
         [new] = w.outputs("r1.uplink")
-        assert new.tp_src != out.tp_src and w.leases.held_by("w0") == blocks
+        assert new.tp_src not in (out.tp_src, _first.tp_src) and w.leases.held_by("w0") == blocks
         w.inject("r1.uplink", from_internet("198.51.100.100", out.tp_src))
         assert len(w.outputs("tenant.vm1")) == 1               # the reply still finds its way back
     finally:
@@ -150,8 +153,9 @@ def test_a_restarted_worker_simulates_nothing_before_its_state_is_back():
     peers' answers (Recover / RecallDone), then finds the old binding."""
     w = Wire(port_workers={"tenant.vm1": 0})
     try:
+        w.inject("tenant.vm1", to_internet(3999))
         w.inject("tenant.vm1", to_internet(4000))
-        [out] = w.outputs("r1.uplink")
+        [_first, out] = w.outputs("r1.uplink")
         new = w.restart_worker(0, early=[("tenant.vm1", to_internet(4000))])
         assert new.c["recoveries"] == 1 and new.c["recovery_held_upcalls"] == 1
         [again] = w.outputs("r1.uplink")
@@ -171,3 +175,16 @@ def test_a_restarted_worker_that_hears_from_nobody_simulates_after_a_deadline(le
     assert not late.c["simulations"]
     late.housekeeping(w.now + 1.5)
     assert late.c["recovery_timeouts"] == 1 and late.c["simulations"] == 1
+
+
+def test_a_known_arp_entry_relayed_again_is_a_refresh():
+    w = Wire()
+    try:
+        w.inject("tenant.vm1", to_internet(4000))              # r1's route: via 198.51.100.1 (a static ARP entry)
+        worker = next(x for x in w.workers if len(x.flows))
+        n = len(worker.flows)
+        worker.state.learn_arp("r1", 0xC6336401, 0x020B00000001, w.now)
+        worker.handle(m.ArpLearned("r1", 0xC6336401, 0x020B00000001, 1), w.now)
+        assert len(worker.flows) == n and worker.c["arps_refreshed"] == 1
+    finally:
+        w.close()
