@@ -196,3 +196,55 @@ def test_kill_9_of_each_worker_in_turn_under_load_keeps_the_others_flows_and_the
     s = a.stats()
     assert s["supervisor"]["supervisor_crashes"] == 2 and s["supervisor"]["supervisor_worker_restarts"] == 2
     assert s["supervisor"].get("supervisor_worker_state_restored", 0) >= 1
+
+
+def conn_owner(agent, kind: str, port: int) -> int:
+    """The worker holding a ``kind`` entry with ``port`` at one end."""
+    for i, entries in agent.query(range(agent.cfg.workers), "state_entries").items():
+        if any(k == kind and port in (key[3], key[4]) for k, key, _v, _e in entries):
+            return i
+    raise AssertionError(f"no {kind} entry for port {port}")
+
+
+def test_kill_9_of_the_worker_owning_a_connection_through_a_stateful_filter(netns_factory, real_agents):
+    """vm2 streams to vm1 through a filter that passes vm2's packets only as replies.  The worker holding the
+    connection's state is killed: its replacement gets the state from the last snapshot before it simulates
+    vm2's next packet, so the stream carries on."""
+    vm1 = netns_factory.vm("10.1.0.11/24", MAC1)
+    vm2 = netns_factory.vm("10.1.0.12/24", MAC2)
+    a = real_agents("host-a", firewall_topology(real_agents.net, vm1, vm2, "host-a"))
+    ping_eventually(vm1, vm2.ip)
+    server, client = start_stream(vm2, vm1, vm2.ip, 5081, seed=81)
+    owner = conn_owner(a, "conntrack", 5081)
+    snaps = a.counters.get("supervisor_state_snapshots", 0)
+    wait_for(lambda: a.counters.get("supervisor_state_snapshots", 0) >= snaps + 1, what="a snapshot")
+    old = a.pids[owner]
+    os.kill(old, signal.SIGKILL)
+    assert finish_stream(server, client, seed=81) == "10.1.0.11"
+    assert a.pids[owner] != old and a.counters.get("supervisor_worker_state_restored", 0) >= 1
+    assert conn_owner(a, "conntrack", 5081) == owner
+
+
+def test_kill_9_of_the_datapath_of_the_agent_that_translates_an_snat_stream(netns_factory, real_agents):
+    """Two agents, VXLAN between them: host-a SNATs vm1's connection, gw-1 holds the uplink.  host-a's datapath
+    is killed mid-stream: the new one reopens the port and the tunnel, gets the flow-state keys back, and the
+    workers re-install their flows; the stream carries on."""
+    from tests.e2e.test_agent_real import snat_topology
+
+    vm1 = netns_factory.vm("10.1.0.11/24", MAC1, gateway="10.1.0.1")
+    ext = netns_factory.vm("203.0.113.1/24", "02:5e:00:00:0e:01")
+    a = real_agents("host-a", snat_topology(real_agents.net, vm1, ext))
+    real_agents("gw-1")
+    ping_eventually(vm1, ext.ip)
+    server, client = start_stream(ext, vm1, ext.ip, 5091, seed=91)
+    pinger = start_pinger(vm1, ext.ip, 5.0)
+    time.sleep(1.5)
+    old = a.pids[-1]
+    killed_at = time.time()
+    os.kill(old, signal.SIGKILL)
+    assert finish_stream(server, client, seed=91) == "203.0.113.2"
+    gap, replies = largest_gap(pinger, killed_at)
+    print(f"\nkill -9 of the SNAT agent's datapath (two agents, VXLAN): forwarding resumed after {gap * 1000:.0f} ms "
+          f"({replies} echo replies after)")
+    s = a.stats()["datapath"]
+    assert a.pids[-1] != old and s["datapath_reinstalled"] > 0 and s["tunnel_tx"] > 0
