@@ -142,9 +142,10 @@ class ProcessPool:
         self.cleanup: list[str] = []                    # what an orphaned child removes (the runtime dir, ...)
         self._lifeline: tuple[int, int] | None = None
 
-    def start(self, dp_cfg: DatapathConfig, runtime_dir: str, cleanup: list[str] | None = None) -> None:
+    def start(self, dp_cfg: DatapathConfig, runtime_dir: str, cleanup: list | None = None) -> None:
         """Spawn the datapath and every worker (they connect to each other by themselves).  ``cleanup``: the
-        paths an orphaned child removes (default: the runtime directory)."""
+        paths an orphaned child removes (default: the runtime directory; [path, content]: a file removed only
+        if it still holds ``content``)."""
         self.cleanup = list(cleanup or [runtime_dir])
         if self._lifeline is None:
             self._lifeline = os.pipe()                 # both ends non-inheritable: only children get the read end

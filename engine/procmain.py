@@ -9,7 +9,7 @@ No child outlives its supervisor: the pool hands every child the read end of its
 ``SHARDNET_LIFELINE_FD``; only the supervisor's process holds the write end).  A watcher thread blocks reading
 it; EOF means the supervisor's process is gone (exited, crashed, ``kill -9``): the child removes what the
 supervisor can no longer remove (``SHARDNET_CLEANUP``: the runtime directory with its sockets, the control
-socket) and exits at once.  (Not PR_SET_PDEATHSIG: that fires when the parent *thread* that forked exits, and
+socket, the ctl pointer file if it still points to that socket) and exits at once.  (Not PR_SET_PDEATHSIG: that fires when the parent *thread* that forked exits, and
 an embedding program may start the agent from a short-lived thread.)
 """
 
@@ -56,18 +56,24 @@ def _watch_lifeline() -> None:
         except OSError:
             pass
         log.error("the supervisor is gone (its lifeline closed): exiting")
-        for path in cleanup:
-            if os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                try:
+        for item in cleanup:                           # a path, or [a pointer file, what it must still say]
+            path, want = (item, None) if isinstance(item, str) else item
+            try:
+                if os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                elif want is None or _read(path) == want:
                     os.unlink(path)
-                except OSError:
-                    pass
+            except OSError:
+                pass
         logging.shutdown()
         os._exit(3)
 
     threading.Thread(target=watch, name="shardnet-lifeline", daemon=True).start()
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
 
 
 def _logging(role: str, raw: dict) -> None:

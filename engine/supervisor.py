@@ -115,8 +115,11 @@ class Agent:
             pm = portmap.port_map(self.mirror.objects, cfg.host)
             host = self.session.host()
             ctl_path = cfg.ctl or os.path.join(self.rt.path, "ctl.sock")
+            cleanup = [self.rt.path, ctl_path]         # what the children remove if this process dies
+            if pointer_path(cfg):
+                cleanup.append([pointer_path(cfg), ctl_path + "\n"])
             self.pool.start(datapath_config(cfg, self.rt.path, pm, host.tunnel_ip if host else None), self.rt.path,
-                            cleanup=[self.rt.path, ctl_path])
+                            cleanup=cleanup)
             self.service.start()
             late = self.pool.wait_ready(cfg.start_timeout_s)
             if late is not None:

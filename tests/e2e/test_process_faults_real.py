@@ -10,6 +10,7 @@ import os
 import random
 import re
 import signal
+import subprocess
 import sys
 import time
 
@@ -248,3 +249,35 @@ def test_kill_9_of_the_datapath_of_the_agent_that_translates_an_snat_stream(netn
           f"({replies} echo replies after)")
     s = a.stats()["datapath"]
     assert a.pids[-1] != old and s["datapath_reinstalled"] > 0 and s["tunnel_tx"] > 0
+
+
+def test_kill_9_of_shardnet_run_with_real_ports_under_traffic_leaves_nothing_behind(netns_factory, zk_store,
+                                                                                     tmp_path):
+    from tests.e2e.agents import Net
+    from tests.integration.test_process_faults import _children_of, _kill_and_watch
+
+    net = Net()
+    vm1 = netns_factory.vm("10.1.0.11/24", MAC1)
+    vm2 = netns_factory.vm("10.1.0.12/24", MAC2)
+    (tmp_path / "t.yaml").write_text(firewall_topology(net, vm1, vm2, "host-a"))
+    run = subprocess.Popen([sys.executable, "-m", "engine.cli", "run", "--store", zk_store, "--topology",
+                            str(tmp_path / "t.yaml"), "--host", "host-a", "--tunnel-port", str(net.tunnel_port),
+                            "--state-file", str(tmp_path / "a.state"), "--no-status"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "TMPDIR": str(tmp_path)})
+    try:
+        assert b"agent up" in run.stdout.readline()
+        ping_eventually(vm1, vm2.ip)
+        pinger = start_pinger(vm1, vm2.ip, 3.0)          # traffic through the datapath while it is killed
+        time.sleep(0.5)
+        children = _children_of(run.pid)
+        assert len(children) == 3
+        pointer = tmp_path / "host-a.ctl"
+        assert pointer.exists()
+        gone = _kill_and_watch(run, children)
+        print(f"\nkill -9 of shardnet run (real datapath, under traffic): its 3 children gone after {gone * 1000:.0f} ms")
+        assert not pointer.exists()                      # the ctl pointer to its dead socket went with them
+        pinger.wait(30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+        run.wait(10)
