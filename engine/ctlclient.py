@@ -35,7 +35,7 @@ def add_ctl_parser(sub) -> None:
     cmds.add_parser("del-flows", help="delete flows").add_argument("--match", metavar="SPEC")
     cmds.add_parser("stats", help="every counter of every process").add_argument(
         "--rate", action="store_true", help="per-second rates since the previous stats call")
-    cmds.add_parser("workers", help="the processes: pid, core, CPU, inbox, restarts, last crash")
+    cmds.add_parser("workers", help="the processes: pid, core, CPU, inbox, restarts, crashes, last crash")
     cmds.add_parser("health", help="are all processes alive")
     t = cmds.add_parser("trace", help="trace a packet against the live state, without side effects")
     t.add_argument("port")
@@ -166,7 +166,8 @@ def render(cmd: str, result) -> str:
             return "\n".join(f"{k:60} {v:>12}/s" for k, v in sorted(rates.items())) or "(no change)"
         return "\n".join(f"{k:60} {v:>12}" for k, v in sorted(result.items()))
     if cmd == "workers":
-        return table(result, ["name", "pid", "alive", "core", "cpu_s", "inbox", "flows", "restarts", "last_exit"])
+        return table(result, ["name", "pid", "alive", "core", "cpu_s", "inbox", "flows", "restarts", "crashes",
+                              "last_exit"])
     if isinstance(result, list):
         return table(result)
     if isinstance(result, dict):

@@ -121,7 +121,7 @@ def workers(agent, state) -> list[dict]:
 def health(agent, state) -> dict:
     h = agent.health()
     return {**h, "alive": {str(k): v for k, v in h["alive"].items()}, "pids": {str(k): v for k, v in h["pids"].items()},
-            "ok": all(h["alive"].values())}
+            "crashes": {str(k): v for k, v in h.get("crashes", {}).items()}, "ok": all(h["alive"].values())}
 
 
 def trace(agent, state, port: str, spec: str, timeout: float = 2.0) -> dict:
