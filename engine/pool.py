@@ -216,9 +216,9 @@ class ProcessPool:
                 self._due[i] = now + delay
                 if i != DP:
                     send_dp(m.PurgeWorker(0, i))
-                log.warning("%s (pid %d) died with exit status %s after %.1f s (death %d, %d in a row); restarting "
-                            "it%s", child_name(i), p.pid, status, lived, self.crashes[i], self.streak[i],
-                            f" in {delay:.2f} s" if delay else "")
+                log.warning("%s (pid %d) died with exit status %s; restarting it%s (it lived %.1f s; death %d, %d in "
+                            "a row)", child_name(i), p.pid, status, f" in {delay:.2f} s" if delay else "", lived,
+                            self.crashes[i], self.streak[i])
             if now < self._due[i]:
                 continue
             del self._due[i]
