@@ -46,7 +46,8 @@ STORE_STATES = ("connected", "suspended", "lost")
 GAUGES = {"datapath_flows": "flows", "worker_flows": "flows", "worker_state_entries": "flow_state_entries",
           "worker_parked_now": "parked_now", "datapath_inflight": "upcalls_in_flight"}
 # series of their own, not repeated as shardnet_<key>_total
-SPECIAL = {"supervisor_worker_restarts", "supervisor_datapath_restarts", "supervisor_store_connected", "datapath_pid", "worker_pid",
+SPECIAL = {"supervisor_worker_restarts", "supervisor_datapath_restarts", "supervisor_store_connected", "datapath_pid",
+           "worker_pid",
            "worker_index"}
 # the datapath's counters of dropped packets / datagrams → their reason in shardnet_drops_total
 DATAPATH_DROPS = {"dispatcher_queue_full": "upcall_queue_full", "dispatcher_rate_limited": "upcall_rate_limited",

@@ -9,8 +9,9 @@ No child outlives its supervisor: the pool hands every child the read end of its
 ``SHARDNET_LIFELINE_FD``; only the supervisor's process holds the write end).  A watcher thread blocks reading
 it; EOF means the supervisor's process is gone (exited, crashed, ``kill -9``): the child removes what the
 supervisor can no longer remove (``SHARDNET_CLEANUP``: the runtime directory with its sockets, the control
-socket, the ctl pointer file if it still points to that socket) and exits at once.  (Not PR_SET_PDEATHSIG: that fires when the parent *thread* that forked exits, and
-an embedding program may start the agent from a short-lived thread.)
+socket, the ctl pointer file if it still points to that socket) and exits at once.  (Not PR_SET_PDEATHSIG:
+that fires when the parent *thread* that forked exits, and an embedding program may start the agent from a
+short-lived thread.)
 """
 
 from __future__ import annotations

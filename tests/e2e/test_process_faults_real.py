@@ -185,8 +185,8 @@ def test_kill_9_of_each_worker_in_turn_under_load_keeps_the_others_flows_and_the
         time.sleep(0.3)
         os.kill(old, signal.SIGKILL)
         assert load.wait(60) == 0
-        wait_for(lambda: a.pids[victim] != old and a.stats()["workers"][victim].get("worker_pid") == a.pids[victim]
-                 and a.stats()["workers"][victim].get("worker_recovering") == 0, what="the worker restarted")
+        wait_for(lambda v=victim, o=old: a.pids[v] != o and a.stats()["workers"][v].get("worker_pid") == a.pids[v]
+                 and a.stats()["workers"][v].get("worker_recovering") == 0, what="the worker restarted")
         after = worker_flows(a)[survivor]
         if victim == owner:                            # its shard came back from the snapshot
             assert snat_owner(a, 0x0A01000B, 5071) == owner
@@ -274,7 +274,8 @@ def test_kill_9_of_shardnet_run_with_real_ports_under_traffic_leaves_nothing_beh
         pointer = tmp_path / "host-a.ctl"
         assert pointer.exists()
         gone = _kill_and_watch(run, children)
-        print(f"\nkill -9 of shardnet run (real datapath, under traffic): its 3 children gone after {gone * 1000:.0f} ms")
+        print(f"\nkill -9 of shardnet run (real datapath, under traffic): its 3 children gone after "
+              f"{gone * 1000:.0f} ms")
         assert not pointer.exists()                      # the ctl pointer to its dead socket went with them
         pinger.wait(30)
     finally:

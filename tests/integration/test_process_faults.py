@@ -112,11 +112,11 @@ def test_a_killed_worker_leaves_its_siblings_flows_and_counts_its_crashes(agent)
             agent.inject("lan.vm1", [udp(MAC1, MAC2, base + 100 * k + i) for i in range(100)])
             agent.inject("lan.vm2", [udp(MAC2, MAC1, base + 100 * k + i) for i in range(100)])
             time.sleep(0.05)
-        wait_for(lambda: agent.pids[victim] != old and agent.stats()["workers"][victim].get("worker_pid")
-                 == agent.pids[victim], what="the worker restarted")
+        wait_for(lambda v=victim, o=old: agent.pids[v] != o and agent.stats()["workers"][v].get("worker_pid")
+                 == agent.pids[v], what="the worker restarted")
         agent.inject("lan.vm1", [udp(MAC1, MAC2, base + 4000 + i) for i in range(200)])   # it re-learns the MACs
         agent.inject("lan.vm2", [udp(MAC2, MAC1, base + 4000 + i) for i in range(200)])
-        wait_for(lambda: agent.stats()["workers"][victim].get("worker_flows", 0) > 50, what="new flows")
+        wait_for(lambda v=victim: agent.stats()["workers"][v].get("worker_flows", 0) > 50, what="new flows")
         after = worker_flows(agent)[survivor]
         print(f"\nworker {victim} killed: worker {survivor} had {before} flows, has {after}")
         assert after >= 0.99 * before

@@ -96,7 +96,6 @@ def test_an_upcall_of_the_dead_datapath_is_not_answered_into_the_new_one(learnin
     w.dp.housekeeping(w.now)                                   # the upcall is on its way to a worker
     [busy] = [i for i, link in enumerate(w.to_workers) if link.frames]
     w.workers[busy].handle(m.DatapathRestarted(1), w.now)     # the restart notice is read first
-    w.dp_config.epoch = 0
     w.restart_datapath()
     assert w.workers[busy].c["upcalls_of_dead_datapath"] == 1
     assert w.dp.counters["datapath_late_answers"] == 0        # nothing was sent for it
