@@ -14,11 +14,13 @@ import time
 
 import pytest
 
+from backchannel import messages as m
 from engine.pool import backoff_s
 from engine.supervisor import Agent
 from packet.codec import build
 from packet.spec import parse_spec
 from tests.integration.test_engine import Outputs, wait_for
+from tests.integration.test_logs_agent import restore_root_logger  # noqa: F401 - a fixture used here
 
 LEARNING = """
 version: 1
@@ -241,3 +243,21 @@ def test_an_error_of_shardnet_run_is_never_an_empty_line():
 
     assert describe(TimeoutError()) and describe(RuntimeError()) == "RuntimeError"
     assert describe(OSError("no such interface")) == "no such interface"
+
+
+@pytest.mark.usefixtures("restore_root_logger")
+def test_a_restarted_datapath_gets_the_log_level_set_at_run_time(tmp_path):
+    (tmp_path / "lan.yaml").write_text(LEARNING)
+    log_file = tmp_path / "agent.log"
+    with Agent(topology=str(tmp_path / "lan.yaml"), host="host-a", store=f"memory://{tmp_path.name}", workers=1,
+               log_file=str(log_file)) as a:
+        a.command([-1], lambda req: m.SetLogLevel(req, "WARNING"))
+        old = a.pids[-1]
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: a.pids[-1] != old and a.stats()["datapath"].get("datapath_pid") == a.pids[-1],
+                 what="the datapath restarted")
+        new = a.pids[-1]
+        wait_for(lambda: f"datapath started (pid {new})" in log_file.read_text(), what="its first line")
+    text = log_file.read_text()
+    assert "worker 0 stopped" in text                  # INFO still logged by the worker
+    assert f"datapath stopped (pid {new})" not in text  # not by the new datapath: it got WARNING again
