@@ -180,6 +180,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_real(args) -> int:
+    import os
     import signal
 
     from bench.ovspeer import VARIANTS, OvsError, OvsMissing
@@ -205,7 +206,11 @@ def cmd_real(args) -> int:
     show = sys.stderr.isatty() if args.progress is None else args.progress
     bar = progress_bar(expected_stages(cfg), f"{cfg.pipeline}") if show else None
 
+    owner = os.getpid()
+
     def terminate(*_):
+        if os.getpid() != owner:         # a forked helper (pyroute2's netns proxy) inherited this handler:
+            os._exit(143)                # it must die as SIGTERM would make it, not unwind our stack
         raise KeyboardInterrupt
 
     old = signal.signal(signal.SIGTERM, terminate)        # cleaned up like Ctrl-C: the finally blocks run
@@ -232,7 +237,7 @@ def cmd_real(args) -> int:
         try:
             from bench.realplot import plot_real
         except ImportError as e:
-            print(f"shardnet bench: no plot ({e}); install the extra: pip install 'shardnet[plot]'", file=sys.stderr)
+            print(f"shardnet bench: no plot ({e}); install matplotlib", file=sys.stderr)
         else:
             plot_real(res, args.plot)
     print(table(res))
