@@ -119,6 +119,9 @@ def configure(b: argparse.ArgumentParser) -> None:
                    help="real: the same traffic through Open vSwitch's userspace datapath, side by side")
     r.add_argument("--ovs-variants", default=None, metavar="V,V",
                    help="real: OVS pipelines to run (default per pipeline, e.g. normal,normal-nomf for l2)")
+    r.add_argument("--ovs-rcvbuf", type=_positive, default=None, metavar="BYTES",
+                   help="real: net.core.rmem_default while OVS opens its ports (put back at once), so that its "
+                        "AF_PACKET sockets get the buffer shardnet's datapath asks (8388608); default: as is")
     r.add_argument("--probes", type=_positive, default=200, help="real: latency probe pairs (200)")
     r.add_argument("--spacing-ms", type=float, default=5.0, help="real: spacing of the probes, ms (5)")
     r.add_argument("--tcp-connects", type=_positive, default=200, help="real: TCP connects timed (200)")
@@ -202,7 +205,7 @@ def cmd_real(args) -> int:
     cfg = RealConfig(pipeline=args.pipeline, rates=args.rates, duration=args.duration, peer=args.peer,
                      ovs_variants=variants, workers=args.workers[0], probes=args.probes,
                      spacing_s=args.spacing_ms / 1000.0, tcp_connects=args.tcp_connects,
-                     search_steps=args.search_steps, drain_s=args.drain)
+                     search_steps=args.search_steps, drain_s=args.drain, ovs_rcvbuf=args.ovs_rcvbuf)
     show = sys.stderr.isatty() if args.progress is None else args.progress
     bar = progress_bar(expected_stages(cfg), f"{cfg.pipeline}") if show else None
 

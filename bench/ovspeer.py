@@ -15,14 +15,21 @@ Variants (``VARIANTS[pipeline]``), each with megaflows on or off (``upcall/enabl
     l3    l3-nomf, l3                an OpenFlow router: per direction, set both MACs, dec_ttl, output
     full  full-nomf, full            the router + SNAT: ct(commit,nat(src=pool)) out, ct(nat) back
 
+OVS sets no receive buffer on its ports' AF_PACKET sockets (they get net.core.rmem_default, 212 KB here: ~280
+small frames), shardnet's datapath asks 4 MB; ``rcvbuf`` sets rmem_default while the ports are added (and puts
+it back at once) so that both read with the same buffer.  ``rx_buffers`` records what the sockets got.
+
 ``OvsMissing`` is raised, naming the Debian package, when a binary is missing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -82,15 +89,17 @@ def flows(variant: str) -> list[str]:
 class OvsPeer:
     """A private ovsdb-server + ovs-vswitchd with one netdev bridge on two interfaces (OpenFlow ports 1, 2)."""
 
-    def __init__(self, port1: str, port2: str, bridge: str):
+    def __init__(self, port1: str, port2: str, bridge: str, rcvbuf: int | None = None):
         check_installed()
         self.port1, self.port2, self.bridge = port1, port2, bridge
+        self.rcvbuf = rcvbuf
         self.dir: str | None = None
         self.env: dict = {}
         self.db_sock = ""
         self.vswitchd_pid: int | None = None
         self.ovsdb_pid: int | None = None
         self.started: list[str] = []                  # pidfiles of daemons started
+        self.rx_buffers: list[int] = []
 
     # --- commands ----------------------------------------------------------------------------------------
 
@@ -139,8 +148,11 @@ class OvsPeer:
             self.vswitchd_pid = _read_pid(f"{d}/run/ovs-vswitchd.pid")
             self.vsctl("add-br", self.bridge, "--", "set", "bridge", self.bridge, "datapath_type=netdev",
                        "fail-mode=secure")
-            for n, port in ((1, self.port1), (2, self.port2)):
-                self.vsctl("add-port", self.bridge, port, "--", "set", "interface", port, f"ofport_request={n}")
+            with _rmem_default(self.rcvbuf):
+                for n, port in ((1, self.port1), (2, self.port2)):
+                    self.vsctl("add-port", self.bridge, port, "--", "set", "interface", port,
+                               f"ofport_request={n}")
+            self.rx_buffers = rx_buffers(self.vswitchd_pid)
         except BaseException:
             self.stop()
             raise
@@ -196,6 +208,63 @@ class OvsPeer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+RMEM_DEFAULT = "/proc/sys/net/core/rmem_default"
+
+
+@contextlib.contextmanager
+def _rmem_default(size: int | None):
+    """OVS sets no SO_RCVBUF on the AF_PACKET sockets of its ports: they get net.core.rmem_default at creation.
+    With ``size``, that sysctl is ``size`` while the ports are added (the sockets are made then) and is put
+    back right after; None leaves it alone."""
+    if not size:
+        yield
+        return
+    with open(RMEM_DEFAULT) as f:
+        old = f.read().strip()
+    with open(RMEM_DEFAULT, "w") as f:
+        f.write(str(size))
+    try:
+        yield
+    finally:
+        with open(RMEM_DEFAULT, "w") as f:
+            f.write(old)
+
+
+def rx_buffers(pid: int | None) -> list[int]:
+    """SO_RCVBUF of the AF_PACKET sockets process ``pid`` holds (copies taken with pidfd_getfd, closed again)."""
+    if not pid:
+        return []
+    try:
+        with open("/proc/net/packet") as f:
+            inodes = {line.split()[-1] for line in f.readlines()[1:] if line.split()}
+        fds = []
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:[") and link[8:-1] in inodes:
+                fds.append(int(fd))
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return []
+    libc = ctypes.CDLL(None, use_errno=True)
+    sizes = []
+    try:
+        for fd in fds:
+            mine = libc.syscall(438, pidfd, fd, 0)               # pidfd_getfd
+            if mine < 0:
+                continue
+            s = socket.socket(fileno=mine)
+            try:
+                sizes.append(s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+            finally:
+                s.close()
+    finally:
+        os.close(pidfd)
+    return sorted(sizes)
 
 
 def _read_pid(path: str, wait_s: float = 10.0) -> int | None:

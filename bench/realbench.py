@@ -68,6 +68,7 @@ class RealConfig:
     loss_tolerance: float = 0.0
     drain_s: float = 1.0
     floors: bool = True
+    ovs_rcvbuf: int | None = None              # net.core.rmem_default while OVS opens its ports (None: as is)
     progress: bool = False
 
 
@@ -80,6 +81,7 @@ class ShardnetSystem:
         self.rig, self.cfg, self.tmp = rig, cfg, tmp
         self.name = "shardnet"
         self.agent = None
+        self.rx_buffers: list[int] = []
 
     def start(self) -> None:
         from engine.config import AgentConfig
@@ -94,6 +96,9 @@ class ShardnetSystem:
                            state_file=os.path.join(self.tmp, "bench.state"), state_snapshot_s=0.0,
                            flow_idle_s=10.0, keep_outputs=False, log_level="WARNING")
         self.agent = Agent(acfg).start()
+        from bench.ovspeer import rx_buffers
+
+        self.rx_buffers = rx_buffers(self.agent.pids.get(-1))
 
     def pids(self) -> list[int]:
         return list(self.agent.pids.values()) if self.agent else []
@@ -208,6 +213,10 @@ class RealBench:
                "cpu_us_per_setup_net": round(max(0.0, cpu - self.idle_cpu * window) * 1e6 / n, 1) if n else None,
                "bench_process_cpu_s": round(me1 - me0, 3) if me0 is not None and me1 is not None else None,
                "counters": {k: v for k, v in delta.items() if v and _interesting(k)}}
+        read = delta.get("datapath_rx", delta.get("packets_received"))
+        if read is not None:                         # frames the forwarder read off the sender's end
+            out["read_by_forwarder"] = read
+            out["lost_before_read"] = max(0, n - read)     # its socket buffer overflowed (the kernel dropped them)
         out["lossless"] = out["loss"] <= cfg.loss_tolerance
         out["sender_limited"] = out["offered_pps"] < 0.9 * rate
         return out
@@ -337,7 +346,8 @@ class RealBench:
 
 
 def _interesting(key: str) -> bool:
-    return key in ("dispatcher_upcalls", "worker_upcalls", "flows_installed", "datapath_hits", "datapath_misses",
+    return key in ("datapath_rx", "datapath_tx",
+                   "dispatcher_upcalls", "worker_upcalls", "flows_installed", "datapath_hits", "datapath_misses",
                    "parked", "miss_with_success_upcall", "miss_with_failed_upcall", "megaflow_hits",
                    "emc_hits", "packets_received", "packet_recirculations") or key.startswith(DROP_PREFIXES)
 
@@ -377,9 +387,12 @@ def run_real(cfg: RealConfig, progress: Callable[[str], None] | None = None) -> 
                       "sink_if": rig.sink_if, "sink_ip": rig.sink_ip}
         if cfg.floors:
             res["floors"] = bench.measure_floors()
-        res["systems"]["shardnet"] = bench.run_system(ShardnetSystem(rig, cfg, tmp))
+        shardnet = ShardnetSystem(rig, cfg, tmp)
+        res["systems"]["shardnet"] = bench.run_system(shardnet)
+        res["shardnet_rx_buffers"] = shardnet.rx_buffers
         if variants:
-            with OvsPeer(rig.sender_if, rig.sink_if, f"snb{rig.tag}") as peer:
+            with OvsPeer(rig.sender_if, rig.sink_if, f"snb{rig.tag}", cfg.ovs_rcvbuf) as peer:
+                res["ovs_rx_buffers"] = peer.rx_buffers
                 for v in variants:
                     res["systems"][f"ovs {v}"] = bench.run_system(OvsSystem(peer, v))
     res["comparison"] = compare(res)
