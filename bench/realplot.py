@@ -29,7 +29,7 @@ def plot_real(res: dict, path: str) -> None:
         c = colors[i % len(colors)]
         steps = sorted(s["rates"], key=lambda st: st["rate"])
         ax1.plot([st["offered_pps"] for st in steps], [100 * st["loss"] for st in steps], "o-", color=c,
-                 label=f"{name} (sustained {s['sustained']['rate']:,}/s)")
+                 label=f"{name} (sustained {'≥' if s['sustained']['at_least'] else ''}{s['sustained']['rate']:,}/s)")
         lat = s["latency"]
         _cdf(ax2, lat.get("_first_us", []), f"{name} first", color=c)
         _cdf(ax2, lat.get("_cached_us", []), f"{name} cached", color=c, linestyle="--")

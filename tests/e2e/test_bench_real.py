@@ -4,7 +4,8 @@ and that it leaves nothing behind — never how fast anything is (speed goes in 
 - the shardnet side through a bridge and through router + SNAT: every frame of the one low rate is a new
   5-tuple (one upcall each), every one is counted at the sink, the latency probe and the TCP connects saw
   their packets, the report has its structure, the namespaces and veths are gone afterwards;
-- a run that fails half-way still removes its namespaces and veths;
+- a run that fails half-way still removes its namespaces and veths, and so does Ctrl-C or SIGTERM in the middle
+  of a rate step (the CLI, a real process);
 - without Open vSwitch, ``--peer ovs`` fails with the package to install, before building anything;
 - with ``ovs-vswitchd`` present (skipped when absent): the same traffic through OVS's exact-match pipeline,
   one upcall per new 5-tuple, and its daemons and directory gone afterwards.
@@ -15,6 +16,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -128,3 +134,71 @@ def test_ovs_side_smoke(e2e_ready, monkeypatch):
     for pid in (vswitchd, ovsdb):
         assert not ovspeer._alive(pid)
     gone(res)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_cli_run_removes_everything(e2e_ready, tmp_path, sig):
+    """Ctrl-C (or SIGTERM) in the middle of a rate step: exit 130, namespaces, veths and children gone."""
+    before = set(netdev.netns.listnetns())
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    out, err = open(tmp_path / "out", "wb"), open(tmp_path / "err", "wb")   # files: the agent's children
+    p = subprocess.Popen([sys.executable, "-m", "bench.cli", "--datapath", "real", "--pipeline", "ct",   # share them
+                          "--rates", "400", "--duration", "60", "--probes", "5", "--tcp-connects", "2",
+                          "--search-steps", "0", "--no-progress"], env=env, stdout=out, stderr=err)
+    children: set[int] = set()
+    new: set = set()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(long_step(a) for _, a in children_in(new)):
+            new = {n for n in set(netdev.netns.listnetns()) - before if n.startswith("sn-")}
+            time.sleep(0.2)
+        found = children_in(new)
+        assert any(long_step(a) for _, a in found), "the rate step did not start"
+        children = {pid for pid, _ in found}
+        p.send_signal(sig)
+        p.wait(timeout=60)
+    finally:
+        if p.poll() is None:                               # not stopped: Ctrl-C it (it cleans up), then kill
+            p.send_signal(signal.SIGINT)
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        out.close()
+        err.close()
+    text = (tmp_path / "err").read_text()
+    assert p.returncode == 130, text
+    assert "interrupted" in text
+    assert not new & set(netdev.netns.listnetns())
+    from bench.ovspeer import _alive
+
+    assert children and not any(_alive(pid) for pid in children)
+
+
+def long_step(args: list[str]) -> bool:
+    """The sender of the 60 s step at 400/s (not the warm-up's, at 500/s)."""
+    return args[:1] == ["send"] and json.loads(args[1])["count"] == 24_000
+
+
+def children_in(namespaces) -> list[tuple[int, list[str]]]:
+    """(pid, arguments after ``-m bench.wireproc``) of the processes that run in one of ``namespaces``."""
+    inodes = set()
+    for ns in namespaces:
+        try:
+            inodes.add(os.stat(f"/var/run/netns/{ns}").st_ino)
+        except OSError:
+            pass
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            ino = os.stat(f"/proc/{pid}/ns/net").st_ino
+        except OSError:
+            continue
+        if ino in inodes and b"bench.wireproc" in argv:
+            out.append((int(pid), [a.decode() for a in argv[argv.index(b"bench.wireproc") + 1:] if a]))
+    return out
