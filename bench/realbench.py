@@ -450,8 +450,10 @@ def compare(res: dict, cpu_rate: int = 20000) -> dict:
     for name, h in heads.items():
         if name == "shardnet":
             continue
+        # a penalty under 10 µs is no setup at all (a megaflow hit): no ratio to it
         ratios[name] = {k: (round(sn[k] / h[k], 2) if isinstance(sn.get(k), int | float)
-                            and isinstance(h.get(k), int | float) and h[k] > 0 and sn[k] >= 0 else None)
+                            and isinstance(h.get(k), int | float) and h[k] >= (10 if "penalty" in k else 1e-9)
+                            and sn[k] >= 0 else None)
                         for k in ("sustained_per_s", "cpu_us_per_setup", "cpu_us_per_setup_net", "setup_penalty_us_p50",
                                   "tcp_connect_p50_us", "cached_p50_us")}
     return {"cpu_rate": cpu_rate, "headline": heads, "ratios_shardnet_over": ratios}
