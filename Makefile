@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 APT_PKGS := zookeeper iproute2 iputils-ping ethtool netcat-openbsd tcpdump
 
-.PHONY: venv sysdeps demo test test-fast fuzz lint bench clean
+.PHONY: venv sysdeps demo test test-fast fuzz lint bench bench-peer clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -42,6 +42,20 @@ lint: venv
 
 bench: venv
 	$(BIN)/pytest bench --benchmark-enable --benchmark-only -p no:cacheprovider
+
+# Wire to wire, shardnet vs Open vSwitch (bench/RESULTS.md): installs the Debian package openvswitch-switch if
+# missing (it starts nothing by itself; the bench runs a private instance under a temp dir and stops it), then
+# runs each pipeline of BENCH_PEER_PIPELINES through both (JSON and PNG in .benchmarks/).  Root; minutes; not part
+# of `make test`.
+BENCH_PEER_PIPELINES ?= l2 ct
+BENCH_PEER_ARGS ?=
+bench-peer: venv sysdeps
+	@dpkg -s openvswitch-switch >/dev/null 2>&1 || { echo "installing Debian package: openvswitch-switch"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openvswitch-switch >/dev/null; }
+	@for p in $(BENCH_PEER_PIPELINES); do \
+	  mkdir -p .benchmarks && $(BIN)/shardnet bench --datapath real --pipeline $$p --peer ovs --json .benchmarks/peer-$$p.json \
+	    --plot .benchmarks/peer-$$p.png $(BENCH_PEER_ARGS) || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .benchmarks

@@ -2,6 +2,8 @@
 
     shardnet bench --scenario {l2,l3,full} --workers N|1,2,4 --flows F [--repeat-ratio R] [--json OUT]
                    [--plot OUT.png] [--pcap FILE [--pcap-port PORT]] [--store URI]
+    shardnet bench --datapath real --pipeline {l2,ct,l3,full} [--rates 5000,10000,20000,40000] [--duration S]
+                   [--peer ovs] [--json OUT] [--plot OUT.png]          (bench.realbench: wire to wire, root)
 
 ``add_bench_parser(subparsers)`` adds the subcommand to the shardnet parser: it is registered in the
 ``shardnet.commands`` entry-point group (pyproject.toml), which engine/cli.py loads (engine never imports bench);
@@ -50,6 +52,26 @@ def _positive(text: str) -> int:
     return n
 
 
+def _rates(text: str) -> list[int]:
+    try:
+        rs = [int(float(x)) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a list of rates like 5000,10000, got {text!r}") from None
+    if not rs or any(r < 1 or r > 2_000_000 for r in rs):
+        raise argparse.ArgumentTypeError(f"rates must be between 1 and 2000000 frames/s: {text!r}")
+    return sorted(set(rs))
+
+
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.05 <= v <= 600:
+        raise argparse.ArgumentTypeError("must be between 0.05 and 600 seconds")
+    return v
+
+
 def _cpu_list(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
@@ -85,10 +107,33 @@ def configure(b: argparse.ArgumentParser) -> None:
     b.add_argument("--datapath-cpu", type=int, default=None, help="pin the datapath process to a cpu")
     b.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
+    r = b.add_argument_group("wire to wire (--datapath real: namespaces, veths, a real agent; needs root)")
+    r.add_argument("--datapath", choices=("memory", "real"), default="memory",
+                   help="memory: the in-memory pipeline (default); real: UDP 5-tuples through veths")
+    r.add_argument("--pipeline", choices=("l2", "ct", "l3", "full"), default="l2",
+                   help="real: one bridge, the bridge with a stateful filter, a router, router + SNAT (l2)")
+    r.add_argument("--rates", type=_rates, default=[5000, 10000, 20000, 40000], metavar="R,R,...",
+                   help="real: offered rates of new 5-tuples per second (5000,10000,20000,40000)")
+    r.add_argument("--duration", type=_seconds, default=2.0, metavar="S", help="real: seconds per rate (2)")
+    r.add_argument("--peer", choices=("ovs",), default=None,
+                   help="real: the same traffic through Open vSwitch's userspace datapath, side by side")
+    r.add_argument("--ovs-variants", default=None, metavar="V,V",
+                   help="real: OVS pipelines to run (default per pipeline, e.g. normal,normal-nomf for l2)")
+    r.add_argument("--ovs-rcvbuf", type=_positive, default=None, metavar="BYTES",
+                   help="real: net.core.rmem_default while OVS opens its ports (put back at once), so that its "
+                        "AF_PACKET sockets get the buffer shardnet's datapath asks (8388608); default: as is")
+    r.add_argument("--probes", type=_positive, default=200, help="real: latency probe pairs (200)")
+    r.add_argument("--spacing-ms", type=float, default=5.0, help="real: spacing of the probes, ms (5)")
+    r.add_argument("--tcp-connects", type=_positive, default=200, help="real: TCP connects timed (200)")
+    r.add_argument("--search-steps", type=int, default=3, help="real: bisection steps for the lossless rate (3)")
+    r.add_argument("--drain", type=float, default=1.0, metavar="S",
+                   help="real: seconds waited after each rate for the last frames (1)")
     b.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args) -> int:
+    if getattr(args, "datapath", "memory") == "real":
+        return cmd_real(args)
     from bench.harness import BenchConfig, BenchError, build_feeds, measure_floors, run_bench
     from bench.pcap import PcapError
     from bench.scenarios import ScenarioError
@@ -134,6 +179,71 @@ def cmd_bench(args) -> int:
         plot_results(results, args.plot)
     for r in results:
         print(summary(r))
+    return 0
+
+
+def cmd_real(args) -> int:
+    import os
+    import signal
+
+    from bench.ovspeer import VARIANTS, OvsError, OvsMissing
+    from bench.realbench import RealBenchError, RealConfig, expected_stages, progress_bar, public, run_real, table
+    from bench.wirerig import RigError
+    from engine.datapath.netdev import NetdevError
+
+    variants = None
+    if args.ovs_variants:
+        variants = [v.strip() for v in args.ovs_variants.split(",") if v.strip()]
+        bad = [v for v in variants if v not in VARIANTS[args.pipeline]]
+        if bad:
+            print(f"shardnet bench: OVS variants of {args.pipeline}: {', '.join(VARIANTS[args.pipeline])} "
+                  f"(not {', '.join(bad)})", file=sys.stderr)
+            return 2
+    if args.spacing_ms <= 0 or args.spacing_ms > 1000 or args.search_steps < 0 or not 0 <= args.drain <= 60:
+        print("shardnet bench: --spacing-ms in (0, 1000], --search-steps >= 0, --drain in [0, 60]", file=sys.stderr)
+        return 2
+    cfg = RealConfig(pipeline=args.pipeline, rates=args.rates, duration=args.duration, peer=args.peer,
+                     ovs_variants=variants, workers=args.workers[0], probes=args.probes,
+                     spacing_s=args.spacing_ms / 1000.0, tcp_connects=args.tcp_connects,
+                     search_steps=args.search_steps, drain_s=args.drain, ovs_rcvbuf=args.ovs_rcvbuf)
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+    bar = progress_bar(expected_stages(cfg), f"{cfg.pipeline}") if show else None
+
+    owner = os.getpid()
+
+    def terminate(*_):
+        if os.getpid() != owner:         # a forked helper (pyroute2's netns proxy) inherited this handler:
+            os._exit(143)                # it must die as SIGTERM would make it, not unwind our stack
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, terminate)        # cleaned up like Ctrl-C: the finally blocks run
+    try:
+        res = run_real(cfg, bar)
+    except OvsMissing as e:
+        print(f"shardnet bench: {e}", file=sys.stderr)
+        return 3
+    except (RealBenchError, RigError, NetdevError, OvsError, OSError, ValueError, RuntimeError) as e:
+        print(f"\nshardnet bench: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nshardnet bench: interrupted (namespaces, veths and processes removed)", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        if bar is not None:
+            sys.stderr.write("\n")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(public(res), f, indent=1)
+            f.write("\n")
+    if args.plot:
+        try:
+            from bench.realplot import plot_real
+        except ImportError as e:
+            print(f"shardnet bench: no plot ({e}); install matplotlib", file=sys.stderr)
+        else:
+            plot_real(res, args.plot)
+    print(table(res))
     return 0
 
 

@@ -62,7 +62,8 @@ def _echo_server(rt: RuntimeDir, cpu: int | None, total: int, use_codec: bool, c
         ctx.term()
 
 
-def _client(rt: RuntimeDir, cpu: int | None, n: int, warmup: int, use_codec: bool, conn) -> None:
+def _client(rt: RuntimeDir, cpu: int | None, n: int, warmup: int, use_codec: bool, conn,
+            spacing_s: float = 0.0) -> None:
     pinned = _pin(cpu)
     ctx = zmq.Context(1)
     sock = make_socket(ctx, zmq.DEALER, FLOOR_HWM)
@@ -79,6 +80,8 @@ def _client(rt: RuntimeDir, cpu: int | None, n: int, warmup: int, use_codec: boo
                 decode(data)
             if i >= warmup:
                 samples[i - warmup] = clock() - t0
+            if spacing_s > 0:
+                time.sleep(spacing_s)
         conn.send((pinned, samples.tobytes()))
     except zmq.Again:
         conn.send((pinned, None))
@@ -88,12 +91,13 @@ def _client(rt: RuntimeDir, cpu: int | None, n: int, warmup: int, use_codec: boo
 
 
 def measure_zmq_rtt(n: int = 2000, cpus: tuple[int, int] | None = (0, 1), warmup: int = 200,
-                    use_codec: bool = False, timeout_s: float = 60.0) -> dict:
+                    use_codec: bool = False, timeout_s: float = 60.0, spacing_s: float = 0.0) -> dict:
     """Round-trip time of ``n`` request/replies between two pinned processes over ipc.
 
     Returns ``{"n", "p50_us", "p90_us", "p99_us", "p999_us", "max_us", "min_us", "mean_us", "cpus",
     "pinned", "transport", "codec"}``.  ``use_codec`` sends Ping/Pong through backchannel.codec instead of
-    8 raw bytes.  Raises RuntimeError if a side fails or times out."""
+    8 raw bytes.  ``spacing_s`` sleeps that long between probes (the floor at the spacing of a traffic probe:
+    idle cpus wake up slower than busy ones).  Raises RuntimeError if a side fails or times out."""
     if n < 1:
         raise ValueError("n must be >= 1")
     server_cpu, client_cpu = cpus if cpus is not None else (None, None)
@@ -103,14 +107,15 @@ def measure_zmq_rtt(n: int = 2000, cpus: tuple[int, int] | None = (0, 1), warmup
         c_recv, c_send = mpc.Pipe(duplex=False)
         server = mpc.Process(target=_echo_server, args=(rt, server_cpu, warmup + n, use_codec, s_send),
                              daemon=True)
-        client = mpc.Process(target=_client, args=(rt, client_cpu, n, warmup, use_codec, c_send), daemon=True)
+        client = mpc.Process(target=_client, args=(rt, client_cpu, n, warmup, use_codec, c_send, spacing_s),
+                             daemon=True)
         try:
             server.start()
             if not s_recv.poll(timeout_s):
                 raise RuntimeError("zmq rtt floor: echo server did not start")
             server_pinned = s_recv.recv()
             client.start()
-            if not c_recv.poll(timeout_s):
+            if not c_recv.poll(timeout_s + (n + warmup) * spacing_s):
                 raise RuntimeError("zmq rtt floor: client did not finish")
             client_pinned, raw = c_recv.recv()
         finally:
@@ -130,6 +135,7 @@ def measure_zmq_rtt(n: int = 2000, cpus: tuple[int, int] | None = (0, 1), warmup
         "p999_us": float(p999), "max_us": float(us.max()), "min_us": float(us.min()),
         "mean_us": float(us.mean()), "cpus": list(cpus) if cpus is not None else None,
         "pinned": [bool(server_pinned), bool(client_pinned)], "transport": "ipc", "codec": use_codec,
+        "spacing_s": spacing_s,
     }
 
 
