@@ -122,7 +122,7 @@ class Link:
 
 class Wire:
     def __init__(self, n_workers: int = 2, host: str = "host-a", port_workers: dict | None = None,
-                 topo: str = TOPO):
+                 topo: str = TOPO, megaflows: bool = True):
         self.store = open_store(f"memory://inproc-{next(_names)}")
         write_topology(self.store, loads_topology(topo))
         self.mirror = StoreMirror(self.store, lambda kind, name: None)
@@ -133,7 +133,7 @@ class Wire:
         self.dp = DatapathProcess(DatapathConfig(runtime_dir="", n_workers=n_workers, port_workers=port_workers),
                                   self.to_workers, self.to_sup)
         self.workers = [Worker(WorkerConfig(index=i, n_workers=n_workers, runtime_dir="", host=host,
-                                            pinned_ports=bool(port_workers)))
+                                            pinned_ports=bool(port_workers), megaflows=megaflows))
                         for i in range(n_workers)]
         self.decoders = [Decoder(w.c) for w in self.workers]       # what each worker's loop counts its rejects in
         self.seen: list[list] = [[] for _ in range(n_workers)]    # every message each worker received

@@ -43,6 +43,7 @@ from workers import tags
 from workers.arp import ArpBroker
 from workers.flowtable import FlowTable
 from workers.logs import set_level
+from workers.megaflow import flow_match
 from workers.parking import ParkingLot
 from workers.plan import DROP_ACTIONS, output_actions
 from workers.simulation import generate
@@ -102,6 +103,7 @@ class WorkerConfig:
     max_macs_per_bridge: int = DEFAULT_MAX_MACS_PER_BRIDGE
     max_macs_per_port: int = DEFAULT_MAX_MACS_PER_PORT
     max_arps_per_router: int = DEFAULT_MAX_ARPS_PER_ROUTER
+    megaflows: bool = True                 # install flows matching what the decision read (False: exact match)
 
 
 class Worker:
@@ -174,12 +176,15 @@ class Worker:
             self.c["consumed"] += 1
             self._answer(up.seq, (), res.tags, now, install=False)
         elif res.result == FORWARD:
-            self._answer(up.seq, output_actions(pkt, outputs, self._tunnel_ip), res.tags, now)
+            self._answer(up.seq, output_actions(pkt, outputs, self._tunnel_ip), res.tags, now,
+                         match=flow_match(res) if self.cfg.megaflows else ())
         else:
             self._drop(res.drop_reason or "unknown")
-            self._answer(up.seq, DROP_ACTIONS, res.tags, now, temporary=res.expiry == EXPIRY_TEMPORARY)
+            self._answer(up.seq, DROP_ACTIONS, res.tags, now, temporary=res.expiry == EXPIRY_TEMPORARY,
+                         match=flow_match(res) if self.cfg.megaflows else ())
 
-    def _answer(self, seq: int, actions, tags, now: float, temporary: bool = False, install: bool = True) -> None:
+    def _answer(self, seq: int, actions, tags, now: float, temporary: bool = False, install: bool = True,
+                match: tuple = ()) -> None:
         """The one answer to upcall ``seq``: FlowPut (installed as flow ``seq``) or Execute."""
         if not install:
             self._dp(m.Execute(seq, actions))
@@ -193,7 +198,7 @@ class Worker:
             idle = hard = self.cfg.drop_flow_s
         else:
             idle, hard = self.cfg.flow_idle_s, self.cfg.flow_hard_s
-        self._dp(m.FlowPut(seq, (), actions, tags, idle, hard))
+        self._dp(m.FlowPut(seq, match, actions, tags, idle, hard))
         self.c["installs"] += 1
 
     def _drop(self, reason: str) -> None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
+from packet.flowkey import KEY_SLOTS, MASKABLE
+
 from backchannel.messages import (
     INT64_MAX,
     INT64_MIN,
@@ -110,6 +112,11 @@ def message_strategies(name=any_name, frame=any_frame, seq=i64, index=i64,
     action = st.one_of(set_action, st.tuples(st.just("output"), port), st.tuples(st.just("tunnel"), u32, u24),
                        st.just(("drop",)))
     actions = st.lists(action, max_size=6).map(tuple)
+    # a megaflow match: in_port whole, then any key slots, IPv4 address slots whole or on a bit mask
+    match_item = st.sampled_from(KEY_SLOTS[1:]).flatmap(
+        lambda f: st.tuples(st.just(f), st.just(-1) | st.integers(1, 0xFFFFFFFE) if f in MASKABLE else st.just(-1)))
+    match = st.just(()) | st.lists(match_item, max_size=8, unique_by=lambda p: p[0]).map(
+        lambda items: (("in_port", -1), *items))
     flow_ids = st.lists(seq, max_size=8).map(tuple)           # a flow's id is the seq of its upcall
     tags = st.lists(name, max_size=6).map(tuple)
     upcall = st.builds(Upcall, seq, port, frame)
@@ -123,7 +130,7 @@ def message_strategies(name=any_name, frame=any_frame, seq=i64, index=i64,
     return {
         Upcall: upcall,
         UpcallBatch: st.builds(UpcallBatch, st.lists(upcall, max_size=64).map(tuple)),
-        FlowPut: st.builds(FlowPut, seq, st.just(()), actions, tags, seconds, seconds),
+        FlowPut: st.builds(FlowPut, seq, match, actions, tags, seconds, seconds),
         Execute: st.builds(Execute, seq, actions),
         PacketOut: st.builds(PacketOut, actions, frame),
         FlowDelete: st.builds(FlowDelete, flow_ids),
@@ -207,7 +214,9 @@ BREAKERS = {
     (TunnelFrames, "vni"): lambda v, data: data.draw(st.sampled_from([-1, 2**24])),
     (TableEntryRemoved, "kind"): lambda v, data: data.draw(st.sampled_from(["", "MAC", "route"])),
     (FlowPut, "idle_s"): lambda v, data: data.draw(st.sampled_from([-1.0, float("nan"), float("inf"), 1e10])),
-    (FlowPut, "match"): lambda v, data: data.draw(st.sampled_from([(1,), ("in_port",), ((),)])),
+    (FlowPut, "match"): lambda v, data: data.draw(st.sampled_from([(1,), ("in_port",), ((),), (("in_port", 0),),
+                                                                    (("tp_dst", 0xFF),), (("ip_dst", 2**32),),
+                                                                    (("payload", -1),), (("ip_dst", -2),)])),
     (StatsReply, "counters"): lambda v, data: {**v, data.draw(st.sampled_from(["a", "b"])): data.draw(
         st.sampled_from([1.5, "x", None, (1,)]))},
     (Fragment, "records"): lambda v, data: (*v, _break_tuple(("bridge", "b", b"{}"), data)),

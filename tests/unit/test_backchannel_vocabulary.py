@@ -115,3 +115,11 @@ def test_shapes_refuse_what_is_not_one():
         shapes.one_of(shapes.Int(), shapes.Int(0, 1))         # two alternatives of one type cannot be told apart
     with pytest.raises(TypeError):
         shapes.tagged({"a": shapes.Int()})                    # what follows a tag is a Tup or a Tagged
+
+
+def test_the_match_fields_are_the_flow_key_slots_and_the_maskable_ones_take_bits():
+    from packet.flowkey import KEY_SLOTS, MASKABLE
+
+    assert _tags(m.MATCH_FIELD) == set(KEY_SLOTS)
+    partial = {t for tags, rest in m.MATCH_FIELD.cases if rest.items[0].hi > 0 for t in tags}
+    assert partial == MASKABLE
