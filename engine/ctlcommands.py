@@ -65,7 +65,7 @@ def key_dict(key, mask=None) -> dict:
             out[n] = field_text(n, v)
         elif m:
             plen = prefix_len(m)
-            out[n] = f"{field_text(n, v)}/{plen if plen is not None else hex(m)}"
+            out[n] = f"{field_text(n, v & m)}/{plen if plen is not None else hex(m)}"
     return out
 
 

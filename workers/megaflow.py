@@ -5,7 +5,8 @@ whole (``SimResult.fields_read``), the address fields it read only up to a prefi
 or a rule's prefix), the ingress port and the ethertype always.  Every packet the flow then matches would be
 simulated to the same actions — the invariant that makes wildcarding safe, checked by
 tests/fuzz/test_megaflow_property.py.  A result that generated packets (an ICMP error, an ARP request, a
-reset) is installed exact: what it generates depends on the whole packet.
+reset) is installed exact, even when what it generated went nowhere: what it generates, and what that changes
+on its way, depends on the whole packet (``SimResult.exact``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ _CACHE_MAX = 4096
 
 def flow_match(res) -> tuple:
     """The wire match (FlowPut.match) of a FORWARD or DROP result's flow; ``()`` for exact match."""
-    if res.generated or res.waiting:
+    if res.exact or res.generated or res.waiting:
         return ()
     ck = (res.fields_read, res.prefixes_read)
     hit = _CACHE.get(ck)

@@ -144,13 +144,7 @@ class FlowCache:
         except (ValueError, IndexError, TypeError):
             self.counters["datapath_bad_actions"] += 1
             return None
-        sub = self._by_mask.get(mask)
-        if sub is None:
-            if mask == EXACT_MASK:
-                mask = EXACT_MASK                  # the canonical object: lookup tells it by identity
-            sub = self._by_mask[mask] = Subtable(mask)
-            self.subtables.append(sub)
-            self.counters["datapath_subtables"] = len(self.subtables)
+        sub = self._subtable(mask)
         mkey = sub.project(key)
         # a newer install replaces the flow of the same origin key and the one in the same masked slot
         for old in (self.flows.get(key), sub.flows.get(mkey)):
@@ -164,6 +158,7 @@ class FlowCache:
             self._unlink(gone)
             self.removed.append((gone, "evicted"))
             self.counters["datapath_evicted"] += 1
+        sub = self._subtable(mask)                 # again: a subtable emptied just now is gone
         f = Flow(key, compiled, worker, idle_s, hard_s, now, now, tags, 0, flow_id, sub.mask, mkey)
         self.flows[key] = f
         sub.flows[mkey] = f
@@ -171,6 +166,16 @@ class FlowCache:
             self.by_id[flow_id] = key
         self.counters["datapath_installs"] += 1
         return f
+
+    def _subtable(self, mask: tuple) -> Subtable:
+        sub = self._by_mask.get(mask)
+        if sub is None:
+            if mask == EXACT_MASK:
+                mask = EXACT_MASK                  # the canonical object: lookup tells it by identity
+            sub = self._by_mask[mask] = Subtable(mask)
+            self.subtables.append(sub)
+            self.counters["datapath_subtables"] = len(self.subtables)
+        return sub
 
     def _unlink(self, f: Flow) -> None:
         """Take ``f`` out of every index (its EMC entries die with it: ``dead``)."""

@@ -187,6 +187,8 @@ class SimResult(NamedTuple):
     prefixes_read: tuple[tuple[str, int], ...] = ()   # address fields read only up to a prefix (field, length)
     interested_hosts: frozenset[str] = frozenset()
     waiting: tuple[Waiting, ...] = ()        # generated packets whose onward walk parked (see Waiting)
+    exact: bool = False                      # a flow for it must match the whole key: the walk generated packets
+                                             # (even ones dropped on their way), which depend on the whole packet
 
     @property
     def flow_state(self) -> tuple[FlowStateWrite, ...]:
