@@ -13,7 +13,7 @@ import time
 from backchannel import messages as m
 from packet.addr import int2ip, int2mac
 from packet.codec import build
-from packet.flowkey import FULL, SLOT_INDEX, normalized_flow_hash, prefix_len
+from packet.flowkey import FULL, SLOT_INDEX, match_dict, normalized_flow_hash
 from packet.packet import FLOW_KEY_FIELDS, PROTO_BY_NUMBER
 from packet.spec import SpecError, parse_match, parse_spec
 from workers import tags
@@ -54,19 +54,9 @@ def field_text(name: str, v):
 
 
 def key_dict(key, mask=None) -> dict:
-    """A flow key as the fields it matches (text forms; None and wildcarded fields left out, a field matched
-    on a prefix as ``ADDRESS/LEN``)."""
-    out = {}
-    for i, (n, v) in enumerate(zip(KEY_FIELDS, key, strict=False)):
-        if v is None:
-            continue
-        m = FULL if mask is None else mask[i]
-        if m == FULL:
-            out[n] = field_text(n, v)
-        elif m:
-            plen = prefix_len(m)
-            out[n] = f"{field_text(n, v & m)}/{plen if plen is not None else hex(m)}"
-    return out
+    """A flow key as the fields it matches (packet.flowkey.match_dict: text forms, None and wildcarded fields
+    left out, a field matched on a prefix as ``ADDRESS/LEN``)."""
+    return match_dict(key, mask)
 
 
 def _key_matches(key, want: dict, mask=None) -> bool:

@@ -21,11 +21,13 @@ import struct
 import zlib
 from operator import itemgetter
 
+from packet.addr import int2ip, int2mac
 from packet.packet import (
     ETH_TYPE_IPV4,
     FLOW_KEY_FIELDS,
     FRAG_NONE,
     ICMP_ERROR_TYPES,
+    PROTO_BY_NUMBER,
     PROTO_ICMP,
     PROTO_TCP,
     PROTO_UDP,
@@ -112,6 +114,39 @@ def prefix_len(mask: int) -> int | None:
         return 32
     n = 32 - (((~mask) & 0xFFFFFFFF).bit_length())
     return n if prefix_mask(n) == mask else None
+
+
+def match_dict(key: tuple, mask: tuple | None = None) -> dict:
+    """A flow's match as text, field by field (the wildcarded and the None fields left out): MACs and addresses
+    in their text forms, protocols by name, a field matched on a prefix as ``ADDRESS/LEN`` (``ip_dst=
+    203.0.113.0/24``; a mask that is no prefix as ``ADDRESS/0xMASK``)."""
+    out = {}
+    for i, (n, v) in enumerate(zip(KEY_SLOTS, key, strict=False)):
+        if v is None:
+            continue
+        m = FULL if mask is None else mask[i]
+        if m == FULL:
+            out[n] = field_text(n, v)
+        elif m:
+            plen = prefix_len(m)
+            out[n] = f"{field_text(n, v & m)}/{plen if plen is not None else hex(m)}"
+    return out
+
+
+_MAC_FIELDS = frozenset({"eth_src", "eth_dst"})
+
+
+def field_text(name: str, v):
+    """A key field's value in its text form (MAC, IPv4 address, protocol name); other values as they are."""
+    if v is None:
+        return None
+    if name in _MAC_FIELDS:
+        return int2mac(v)
+    if name in MASKABLE:
+        return int2ip(v)
+    if name in ("proto", "inner_proto"):
+        return PROTO_BY_NUMBER.get(v, v)
+    return v
 
 
 def flow_key(pkt: Packet, in_port: int | str) -> tuple:

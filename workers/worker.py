@@ -490,7 +490,7 @@ class Worker:
         if res.result == PARKED and type(res.needs) is NeedFragment and not self.topo.is_absent(
                 res.needs.kind, res.needs.name):
             self._sup(m.FragmentRequest(self.i, res.needs.kind, res.needs.name))
-        out = result_json(res)
+        out = result_json(res, pkt, port) if self.cfg.megaflows else result_json(res)
         out["worker"] = self.i
         return out
 
