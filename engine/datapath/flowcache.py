@@ -32,6 +32,8 @@ from packet.flowkey import EXACT_MASK, projector, slot_mask
 from packet.packet import Packet
 from packet.rewrite import rewrite
 
+COMPILED_CACHE = 4096                  # distinct action lists kept compiled (cleared when full)
+
 # A compiled action list: ((fields to set, "output"|"tunnel", target, tunnel key), ...)
 Compiled = tuple[tuple[dict, str, object, int | None], ...]
 
@@ -94,6 +96,7 @@ class FlowCache:
         self._by_mask: dict[tuple, Subtable] = {}
         self.emc: dict[tuple, Flow] = {}           # full key → flow (only flows of masked subtables)
         self.emc_max = emc_max
+        self._compiled: dict[tuple, Compiled] = {}   # actions → compiled (flows of a megaflow, a bridge: alike)
         self.emit = emit
         self.max_flows = max_flows
         self.counters = {"datapath_hits": 0, "datapath_misses": 0, "datapath_installs": 0,
@@ -139,11 +142,22 @@ class FlowCache:
         if mask is None:
             self.counters["datapath_bad_matches"] += 1
             return None
+        if type(actions) is not tuple:
+            actions = tuple(actions)
         try:
-            compiled = compile_actions(actions)
-        except (ValueError, IndexError, TypeError):
+            compiled = self._compiled.get(actions)
+        except TypeError:                          # an unhashable element: not a wire action list
             self.counters["datapath_bad_actions"] += 1
             return None
+        if compiled is None:
+            try:
+                compiled = compile_actions(actions)
+            except (ValueError, IndexError, TypeError):
+                self.counters["datapath_bad_actions"] += 1
+                return None
+            if len(self._compiled) >= COMPILED_CACHE:
+                self._compiled.clear()
+            self._compiled[actions] = compiled
         sub = self._subtable(mask)
         mkey = sub.project(key)
         # a newer install replaces the flow of the same origin key and the one in the same masked slot
