@@ -17,8 +17,6 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from packet.flowkey import KEY_SLOTS, MASKABLE
-
 from backchannel.messages import (
     INT64_MAX,
     INT64_MIN,
@@ -67,6 +65,7 @@ from backchannel.messages import (
     Upcall,
     UpcallBatch,
 )
+from packet.flowkey import KEY_SLOTS, MASKABLE
 from workers.logs import LEVELS
 
 

@@ -139,7 +139,8 @@ def routed_topologies(draw) -> dict:
 def routed_packets(draw, topo) -> Packet:
     """From a VM to the router (or the other VM), toward an address near the routes, any protocol."""
     near = draw(st.sampled_from(NEAR)) ^ draw(st.integers(0, 0xFFFFFFFF)) >> draw(st.integers(0, 32))
-    src = draw(st.sampled_from([0x0A000002, 0x0A000003, *NEAR])) ^ (draw(st.integers(0, 0xFFFF)) >> draw(st.integers(0, 16)))
+    src = draw(st.sampled_from([0x0A000002, 0x0A000003, *NEAR]))
+    src ^= draw(st.integers(0, 0xFFFF)) >> draw(st.integers(0, 16))
     proto = draw(st.sampled_from([6, 17, 1]))
     kw = dict(eth_src=draw(st.sampled_from([0x020000000001, 0x020000000002, 0x020000000009])),
               eth_dst=draw(st.sampled_from([0x020A00000001, 0x020A00000001, 0x020000000002])),

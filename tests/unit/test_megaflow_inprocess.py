@@ -167,3 +167,20 @@ def test_a_megaflow_never_carries_a_packet_the_filter_would_drop(wire):
     wire.inject("guarded.g1", udp(1, src_mac="02:00:00:00:00:11", dst_mac="02:00:00:00:00:12", ip_dst="10.8.0.1"))
     wire.inject("guarded.g1", udp(2, src_mac="02:00:00:00:00:11", dst_mac="02:00:00:00:00:12", ip_dst="10.9.0.1"))
     assert len(wire.outputs("guarded.g2")) == 1 and upcalls(wire) == 2      # 10.9/16 is outside 10.8/16's flow
+
+
+def test_megaflows_is_on_by_default_a_checked_boolean_and_reaches_the_workers(tmp_path):
+    from engine.config import AgentConfig, ConfigError
+    from engine.pool import worker_config
+
+    assert AgentConfig().megaflows is True
+    assert worker_config(AgentConfig(megaflows=False), 0, "").megaflows is False
+    for bad in ("yes", 1, None):
+        with pytest.raises(ConfigError, match="megaflows"):
+            AgentConfig(megaflows=bad)
+    toml = tmp_path / "agent.toml"
+    toml.write_text("megaflows = 1\n")
+    with pytest.raises(ConfigError, match="megaflows: expected true or false"):
+        AgentConfig.from_toml(str(toml))
+    toml.write_text("megaflows = false\n")
+    assert AgentConfig.from_toml(str(toml)).megaflows is False
