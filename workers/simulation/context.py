@@ -37,7 +37,7 @@ class Consumed(Exception):  # noqa: N818
 
 class Ctx:
     __slots__ = ("topo", "state", "now", "local_host", "path", "tags", "effects", "fields", "prefixes", "generated",
-                 "hops", "ingress_port", "ingress_packet", "ct", "_flow_hash")
+                 "hops", "ingress_port", "ingress_packet", "ct", "_flow_hash", "_five")
 
     def __init__(self, topo, state: AgentState, now: float, local_host: str | None,
                  ingress_port: str, ingress_packet: Packet):
@@ -56,6 +56,7 @@ class Ctx:
         self.hops = 0
         self.ct: str | None = None          # conntrack state once read (conntrack.ct_state)
         self._flow_hash: int | None = None
+        self._five = False                  # FIVE_TUPLE_FIELDS recorded already
 
     # -- topology reads: a missing object parks the packet -------------------------------------------------
     def need(self, kind: str, name: str):
@@ -99,7 +100,9 @@ class Ctx:
 
     def read_five(self) -> None:
         """The decision depends on the whole 5-tuple (flow state, the flow hash)."""
-        self.fields.update(FIVE_TUPLE_FIELDS)
+        if not self._five:
+            self._five = True
+            self.fields.update(FIVE_TUPLE_FIELDS)
 
     def emit(self, port_id: str, pkt: Packet) -> None:
         self.generated.append(Generated(port_id, pkt))
