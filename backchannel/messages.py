@@ -108,6 +108,17 @@ SET_FIELDS = tagged({
 # ("tunnel", host ip, tunnel key), ("drop",).
 ACTION = tagged({"set": SET_FIELDS, "output": tup(str), "tunnel": tup(U32, U24), "drop": tup()})
 Actions = Annotated[tuple, TupOf(ACTION)]
+# A flow's match (packet.flowkey: the wire form of a mask): (field, mask) pairs naming the key slots the flow
+# matches on, the rest wildcarded; mask -1 = the whole field, or a bit mask for an IPv4 address field (a
+# prefix, prefix tracking).  () = exactly the upcall's key.  Which pairs make a match (in_port present, no field
+# twice, no zero mask) the datapath checks at install (packet.flowkey.slot_mask), counting bad_matches.
+MATCH_FIELD = tagged({
+    ("in_port", "eth_src", "eth_dst", "eth_type", "vlan", "arp_op", "proto", "ttl", "tos", "frag", "tp_src",
+     "tp_dst", "icmp_type", "icmp_code", "icmp_id", "inner_proto", "inner_tp_src", "inner_tp_dst",
+     "inner_icmp_id"): tup(Int(-1, -1)),
+    ("arp_spa", "arp_tpa", "ip_src", "ip_dst", "inner_ip_src", "inner_ip_dst"): tup(Int(-1, 0xFFFFFFFF)),
+})
+Match = Annotated[tuple, TupOf(MATCH_FIELD, 64)]
 # A topology record of a Fragment: (kind, name, record JSON bytes, or None when the object does not exist).
 FRAGMENT_RECORD = tup(str, str, one_of(None, bytes))
 TABLE_KINDS = enum("mac", "arp")                  # the replicated tables (TableEntryRemoved.kind)
@@ -254,14 +265,15 @@ class FlowPut(NamedTuple):
     """Worker → datapath: install a flow for upcall ``seq`` and execute its packet (and those held back for
     the same flow) with ``actions``.
 
-    ``match`` is () for "exactly the upcall's key" (the datapath holds it; a mask would come with megaflows).
+    ``match`` is the mask (MATCH_FIELD pairs) applied to the upcall's key, which the datapath holds: the flow
+    matches every packet whose key agrees with it on those fields (a megaflow); () = exactly the upcall's key.
     ``actions`` are tuples (ACTION): ("set", field, value), ("output", port), ("tunnel", host_ip, tunnel_key),
     ("drop",).  ``tags`` name every device/entry the decision read (workers.tags).  ``idle_s``/``hard_s``
     are timeouts in seconds (0 = none).  The flow's id is ``seq``."""
 
     TAG = 10
     seq: int
-    match: tuple[()]
+    match: Match
     actions: Actions
     tags: tuple[str, ...]
     idle_s: Seconds
@@ -711,13 +723,15 @@ class DatapathRestarted(NamedTuple):
 @message
 class Reinstall(NamedTuple):
     """Worker → datapath: install flow ``flow_id`` again, as the worker installed it (after a datapath restart:
-    the workers' flow tables are the source of truth).  ``key`` the datapath's flow key (FLOW_KEY); a key
-    installed already (a newer flow) is left alone."""
+    the workers' flow tables are the source of truth).  ``key`` the datapath's flow key (FLOW_KEY) of the upcall
+    that made it, ``match`` its mask as in FlowPut (() = exactly ``key``); a key installed already (a newer
+    flow) is left alone."""
 
     TAG = 86
     flow_id: int
     worker: int
     key: Annotated[tuple, FLOW_KEY]
+    match: Match
     actions: Actions
     tags: tuple[str, ...]
     idle_s: Seconds

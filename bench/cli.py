@@ -1,7 +1,7 @@
 """``shardnet bench`` (CONTRACTS §4): the command line of the bench harness.
 
     shardnet bench --scenario {l2,l3,full} --workers N|1,2,4 --flows F [--repeat-ratio R] [--json OUT]
-                   [--plot OUT.png] [--pcap FILE [--pcap-port PORT]] [--store URI]
+                   [--plot OUT.png] [--pcap FILE [--pcap-port PORT]] [--store URI] [--megaflows on|off]
     shardnet bench --datapath real --pipeline {l2,ct,l3,full} [--rates 5000,10000,20000,40000] [--duration S]
                    [--peer ovs] [--json OUT] [--plot OUT.png]          (bench.realbench: wire to wire, root)
 
@@ -105,6 +105,9 @@ def configure(b: argparse.ArgumentParser) -> None:
     b.add_argument("--probe", type=int, default=300, help="flows of the unloaded latency probe (300)")
     b.add_argument("--cpus", type=_cpu_list, default=None, help="cpus to pin workers to (default: all)")
     b.add_argument("--datapath-cpu", type=int, default=None, help="pin the datapath process to a cpu")
+    b.add_argument("--megaflows", choices=("on", "off"), default="off",
+                   help="the agent's megaflows (default off: every new 5-tuple is a setup; on: new 5-tuples a "
+                        "megaflow matches are datapath hits, and upcalls and packets/s are reported apart)")
     b.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
     r = b.add_argument_group("wire to wire (--datapath real: namespaces, veths, a real agent; needs root)")
@@ -150,7 +153,8 @@ def cmd_bench(args) -> int:
             cfg = BenchConfig(scenario=args.scenario, workers=n, flows=args.flows, repeat_ratio=args.repeat_ratio,
                               batch=args.batch, window=args.window, warmup=max(0, args.warmup),
                               probe=max(0, args.probe), store=args.store, pcap=args.pcap, pcap_port=args.pcap_port,
-                              cpus=args.cpus, datapath_cpu=args.datapath_cpu, progress=progress)
+                              cpus=args.cpus, datapath_cpu=args.datapath_cpu, progress=progress,
+                              megaflows=args.megaflows == "on")
             if feeds is None:
                 feeds = build_feeds(cfg)
                 if args.pcap_port and load_topology(str(feeds[0].topology)).port(args.pcap_port) is None:
@@ -256,7 +260,9 @@ def summary(r: dict) -> str:
     return (f"{r['scenario']} workers={r['workers']} flows={r['flows']}: {r['setups_per_s']:,.0f} setups/s, "
             f"setup p50 {lat['p50']:.0f} µs p99 {lat['p99']:.0f} µs (unloaded p50 {u['p50']:.0f} µs); "
             f"floor rtt p50 {f['zmq_rtt_us_p50']:.0f} µs + simulation p50 {f['simulation_us_p50']:.0f} µs; "
-            f"parked {r['parked']} dropped {r['dropped']} offbox {r['offbox_read_ratio']:.4f}")
+            f"parked {r['parked']} dropped {r['dropped']} offbox {r['offbox_read_ratio']:.4f}; "
+            f"megaflows {'on' if r['megaflows'] else 'off'}: {r['upcalls']} upcalls for {r['frames']} frames, "
+            f"{r['packets_per_s']:,.0f} packets/s")
 
 
 def main(argv: list[str] | None = None) -> int:

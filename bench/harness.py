@@ -63,6 +63,9 @@ class BenchConfig:
     poll_s: float = 0.0005            # pause between progress queries that found less than a batch
     stall_s: float = 3.0              # no answer for this long: the outstanding flows are counted lost
     progress: bool = False
+    megaflows: bool = False           # the agent's megaflows: off, every new 5-tuple is a setup (an upcall);
+                                      # on, new 5-tuples a megaflow matches are datapath hits: progress is read
+                                      # from the datapath's frame counters and setups/s counts real upcalls
 
 
 class Run:
@@ -94,8 +97,46 @@ class Run:
             except zmq.Again:
                 raise BenchError("the datapath does not take frames (inbox full for 5 s)") from None
 
+    def frames_done(self) -> int:
+        """Frames the datapath has looked up so far (hits + misses)."""
+        dp = self.agent.stats()["datapath"]
+        return dp.get("datapath_hits", 0) + dp.get("datapath_misses", 0)
+
+    def feed_counted(self, feed: Feed, window: int) -> tuple[list[int], float]:
+        """Send the feed with at most ``window`` frames not yet looked up by the datapath (megaflows on: a new
+        5-tuple may be a hit, so answers cannot pace it); returns (latency samples of the upcalls, seconds)."""
+        samples: list[int] = []
+        batch, n = self.cfg.batch, len(feed)
+        base = self.frames_done()
+        sent = done = 0
+        t0 = last_move = time.monotonic()
+        while done < n:
+            while sent < n and sent - done < window:
+                hi = min(n, sent + batch)
+                self._send(feed, sent, hi)
+                sent = hi
+            time.sleep(self.cfg.poll_s * 4)
+            now_done = self.frames_done() - base
+            samples.extend(self.latencies())
+            now = time.monotonic()
+            if now_done > done:
+                done, last_move = now_done, now
+            elif now - last_move > self.cfg.stall_s:
+                self.lost += sent - done                  # never looked up: dropped before the datapath
+                break
+            if self.progress is not None:
+                self.progress(done, n, now - t0)
+        seconds = last_move - t0
+        deadline = time.monotonic() + 0.2                 # the last answers
+        while time.monotonic() < deadline:
+            samples.extend(self.latencies())
+            time.sleep(0.01)
+        return samples, seconds
+
     def feed(self, feed: Feed, window: int, label: str = "") -> tuple[list[int], float]:
         """Send the feed with at most ``window`` new flows unanswered; returns (latency samples, seconds)."""
+        if self.cfg.megaflows:
+            return self.feed_counted(feed, window)
         samples: list[int] = []
         batch, n = self.cfg.batch, len(feed)
         sent = new_sent = answered = 0
@@ -166,12 +207,12 @@ def run_bench(cfg: BenchConfig, floors: dict | None = None, feeds=None) -> dict:
         floors = measure_floors(cfg, topo, warm, main)
     progress = _bar(cfg) if cfg.progress else None
     with Agent(workers=cfg.workers, topology=str(sc.topology), host=scenarios.HOST, store=cfg.store,
-               cpus=cfg.cpus, datapath_cpu=cfg.datapath_cpu, keep_outputs=False) as agent:
+               cpus=cfg.cpus, datapath_cpu=cfg.datapath_cpu, keep_outputs=False, megaflows=cfg.megaflows) as agent:
         run = Run(agent, cfg, progress)
         try:
             run.feed(warm, cfg.window)
             run.latencies()
-            unloaded = run.paced(probe, 0.001) if len(probe) else []
+            unloaded = run.paced(probe, 0.001) if len(probe) and not cfg.megaflows else []
             before = run.stats()
             pids = [before["datapath"]["datapath_pid"], *(w["worker_pid"] for w in before["workers"])]
             cpu0 = [probes.cpu_seconds(p) for p in (*pids, agent_pid())]
@@ -234,6 +275,10 @@ def _result(cfg, sc, main, floors, samples, unloaded, seconds, before, after, cp
                    "p50_target_us": round(1.5 * floor_sum, 1),
                    "unloaded_p50_over_floor": round(probes.percentiles_us(unloaded)["p50"] / floor_sum, 2)
                    if floor_sum else None},
+        "megaflows": cfg.megaflows,
+        "upcalls": int(dp.get("dispatcher_upcalls", 0)),
+        "packets_per_s": round(len(main) / seconds, 1) if seconds > 0 else 0.0,
+        "datapath_hits": {k: int(dp.get(f"datapath_{k}", 0)) for k in ("hits", "megaflow_hits", "emc_hits", "misses")},
         "drops": drops, "frames": len(main), "repeat_frames": len(main) - main.n_new, "installed": installed,
         "seconds": round(seconds, 3), "window": cfg.window, "batch": cfg.batch, "warmup_flows": cfg.warmup,
         "warmup": f"{cfg.warmup} flows sent and answered before measuring (topology fragments, NAT leases)",

@@ -129,7 +129,7 @@ def cmd_trace(args) -> int:
             print(f"shardnet trace: unknown port: {port!r}", file=sys.stderr)
             return 2
     for port, pkt in zip(args.port, packets, strict=True):
-        print(dumps(result_json(session.run(port, pkt))), flush=True)
+        print(dumps(result_json(session.run(port, pkt), pkt, port)), flush=True)
     return 0
 
 

@@ -40,6 +40,7 @@ class AgentConfig:
     max_macs_per_bridge: int = 4096        # learned MACs per bridge (beyond: not learned, flooded to)
     max_macs_per_port: int = 1024          # learned MACs per bridge port
     max_arps_per_router: int = 4096        # ARP entries per router
+    megaflows: bool = True                 # flows match only the fields their decision read (false: exact match)
     learn_rate: float = 20.0               # store writes of learned entries per second, per port (MAC) / router (ARP)
     learn_burst: float = 100.0             # ... and their burst
     arp_retry_s: float = 1.0
@@ -81,7 +82,7 @@ class AgentConfig:
                 setattr(self, name, value)
             if value is not None and (not isinstance(value, str) or not value):
                 raise ConfigError(f"{name}: expected a non-empty string, got {value!r}")
-        for name in ("keep_outputs", "restart_workers"):
+        for name in ("keep_outputs", "restart_workers", "megaflows"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: expected true or false, got {getattr(self, name)!r}")
         if self.datapath not in ("memory", "real"):

@@ -13,7 +13,7 @@ import time
 from backchannel import messages as m
 from packet.addr import int2ip, int2mac
 from packet.codec import build
-from packet.flowkey import normalized_flow_hash
+from packet.flowkey import FULL, SLOT_INDEX, match_dict, normalized_flow_hash
 from packet.packet import FLOW_KEY_FIELDS, PROTO_BY_NUMBER
 from packet.spec import SpecError, parse_match, parse_spec
 from workers import tags
@@ -53,20 +53,30 @@ def field_text(name: str, v):
     return v
 
 
-def key_dict(key) -> dict:
-    """A flow key as the fields it holds (text forms, None fields left out)."""
-    return {n: field_text(n, v) for n, v in zip(KEY_FIELDS, key, strict=False) if v is not None}
+def key_dict(key, mask=None) -> dict:
+    """A flow key as the fields it matches (packet.flowkey.match_dict: text forms, None and wildcarded fields
+    left out, a field matched on a prefix as ``ADDRESS/LEN``)."""
+    return match_dict(key, mask)
 
 
-def _key_matches(key, want: dict) -> bool:
-    return all(key[KEY_FIELDS.index(k)] == v for k, v in want.items() if k in KEY_FIELDS)
+def _key_matches(key, want: dict, mask=None) -> bool:
+    """Whether a flow (its masked key and slot mask) matches packets with the ``want`` fields: a field it
+    wildcards does not count as matched."""
+    for k, v in want.items():
+        i = SLOT_INDEX.get(k)
+        if i is None:
+            continue
+        m = FULL if mask is None else mask[i]
+        if not m or (key[i] != v if m == FULL else (v is None or key[i] != v & m)):
+            return False
+    return True
 
 
 def _flows(agent, worker: int | None, want: dict) -> list[dict]:
     out, offset, w = [], 0, -1 if worker is None else worker
     while True:
         page = agent.command([DP], lambda req, at=offset: m.DumpFlowTable(req, w, at, PAGE))[DP]
-        out.extend(f for f in page["flows"] if _key_matches(f["key"], want))
+        out.extend(f for f in page["flows"] if _key_matches(f["key"], want, f.get("mask")))
         offset += PAGE
         if offset >= page["total"]:
             return out
@@ -75,7 +85,7 @@ def _flows(agent, worker: int | None, want: dict) -> list[dict]:
 def dump_flows(agent, state, worker: int | None = None, match: str | None = None) -> list[dict]:
     flows = _flows(agent, worker, _match(match))
     for f in flows:
-        f["match"] = key_dict(f.pop("key"))
+        f["match"] = key_dict(f.pop("key"), f.pop("mask", None))
     return flows
 
 

@@ -70,6 +70,7 @@ from engine.datapath.stateauth import Refused, StateAuth
 from engine.dispatcher import Dispatcher
 from engine.logs import Every
 from packet.codec import ParseError, parse
+from packet.flowkey import masked_key
 from topology.model import TUNNEL_KEY_FLOW_STATE
 from workers.logs import set_level
 
@@ -327,8 +328,8 @@ class DatapathProcess:
         if rec is None:
             return
         flow = self.dp.cache.install(rec.key, msg.actions, rec.worker, msg.idle_s, msg.hard_s, now, msg.tags,
-                                     msg.seq)
-        if flow is None:                               # bad actions (counted): nothing to execute with
+                                     msg.seq, msg.match)
+        if flow is None:                               # bad actions or match (counted): nothing to execute with
             return
         execute, compiled = self.dp.cache.execute, flow.compiled
         execute(compiled, rec.frame, rec.packet)
@@ -429,7 +430,8 @@ class DatapathProcess:
         flows = [f for f in self.dp.cache.flows.values() if msg.worker < 0 or f.worker == msg.worker]
         page = flows[max(0, msg.offset):max(0, msg.offset) + max(0, min(msg.limit, MAX_FLOW_PAGE))]
         self._reply(msg.req_id, {"total": len(flows), "flows": [{
-            "id": f.id, "key": list(f.key), "worker": f.worker, "actions": _actions_of(f.compiled),
+            "id": f.id, "key": list(masked_key(f.key, f.mask)), "mask": list(f.mask), "worker": f.worker,
+            "actions": _actions_of(f.compiled),
             "tags": list(f.tags), "hits": f.hits, "age_s": round(now - f.installed_at, 3),
             "idle_left_s": round(f.idle_s - (now - f.last_used), 3) if f.idle_s else None} for f in page]})
 
@@ -476,7 +478,7 @@ class DatapathProcess:
             send_msg(self.to_workers[msg.worker], m.FlowRemoved((msg.flow_id,), "replaced"))
             return
         if self.dp.cache.install(msg.key, msg.actions, msg.worker, msg.idle_s, msg.hard_s, now, msg.tags,
-                                 msg.flow_id) is not None:
+                                 msg.flow_id, msg.match) is not None:
             self.counters["datapath_reinstalled"] = self.counters.get("datapath_reinstalled", 0) + 1
         if self.dp.cache.removed:
             self._removed(self.dp.cache.take_removed())

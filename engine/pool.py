@@ -102,6 +102,7 @@ def worker_config(cfg: AgentConfig, index: int, runtime_dir: str) -> WorkerConfi
         max_macs_per_bridge=cfg.max_macs_per_bridge,
         max_macs_per_port=cfg.max_macs_per_port,
         max_arps_per_router=cfg.max_arps_per_router,
+        megaflows=cfg.megaflows,
         arp_retry_s=cfg.arp_retry_s,
         arp_timeout_s=cfg.arp_timeout_s,
         batch=cfg.batch,

@@ -1,10 +1,18 @@
 """Flow keys: the exact-match key of the datapath's flow cache and the direction-normalised hash the
 dispatcher uses to pick a worker.
 
-Owns nothing but two pure functions.  flow_key() is in_port + FLOW_KEY_FIELDS (packet.py) as a hashable tuple.
+Owns nothing but pure functions.  flow_key() is in_port + FLOW_KEY_FIELDS (packet.py) as a hashable tuple.
 normalized_flow_hash() gives both directions of a connection the same value, and gives an ICMP error the value
 of the flow whose packet it carries.  It is computed with zlib.crc32 over packed ints, so it is the same in
 every process (Python's hash() of str/bytes is salted per process).
+
+Masks (megaflows).  A *match* is the wire form of a mask (backchannel FlowPut.match): a tuple of
+(field, mask) pairs naming the key slots a flow matches on — ``mask`` is ``FULL`` (-1: the whole field) or,
+for an IPv4 address field, a bit mask (``ip_dst`` /24 is 0xFFFFFF00); a slot not named is wildcarded.  ``()``
+means "every slot, whole" (exact match).  ``slot_mask()`` turns a match into a *slot mask* (one entry per key
+slot: 0 wildcarded, FULL whole, else the bits), ``projector()`` compiles a slot mask into the function that maps
+a full key to its masked key (the subtable's hash key: wildcarded slots left out, partial ones ANDed, a None
+field kept None), and ``match_text()`` writes a masked key readably (``ip_dst=203.0.113.0/24``).
 """
 
 from __future__ import annotations
@@ -13,11 +21,13 @@ import struct
 import zlib
 from operator import itemgetter
 
+from packet.addr import int2ip, int2mac
 from packet.packet import (
     ETH_TYPE_IPV4,
     FLOW_KEY_FIELDS,
     FRAG_NONE,
     ICMP_ERROR_TYPES,
+    PROTO_BY_NUMBER,
     PROTO_ICMP,
     PROTO_TCP,
     PROTO_UDP,
@@ -27,6 +37,116 @@ from packet.packet import (
 _key_fields = itemgetter(*(Packet._fields.index(f) for f in FLOW_KEY_FIELDS))
 _FIVE = struct.Struct("!BIHIH")
 _MACS = struct.Struct("!HQQ")
+
+
+KEY_SLOTS = ("in_port", *FLOW_KEY_FIELDS)          # the slots of a flow key, in order
+SLOT_INDEX = {name: i for i, name in enumerate(KEY_SLOTS)}
+FULL = -1                                            # a slot matched whole
+# the key slots that may carry a partial (bit) mask: the IPv4 addresses (prefix tracking)
+MASKABLE = frozenset({"arp_spa", "arp_tpa", "ip_src", "ip_dst", "inner_ip_src", "inner_ip_dst"})
+EXACT_MASK = (FULL,) * len(KEY_SLOTS)
+
+
+def prefix_mask(length: int) -> int:
+    """The 32-bit mask of an IPv4 prefix of ``length`` bits (FULL for /32)."""
+    if length >= 32:
+        return FULL
+    return (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF if length > 0 else 0
+
+
+def slot_mask(match) -> tuple | None:
+    """The slot mask of a wire ``match`` (see the module comment); None when the match is not one: an unknown
+    or repeated field, a partial mask on a field that takes none or outside 32 bits, a zero mask, or no
+    ``in_port`` (a flow always matches its ingress port whole)."""
+    if not match:
+        return EXACT_MASK
+    out = [0] * len(KEY_SLOTS)
+    for item in match:
+        if type(item) is not tuple or len(item) != 2:
+            return None
+        field, mask = item
+        i = SLOT_INDEX.get(field)
+        if i is None or out[i] or type(mask) is not int:
+            return None
+        if mask != FULL:
+            if field not in MASKABLE or not 0 < mask < 0xFFFFFFFF:
+                return None
+        out[i] = mask
+    if out[0] != FULL:
+        return None
+    return tuple(out)
+
+
+def match_of(mask: tuple) -> tuple:
+    """The wire match of a slot mask (``()`` for the exact mask)."""
+    if mask == EXACT_MASK:
+        return ()
+    return tuple((KEY_SLOTS[i], m) for i, m in enumerate(mask) if m)
+
+
+def projector(mask: tuple):
+    """The function ``key -> masked key`` of a slot mask: a tuple of the matched slots (partial ones ANDed, None
+    kept), compiled once per subtable so a lookup is one call and one dict probe.  The exact mask projects a key
+    to itself."""
+    if mask == EXACT_MASK:
+        return _identity
+    parts = []
+    for i, m in enumerate(mask):
+        if m == FULL:
+            parts.append(f"k[{i}]")
+        elif m:
+            parts.append(f"(None if k[{i}] is None else k[{i}] & {m})")
+    return eval(f"lambda k: ({', '.join(parts)},)", {"__builtins__": {}})  # noqa: S307 - our own ints only
+
+
+def _identity(k):
+    return k
+
+
+def masked_key(key: tuple, mask: tuple) -> tuple:
+    """``key`` with the wildcarded slots None and the partial ones ANDed (for display and tests)."""
+    return tuple(v if m == FULL else (None if v is None or not m else v & m) for v, m in zip(key, mask, strict=True))
+
+
+def prefix_len(mask: int) -> int | None:
+    """The length of a prefix mask (32 for FULL); None for a mask that is not a prefix."""
+    if mask == FULL:
+        return 32
+    n = 32 - (((~mask) & 0xFFFFFFFF).bit_length())
+    return n if prefix_mask(n) == mask else None
+
+
+def match_dict(key: tuple, mask: tuple | None = None) -> dict:
+    """A flow's match as text, field by field (the wildcarded and the None fields left out): MACs and addresses
+    in their text forms, protocols by name, a field matched on a prefix as ``ADDRESS/LEN`` (``ip_dst=
+    203.0.113.0/24``; a mask that is no prefix as ``ADDRESS/0xMASK``)."""
+    out = {}
+    for i, (n, v) in enumerate(zip(KEY_SLOTS, key, strict=False)):
+        if v is None:
+            continue
+        m = FULL if mask is None else mask[i]
+        if m == FULL:
+            out[n] = field_text(n, v)
+        elif m:
+            plen = prefix_len(m)
+            out[n] = f"{field_text(n, v & m)}/{plen if plen is not None else hex(m)}"
+    return out
+
+
+_MAC_FIELDS = frozenset({"eth_src", "eth_dst"})
+
+
+def field_text(name: str, v):
+    """A key field's value in its text form (MAC, IPv4 address, protocol name); other values as they are."""
+    if v is None:
+        return None
+    if name in _MAC_FIELDS:
+        return int2mac(v)
+    if name in MASKABLE:
+        return int2ip(v)
+    if name in ("proto", "inner_proto"):
+        return PROTO_BY_NUMBER.get(v, v)
+    return v
 
 
 def flow_key(pkt: Packet, in_port: int | str) -> tuple:

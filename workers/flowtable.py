@@ -30,16 +30,22 @@ class FlowTable:
         if key in self.flows:
             self._drop(key)
         evicted = []
-        while len(self.flows) >= self.max_flows:
-            old, _ = next(iter(self.flows.items()))
-            self._drop(old)
-            evicted.append(old)
-        self.counters["flows_evicted"] += len(evicted)
+        if len(self.flows) >= self.max_flows:
+            while len(self.flows) >= self.max_flows:
+                old, _ = next(iter(self.flows.items()))
+                self._drop(old)
+                evicted.append(old)
+            self.counters["flows_evicted"] += len(evicted)
         self.flows[key] = (tags, now)
         if spec is not None:
             self.specs[key] = spec
+        by_tag = self.by_tag
         for t in tags:
-            self.by_tag.setdefault(t, set()).add(key)
+            keys = by_tag.get(t)
+            if keys is None:
+                by_tag[t] = {key}
+            else:
+                keys.add(key)
         self.counters["flows_installed"] += 1
         return evicted
 
@@ -59,8 +65,13 @@ class FlowTable:
     def invalidate(self, tags) -> list[tuple]:
         """Remove every flow tagged with any of ``tags``; returns their keys."""
         keys: set[tuple] = set()
+        by_tag = self.by_tag
         for t in tags:
-            keys |= self.by_tag.get(t, set())
+            hit = by_tag.get(t)
+            if hit:
+                keys |= hit
+        if not keys:
+            return []
         for k in keys:
             self._drop(k)
         self.counters["flows_invalidated"] += len(keys)

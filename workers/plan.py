@@ -7,6 +7,8 @@ port's tunnel key.  A drop is ``(("drop",),)``.  Nothing here touches a socket.
 
 from __future__ import annotations
 
+from operator import itemgetter
+
 from packet.packet import Packet
 from workers.simulation.result import Output
 
@@ -15,19 +17,20 @@ from workers.simulation.result import Output
 REWRITABLE = ("eth_src", "eth_dst", "vlan", "ip_src", "ip_dst", "ttl", "tos", "tp_src", "tp_dst", "icmp_id",
               "inner_ip_src", "inner_ip_dst", "inner_tp_src", "inner_tp_dst", "inner_icmp_id")
 DROP_ACTIONS = (("drop",),)
+_rewritable = itemgetter(*(Packet._fields.index(f) for f in REWRITABLE))
 
 
 def output_actions(ingress: Packet, outputs: tuple[Output, ...], tunnel_ip_of) -> tuple:
     """``tunnel_ip_of(host) -> int`` gives the tunnel endpoint of another host."""
     actions = []
-    cur = ingress
+    cur = _rewritable(ingress)
     for o in outputs:
-        pkt = o.packet
-        for f in REWRITABLE:
-            v = getattr(pkt, f)
-            if v != getattr(cur, f):
-                actions.append(("set", f, v))
-        cur = pkt
+        new = _rewritable(o.packet)
+        if new != cur:                                  # else: nothing rewritten (a bridge): no field loop
+            for f, v, old in zip(REWRITABLE, new, cur, strict=True):
+                if v != old:
+                    actions.append(("set", f, v))
+        cur = new
         if o.tunnel_key is None:
             actions.append(("output", o.port))
         else:

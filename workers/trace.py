@@ -16,11 +16,15 @@ from __future__ import annotations
 import json
 
 from packet.addr import int2ip
+from packet.flowkey import flow_key, match_dict, slot_mask
 from packet.spec import SpecError, packet_to_dict, parse_spec
 from topology.nat_leases import MemoryNatAllocator
 from workers import tags
+from workers.megaflow import flow_match
 from workers.simulation.result import (
     CONNTRACK,
+    DROP,
+    FORWARD,
     PARKED,
     ArpTableWrite,
     FlowStateWrite,
@@ -126,7 +130,8 @@ class TraceSession:
         if self.topology.port(port) is None:
             return {"error": f"unknown port: {port!r}"}
         try:
-            return result_json(self.run(port, spec))
+            pkt = parse_spec(spec)
+            return result_json(self.run(port, pkt), pkt, port)
         except SpecError as e:
             return {"error": str(e)}
 
@@ -146,8 +151,10 @@ def binding_str(value) -> str:
     return f"{int2ip(value[0])}:{value[1]}"
 
 
-def result_json(res: SimResult) -> dict:
-    """The JSON object of CONTRACTS §3 for one simulated packet."""
+def result_json(res: SimResult, pkt=None, port: str | None = None) -> dict:
+    """The JSON object of CONTRACTS §3 for one simulated packet.  Given the packet and its ingress port, a
+    result a flow is installed for (forward, drop) also shows the flow's match as the agent installs it with
+    megaflows on (``"megaflow"``: the fields it matches, ``ip_dst: "203.0.113.0/24"`` for a prefix)."""
     out = {
         "result": res.result,
         "path": list(res.path),
@@ -165,6 +172,8 @@ def result_json(res: SimResult) -> dict:
                           for w in res.waiting]
     if res.interested_hosts:
         out["interested_hosts"] = sorted(res.interested_hosts)
+    if pkt is not None and port is not None and res.result in (FORWARD, DROP):
+        out["megaflow"] = match_dict(flow_key(pkt, port), slot_mask(flow_match(res)))
     return out
 
 

@@ -43,6 +43,7 @@ from workers import tags
 from workers.arp import ArpBroker
 from workers.flowtable import FlowTable
 from workers.logs import set_level
+from workers.megaflow import flow_match
 from workers.parking import ParkingLot
 from workers.plan import DROP_ACTIONS, output_actions
 from workers.simulation import generate
@@ -104,6 +105,7 @@ class WorkerConfig:
     max_macs_per_port: int = DEFAULT_MAX_MACS_PER_PORT
     max_arps_per_router: int = DEFAULT_MAX_ARPS_PER_ROUTER
     restarted: bool = False                # started in place of a dead one: recovers its state first (Recover)
+    megaflows: bool = True                 # install flows matching what the decision read (False: exact match)
 
 
 class Worker:
@@ -193,16 +195,19 @@ class Worker:
             self.c["consumed"] += 1
             self._answer(up.seq, (), res.tags, now, install=False)
         elif res.result == FORWARD:
-            self._answer(up.seq, output_actions(pkt, outputs, self._tunnel_ip), res.tags, now, key=key)
+            self._answer(up.seq, output_actions(pkt, outputs, self._tunnel_ip), res.tags, now, key=key,
+                         match=flow_match(res) if self.cfg.megaflows else ())
         else:
             self._drop(res.drop_reason or "unknown")
-            self._answer(up.seq, DROP_ACTIONS, res.tags, now, temporary=res.expiry == EXPIRY_TEMPORARY, key=key)
+            self._answer(up.seq, DROP_ACTIONS, res.tags, now, temporary=res.expiry == EXPIRY_TEMPORARY, key=key,
+                         match=flow_match(res) if self.cfg.megaflows else ())
 
     def _answer(self, seq: int, actions, tags, now: float, temporary: bool = False, install: bool = True,
-                key: tuple | None = None) -> None:
-        """The one answer to upcall ``seq``: FlowPut (installed as flow ``seq``) or Execute.  ``key`` (the
-        datapath's flow key) is kept with the flow, to re-install it in a restarted datapath.  An upcall of an
-        earlier datapath incarnation is not answered: that datapath is gone, and so is its packet."""
+                key: tuple | None = None, match: tuple = ()) -> None:
+        """The one answer to upcall ``seq``: FlowPut (installed as flow ``seq``, matching ``match``) or Execute.
+        ``key`` (the datapath's flow key) and ``match`` are kept with the flow, to re-install it in a restarted
+        datapath.  An upcall of an earlier datapath incarnation is not answered: that datapath is gone, and so
+        is its packet."""
         if seq >> m.EPOCH_SHIFT < self.dp_epoch:
             self.c["upcalls_of_dead_datapath"] += 1
             return
@@ -215,10 +220,10 @@ class Worker:
             idle = hard = self.cfg.drop_flow_s
         else:
             idle, hard = self.cfg.flow_idle_s, self.cfg.flow_hard_s
-        evicted = self.flows.add(seq, tags, now, None if key is None else (key, actions, idle, hard))
+        evicted = self.flows.add(seq, tags, now, None if key is None else (key, actions, idle, hard, match))
         if evicted:
             self._dp(m.FlowDelete(tuple(evicted)))
-        self._dp(m.FlowPut(seq, (), actions, tags, idle, hard))
+        self._dp(m.FlowPut(seq, match, actions, tags, idle, hard))
         self.c["installs"] += 1
 
     def _drop(self, reason: str) -> None:
@@ -528,8 +533,8 @@ class Worker:
         self.dp_epoch = max(self.dp_epoch, epoch)
         self.c["datapath_restarts_seen"] += 1
         specs, tags_of = self.flows.specs, self.flows.flows
-        for fid, (key, actions, idle, hard) in specs.items():
-            self._dp(m.Reinstall(fid, self.i, key, actions, tags_of[fid][0], idle, hard))
+        for fid, (key, actions, idle, hard, match) in specs.items():
+            self._dp(m.Reinstall(fid, self.i, key, match, actions, tags_of[fid][0], idle, hard))
         self.c["flows_reinstalled"] += len(specs)
 
     def recall_state(self, requester: int) -> None:
@@ -582,7 +587,7 @@ class Worker:
         if res.result == PARKED and type(res.needs) is NeedFragment and not self.topo.is_absent(
                 res.needs.kind, res.needs.name):
             self._sup(m.FragmentRequest(self.i, res.needs.kind, res.needs.name))
-        out = result_json(res)
+        out = result_json(res, pkt, port) if self.cfg.megaflows else result_json(res)
         out["worker"] = self.i
         return out
 

@@ -1,7 +1,15 @@
-"""The datapath's exact-match flow cache: the analogue of the kernel datapath's flow table.
+"""The datapath's flow cache (megaflows): the analogue of the kernel/userspace datapath's flow table (OVS dpcls).
 
-Owns: the installed flows (key → compiled actions), their ids, hit counters and timestamps, and the counters
-of hits, misses and executions.  It makes no decisions: a miss is reported to the caller (who emits an upcall);
+Owns: the installed flows (masked key → compiled actions), their ids, hit counters and timestamps, and the
+counters of hits, misses and executions.  Lookup is OVS-style: an exact-match cache (EMC, full key → flow) in
+front, then one hash table per distinct mask (a *subtable*: masked key → flow, with its projection function
+compiled once, packet.flowkey.projector), tried in order of hits (re-sorted at each ``expire``).  The first
+subtable that matches wins: correctness rests on the invariant that every flow's actions are what the
+simulation decides for every packet it matches, so overlapping flows agree.  An EMC entry is never trusted
+blindly: a flow that leaves is marked dead and its EMC entries miss (and are dropped) the next time they are
+probed; the EMC is bounded (cleared when full).  A flow is also known by its *origin key* (the full key of the
+upcall that made it; ``flows`` is keyed by it): a newer install from the same key or into the same masked slot
+replaces the older flow.  It makes no decisions: a miss is reported to the caller (who emits an upcall);
 flows are installed and deleted only on a worker's word, or expired here by idle/hard timeouts.  A flow is
 named by its id (the seq of the upcall that made it): workers delete by id.  Flows that leave the cache
 without a worker's word (expired, evicted, replaced by a newer install of the same key) are reported to the
@@ -20,8 +28,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from packet.flowkey import EXACT_MASK, projector, slot_mask
 from packet.packet import Packet
 from packet.rewrite import rewrite
+
+COMPILED_CACHE = 4096                  # distinct action lists kept compiled (cleared when full)
 
 # A compiled action list: ((fields to set, "output"|"tunnel", target, tunnel key), ...)
 Compiled = tuple[tuple[dict, str, object, int | None], ...]
@@ -45,7 +56,7 @@ def compile_actions(actions) -> Compiled:
 
 @dataclass(slots=True)
 class Flow:
-    key: tuple
+    key: tuple                 # the origin key (the upcall's full key)
     compiled: Compiled
     worker: int
     idle_s: float
@@ -55,56 +66,145 @@ class Flow:
     tags: tuple = ()
     hits: int = 0
     id: int = 0
+    mask: tuple = EXACT_MASK   # the slot mask (packet.flowkey): which key slots it matches, and how much
+    mkey: tuple = ()           # the masked key: its key in its subtable
+    dead: bool = False         # left the cache (an EMC entry that still points here misses)
+
+
+class Subtable:
+    """The flows of one mask: masked key → Flow, and ``project`` (full key → masked key)."""
+
+    __slots__ = ("mask", "project", "flows", "hits")
+
+    def __init__(self, mask: tuple):
+        self.mask = mask
+        self.project = projector(mask)
+        self.flows: dict[tuple, Flow] = {}
+        self.hits = 0
 
 
 class FlowCache:
-    """Exact-match flows with a size bound.  ``emit(kind, target, key, frame)`` is the caller's output
-    function (kind "output": target = port name; "tunnel": target = host ip, key = tunnel key)."""
+    """Masked flows with a size bound.  ``emit(kind, target, key, frame)`` is the caller's output function
+    (kind "output": target = port name; "tunnel": target = host ip, key = tunnel key)."""
 
-    def __init__(self, emit: Callable[[str, object, int | None, bytes], None], max_flows: int = 200_000):
-        self.flows: dict[tuple, Flow] = {}
-        self.by_id: dict[int, tuple] = {}          # flow id → key
+    def __init__(self, emit: Callable[[str, object, int | None, bytes], None], max_flows: int = 200_000,
+                 emc_max: int = 8192):
+        self.flows: dict[tuple, Flow] = {}         # origin key → flow
+        self.by_id: dict[int, tuple] = {}          # flow id → origin key
         self.removed: list[tuple[Flow, str]] = []  # left without a worker's word: (flow, "evicted"|"replaced")
+        self.subtables: list[Subtable] = []        # in lookup order (most hit first)
+        self._by_mask: dict[tuple, Subtable] = {}
+        self.emc: dict[tuple, Flow] = {}           # full key → flow (only flows of masked subtables)
+        self.emc_max = emc_max
+        self._compiled: dict[tuple, Compiled] = {}   # actions → compiled (flows of a megaflow, a bridge: alike)
         self.emit = emit
         self.max_flows = max_flows
         self.counters = {"datapath_hits": 0, "datapath_misses": 0, "datapath_installs": 0,
                          "datapath_deletes": 0, "datapath_expired": 0, "datapath_evicted": 0,
-                         "datapath_executes": 0, "datapath_bad_actions": 0, "datapath_bad_rewrites": 0}
+                         "datapath_executes": 0, "datapath_bad_actions": 0, "datapath_bad_rewrites": 0,
+                         "datapath_emc_hits": 0, "datapath_megaflow_hits": 0, "datapath_bad_matches": 0,
+                         "datapath_subtables": 0}
 
     def lookup(self, key: tuple, now: float) -> Flow | None:
-        f = self.flows.get(key)
-        if f is None:
-            self.counters["datapath_misses"] += 1
-            return None
-        self.counters["datapath_hits"] += 1
-        f.hits += 1
-        f.last_used = now
-        return f
+        emc = self.emc
+        f = emc.get(key)
+        if f is not None:
+            if not f.dead:
+                c = self.counters
+                c["datapath_hits"] += 1
+                c["datapath_emc_hits"] += 1
+                f.hits += 1
+                f.last_used = now
+                return f
+            del emc[key]
+        for sub in self.subtables:
+            f = sub.flows.get(sub.project(key))
+            if f is not None:
+                sub.hits += 1
+                c = self.counters
+                c["datapath_hits"] += 1
+                if sub.mask is not EXACT_MASK:
+                    c["datapath_megaflow_hits"] += 1
+                    if len(emc) >= self.emc_max:
+                        emc.clear()
+                    emc[key] = f
+                f.hits += 1
+                f.last_used = now
+                return f
+        self.counters["datapath_misses"] += 1
+        return None
 
     def install(self, key: tuple, actions, worker: int, idle_s: float, hard_s: float, now: float,
-                tags: tuple = (), flow_id: int = 0) -> Flow | None:
+                tags: tuple = (), flow_id: int = 0, match=()) -> Flow | None:
+        """Install the flow of the upcall whose full key is ``key``, matching ``match`` (a wire match,
+        packet.flowkey: () = exactly ``key``)."""
+        mask = slot_mask(match)
+        if mask is None:
+            self.counters["datapath_bad_matches"] += 1
+            return None
+        if type(actions) is not tuple:
+            actions = tuple(actions)
         try:
-            compiled = compile_actions(actions)
-        except (ValueError, IndexError, TypeError):
+            compiled = self._compiled.get(actions)
+        except TypeError:                          # an unhashable element: not a wire action list
             self.counters["datapath_bad_actions"] += 1
             return None
-        old = self.flows.pop(key, None)
-        if old is not None:
-            self.by_id.pop(old.id, None)
-            if old.id != flow_id:
-                self.removed.append((old, "replaced"))
-        elif len(self.flows) >= self.max_flows:
+        if compiled is None:
+            try:
+                compiled = compile_actions(actions)
+            except (ValueError, IndexError, TypeError):
+                self.counters["datapath_bad_actions"] += 1
+                return None
+            if len(self._compiled) >= COMPILED_CACHE:
+                self._compiled.clear()
+            self._compiled[actions] = compiled
+        sub = self._subtable(mask)
+        mkey = sub.project(key)
+        # a newer install replaces the flow of the same origin key and the one in the same masked slot
+        for old in (self.flows.get(key), sub.flows.get(mkey)):
+            if old is not None and not old.dead:
+                self._unlink(old)
+                if old.id != flow_id:
+                    self.removed.append((old, "replaced"))
+        if len(self.flows) >= self.max_flows:
             # evict the oldest flow (dicts keep insertion order)
-            gone = self.flows.pop(next(iter(self.flows)))
-            self.by_id.pop(gone.id, None)
+            gone = self.flows[next(iter(self.flows))]
+            self._unlink(gone)
             self.removed.append((gone, "evicted"))
             self.counters["datapath_evicted"] += 1
-        f = Flow(key, compiled, worker, idle_s, hard_s, now, now, tags, 0, flow_id)
+        sub = self._subtable(mask)                 # again: a subtable emptied just now is gone
+        f = Flow(key, compiled, worker, idle_s, hard_s, now, now, tags, 0, flow_id, sub.mask, mkey)
         self.flows[key] = f
+        sub.flows[mkey] = f
         if flow_id:
             self.by_id[flow_id] = key
         self.counters["datapath_installs"] += 1
         return f
+
+    def _subtable(self, mask: tuple) -> Subtable:
+        sub = self._by_mask.get(mask)
+        if sub is None:
+            if mask == EXACT_MASK:
+                mask = EXACT_MASK                  # the canonical object: lookup tells it by identity
+            sub = self._by_mask[mask] = Subtable(mask)
+            self.subtables.append(sub)
+            self.counters["datapath_subtables"] = len(self.subtables)
+        return sub
+
+    def _unlink(self, f: Flow) -> None:
+        """Take ``f`` out of every index (its EMC entries die with it: ``dead``)."""
+        f.dead = True
+        if self.flows.get(f.key) is f:
+            del self.flows[f.key]
+        if f.id and self.by_id.get(f.id) == f.key:
+            del self.by_id[f.id]
+        sub = self._by_mask.get(f.mask)
+        if sub is not None and sub.flows.get(f.mkey) is f:
+            del sub.flows[f.mkey]
+            if not sub.flows:
+                del self._by_mask[f.mask]
+                self.subtables.remove(sub)
+                self.counters["datapath_subtables"] = len(self.subtables)
 
     def take_removed(self) -> list[tuple[Flow, str]]:
         """The flows evicted or replaced since the last call (their workers must forget them)."""
@@ -125,11 +225,12 @@ class FlowCache:
             self.emit(kind, target, tkey, out)
 
     def delete(self, keys) -> int:
+        """Delete flows by origin key."""
         n = 0
         for k in keys:
-            f = self.flows.pop(k, None)
+            f = self.flows.get(k)
             if f is not None:
-                self.by_id.pop(f.id, None)
+                self._unlink(f)
                 n += 1
         self.counters["datapath_deletes"] += n
         return n
@@ -140,12 +241,17 @@ class FlowCache:
         return self.delete([k for k in map(by_id.get, ids) if k is not None])
 
     def expire(self, now: float) -> list[Flow]:
+        """Remove the flows past their idle or hard timeout (returned), and re-sort the subtables by their hits
+        since the last call (the most hit first), as OVS's dpcls does periodically."""
         gone = [f for f in self.flows.values()
                 if (f.idle_s and now - f.last_used > f.idle_s) or (f.hard_s and now - f.installed_at > f.hard_s)]
         for f in gone:
-            del self.flows[f.key]
-            self.by_id.pop(f.id, None)
+            self._unlink(f)
         self.counters["datapath_expired"] += len(gone)
+        if len(self.subtables) > 1:
+            self.subtables.sort(key=lambda s: -s.hits)
+        for s in self.subtables:
+            s.hits = 0
         return gone
 
     def purge_worker(self, worker: int) -> int:

@@ -71,6 +71,7 @@ from backchannel.messages import (
     Upcall,
     UpcallBatch,
 )
+from packet.flowkey import KEY_SLOTS, MASKABLE
 from workers.logs import LEVELS
 
 
@@ -116,6 +117,11 @@ def message_strategies(name=any_name, frame=any_frame, seq=i64, index=i64,
     action = st.one_of(set_action, st.tuples(st.just("output"), port), st.tuples(st.just("tunnel"), u32, u24),
                        st.just(("drop",)))
     actions = st.lists(action, max_size=6).map(tuple)
+    # a megaflow match: in_port whole, then any key slots, IPv4 address slots whole or on a bit mask
+    match_item = st.sampled_from(KEY_SLOTS[1:]).flatmap(
+        lambda f: st.tuples(st.just(f), st.just(-1) | st.integers(1, 0xFFFFFFFE) if f in MASKABLE else st.just(-1)))
+    match = st.just(()) | st.lists(match_item, max_size=8, unique_by=lambda p: p[0]).map(
+        lambda items: (("in_port", -1), *items))
     flow_ids = st.lists(seq, max_size=8).map(tuple)           # a flow's id is the seq of its upcall
     tags = st.lists(name, max_size=6).map(tuple)
     flow_key = st.tuples(port, st.lists(st.none() | i64, min_size=FLOW_KEY_LEN, max_size=FLOW_KEY_LEN)).map(
@@ -131,7 +137,7 @@ def message_strategies(name=any_name, frame=any_frame, seq=i64, index=i64,
     return {
         Upcall: upcall,
         UpcallBatch: st.builds(UpcallBatch, st.lists(upcall, max_size=64).map(tuple)),
-        FlowPut: st.builds(FlowPut, seq, st.just(()), actions, tags, seconds, seconds),
+        FlowPut: st.builds(FlowPut, seq, match, actions, tags, seconds, seconds),
         Execute: st.builds(Execute, seq, actions),
         PacketOut: st.builds(PacketOut, actions, frame),
         FlowDelete: st.builds(FlowDelete, flow_ids),
@@ -178,7 +184,7 @@ def message_strategies(name=any_name, frame=any_frame, seq=i64, index=i64,
         # never a real level: a hostile one must not change the level of the process running the tests
         SetLogLevel: st.builds(SetLogLevel, index, name.filter(lambda t: t.upper() not in (*LEVELS, "WARN"))),
         DatapathRestarted: st.builds(DatapathRestarted, ranged(0, 2**22)),
-        Reinstall: st.builds(Reinstall, seq, index, flow_key, actions, tags, seconds, seconds),
+        Reinstall: st.builds(Reinstall, seq, index, flow_key, match, actions, tags, seconds, seconds),
         StateRecall: st.builds(StateRecall, index),
         Recover: st.builds(Recover, st.lists(index, max_size=4).map(tuple)),
         RecallDone: st.builds(RecallDone, index),
@@ -220,7 +226,11 @@ BREAKERS = {
     (TunnelFrames, "vni"): lambda v, data: data.draw(st.sampled_from([-1, 2**24])),
     (TableEntryRemoved, "kind"): lambda v, data: data.draw(st.sampled_from(["", "MAC", "route"])),
     (FlowPut, "idle_s"): lambda v, data: data.draw(st.sampled_from([-1.0, float("nan"), float("inf"), 1e10])),
-    (FlowPut, "match"): lambda v, data: data.draw(st.sampled_from([(1,), ("in_port",), ((),)])),
+    (FlowPut, "match"): lambda v, data: data.draw(st.sampled_from([(1,), ("in_port",), ((),), (("in_port", 0),),
+                                                                    (("tp_dst", 0xFF),), (("ip_dst", 2**32),),
+                                                                    (("payload", -1),), (("ip_dst", -2),)])),
+    (Reinstall, "match"): lambda v, data: data.draw(st.sampled_from([(1,), ("in_port",), ((),), (("in_port", 0),),
+                                                                      (("ip_dst", 2**32),), (("payload", -1),)])),
     (Reinstall, "key"): lambda v, data: data.draw(st.sampled_from([
         v[:-1], (*v, 0), (1, *v[1:]), (v[0], "x", *v[2:]), (v[0], 1.5, *v[2:]), (v[0], 2**63, *v[2:])])),
     (DatapathRestarted, "epoch"): lambda v, data: data.draw(st.sampled_from([-1, 2**22 + 1])),

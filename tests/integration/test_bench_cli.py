@@ -95,6 +95,18 @@ def _l2_frames() -> tuple[list[bytes], int]:
     return frames, 300
 
 
+def test_with_megaflows_on_new_5_tuples_between_known_vms_are_hits_and_reported_apart(tmp_path):
+    r, proc = run_bench(tmp_path, "--scenario", "l2", "--workers", "2", "--flows", "2000", *SMALL,
+                        "--megaflows", "on")
+    assert r["megaflows"] is True and r["frames"] == 2000
+    # the warm-up installed the megaflows between the scenario's VMs: the measured new 5-tuples hit them
+    assert r["upcalls"] < r["frames"] // 10 and r["datapath_hits"]["megaflow_hits"] + r["datapath_hits"][
+        "emc_hits"] >= r["frames"] - r["upcalls"]
+    assert r["packets_per_s"] > 0 and r["dropped"] == 0 and "megaflows on" in proc.stdout
+    off, _ = run_bench(tmp_path, "--scenario", "l2", "--workers", "2", "--flows", "500", *SMALL)
+    assert off["megaflows"] is False and off["upcalls"] == off["installed"] == 500
+
+
 def test_pcap_replay_goes_through_the_same_pipeline(tmp_path):
     frames, distinct = _l2_frames()
     pcap = tmp_path / "capture.pcap"

@@ -6,6 +6,8 @@ from scapy.layers.inet import ICMP, IP, TCP, IPerror
 from scapy.layers.l2 import ARP
 
 from tests.scenario.conftest import Tracer, scapy_of
+from topology.loader import loads_topology
+from workers.trace import TraceSession
 
 TOPO = """
 version: 1
@@ -191,7 +193,10 @@ def test_result_reports_tags_and_fields_read():
     t = Tracer(TOPO)
     t("tenant.vm1", TO_R1 + ",ip_dst=203.0.113.10,proto=tcp,tp_dst=80")
     assert {"bridge:tenant", "router:r1", "port:tenant.vm1", "port:r1.uplink"} <= t.last.tags
-    assert {"eth_dst", "ip_dst", "ttl"} <= t.last.fields_read
+    assert {"eth_dst", "ttl"} <= t.last.fields_read
+    # routed through a gateway: only the prefix of ip_dst that told the routes and the router's own addresses
+    # apart was read (prefix tracking), not the whole address
+    assert "ip_dst" not in t.last.fields_read and 0 < dict(t.last.prefixes_read)["ip_dst"] < 32
 
 
 LOOP = """
@@ -237,3 +242,21 @@ def test_vlan_aware_bridge_keeps_vlans_apart_and_tags_on_trunks():
     out = t("br.a10", "eth_src=02:00:00:00:00:01,eth_dst=ff:ff:ff:ff:ff:ff,vlan=10,ip_src=10.0.0.1,"
             "ip_dst=10.0.0.2")
     assert out["drop_reason"] == "vlan_tag_on_access_port"
+
+
+def test_the_trace_shows_the_megaflow_a_decision_installs():
+    """The --stdin protocol shows the flow's match as the agent installs it: a source-routed default route
+    reads the whole ip_src and just enough of ip_dst (5 bits tell 203.0.113.10 from the uplink 198.51.100.0/24
+    and every other route); an ECMP choice reads the 5-tuple; a blackhole its
+    prefix; a generated error makes the flow exact."""
+    session = TraceSession(loads_topology(TOPO))
+    out = session.run_line(f"tenant.vm1 {TO_R1},ip_dst=203.0.113.10,proto=udp,tp_src=5,tp_dst=53")
+    mf = out["megaflow"]
+    assert mf["ip_src"] == "10.0.0.2" and mf["ip_dst"] == "200.0.0.0/5" and "tp_src" not in mf
+    assert mf["eth_dst"] == "02:0a:00:00:00:01" and mf["ttl"] == 64 and mf["in_port"] == "tenant.vm1"
+    ecmp = session.run_line(f"tenant.vm1 {TO_R1},ip_dst=21.31.41.51,proto=udp,tp_src=5,tp_dst=53")["megaflow"]
+    assert ecmp["ip_dst"] == "21.31.41.51" and ecmp["tp_src"] == 5 and ecmp["proto"] == "udp"
+    hole = session.run_line(f"tenant.vm1 {TO_R1},ip_dst=11.0.0.9,proto=udp")["megaflow"]
+    assert hole["ip_dst"] == "11.0.0.0/24" and "tp_dst" not in hole
+    ttl1 = session.run_line(f"tenant.vm1 {TO_R1},ip_dst=203.0.113.10,proto=udp,tp_src=5,tp_dst=53,ttl=1")
+    assert ttl1["generated"] and ttl1["megaflow"]["tp_src"] == 5 and ttl1["megaflow"]["tos"] == 0   # exact

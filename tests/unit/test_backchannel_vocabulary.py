@@ -34,8 +34,9 @@ def test_a_flow_key_is_the_datapaths_flow_key():
 
     assert m.FLOW_KEY_LEN == len(FLOW_KEY_FIELDS)
     key = flow_key(parse_spec("ip_src=10.0.0.1,ip_dst=10.0.0.2,proto=tcp,tp_src=1,tp_dst=2"), "b.p1")
-    assert m.Reinstall(1, 0, key, (), (), 0.0, 0.0) == codec.decode(codec.encode(m.Reinstall(1, 0, key, (), (),
-                                                                                              0.0, 0.0)))
+    for match in ((), (("in_port", -1), ("ip_dst", 0xFFFFFF00))):
+        msg = m.Reinstall(1, 0, key, match, (), (), 0.0, 0.0)
+        assert msg == codec.decode(codec.encode(msg))
 
 
 def test_the_flow_state_kinds_are_the_simulations():
@@ -126,3 +127,11 @@ def test_shapes_refuse_what_is_not_one():
         shapes.one_of(shapes.Int(), shapes.Int(0, 1))         # two alternatives of one type cannot be told apart
     with pytest.raises(TypeError):
         shapes.tagged({"a": shapes.Int()})                    # what follows a tag is a Tup or a Tagged
+
+
+def test_the_match_fields_are_the_flow_key_slots_and_the_maskable_ones_take_bits():
+    from packet.flowkey import KEY_SLOTS, MASKABLE
+
+    assert _tags(m.MATCH_FIELD) == set(KEY_SLOTS)
+    partial = {t for tags, rest in m.MATCH_FIELD.cases if rest.items[0].hi > 0 for t in tags}
+    assert partial == MASKABLE

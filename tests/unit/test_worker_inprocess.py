@@ -30,7 +30,11 @@ def test_a_new_flow_is_answered_by_seq_and_installed_under_the_datapaths_own_key
     [up] = [u for b in wire.sent_to_workers(m.UpcallBatch) for u in b.upcalls]
     assert up._fields == ("seq", "port", "frame")
     [put] = wire.answers(m.FlowPut)
-    assert put.seq == up.seq and put.match == () and put.actions == (("output", "tenant.vm2"),)
+    # the match: what the decision read (a conntrack filter: the whole 5-tuple, the bridge: its MACs, VLAN)
+    fields = dict(put.match)
+    assert put.seq == up.seq and put.actions == (("output", "tenant.vm2"),)
+    assert {"in_port", "eth_src", "eth_dst", "vlan", "ip_src", "ip_dst", "proto", "tp_src", "tp_dst"} <= set(fields)
+    assert "ttl" not in fields and "tos" not in fields and set(fields.values()) == {-1}
     assert "bridge:tenant" in put.tags and "port:tenant.vm1" in put.tags
     [flow] = wire.dp.dp.cache.flows.values()
     assert flow.id == up.seq and flow.key[0] == "tenant.vm1" and flow.tags == put.tags

@@ -54,7 +54,7 @@ def _multicast(mac: int) -> bool:
 def process(ctx: Ctx, bridge: Bridge, in_port: Port, pkt: Packet) -> list[tuple[Port, Packet]]:
     name = bridge.name
     ctx.tags.add(tags.bridge(name))
-    ctx.read("eth_src", "eth_dst", "vlan")
+    ctx.read("eth_src", "eth_dst", "vlan", "eth_type")
     if _multicast(pkt.eth_src):
         raise Stop("bad_src_mac")                  # a group address is never a station's: drop, learn nothing
     if in_port.vlan is not None:
@@ -76,8 +76,10 @@ def process(ctx: Ctx, bridge: Bridge, in_port: Port, pkt: Packet) -> list[tuple[
             ctx.effects.append(MacTableWrite(name, vlan, src, in_port.id))
 
     router_macs, router_ips = _router_ports(ctx, bridge)
+    if pkt.is_arp:
+        ctx.read("arp_op")
     if pkt.is_arp and pkt.arp_op == ARP_REQUEST:
-        ctx.read("arp_op", "arp_tpa")
+        ctx.read("arp_tpa")
         hit = router_ips.get(pkt.arp_tpa)
         if hit is not None and hit[0] != in_port.name:
             ctx.emit(in_port.id, generate.arp_reply(pkt, hit[1]))

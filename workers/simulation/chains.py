@@ -38,16 +38,18 @@ def _test(ctx: Ctx, c: Condition, pkt: Packet, in_port: str | None, out_port: st
         ctx.tags.add(tags.port_group(v))
         return in_port in g.ports or out_port in g.ports
     if f == "ct":
-        ctx.read("ip_src", "ip_dst", "proto", "tp_src", "tp_dst")
+        ctx.read_five()
         return conntrack.ct_state(ctx) == v
-    ctx.read(_FIELD_READS[f])
     if f == "src" or f == "dst":
+        net, length = v
+        ctx.read_prefix(_FIELD_READS[f], length)       # the test reads the prefix's bits, nothing more
         ip = pkt.ip_src if f == "src" else pkt.ip_dst
         if ip is None:
             return False
-        net, length = v
         return (ip & ((0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF if length else 0)) == net
+    ctx.read(_FIELD_READS[f])
     if f == "src_port" or f == "dst_port":
+        ctx.read("proto")                              # which protocols have ports
         sp, dp = _ports(pkt)
         port = sp if f == "src_port" else dp
         return port is not None and v[0] <= port <= v[1]

@@ -65,6 +65,7 @@ def ct_state(ctx: Ctx) -> str:
     """forward | return, computed once per simulation from the ingress packet and device."""
     if ctx.ct is not None:
         return ctx.ct
+    ctx.read_five()
     t = lookup_tuple(ctx.ingress_packet)
     state = FORWARD
     if t is not None:

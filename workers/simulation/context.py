@@ -13,6 +13,11 @@ from workers.simulation.result import EXPIRY_NORMAL, Generated, NeedArp, NeedFra
 from workers.simulation.state import AgentState
 
 MAX_DEVICE_HOPS = 32
+# What a flow-state key, the flow hash and an ICMP-error test read of a packet: conntrack, NAT and load
+# balancing record all of it (the whole 5-tuple, an echo's id, an error's carried header), so a megaflow made
+# from a stateful decision matches one connection.
+FIVE_TUPLE_FIELDS = ("eth_type", "ip_src", "ip_dst", "proto", "tp_src", "tp_dst", "icmp_type", "icmp_id",
+                     "inner_ip_src", "inner_ip_dst", "inner_proto", "inner_tp_src", "inner_tp_dst", "inner_icmp_id")
 
 
 class Stop(Exception):  # noqa: N818 - control flow, not an error
@@ -31,8 +36,8 @@ class Consumed(Exception):  # noqa: N818
 
 
 class Ctx:
-    __slots__ = ("topo", "state", "now", "local_host", "path", "tags", "effects", "fields", "generated",
-                 "hops", "ingress_port", "ingress_packet", "ct", "_flow_hash")
+    __slots__ = ("topo", "state", "now", "local_host", "path", "tags", "effects", "fields", "prefixes", "generated",
+                 "hops", "ingress_port", "ingress_packet", "ct", "_flow_hash", "_five")
 
     def __init__(self, topo, state: AgentState, now: float, local_host: str | None,
                  ingress_port: str, ingress_packet: Packet):
@@ -45,11 +50,13 @@ class Ctx:
         self.path: list[str] = []
         self.tags: set[str] = set()
         self.effects: list = []
-        self.fields: set[str] = set()
+        self.fields: set[str] = set()       # packet fields read whole
+        self.prefixes: dict[str, int] = {}  # IPv4 address fields read only up to a prefix: field → its length
         self.generated: list[Generated] = []
         self.hops = 0
         self.ct: str | None = None          # conntrack state once read (conntrack.ct_state)
         self._flow_hash: int | None = None
+        self._five = False                  # FIVE_TUPLE_FIELDS recorded already
 
     # -- topology reads: a missing object parks the packet -------------------------------------------------
     def need(self, kind: str, name: str):
@@ -83,7 +90,19 @@ class Ctx:
         self.path.append(element)
 
     def read(self, *fields: str) -> None:
+        """The decision read these packet fields whole (a megaflow matches them)."""
         self.fields.update(fields)
+
+    def read_prefix(self, field: str, length: int) -> None:
+        """The decision read only the first ``length`` bits of IPv4 address ``field`` (prefix tracking)."""
+        if length > self.prefixes.get(field, -1):
+            self.prefixes[field] = length
+
+    def read_five(self) -> None:
+        """The decision depends on the whole 5-tuple (flow state, the flow hash)."""
+        if not self._five:
+            self._five = True
+            self.fields.update(FIVE_TUPLE_FIELDS)
 
     def emit(self, port_id: str, pkt: Packet) -> None:
         self.generated.append(Generated(port_id, pkt))
@@ -91,6 +110,7 @@ class Ctx:
     def flow_hash(self) -> int:
         """A stable (unsalted) hash of the ingress 5-tuple, for ECMP and pool choices."""
         if self._flow_hash is None:
+            self.read_five()
             p = self.ingress_packet
             h = 0x811C9DC5
             for v in (p.ip_src, p.ip_dst, p.proto, p.tp_src, p.tp_dst, p.icmp_id):

@@ -31,6 +31,7 @@ def process_inbound(ctx: Ctx, router: Router, pkt: Packet) -> tuple[Packet, bool
             raise Stop("vip_proto_mismatch")
         if pkt.tp_dst != vip.port:
             continue
+        ctx.read("icmp_type")
         if pkt.is_icmp_error:
             return pkt, False
         return _to_backend(ctx, router, lbal.pools[vip.pool].members, vip, pkt), True

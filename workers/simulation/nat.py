@@ -87,6 +87,7 @@ def _set_inner_dst(pkt: Packet, ip: int, port: int) -> Packet:
 
 # -- state helpers -----------------------------------------------------------------------------------------
 def lookup(ctx: Ctx, kind: str, key: StateKey):
+    ctx.read_five()
     v = ctx.state.flow_state_get(kind, key, ctx.now)
     ctx.tags.add(tags.flow_state(kind, key))
     return None if v is MISSING else v
@@ -111,7 +112,7 @@ def _pick(ctx: Ctx, targets: tuple[NatTarget, ...], salt: int) -> tuple[NatTarge
 def apply_rule(ctx: Ctx, rule: Rule, pkt: Packet, device: str) -> Packet | None:
     """Apply a NAT rule that matched.  Returns the rewritten packet, or None when a reverse rule finds no
     state (the chain goes on)."""
-    ctx.read("ip_src", "ip_dst", "proto", "tp_src", "tp_dst")
+    ctx.read_five()
     a = rule.action
     if a == "rev_snat":
         return reverse_snat(ctx, pkt, device)

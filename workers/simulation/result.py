@@ -11,8 +11,9 @@ The simulation never performs I/O; everything it wants done is in the result:
 - ``needs``     why the packet must be parked (a topology fragment, an ARP entry, a NAT port block) — the shell
                 requests it and simulates the packet again from scratch when it arrives; ``need_key`` is
                 what the waiting room files it under;
-- ``tags``      everything the decision read, for invalidation; ``fields_read`` the packet fields it read, so a
-                flow can be installed as a wildcard match.
+- ``tags``      everything the decision read, for invalidation; ``fields_read`` the packet fields it read whole
+                and ``prefixes_read`` the address fields it read only up to a prefix, so that a flow can be
+                installed as a wildcard match (a megaflow: workers.megaflow).
 """
 
 from __future__ import annotations
@@ -183,8 +184,11 @@ class SimResult(NamedTuple):
     needs: NeedFragment | NeedArp | NeedLease | None = None
     tags: frozenset[str] = frozenset()
     fields_read: frozenset[str] = frozenset()
+    prefixes_read: tuple[tuple[str, int], ...] = ()   # address fields read only up to a prefix (field, length)
     interested_hosts: frozenset[str] = frozenset()
     waiting: tuple[Waiting, ...] = ()        # generated packets whose onward walk parked (see Waiting)
+    exact: bool = False                      # a flow for it must match the whole key: the walk generated packets
+                                             # (even ones dropped on their way), which depend on the whole packet
 
     @property
     def flow_state(self) -> tuple[FlowStateWrite, ...]:

@@ -52,18 +52,34 @@ def _tables(router: Router) -> tuple[tuple[Route, ...], dict[int, Port]]:
 
 
 def lookup_route(ctx: Ctx, router: Router, pkt: Packet) -> Route | None:
+    """The route for ``pkt`` (None: no route).  Records the destination prefix that decided (prefix tracking):
+    as many bits of ip_dst as tell every route examined apart — the length of a route that matched, one bit
+    past the common prefix of one that did not — so that every address in that prefix examines the same routes
+    with the same outcome.  A source-routed candidate whose destination matched reads the whole ip_src."""
     routes, _ = _tables(router)
     dst, src = pkt.ip_dst, pkt.ip_src
     best: list[Route] = []
     best_key = None
+    need = 0
+    read_src = False
     for r in routes:
         key = (r.dst_len, r.src_len, r.weight)
         if best_key is not None and key != best_key:
             break                                      # sorted: nothing later is as good
-        if (dst & _mask(r.dst_len)) == r.dst and (src & _mask(r.src_len)) == r.src:
-            best.append(r)
-            best_key = key
-    if any(r.src_len for r in best):
+        if (dst & _mask(r.dst_len)) == r.dst:
+            if r.dst_len > need:
+                need = r.dst_len
+            if r.src_len:
+                read_src = True
+            if (src & _mask(r.src_len)) == r.src:
+                best.append(r)
+                best_key = key
+        else:
+            n = 33 - (dst ^ r.dst).bit_length()        # the first bit where they differ
+            if n > need:
+                need = n
+    ctx.read_prefix("ip_dst", need)
+    if read_src:
         ctx.read("ip_src")
     if not best:
         return None
@@ -100,16 +116,19 @@ def process(ctx: Ctx, router: Router, in_port: Port, pkt: Packet) -> list[tuple[
         verdict, pkt = run_chain(ctx, router.inbound_filter, pkt, name, in_port.id, None)
         _verdict(ctx, verdict, pkt, in_port)
 
-    ctx.read("ip_dst")
     _, own = _tables(router)
     if pkt.ip_dst in own:
-        ctx.read("proto", "icmp_type")
+        ctx.read("ip_dst", "proto", "icmp_type")
         if pkt.proto == PROTO_ICMP and pkt.icmp_type == ICMP_ECHO_REQUEST:
             _send_local(ctx, router, in_port, pkt, generate.echo_reply(pkt, in_port.mac))
             raise Consumed()
         raise Stop("to_router")
 
-    ctx.read("ttl")
+    # not one of our addresses: that much of ip_dst tells it from each of them
+    dst = pkt.ip_dst
+    for a in own:
+        ctx.read_prefix("ip_dst", 33 - (dst ^ a).bit_length())
+    ctx.read("ttl", "eth_src")                         # ttl is decremented; eth_src and eth_dst are rewritten
     if pkt.ttl is not None and pkt.ttl <= 1:
         _icmp(ctx, pkt, in_port, ICMP_TIME_EXCEEDED, 0)
         raise Stop("ttl_exceeded")
@@ -130,6 +149,8 @@ def process(ctx: Ctx, router: Router, in_port: Port, pkt: Packet) -> list[tuple[
         verdict, pkt = run_chain(ctx, router.outbound_filter, pkt, name, in_port.id, out_port.id)
         _verdict(ctx, verdict, pkt, in_port)
 
+    if route.gateway is None:
+        ctx.read("ip_dst")                             # the next hop is the destination itself (its ARP entry)
     next_hop = route.gateway if route.gateway is not None else pkt.ip_dst
     mac = _next_hop_mac(ctx, router, out_port, next_hop)
     ttl = pkt.ttl - 1 if pkt.ttl is not None else None
@@ -196,6 +217,7 @@ def _arp(ctx: Ctx, router: Router, in_port: Port, pkt: Packet) -> None:
 def _icmp(ctx: Ctx, pkt: Packet, in_port: Port, icmp_type: int, code: int) -> None:
     """An ICMP error about ``pkt`` back out of the ingress port, from its address.  Never about an ICMP
     error (RFC 1122 §3.2.2) or a non-first fragment."""
+    ctx.read("proto", "icmp_type", "frag")
     if pkt.is_icmp_error or pkt.frag == 2 or in_port.address is None:
         return
     ctx.emit(in_port.id, generate.icmp_error(pkt, icmp_type, code, in_port.mac, in_port.address))

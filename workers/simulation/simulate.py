@@ -145,7 +145,9 @@ def _carry_generated(ctx: Ctx, res: SimResult, depth: int) -> SimResult:
 
 def _result(ctx: Ctx, kind: str, **kw) -> SimResult:
     return SimResult(kind, path=tuple(ctx.path), generated=tuple(ctx.generated), effects=tuple(ctx.effects),
-                     tags=frozenset(ctx.tags), fields_read=frozenset(ctx.fields), **kw)
+                     tags=frozenset(ctx.tags), fields_read=frozenset(ctx.fields),
+                     prefixes_read=tuple(ctx.prefixes.items()) if ctx.prefixes else (),
+                     exact=bool(ctx.generated), **kw)
 
 
 def _enter(ctx: Ctx, port: Port, pkt: Packet, egress: list) -> None:
