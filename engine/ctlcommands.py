@@ -15,7 +15,7 @@ from packet.addr import int2ip, int2mac
 from packet.codec import build
 from packet.flowkey import normalized_flow_hash
 from packet.packet import FLOW_KEY_FIELDS, PROTO_BY_NUMBER
-from packet.spec import SpecError, parse_match, parse_spec
+from packet.spec import SpecError, field_matches, parse_match, parse_spec
 from workers import tags
 from workers.logs import LEVELS
 from workers.trace import binding_str
@@ -59,7 +59,7 @@ def key_dict(key) -> dict:
 
 
 def _key_matches(key, want: dict) -> bool:
-    return all(key[KEY_FIELDS.index(k)] == v for k, v in want.items() if k in KEY_FIELDS)
+    return all(field_matches(v, key[KEY_FIELDS.index(k)]) for k, v in want.items() if k in KEY_FIELDS)
 
 
 def _flows(agent, worker: int | None, want: dict) -> list[dict]:
@@ -151,7 +151,7 @@ def flow_state(agent, state, match: str | None = None) -> list[dict]:
     rows = []
     for w, entries in sorted(answers.items()):
         for kind, key, value, expires in entries:
-            if any(key[names[k]] != v for k, v in want.items() if k in names):
+            if any(not field_matches(v, key[names[k]]) for k, v in want.items() if k in names):
                 continue
             rows.append({"worker": w, "kind": kind, "key": tags.key_str(tuple(key)),
                          "binding": None if value is None else binding_str(value),
