@@ -15,7 +15,7 @@ from packet.addr import int2ip, int2mac
 from packet.codec import build
 from packet.flowkey import FULL, SLOT_INDEX, match_dict, normalized_flow_hash
 from packet.packet import FLOW_KEY_FIELDS, PROTO_BY_NUMBER
-from packet.spec import SpecError, parse_match, parse_spec
+from packet.spec import AddrMatch, SpecError, field_matches, parse_match, parse_spec
 from workers import tags
 from workers.logs import LEVELS
 from workers.trace import binding_str
@@ -60,14 +60,23 @@ def key_dict(key, mask=None) -> dict:
 
 
 def _key_matches(key, want: dict, mask=None) -> bool:
-    """Whether a flow (its masked key and slot mask) matches packets with the ``want`` fields: a field it
-    wildcards does not count as matched."""
+    """Whether a flow (its masked key and slot mask) matches packets with the ``want`` fields (values or
+    AddrMatch CIDRs, packet.spec.parse_match): a field it wildcards does not count as matched; a field it
+    matches on a prefix matches a CIDR that holds the whole prefix."""
     for k, v in want.items():
         i = SLOT_INDEX.get(k)
         if i is None:
             continue
         m = FULL if mask is None else mask[i]
-        if not m or (key[i] != v if m == FULL else (v is None or key[i] != v & m)):
+        if not m:
+            return False
+        if m == FULL:
+            if not field_matches(v, key[i]):
+                return False
+        elif type(v) is AddrMatch:
+            if key[i] is None or (m & v.mask) != v.mask or (((key[i] & v.mask) == v.net) == v.negate):
+                return False
+        elif v is None or key[i] != v & m:
             return False
     return True
 
@@ -161,7 +170,7 @@ def flow_state(agent, state, match: str | None = None) -> list[dict]:
     rows = []
     for w, entries in sorted(answers.items()):
         for kind, key, value, expires in entries:
-            if any(key[names[k]] != v for k, v in want.items() if k in names):
+            if any(not field_matches(v, key[names[k]]) for k, v in want.items() if k in names):
                 continue
             rows.append({"worker": w, "kind": kind, "key": tags.key_str(tuple(key)),
                          "binding": None if value is None else binding_str(value),

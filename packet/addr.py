@@ -74,3 +74,59 @@ def in_prefix(ip: int, net: int, length: int) -> bool:
 
 def cidr_str(net: int, length: int) -> str:
     return f"{int2ip(net)}/{length}"
+
+
+# ---- IPv6: 128-bit ints ----
+
+IPV6_ALL_NODES = 0xFF02 << 112 | 1
+IPV6_ALL_ROUTERS = 0xFF02 << 112 | 2
+_SOLICITED_NODE = 0xFF02 << 112 | 1 << 32 | 0xFF << 24    # ff02::1:ff00:0/104
+
+
+def ip6_2int(text: str) -> int:
+    """IPv6 text (any RFC 4291 form, including ``::ffff:1.2.3.4``) → int.  Raises ValueError."""
+    if ":" not in text or "%" in text:
+        raise ValueError(f"not an IPv6 address: {text!r}")
+    try:
+        return int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
+    except OSError:
+        raise ValueError(f"not an IPv6 address: {text!r}") from None
+
+
+def int2ip6(value: int) -> str:
+    """int → IPv6 text in the RFC 5952 canonical (compressed, lower-case) form."""
+    return socket.inet_ntop(socket.AF_INET6, value.to_bytes(16, "big"))
+
+
+def prefix_mask6(length: int) -> int:
+    return ((1 << 128) - 1) ^ ((1 << (128 - length)) - 1)
+
+
+def parse_cidr6(text: str) -> tuple[int, int]:
+    """'2001:db8::/32' or '2001:db8::1' → (network int, prefix length). Host bits are cleared."""
+    addr, sep, plen = text.partition("/")
+    if sep:
+        if not plen.isdigit() or not 0 <= int(plen) <= 128:
+            raise ValueError(f"not an IPv6 CIDR prefix: {text!r}")
+        length = int(plen)
+    else:
+        length = 128
+    return ip6_2int(addr) & prefix_mask6(length), length
+
+
+def cidr6_str(net: int, length: int) -> str:
+    return f"{int2ip6(net)}/{length}"
+
+
+def solicited_node(addr: int) -> int:
+    """The solicited-node multicast address of ``addr`` (RFC 4291 §2.7.1): ff02::1:ffXX:XXXX."""
+    return _SOLICITED_NODE | addr & 0xFFFFFF
+
+
+def ipv6_multicast_mac(addr: int) -> int:
+    """The Ethernet address an IPv6 multicast address maps to (RFC 2464 §7): 33:33 + its low 32 bits."""
+    return 0x3333 << 32 | addr & 0xFFFFFFFF
+
+
+def is_ipv6_multicast(addr: int) -> bool:
+    return addr >> 120 == 0xFF

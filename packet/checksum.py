@@ -43,6 +43,12 @@ def pseudo_header_sum(src: int, dst: int, proto: int, length: int) -> int:
     return src + dst + proto + length
 
 
+def pseudo_header_sum6(src: int, dst: int, proto: int, length: int) -> int:
+    """Unfolded sum of the IPv6 pseudo-header (RFC 8200 §8.1; addresses as 128-bit ints, which contribute
+    the sum of their 16-bit words mod 0xFFFF like any other field), for ``checksum(initial=)``."""
+    return src + dst + proto + length
+
+
 def l4_checksum(src: int, dst: int, proto: int, segment: bytes | bytearray | memoryview) -> int:
     """TCP/UDP checksum over the IPv4 pseudo-header and ``segment`` (its checksum field zeroed).
 

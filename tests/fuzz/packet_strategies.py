@@ -11,6 +11,7 @@ from contextlib import contextmanager
 
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP, ICMPerror, IPerror, TCPerror, UDPerror
+from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import NoPayload
 from scapy.utils import checksum as scapy_checksum
@@ -18,6 +19,7 @@ from scapy.utils import checksum as scapy_checksum
 from packet.packet import (
     ETH_TYPE_ARP,
     ETH_TYPE_IPV4,
+    ETH_TYPE_IPV6,
     ETH_TYPE_VLAN,
     FRAG_FIRST,
     FRAG_LATER,
@@ -33,7 +35,8 @@ u16 = st.integers(0, 0xFFFF)
 u32 = st.integers(0, 0xFFFFFFFF)
 payloads = st.binary(max_size=48)
 OTHER_PROTOS = st.integers(0, 255).filter(lambda p: p not in (1, 6, 17))
-OTHER_ETH = st.integers(0x0600, 0xFFFF).filter(lambda t: t not in (ETH_TYPE_IPV4, ETH_TYPE_ARP, ETH_TYPE_VLAN))
+OTHER_ETH = st.integers(0x0600, 0xFFFF).filter(lambda t: t not in (ETH_TYPE_IPV4, ETH_TYPE_ARP, ETH_TYPE_VLAN,
+                                                                   ETH_TYPE_IPV6))
 # Non-error ICMP types whose header scapy reads as 8 bytes (it wants more for timestamp/address-mask types).
 NON_ERROR_ICMP = st.sampled_from([0, 8, 100, 200, 255])
 
@@ -102,7 +105,7 @@ def packets(draw, kinds: tuple[str, ...] = ("tcp", "udp", "icmp", "icmp_error", 
 
 # ---- scapy side ----
 
-_KEEP = {Ether: (IP, ARP, Dot1Q), Dot1Q: (IP, ARP, Dot1Q), IP: (TCP, UDP, ICMP), TCP: (), UDP: (),
+_KEEP = {Ether: (IP, ARP, Dot1Q, IPv6), Dot1Q: (IP, ARP, Dot1Q, IPv6), IP: (TCP, UDP, ICMP), TCP: (), UDP: (),
          IPerror: (TCPerror, UDPerror, ICMPerror), TCPerror: (), UDPerror: ()}
 
 

@@ -158,7 +158,7 @@ def _verdict(ctx: Ctx, verdict: str, pkt: Packet, in_port: Port) -> None:
     if verdict == DROP:
         raise Stop("filter_drop")
     if verdict == REJECT:
-        if pkt.proto == PROTO_TCP and not (pkt.tcp_flags or 0) & TCP_FLAGS["rst"]:
+        if pkt.proto == PROTO_TCP and pkt.ip_src is not None and not (pkt.tcp_flags or 0) & TCP_FLAGS["rst"]:
             ctx.emit(in_port.id, generate.tcp_rst(pkt, pkt.eth_dst))
         elif pkt.ip_src is not None:
             # a bridge has no address of its own: answer as the destination would (admin prohibited)
