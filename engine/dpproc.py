@@ -41,6 +41,7 @@ The loop (``datapath_main``) runs every inbox message, every fd poll and the hou
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
 import os
 import signal
@@ -420,9 +421,15 @@ class DatapathProcess:
                                  for f in self.dp.cache.flows.values()])
 
     def _dump_flow_table(self, msg: m.DumpFlowTable, now: float) -> None:
-        flows = [f for f in self.dp.cache.flows.values() if msg.worker < 0 or f.worker == msg.worker]
-        page = flows[max(0, msg.offset):max(0, msg.offset) + max(0, min(msg.limit, MAX_FLOW_PAGE))]
-        self._reply(msg.req_id, {"total": len(flows), "flows": [{
+        # a page is found without copying the table (a large one is paged through many times)
+        flows, start = self.dp.cache.flows, max(0, msg.offset)
+        if msg.worker < 0:
+            total, sel = len(flows), flows.values()
+        else:
+            total = sum(1 for f in flows.values() if f.worker == msg.worker)
+            sel = (f for f in flows.values() if f.worker == msg.worker)
+        page = list(itertools.islice(sel, start, start + max(0, min(msg.limit, MAX_FLOW_PAGE))))
+        self._reply(msg.req_id, {"total": total, "flows": [{
             "id": f.id, "key": list(f.key), "worker": f.worker, "actions": _actions_of(f.compiled),
             "tags": list(f.tags), "hits": f.hits, "age_s": round(now - f.installed_at, 3),
             "idle_left_s": round(f.idle_s - (now - f.last_used), 3) if f.idle_s else None} for f in page]})

@@ -43,12 +43,13 @@ def _sample(cls):
         "device": "r1", "port_start": 1, "port_end": 2, "block": 64, "targets": (1,), "payload": b"x",
         "frames": (b"f",), "vlan": 0, "entry": 5, "requester": "host-b", "sender": -1, "body": {"a": 1},
         "hosts": ("host-b",), "vni": 5, "pid": 4242, "ports": (("b.p", "eth0"),), "keys": ((5, "b.p"),),
-        "host": "host-a", "offset": 0, "limit": 10, "level": "INFO",
+        "host": "host-a", "offset": 0, "limit": 10, "level": "INFO", "state": "connected", "cursor": 0,
     }
     if cls.__name__ == "SetStateAuth":
         values["keys"] = (b"k" * 32,)
     # fields of one name that hold different things in different messages
-    values.update({"TableEntryRemoved.kind": "mac", "SetPortMap.hosts": (("host-b", 0x7F00000C),)})
+    values.update({"TableEntryRemoved.kind": "mac", "SetPortMap.hosts": (("host-b", 0x7F00000C),),
+                   "LeaseFailed.reason": "store_unavailable"})
     return cls(*(values.get(f"{cls.__name__}.{f}", values[f]) for f in cls._fields))
 
 
