@@ -21,8 +21,10 @@ import os
 import struct
 import tempfile
 
+import msgpack
+
 from backchannel import messages as m
-from backchannel.codec import DecodeError, decode, encode
+from backchannel.codec import DecodeError, decode
 
 MAGIC = b"SHARDNET-STATE 2\n"
 CHUNK = 4096                                   # entries per chunk (~250 KB encoded)
@@ -89,6 +91,7 @@ class StateWriter:
         self.path = path
         self.entries = 0                       # written so far
         self._buf: list = []
+        self._pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
         directory = os.path.dirname(path) or "."
         os.makedirs(directory, mode=0o700, exist_ok=True)
         fd, self.tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
@@ -101,17 +104,19 @@ class StateWriter:
             raise
 
     def add(self, entries) -> None:
-        """Append FlowStateEntry records (or their wire rows [kind, key, value, expires_at]); written out in
-        chunks of CHUNK entries."""
-        self._buf.extend(e if type(e) is m.FlowStateEntry else m.FlowStateEntry(e[0], tuple(e[1]), e[2], float(e[3]))
-                         for e in entries)
+        """Append FlowStateEntry records or their wire rows (kind, key, value, expires_at) — a DumpStatePage
+        answer's entries as they came, packed as they are (the reader decodes and checks every chunk); written
+        out in chunks of CHUNK entries."""
+        self._buf.extend(entries)
         while len(self._buf) >= CHUNK:
             self._flush(CHUNK)
 
     def _flush(self, n: int) -> None:
         chunk, self._buf = self._buf[:n], self._buf[n:]
         try:
-            data = encode(m.FlowStateBatch(tuple(chunk), -1))
+            # the wire form of FlowStateBatch(chunk, -1): [TAG, [entry fields, ...], origin] (a nested message
+            # travels as its bare field array), so the rows need no FlowStateEntry built around them
+            data = self._pack((m.FlowStateBatch.TAG, chunk, -1))
             self._f.write(_LEN.pack(len(data)))
             self._f.write(data)
         except BaseException:
