@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from backchannel import messages as m
+from engine.ctlclient import request
 from engine.ctlcommands import flow_state
 from engine.statefile import read_state
 from engine.supervisor import Agent
@@ -45,3 +46,7 @@ def test_a_shard_past_the_message_cap_is_saved_whole_and_listed_whole(agent):
     assert agent.stats()["supervisor"]["supervisor_state_snapshot_entries"] == N
     rows = flow_state(agent, {})
     assert len(rows) == N and {r["worker"] for r in rows} == {0}
+    answer = request(agent.ctl_path, "flow-state", {"match": "tp_src=1024"})    # over the control socket
+    assert answer["ok"] and len(answer["result"]) == -(-N // 60_000)
+    whole = request(agent.ctl_path, "flow-state", {})                           # ~15 MB of JSON in one answer
+    assert whole["ok"] and len(whole["result"]) == N
