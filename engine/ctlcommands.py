@@ -67,8 +67,8 @@ def _flows(agent, worker: int | None, want: dict) -> list[dict]:
     while True:
         page = agent.command([DP], lambda req, at=offset: m.DumpFlowTable(req, w, at, PAGE))[DP]
         out.extend(f for f in page["flows"] if _key_matches(f["key"], want))
-        offset += PAGE
-        if offset >= page["total"]:
+        offset += len(page["flows"])                   # a page may be short (bounded in bytes)
+        if offset >= page["total"] or not page["flows"]:
             return out
 
 

@@ -208,8 +208,8 @@ class Agent:
         while True:
             page = self._query([DP], lambda req, at=offset: m.DumpFlowTable(req, -1, at, FLOW_PAGE))[DP]
             out.extend((tuple(f["key"]), f["worker"], f["hits"], tuple(f["tags"]), f["id"]) for f in page["flows"])
-            offset += FLOW_PAGE
-            if offset >= page["total"]:
+            offset += len(page["flows"])               # a page may be short (bounded in bytes)
+            if offset >= page["total"] or not page["flows"]:
                 return out
 
     def outputs(self, port: str | None = None) -> dict[str, list[bytes]]:

@@ -4,6 +4,8 @@ page by page into the state file, and ``shardnet ctl flow-state`` pages through 
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from backchannel import messages as m
@@ -11,7 +13,7 @@ from engine.ctlclient import request
 from engine.ctlcommands import flow_state
 from engine.statefile import read_state
 from engine.supervisor import Agent
-from tests.integration.test_engine import wait_for
+from tests.integration.test_engine import frame, wait_for
 
 N = 100_000
 TOPO = """
@@ -50,3 +52,40 @@ def test_a_shard_past_the_message_cap_is_saved_whole_and_listed_whole(agent):
     assert answer["ok"] and len(answer["result"]) == -(-N // 60_000)
     whole = request(agent.ctl_path, "flow-state", {})                           # ~15 MB of JSON in one answer
     assert whole["ok"] and len(whole["result"]) == N
+
+
+L2 = """
+version: 1
+hosts:
+  host-a: {tunnel_ip: 127.0.0.11}
+bridges:
+  tenant:
+    ports:
+      vm1: {host: host-a, interface: tap-vm1}
+      vm2: {host: host-a, interface: tap-vm2}
+    mac_table: {"02:00:00:00:00:02": vm2}
+"""
+
+
+def test_flow_dumps_of_a_table_larger_than_a_page_list_every_flow(tmp_path):
+    (tmp_path / "l2.yaml").write_text(L2)
+    n = 12_000                                          # more than two pages of 5000 (and pages short in bytes)
+    with Agent(workers=2, host="host-a", topology=str(tmp_path / "l2.yaml"),
+               store=f"memory://flows-{tmp_path.name}", keep_outputs=False) as a:
+        frames = [frame(f"eth_src=02:00:00:00:00:01,eth_dst=02:00:00:00:00:02,ip_src=10.0.0.2,ip_dst=10.0.0.3,"
+                        f"proto=udp,tp_src={1024 + i % 60000},tp_dst={53 + i // 60000}") for i in range(n)]
+        for _ in range(5):                              # an upcall refused under the burst is sent again
+            for i in range(0, n, 500):
+                a.inject("tenant.vm1", frames[i:i + 500])
+                time.sleep(0.05)
+            try:
+                wait_for(lambda: a.stats()["datapath"]["datapath_flows"] >= n, timeout=10, what=f"{n} flows")
+                break
+            except AssertionError:
+                continue
+        assert a.stats()["datapath"]["datapath_flows"] == n
+        flows = a.flows()
+        assert len(flows) == n and len({f[4] for f in flows}) == n
+        answer = request(a.ctl_path, "dump-flows", {})
+        assert answer["ok"] and len({f["id"] for f in answer["result"]}) == n
+        assert {f["id"] for f in answer["result"]} == {f[4] for f in flows}
