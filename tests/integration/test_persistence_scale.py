@@ -145,3 +145,26 @@ def test_one_dump_state_answer_refuses_a_shard_too_big_for_one_message():
     w.handle(m.DumpState(5), NOW)
     [ans] = w.out_sup
     assert "error" in ans.body and ans.body["total"] == m.DUMP_STATE_MAX + 1
+
+
+def test_a_state_transfer_goes_out_a_few_chunks_per_loop_turn_and_whole():
+    from workers.worker import STATE_CHUNK, STATE_CHUNKS_PER_TURN
+
+    w = _worker()
+    n = 20_000
+    fs = w.state.flow_state
+    for i in range(n):
+        key = (1, 2, 17, i % 65536, 53 + i // 65536, "b")
+        fs[("conntrack", key)] = StateEntry("conntrack", key, None, NOW, 60.0)
+    w.handle(m.StateRequest("host-b", "b.p1"), NOW)
+    assert not w.out_dp and w.background                 # nothing sent inside the handler
+    sent, turns = [], 0
+    while w.background:
+        w.housekeeping(NOW)
+        turns += 1
+        batch = [x for x in w.out_dp if type(x) is m.StateToHosts]
+        w.out_dp.clear()
+        assert len(batch) <= STATE_CHUNKS_PER_TURN and all(x.hosts == ("host-b",) for x in batch)
+        sent.extend(e.key for x in batch for e in decode(_wire(x).payload).entries)
+    assert turns == -(-n // (STATE_CHUNK * STATE_CHUNKS_PER_TURN))
+    assert len(sent) == len(set(sent)) == n
