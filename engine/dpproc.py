@@ -430,7 +430,7 @@ class DatapathProcess:
         else:
             total = sum(1 for f in flows.values() if f.worker == msg.worker)
             sel = (f for f in flows.values() if f.worker == msg.worker)
-        rows, size = [], 0
+        rows, size, start = [], 0, min(start, total)     # an offset past the end: an empty page
         for f in itertools.islice(sel, start, start + max(0, min(msg.limit, MAX_FLOW_PAGE))):
             rows.append({
                 "id": f.id, "key": list(f.key), "worker": f.worker, "actions": _actions_of(f.compiled),
