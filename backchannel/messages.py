@@ -33,8 +33,9 @@ Who sends what (→ receiver):
   store shell → workers             TopologyChanged
   supervisor ↔ any process          StatsRequest/StatsReply, Ping/Pong, Shutdown, Ready (at start)
   worker → supervisor (store shell) FragmentRequest, LeaseRequest, LeaseRelease
-  supervisor → worker               Fragment, LeaseGranted, MacLearned/ArpLearned (learned by other agents),
-                                    TableEntryRemoved, DumpState, TraceRequest, DumpTable, SetLogLevel
+  supervisor → worker               Fragment, LeaseGranted, LeaseFailed, StoreStatus, MacLearned/ArpLearned
+                                    (learned by other agents), TableEntryRemoved, DumpState, DumpStatePage,
+                                    TraceRequest, DumpTable, SetLogLevel
   supervisor → datapath             DumpFlows, DumpFlowTable, DelFlows, TakeOutputs, TakeLatencies,
                                     SetPortMap, PurgeWorker, SetStateAuth, SetLiveHosts, SetLogLevel
   datapath → supervisor             StateRequest (authenticated, from another host: checked there)
@@ -129,6 +130,12 @@ FLOW_KEY = tup(str, *[one_of(None, Int(INT64_MIN, INT64_MAX))] * FLOW_KEY_LEN)
 # Flow ids and upcall seqs carry the datapath's incarnation in their high bits (engine/dpproc.py): seqs of a
 # restarted datapath never name a flow of an earlier one.
 EPOCH_SHIFT = 40
+STORE_STATES = enum("connected", "suspended", "lost")     # the store session's state (StoreStatus)
+# why a lease was not answered with a block (LeaseFailed): the store did not answer in time (quorum lost), the
+# supervisor's queue of store calls was full, or the call failed otherwise
+LEASE_FAILURES = enum("store_unavailable", "store_busy", "store_error")
+MAX_STATE_PAGE = 4096                             # flow-state entries per DumpStatePage answer at most
+DUMP_STATE_MAX = 20_000                           # flow-state entries one DumpState answer holds at most
 
 REGISTRY: dict[int, type] = {}  # TAG -> message class
 SCHEMA: dict[type, tuple[Field, ...]] = {}  # message class -> its fields
@@ -570,8 +577,9 @@ class PurgeWorker(NamedTuple):
 
 @message
 class DumpState(NamedTuple):
-    """→ worker: its flow-state entries; body = [[kind, key, value, expires_at], ...] (the snapshot's
-    format, restored at start)."""
+    """→ worker: its flow-state entries in one answer; body = [[kind, key, value, expires_at], ...], or
+    {"error": ..., "total": n} past DUMP_STATE_MAX entries (an answer must stay well under the 4 MiB cap:
+    page through DumpStatePage instead)."""
 
     TAG = 65
     req_id: int
@@ -763,6 +771,42 @@ class RecallDone(NamedTuple):
 
     TAG = 89
     origin: int
+# store outages and chunked state dumps (tags 95-109)
+
+
+@message
+class StoreStatus(NamedTuple):
+    """Supervisor → workers: the store session's state changed.  While it is not "connected", a simulation
+    that waited for the store in vain is dropped as ``store_down_<need>`` rather than ``parked_timeout_<need>``."""
+
+    TAG = 95
+    state: Annotated[str, STORE_STATES]
+
+
+@message
+class LeaseFailed(NamedTuple):
+    """Supervisor → worker: the lease asked for (device, ip) got no block, for ``reason`` (LEASE_FAILURES) —
+    not an exhausted range (that is LeaseGranted with -1): the packets waiting for it are dropped as
+    ``lease_<reason>``."""
+
+    TAG = 96
+    device: str
+    ip: Ip
+    reason: Annotated[str, LEASE_FAILURES]
+
+
+@message
+class DumpStatePage(NamedTuple):
+    """→ worker: one page of its flow-state entries.  ``cursor`` 0 starts a dump (the worker keeps a list of
+    the entries as they are now and pages through it between other messages); else the ``cursor`` an earlier
+    page returned.  body = {"entries": [[kind, key, value, expires_at], ...] (≤ ``limit``, ≤ MAX_STATE_PAGE,
+    ≤ ~1 MiB; entries gone since the dump started are skipped), "cursor": the next page's (0: done),
+    "total": entries when the dump started} or {"error": ...} for an unknown cursor."""
+
+    TAG = 97
+    req_id: int
+    cursor: Annotated[int, Int(0, INT64_MAX)]
+    limit: Annotated[int, Int(1, MAX_STATE_PAGE)]
 
 
 Message = typing.Union[tuple(REGISTRY.values())]  # noqa: UP007 - built from the registry at import

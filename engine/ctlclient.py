@@ -69,12 +69,13 @@ def request(path: str, cmd: str, args: dict | None = None, timeout: float = 30.0
     try:
         s.connect(path)
         s.sendall(json.dumps({"cmd": cmd, "args": args or {}}).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
+        parts: list[bytes] = []                       # a large table is megabytes: no quadratic +=
+        while not parts or not parts[-1].endswith(b"\n"):
             chunk = s.recv(1 << 16)
             if not chunk:
                 break
-            buf += chunk
+            parts.append(chunk)
+        buf = b"".join(parts)
     except OSError as e:
         raise CtlUnreachable(f"{path}: {e.strerror or e}") from None
     finally:

@@ -86,8 +86,8 @@ def _flows(agent, worker: int | None, want: dict) -> list[dict]:
     while True:
         page = agent.command([DP], lambda req, at=offset: m.DumpFlowTable(req, w, at, PAGE))[DP]
         out.extend(f for f in page["flows"] if _key_matches(f["key"], want, f.get("mask")))
-        offset += PAGE
-        if offset >= page["total"]:
+        offset += len(page["flows"])                   # a page may be short (bounded in bytes)
+        if offset >= page["total"] or not page["flows"]:
             return out
 
 
@@ -166,16 +166,29 @@ def trace(agent, state, port: str, spec: str, timeout: float = 2.0) -> dict:
 def flow_state(agent, state, match: str | None = None) -> list[dict]:
     want = _match(match)
     names = {"ip_src": 0, "ip_dst": 1, "proto": 2, "tp_src": 3, "tp_dst": 4}
-    answers = agent.command(range(agent.cfg.workers), m.DumpState)
     rows = []
-    for w, entries in sorted(answers.items()):
-        for kind, key, value, expires in entries:
+    for w in range(agent.cfg.workers):
+        for kind, key, value, expires in state_entries(agent, w):
             if any(not field_matches(v, key[names[k]]) for k, v in want.items() if k in names):
                 continue
             rows.append({"worker": w, "kind": kind, "key": tags.key_str(tuple(key)),
                          "binding": None if value is None else binding_str(value),
                          "expires_at": expires})
     return rows
+
+
+def state_entries(agent, worker: int):
+    """A worker's flow-state entries, page by page (DumpStatePage: every answer stays far under the 4 MiB cap,
+    and the worker serves upcalls between pages)."""
+    cursor = 0
+    while True:
+        page = agent.command([worker], lambda req, at=cursor: m.DumpStatePage(req, at, m.MAX_STATE_PAGE))[worker]
+        if "error" in page:
+            raise CtlError(f"worker {worker}: {page['error']}")
+        yield from page["entries"]
+        cursor = page["cursor"]
+        if not cursor:
+            return
 
 
 def _table(agent, kind: str, device: str) -> dict:

@@ -41,6 +41,7 @@ The loop (``datapath_main``) runs every inbox message, every fd poll and the hou
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
 import os
 import signal
@@ -80,6 +81,7 @@ MAX_FLOW_PAGE = 5000                                   # flows per DumpFlowTable
 QUARANTINE_AFTER = 2                                   # worker deaths a flow key was in flight at
 QUARANTINE_S = 600                                     # how long its packets are dropped then
 MAX_SUSPECTS = 4096                                    # flow keys remembered from workers' deaths
+MAX_FLOW_PAGE_BYTES = 1 << 20                          # and about this many bytes at most
 
 
 def _actions_of(compiled) -> list:
@@ -427,13 +429,25 @@ class DatapathProcess:
                                  for f in self.dp.cache.flows.values()])
 
     def _dump_flow_table(self, msg: m.DumpFlowTable, now: float) -> None:
-        flows = [f for f in self.dp.cache.flows.values() if msg.worker < 0 or f.worker == msg.worker]
-        page = flows[max(0, msg.offset):max(0, msg.offset) + max(0, min(msg.limit, MAX_FLOW_PAGE))]
-        self._reply(msg.req_id, {"total": len(flows), "flows": [{
-            "id": f.id, "key": list(masked_key(f.key, f.mask)), "mask": list(f.mask), "worker": f.worker,
-            "actions": _actions_of(f.compiled),
-            "tags": list(f.tags), "hits": f.hits, "age_s": round(now - f.installed_at, 3),
-            "idle_left_s": round(f.idle_s - (now - f.last_used), 3) if f.idle_s else None} for f in page]})
+        # a page is found without copying the table (a large one is paged through many times), and stops at
+        # about MAX_FLOW_PAGE_BYTES (flows with many tags): the reader advances by the rows it got
+        flows, start = self.dp.cache.flows, max(0, msg.offset)
+        if msg.worker < 0:
+            total, sel = len(flows), flows.values()
+        else:
+            total = sum(1 for f in flows.values() if f.worker == msg.worker)
+            sel = (f for f in flows.values() if f.worker == msg.worker)
+        rows, size, start = [], 0, min(start, total)     # an offset past the end: an empty page
+        for f in itertools.islice(sel, start, start + max(0, min(msg.limit, MAX_FLOW_PAGE))):
+            rows.append({
+                "id": f.id, "key": list(masked_key(f.key, f.mask)), "mask": list(f.mask), "worker": f.worker,
+                "actions": _actions_of(f.compiled),
+                "tags": list(f.tags), "hits": f.hits, "age_s": round(now - f.installed_at, 3),
+                "idle_left_s": round(f.idle_s - (now - f.last_used), 3) if f.idle_s else None})
+            size += 160 + sum(len(t) + 2 for t in f.tags) + 24 * len(rows[-1]["actions"])
+            if size >= MAX_FLOW_PAGE_BYTES:
+                break
+        self._reply(msg.req_id, {"total": total, "flows": rows})
 
     def _del_flows(self, msg: m.DelFlows, now: float) -> None:
         gone = [self.dp.cache.flows[k] for k in map(self.dp.cache.by_id.get, msg.flows) if k is not None]

@@ -44,7 +44,8 @@ LABELS = ("process", "worker")
 STORE_STATES = ("connected", "suspended", "lost")
 # gauges: stats key → series (everything else that is a number is a counter)
 GAUGES = {"datapath_flows": "flows", "worker_flows": "flows", "worker_state_entries": "flow_state_entries",
-          "worker_parked_now": "parked_now", "datapath_inflight": "upcalls_in_flight"}
+          "worker_parked_now": "parked_now", "datapath_inflight": "upcalls_in_flight",
+          "supervisor_store_calls_in_flight": "store_calls_in_flight", "tables_unwritten_now": "table_writes_pending"}
 # series of their own, not repeated as shardnet_<key>_total
 SPECIAL = {"supervisor_worker_restarts", "supervisor_datapath_restarts", "supervisor_store_connected", "datapath_pid",
            "worker_pid",

@@ -5,6 +5,8 @@ wake pipe, the command queue (public calls, from any thread), the change queue (
 store's thread), and the commands in flight (``_pending``: req_id → targets, answers so far, future).
 
 One loop (``_run``) polls the inbox and the wake pipe, then:
+- runs the callbacks of the store calls that finished (engine/storecalls.py: the store is never called on this
+  thread, so a store outage never stalls it);
 - hands the workers' requests and the queued store changes to the store shell (engine/storeshell.py), takes
   Ready from every child (engine/pool.py) and Answer / StatsReply from anyone;
 - runs the queued commands: "send" (one message to one process), "ask" (a command to several, answered
@@ -41,6 +43,7 @@ from backchannel import messages as m
 from backchannel.codec import Decoder
 from backchannel.guard import Guard
 from backchannel.sockets import DATAPATH, SUPERVISOR, pull_bind, push_connect, recv_msgs, send_msg, worker_role
+from engine.storecalls import StoreCalls
 from engine.storeshell import StoreShell
 
 DP = m.DATAPATH_INDEX
@@ -79,13 +82,15 @@ class Service:
         self._thread: threading.Thread | None = None
         self._zctx: zmq.Context | None = None
         self.shell: StoreShell | None = None
+        self.calls: StoreCalls | None = None
         self.guard = Guard("supervisor", counters)
         self.on_restarted: Callable[[int], None] | None = None   # a restarted child said Ready (this thread)
         self.dp_log_level: str | None = None           # the datapath's level set at run time (a restart gets it)
 
     def open(self, rt, *, mirror, tables, allocator, pool, persistence) -> None:
         """Bind the inbox in ``rt`` (a RuntimeDir) and connect to every child's, before they are spawned."""
-        self.shell = StoreShell(self.cfg, self.counters, mirror, tables, allocator, self._send)
+        self.calls = StoreCalls(self.counters, self.wake)
+        self.shell = StoreShell(self.cfg, self.counters, mirror, tables, allocator, self._send, self.calls)
         self.tables, self.pool, self.persistence = tables, pool, persistence
         self._zctx = zmq.Context()
         self._inbox = pull_bind(self._zctx, rt, SUPERVISOR)
@@ -136,6 +141,8 @@ class Service:
             self._thread.join(timeout)
 
     def close(self) -> None:
+        if self.calls is not None:
+            self.calls.close()
         if self._zctx is not None:
             for s in [self._inbox, *self._to.values()]:
                 s.close(0)
@@ -165,6 +172,7 @@ class Service:
                         pass
                 else:
                     guard.run(self._handle, recv_msgs(self._inbox, decoder, 256))
+            self.calls.drain(guard)
             if self._drain_changes():
                 changed_at = time.monotonic()
             if not self._drain_commands():
@@ -182,7 +190,7 @@ class Service:
     def _check(self, now: float) -> None:
         self.expire_pending(now)
         self.pool.restart_dead(self._send_dp)
-        self.tables.tick()
+        self.shell.tick()
 
     def _send(self, target: int, msg) -> bool:
         return send_msg(self._to[target], msg)

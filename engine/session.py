@@ -4,8 +4,8 @@ the deployment keys — opened in that order, closed in the reverse one — and 
 Owns: the store handle (topology.store.uri), the StoreMirror (topology.mirror: the records the workers' fragments
 come from), the StoreNatAllocator (SNAT blocks leased as ephemeral nodes, so agents sharing a store never hold
 the same block), the SharedTables (engine/tables.py: replicated MAC/ARP tables, this host's registration), and
-``state`` (connected | suspended | lost), followed through the store's state listener and logged once per change
-(``supervisor_store_connected``, ``supervisor_store_state_changes``).
+``state`` (connected | suspended | lost), followed through the store's state listener, logged once per change
+(``supervisor_store_connected``, ``supervisor_store_state_changes``) and relayed to the workers (StoreStatus).
 """
 
 from __future__ import annotations
@@ -106,10 +106,14 @@ class StoreSession:
                 **{k: v for k, v in store.items() if k.startswith("store_")}}
 
     def _on_state(self, state) -> None:
-        """The store's connection state changed (store thread)."""
+        """The store's connection state changed (store thread): one line per change; the workers hear of it."""
         previous, self.state = self.state, str(state)
+        if previous == self.state:
+            return
         self.counters["supervisor_store_connected"] = int(self.state == "connected")
         self.counters["supervisor_store_state_changes"] += 1
+        if self._relay is not None:
+            self._relay(m.StoreStatus(self.state))
         if self.state == "suspended":
             log.warning("store connection lost (%s): cached topology keeps forwarding, store requests wait",
                         self.cfg.store)

@@ -6,11 +6,17 @@ which reads the sockets and calls in here; ``send(target, msg)`` is its non-bloc
 - FragmentRequest: the topology records of an object, from the mirror.  One that does not exist (yet) is
   answered "absent" and remembered (``awaited``); ``push_awaited`` sends it once it exists — the service calls
   it when an edit settled, as the records of one edit land one by one.
-- LeaseRequest / LeaseRelease: SNAT port blocks, leased in the store under ``cfg.lease_owner(worker)``.
+- LeaseRequest / LeaseRelease: SNAT port blocks, leased in the store under ``cfg.lease_owner(worker)``.  The
+  answer is LeaseGranted (a block, or -1: the range is exhausted) or LeaseFailed (the store did not answer in
+  time, the store-call queue was full, the call failed: ``supervisor_lease_<reason>``).
 - MacLearned / ArpLearned from a local worker: written to the replicated tables (engine/tables.py).
+
+Every store call (leases, releases, table writes, ticks and subscriptions) runs on the store-call executor
+(engine/storecalls.py), never here: this thread only submits them and handles their results (``calls``).
 - A topology change: TopologyChanged to every worker, a new port map to the datapath (SetPortMap, no answer
   wanted); with the real datapath a port that moved here asks its previous host for its flow state.
-- An entry another agent learned or removed (the tables' relay): sent to every worker.
+- An entry another agent learned or removed (the tables' relay): sent to every worker; so is a change of the
+  store session's state (StoreStatus), and on "connected" the table writes that failed meanwhile are retried.
 - A StateRequest from another host (authenticated by the datapath): answered by our workers only when the
   store says the port now lives on the requester, once per (host, port) every few seconds.
 """
@@ -23,7 +29,9 @@ from collections.abc import Callable
 
 from backchannel import messages as m
 from engine import portmap
+from engine.storecalls import StoreCalls
 from packet.addr import int2ip
+from topology.store.base import StoreError
 
 DP = m.DATAPATH_INDEX
 STATE_REQUEST_WAIT_S = 5.0         # a state request waits this long for our mirror to see the port's move
@@ -33,13 +41,16 @@ log = logging.getLogger(__name__)
 
 
 class StoreShell:
-    def __init__(self, cfg, counters: dict, mirror, tables, allocator, send: Callable[[int, tuple], bool]):
+    def __init__(self, cfg, counters: dict, mirror, tables, allocator, send: Callable[[int, tuple], bool],
+                 calls: StoreCalls):
         self.cfg = cfg
         self.counters = counters                       # the agent's: supervisor_<event>
         for name in ("supervisor_fragment_requests", "supervisor_lease_requests", "supervisor_topology_changes"):
             counters.setdefault(name, 0)
         self.mirror, self.tables, self.allocator = mirror, tables, allocator
         self.send = send
+        self.calls = calls
+        self._tick_pending = False
         self.awaited: dict[tuple[str, str], set[int]] = {}     # (kind, name) → workers waiting for it
         self.bound: dict[str, str] = {}                # real datapath: port id → host, as last seen
         self.state_requests: dict[tuple[str, str], float] = {}  # (requester, port) → until when it may wait
@@ -61,22 +72,59 @@ class StoreShell:
                 self.send(msg.worker, m.Fragment(msg.kind, msg.name, records))
         elif t is m.LeaseRequest:
             self.counters["supervisor_lease_requests"] += 1
-            block = self.allocator.lease(self.cfg.lease_owner(msg.worker), msg.device, msg.ip, msg.port_start,
-                                         msg.port_end)
-            if block is None:
-                log.warning("SNAT: no free port block on %s for %s ports %d-%d (worker %d): its packets are dropped",
-                            msg.device, int2ip(msg.ip), msg.port_start, msg.port_end, msg.worker)
-            if 0 <= msg.worker < self.cfg.workers:
-                self.send(msg.worker, m.LeaseGranted(msg.device, msg.ip, -1 if block is None else block))
+            self._lease(msg)
         elif t is m.LeaseRelease:
-            self.allocator.release(self.cfg.lease_owner(msg.worker), msg.device, msg.ip, msg.block)
+            if not self.calls.submit("leases", self.allocator.release, self.cfg.lease_owner(msg.worker), msg.device,
+                                     msg.ip, msg.block, done=self._released):
+                self._count("supervisor_lease_releases_refused")   # the block stays ours until the session ends
         elif t is m.MacLearned or t is m.ArpLearned:
-            self.tables.learned(msg)
+            if not self.calls.submit("tables", self.tables.learned, msg):
+                self._count("supervisor_table_writes_refused")
         elif t is m.StateRequest:
             self._state_request(msg, time.monotonic())
         else:
             return False
         return True
+
+    # -- store calls (submitted here, run on the executor, their results handled here) ------------------------
+    def _lease(self, msg: m.LeaseRequest) -> None:
+        w = msg.worker
+        if not 0 <= w < self.cfg.workers:
+            self._count("supervisor_lease_requests_refused")
+            return
+
+        def done(block, error) -> None:
+            if error is not None:
+                reason = "store_unavailable" if isinstance(error, StoreError) else "store_error"
+                self._count(f"supervisor_lease_{reason}")
+                if reason == "store_error":
+                    log.warning("SNAT lease on %s for %s failed: %s: %s", msg.device, int2ip(msg.ip),
+                                type(error).__name__, error)
+                self.send(w, m.LeaseFailed(msg.device, msg.ip, reason))
+                return
+            if block is None:
+                log.warning("SNAT: no free port block on %s for %s ports %d-%d (worker %d): its packets are dropped",
+                            msg.device, int2ip(msg.ip), msg.port_start, msg.port_end, w)
+            self.send(w, m.LeaseGranted(msg.device, msg.ip, -1 if block is None else block))
+
+        if not self.calls.submit("leases", self.allocator.lease, self.cfg.lease_owner(w), msg.device, msg.ip,
+                                 msg.port_start, msg.port_end, done=done):
+            self._count("supervisor_lease_store_busy")
+            self.send(w, m.LeaseFailed(msg.device, msg.ip, "store_busy"))
+
+    def _released(self, _result, error) -> None:
+        if error is not None:                          # the node goes with the session, or stays ours
+            self._count("supervisor_lease_release_errors")
+
+    def tick(self) -> None:
+        """The replicated tables' periodic work (expiry of our entries), one at a time on the tables lane."""
+        if self._tick_pending:
+            return
+
+        def done(_result, _error) -> None:
+            self._tick_pending = False
+
+        self._tick_pending = self.calls.submit("tables", self.tables.tick, done=done)
 
     # -- state requests from other hosts (authenticated by the datapath, checked here) ---------------------------
     def _state_request(self, msg: m.StateRequest, now: float) -> None:
@@ -130,6 +178,8 @@ class StoreShell:
         if type(msg) is m.SetLiveHosts:
             self.send(DP, msg)
             return
+        if type(msg) is m.StoreStatus and msg.state == "connected":
+            self.calls.submit("tables", self.tables.retry_unwritten)
         for i in self._workers():
             self.send(i, msg)
 
@@ -138,7 +188,7 @@ class StoreShell:
         if self.state_requests:
             self._recheck_state_requests(time.monotonic())
         if kind in portmap.DEVICE_KINDS and self.mirror.get(kind, name) is not None:
-            self.tables.watch_device(kind, name)
+            self.calls.submit("tables", self.tables.watch_device, kind, name)
         if kind in (*portmap.DEVICE_KINDS, "host"):
             self.send(DP, portmap.set_port_map(0, portmap.port_map(self.mirror.objects, self.cfg.host)))
             if self.cfg.datapath == "real":

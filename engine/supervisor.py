@@ -48,6 +48,7 @@ from topology.store.topo import read_tunnel_keys, write_topology
 from workers.logs import set_level
 
 DP = m.DATAPATH_INDEX
+FLOW_PAGE = 5000                                       # flows per DumpFlowTable page (the datapath's most)
 log = logging.getLogger(__name__)
 QUERIES = {                                            # Agent.query's names → their command (req_id, arg)
     "stats": lambda req, _: m.StatsRequest(req),
@@ -244,8 +245,15 @@ class Agent:
                 "supervisor": {**self.counters, **self.session.stats()}}
 
     def flows(self) -> list:
-        """The datapath's flows: [[key, worker, hits, tags, flow id], ...]."""
-        return self._query([DP], m.DumpFlows)[DP]
+        """The datapath's flows: [(key, worker, hits, tags, flow id), ...], page by page (DumpFlowTable: one
+        answer of every flow would outgrow the 4 MiB message cap)."""
+        out, offset = [], 0
+        while True:
+            page = self._query([DP], lambda req, at=offset: m.DumpFlowTable(req, -1, at, FLOW_PAGE))[DP]
+            out.extend((tuple(f["key"]), f["worker"], f["hits"], tuple(f["tags"]), f["id"]) for f in page["flows"])
+            offset += len(page["flows"])               # a page may be short (bounded in bytes)
+            if offset >= page["total"] or not page["flows"]:
+                return out
 
     def outputs(self, port: str | None = None) -> dict[str, list[bytes]]:
         """In-memory datapath: the frames output since the last call, {port: [frame, ...]} (``port``: one)."""

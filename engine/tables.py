@@ -18,7 +18,12 @@ turn into as many store writes.  A local entry is written only
   ``learn_burst`` (counted ``tables_learn_rate_limited``).  A refresh of an entry that is ours already costs
   no write and no token.
 What is refused stays learned in the worker that learned it (and its agent's other workers): the other agents
-flood to that MAC or ARP themselves, and the worker sends it again when it learns it again.
+flood to that MAC or ARP themselves, and the worker sends it again when it learns it again.  A write the
+store failed (quorum lost) is kept (``unwritten``, at most MAX_UNWRITTEN, the newest per key) and written
+again when the session is connected again (``retry_unwritten``; ``tables_rewritten``).
+
+Threading: every method but ``stats`` runs on the supervisor's store-call thread of the tables lane
+(engine/storecalls.py), one call at a time; the watches' callbacks run on the store's dispatcher thread.
 
 Times are wall-clock (``time.time()``), as the tables compare them across hosts; the rate limit uses
 ``clock`` (monotonic).
@@ -38,6 +43,7 @@ from topology.store.session import OwnedEntries
 from topology.store.tables import ArpTable, MacTable
 
 log = logging.getLogger(__name__)
+MAX_UNWRITTEN = 4096                # learned entries kept for a retry after the store failed their write
 
 
 class SharedTables:
@@ -56,7 +62,9 @@ class SharedTables:
         self.macs: dict[str, MacTable] = {}
         self.arps: dict[str, ArpTable] = {}
         self.counters = {"tables_local_writes": 0, "tables_remote_relayed": 0, "tables_removed_relayed": 0,
-                         "tables_write_errors": 0, "tables_learn_rate_limited": 0, "tables_full_refused": 0}
+                         "tables_write_errors": 0, "tables_learn_rate_limited": 0, "tables_full_refused": 0,
+                         "tables_rewritten": 0, "tables_unwritten_dropped": 0}
+        self.unwritten: dict[tuple, tuple] = {}      # (kind, device, key) → the learned message, oldest first
 
     def register(self, tunnel_ip: int) -> None:
         register_host(self.store, self.owner, tunnel_ip, self.owned)
@@ -113,8 +121,27 @@ class SharedTables:
             return True
         except StoreError as e:
             self.counters["tables_write_errors"] += 1
-            log.warning("replicated table write failed: %s", e)
+            log.warning("replicated table write failed (written again once the store is back): %s", e)
+            self._keep_unwritten(msg)
             return False
+
+    def _keep_unwritten(self, msg) -> None:
+        key = ("mac", msg.bridge, msg.vlan, msg.mac) if type(msg) is m.MacLearned else ("arp", msg.router, msg.ip)
+        self.unwritten.pop(key, None)
+        if len(self.unwritten) >= MAX_UNWRITTEN:
+            del self.unwritten[next(iter(self.unwritten))]
+            self.counters["tables_unwritten_dropped"] += 1
+        self.unwritten[key] = msg
+
+    def retry_unwritten(self) -> int:
+        """Write again what the store failed to take (the session is connected again); how many were written."""
+        pending, self.unwritten = self.unwritten, {}
+        n = 0
+        for msg in pending.values():
+            if self.learned(msg):
+                n += 1
+        self.counters["tables_rewritten"] += n
+        return n
 
     def _admit(self, table, have, cap: int, bucket_key: tuple[str, str]) -> bool:
         """Whether a store write for a learned entry may happen: room in ``table`` for a new key, and a token of
@@ -141,7 +168,8 @@ class SharedTables:
 
     def stats(self) -> dict:
         out = dict(self.counters)
-        for t in (*self.macs.values(), *self.arps.values()):
+        out["tables_unwritten_now"] = len(self.unwritten)
+        for t in (*list(self.macs.values()), *list(self.arps.values())):
             for k, v in t.counters.items():
                 out[k] = out.get(k, 0) + v
         return out

@@ -100,7 +100,7 @@ def worker_main(cfg: WorkerConfig) -> None:
                 guard.call("housekeeping", w.housekeeping, time.monotonic())
                 continue
             deadline = w.parking.next_deadline()
-            wait_ms = 100
+            wait_ms = 0 if w.background else 100      # a state transfer under way: no sleep
             if deadline is not None:
                 wait_ms = max(0, min(wait_ms, int((deadline - time.monotonic()) * 1000) + 1))
             if poller.poll(wait_ms):

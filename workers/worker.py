@@ -79,6 +79,11 @@ from workers.trace import result_json
 
 STATE_CHUNK = 500                                   # flow-state entries per message to another host
 RECOVER_S = 1.0                                     # a restarted worker waits at most this long for its state
+STATE_CHUNKS_PER_TURN = 8                           # of a state transfer, per loop turn (the loop goes on between)
+STATE_PAGE_BYTES = 1 << 20                          # a DumpStatePage answer stays about this small (cap: 4 MiB)
+MAX_OPEN_DUMPS = 4                                  # paged dumps in progress; a fifth forgets the oldest
+DUMP_IDLE_S = 30.0                                  # a paged dump not continued for this long is forgotten
+STORE_NEEDS = ("lease", "fragment")                 # what a parked simulation waits for from the store
 
 
 @dataclass
@@ -141,6 +146,10 @@ class Worker:
         self._recover_told = False
         self._recover_until: float | None = None
         self._recover_held: list = []
+        self.store_ok = True                            # the store session is connected (StoreStatus)
+        self._dumps: dict[int, list] = {}               # paged dump cursor → [entries, position, last asked]
+        self._next_dump = 1
+        self._transfers: list[list] = []                # state transfers under way: [entries, position, host]
 
     # -- outboxes: everything a batch produces leaves in one frame per destination, in order -------------------
     def _dp(self, msg) -> None:
@@ -464,6 +473,14 @@ class Worker:
             else:
                 # absent for now: the packets stay parked until it appears (pushed) or their deadline
                 self.topo.add(msg.request_kind, msg.request_name, None)
+        elif t is m.LeaseFailed:                       # the store did not answer: the waiting packets drop
+            key = lease_need_key(msg.device, msg.ip)
+            self.leases_out[key] = max(0, self.leases_out.get(key, 0) - 1)
+            self._fail(key, f"lease_{msg.reason}", now)
+        elif t is m.StoreStatus:
+            self.store_ok = msg.state == "connected"
+        elif t is m.DumpStatePage:
+            self._sup(m.Answer(msg.req_id, self.i, self.state_page(msg.cursor, msg.limit, now)))
         elif t is m.LeaseGranted:
             key = lease_need_key(msg.device, msg.ip)
             self.leases_out[key] = max(0, self.leases_out.get(key, 0) - 1)
@@ -483,13 +500,10 @@ class Worker:
                 self.state.forget_arp(msg.device, msg.entry)
                 self._invalidate([tags.arp(msg.device, msg.entry)])
         elif t is m.StateRequest:
-            # a port moved to another host: it takes over our flow state (all of it: a superset, bounded)
+            # a port moved to another host: it takes over our flow state (all of it: a superset, bounded), sent
+            # a few chunks per loop turn (send_transfers) so that upcalls go on meanwhile
             self.c["state_requests"] += 1
-            entries = [m.FlowStateEntry(e.kind, e.key, e.value, e.last_used + e.idle_s)
-                       for e in self.state.flow_state.values()]
-            for i in range(0, len(entries), STATE_CHUNK):
-                batch = m.FlowStateBatch(tuple(entries[i:i + STATE_CHUNK]), self.i)
-                self._dp(m.StateToHosts((msg.requester,), encode(batch)))
+            self._transfers.append([list(self.state.flow_state.values()), 0, msg.requester])
         elif t is m.InvalidateTags:
             self._invalidate(msg.tags)
         elif t is m.DatapathRestarted:
@@ -511,7 +525,10 @@ class Worker:
             self._sup(m.StatsReply(msg.req_id, self.i, self.stats()))
         elif t is m.DumpState:
             if msg.req_id:
-                self._sup(m.Answer(msg.req_id, self.i, self.state_entries()))
+                n = len(self.state.flow_state)
+                body = self.state_entries() if n <= m.DUMP_STATE_MAX else {
+                    "error": f"{n} entries: more than one answer holds (DumpStatePage pages them)", "total": n}
+                self._sup(m.Answer(msg.req_id, self.i, body))
         elif t is m.TraceRequest:
             self._sup(m.Answer(msg.req_id, self.i, self.trace(msg.port, msg.frame, now)))
         elif t is m.DumpTable:
@@ -602,6 +619,60 @@ class Worker:
         """The flow-state shard as the agent's snapshot file stores it (restored at start)."""
         return [[e.kind, e.key, e.value, e.last_used + e.idle_s] for e in self.state.flow_state.values()]
 
+    def state_page(self, cursor: int, limit: int, now: float) -> dict:
+        """One page of a paged dump of the flow-state shard (DumpStatePage): cursor 0 starts one."""
+        if cursor == 0:
+            while len(self._dumps) >= MAX_OPEN_DUMPS:
+                del self._dumps[next(iter(self._dumps))]
+                self.c["state_dumps_forgotten"] += 1
+            cursor, self._next_dump = self._next_dump, self._next_dump + 1
+            self._dumps[cursor] = [list(self.state.flow_state.values()), 0, now]
+            self.c["state_dumps"] += 1
+        dump = self._dumps.get(cursor)
+        if dump is None:
+            return {"error": f"unknown or expired dump cursor {cursor}"}
+        entries, pos = dump[0], dump[1]
+        fs, out, size, end = self.state.flow_state, [], 0, len(entries)
+        limit = min(limit, m.MAX_STATE_PAGE)
+        while pos < end and len(out) < limit and size < STATE_PAGE_BYTES:
+            e = entries[pos]
+            pos += 1
+            if fs.get((e.kind, e.key)) is not e:       # expired or evicted since the dump started
+                continue
+            out.append([e.kind, e.key, e.value, e.last_used + e.idle_s])
+            size += 64 + len(e.key[5])
+        if pos >= end:
+            del self._dumps[cursor]
+            cursor = 0
+        else:
+            dump[1], dump[2] = pos, now
+        return {"entries": out, "cursor": cursor, "total": end}
+
+    @property
+    def background(self) -> bool:
+        """Work is left for the next loop turn (a state transfer): the loop should not sleep."""
+        return bool(self._transfers)
+
+    def send_transfers(self) -> None:
+        """A few chunks of each state transfer under way (StateRequest), to the requesting host."""
+        fs = self.state.flow_state
+        for tr in list(self._transfers):
+            entries, pos, host = tr
+            for _ in range(STATE_CHUNKS_PER_TURN):
+                chunk = []
+                while pos < len(entries) and len(chunk) < STATE_CHUNK:
+                    e = entries[pos]
+                    pos += 1
+                    if fs.get((e.kind, e.key)) is e:
+                        chunk.append(m.FlowStateEntry(e.kind, e.key, e.value, e.last_used + e.idle_s))
+                if chunk:
+                    self._dp(m.StateToHosts((host,), encode(m.FlowStateBatch(tuple(chunk), self.i))))
+                if pos >= len(entries):
+                    break
+            tr[1] = pos
+            if pos >= len(entries):
+                self._transfers.remove(tr)
+
     def stats(self) -> dict:
         out = {f"worker_{k}": v for k, v in self.c.items()}
         out.update({f"worker_drops_{k}": v for k, v in self.drops.items()})
@@ -630,8 +701,12 @@ class Worker:
             elif now >= self._recover_until:
                 self._recovered(now, timed_out=True)
         for (kind, *_), items in self.parking.expire(now):
+            # waited for the store while it was down: say so (store_down_lease, store_down_fragment)
+            reason = f"parked_timeout_{kind}" if self.store_ok or kind not in STORE_NEEDS else f"store_down_{kind}"
             for item in items:
-                self._give_up(item, f"parked_timeout_{kind}", now)
+                self._give_up(item, reason, now)
+        if self._transfers and len(self.out_dp) < 256:  # not while the datapath's queue holds us back
+            self.send_transfers()
         resend, failed = self.arp.tick(now)
         for port, pkt in resend:
             self.emit_generated(port, pkt, now)
@@ -640,6 +715,9 @@ class Worker:
         if now < self._next_slow:
             return
         self._next_slow = now + 1.0
+        for cursor in [c for c, d in self._dumps.items() if now - d[2] > DUMP_IDLE_S]:
+            del self._dumps[cursor]
+            self.c["state_dumps_forgotten"] += 1
         gone = self.flows.expire(now)
         if gone:
             self._dp(m.FlowDelete(tuple(gone)))

@@ -119,9 +119,11 @@ def test_arp_reply_received_by_another_agent_completes_the_parked_simulation(age
 
 
 def test_two_agents_snat_to_one_address_never_collide(agents):
-    # what this checks is that no binding is handed out twice; the ~160 block leases it needs go one by one
-    # through the supervisor's service thread and the store, which on a loaded 2-core machine took longer than
-    # the default 5 s a packet may wait for one (parked_timeout_lease): give the packets longer to wait
+    # what this checks is that no binding is handed out twice.  The ~160 block leases it needs run on the
+    # supervisors' store-call threads now (each answered in ms), but the 10,000 SNAT setups (re-simulated when
+    # their block comes) of two agents — six processes and both supervisors in this one — on a 2-core machine
+    # still outlast the default 5 s a packet may wait, about one run in two (as before the executor): give the
+    # packets longer to wait
     a = agents("host-a", with_topology=True, park_timeout_s=30.0)
     b = agents("host-b", park_timeout_s=30.0)
     out_a, out_b = Outputs(a), Outputs(b)

@@ -94,24 +94,24 @@ def test_a_zookeeper_outage_is_logged_once_and_kazoos_reconnect_noise_is_collaps
             zk.stop_node(zk.nodes[0])
             wait_for(lambda: agent.store_state == "suspended", timeout=20, what="the store suspended")
             assert agent.stats()["supervisor"]["supervisor_store_connected"] == 0
-            t0 = time.monotonic()
-            wait_for(lambda: kazoo_records.count(REFUSED) >= 10, timeout=30, what="kazoo retrying")
+            # kazoo retries the connection again and again, writing its lines each time: they pass once per
+            # connection-state change (topology/store/zk.py KazooLogTamer), the rest are counted
+            wait_for(lambda: agent.store.counters["store_log_lines_suppressed"] >= 20, timeout=30,
+                     what="kazoo retrying")
             zk.restart_node(zk.nodes[0])
             wait_for(lambda: agent.store_state == "connected", timeout=30, what="the store connected again")
-            outage = time.monotonic() - t0
+            changes = agent.stats()["supervisor"]["supervisor_store_state_changes"]
             time.sleep(repeat_s + 0.5)                 # the last interval's count is written
     finally:
         logging.getLogger("kazoo").removeHandler(counter)
         zk.stop()
     text = log_file.read_text()
     assert text.count("store connection lost") == 1 and "store connected again" in text
-    # kazoo's reconnect failure: written in full once, then one "… repeated N times" per interval, N adding up
-    full = [x for x in text.splitlines() if x.endswith(f"kazoo.client: {REFUSED}")]
-    counts = [int(n) for n in re.findall(rf"kazoo\.client: {re.escape(REFUSED)} … repeated (\d+) times", text)]
-    assert len(full) == 1 and 1 <= len(counts) <= outage / repeat_s + 2, (full, counts)
-    assert 1 + sum(counts) == kazoo_records.count(REFUSED) >= 10
-    connecting = [x for x in text.splitlines() if "kazoo.client: Connecting to " in x]
-    assert len(connecting) <= outage / repeat_s + 4 < sum(r.startswith("Connecting to ") for r in kazoo_records)
+    # each of kazoo's reconnect lines once per state change, not once per retry
+    assert 1 <= kazoo_records.count(REFUSED) <= changes, kazoo_records
+    assert sum(r.startswith("Connecting to ") for r in kazoo_records) <= changes + 1, kazoo_records
+    written = [x for x in text.splitlines() if f"kazoo.client: {REFUSED}" in x]
+    assert 1 <= len(written) <= changes, written
 
 
 REFUSED = "Connection dropped: socket connection error: Connection refused"

@@ -45,7 +45,8 @@ def udp(src_mac: str, dst_mac: str, sport: int) -> bytes:
 def agent(tmp_path):
     (tmp_path / "lan.yaml").write_text(LEARNING)
     a = Agent(topology=str(tmp_path / "lan.yaml"), host="host-a", store=f"memory://{tmp_path.name}", workers=2,
-              runtime_base=str(tmp_path), max_inflight=100_000, port_rate=1e6, port_burst=1e6).start()
+              runtime_base=str(tmp_path), max_inflight=100_000, port_rate=1e6, port_burst=1e6,
+              megaflows=False).start()                 # exact match: one flow per 5-tuple to count
     yield a
     a.stop()
 

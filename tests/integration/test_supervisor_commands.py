@@ -68,6 +68,10 @@ class FakeChild:
         body = {m.DumpFlows: lambda: [FLOW], m.TakeOutputs: lambda: {msg[1] or "b.p1": [b"out"]},
                 m.TakeLatencies: lambda: [10, 20],
                 m.DumpState: lambda: [["conntrack", [i, 2, 6, 3, 4, "b"], None, 50.0]],      # a real state key
+                m.DumpStatePage: lambda: {"entries": [["conntrack", [i, 2, 6, 3, 4, "b"], None, 50.0]], "cursor": 0,
+                                          "total": 1},
+                m.DumpFlowTable: lambda: {"total": 1, "flows": [{"key": FLOW[0], "worker": FLOW[1], "hits": FLOW[2],
+                                                                 "tags": FLOW[3], "id": FLOW[4]}]},
                 m.SetPortMap: lambda: {"ports": [p for p, _ in msg.ports], "errors": []},
                 m.SetStateAuth: lambda: {"keys": len(msg.keys)}}.get(t)
         return None if body is None else m.Answer(msg.req_id, i, body())
@@ -142,7 +146,7 @@ def test_commands_and_answers_memory_datapath(agent_factory):
     s = a.stats()
     assert s["datapath"] == {"fake_pid": dp.pid} and [w["fake_pid"] for w in s["workers"]] == [a.pids[0], a.pids[1]]
     assert s["supervisor"]["supervisor_worker_restarts"] == 0
-    assert a.flows() == (((1, 2), 0, 3, ("bridge:b",), 9),)       # as the datapath said it (lists decode as tuples)
+    assert a.flows() == [((1, 2), 0, 3, ("bridge:b",), 9)]        # as the datapath said it (lists decode as tuples)
     assert a.outputs("b.p1") == {"b.p1": (b"out",)} and a.latencies_ns() == (10, 20)
     a.inject("b.p1", [b"frame"])
     a.inject_tunnel(7, [b"tunneled"])

@@ -44,12 +44,14 @@ def _sample(cls):
         "frames": (b"f",), "vlan": 0, "entry": 5, "requester": "host-b", "sender": -1, "body": {"a": 1},
         "hosts": ("host-b",), "vni": 5, "pid": 4242, "ports": (("b.p", "eth0"),), "keys": ((5, "b.p"),),
         "host": "host-a", "offset": 0, "limit": 10, "level": "INFO", "epoch": 1, "peers": (0, 1), "flow_id": 1 << 40,
+        "state": "connected", "cursor": 0,
     }
     if cls.__name__ == "SetStateAuth":
         values["keys"] = (b"k" * 32,)
     # fields of one name that hold different things in different messages
     values.update({"TableEntryRemoved.kind": "mac", "SetPortMap.hosts": (("host-b", 0x7F00000C),),
-                   "Reinstall.key": ("b.p", *range(24)), "StateRecall.requester": 1})
+                   "Reinstall.key": ("b.p", *range(24)), "StateRecall.requester": 1,
+                   "LeaseFailed.reason": "store_unavailable"})
     return cls(*(values.get(f"{cls.__name__}.{f}", values[f]) for f in cls._fields))
 
 

@@ -202,3 +202,17 @@ def test_the_unused_extra_field_is_gone():
         AgentConfig(extra={})
     with pytest.raises(ConfigError, match="unknown key 'extra'"):
         AgentConfig.from_dict({"extra": {}})
+
+
+def test_a_state_file_of_the_first_format_is_still_read_and_a_broken_chunk_is_refused(tmp_path):
+    from backchannel.codec import encode
+
+    path = tmp_path / "old.state"
+    path.write_bytes(encode(m.FlowStateBatch(tuple(_entries(5)), -1)))      # one batch, no header
+    assert statefile.read_state(str(path)).entries == tuple(_entries(5))
+    statefile.write_state(str(path), _entries(statefile.CHUNK + 3))           # the chunked format: two chunks
+    assert len(statefile.read_chunks(str(path))) == 2
+    assert len(statefile.read_state(str(path)).entries) == statefile.CHUNK + 3
+    path.write_bytes(path.read_bytes()[:-10])                                   # truncated
+    with pytest.raises(statefile.StateFileError):
+        statefile.read_chunks(str(path))

@@ -15,10 +15,16 @@ Watches: ZooKeeper watches are one-shot and kazoo forgets them when the connecti
 every CONNECTED transition (on a spawned thread), under a per-subscription lock, and compares what it read
 with what it last delivered (czxid/mzxid for data, the sorted names for children) so it delivers only real
 changes, never twice, never backwards.  Events are posted to this handle's dispatcher (see store.base).
+
+Logs: kazoo logs "Connection dropped", "Connecting to …", "Closing connection …" on every retry of a
+reconnect — hundreds in an outage.  Its logger here is a ``KazooLogTamer``: each of its messages (by level and
+format string) passes once per connection-state change, the rest are counted (``store_log_lines_suppressed``);
+the agent adds its own line per transition (engine/session.py).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from kazoo.client import KazooClient, KazooState
@@ -85,6 +91,30 @@ _STATES = {KazooState.CONNECTED: ConnState.CONNECTED, KazooState.SUSPENDED: Conn
            KazooState.LOST: ConnState.LOST}
 
 
+class KazooLogTamer(logging.LoggerAdapter):
+    """The ``kazoo.client`` logger, passing each INFO-or-above message once per connection-state change."""
+
+    def __init__(self, logger: logging.Logger | None = None):
+        super().__init__(logger or logging.getLogger("kazoo.client"), {})
+        self._seen: set = set()
+        self._lock = threading.Lock()
+        self.suppressed = 0
+
+    def state_changed(self) -> None:
+        with self._lock:
+            self._seen.clear()
+
+    def log(self, level, msg, *args, **kwargs):
+        if level >= logging.INFO:
+            key = (level, msg if isinstance(msg, str) else type(msg).__name__)
+            with self._lock:
+                if key in self._seen:
+                    self.suppressed += 1
+                    return
+                self._seen.add(key)
+        super().log(level, msg, *args, **kwargs)
+
+
 def map_error(exc: BaseException, what: str) -> StoreError:
     for kazoo_type, ours in _ERRORS:
         if isinstance(exc, kazoo_type):
@@ -108,7 +138,8 @@ class ZkStore(Store):
         self._watches: set[_ZkWatch] = set()
         self._listeners: list[tuple[Subscription, StateCallback]] = []
         self._counters = {"store_suspended": 0, "store_sessions_expired": 0, "store_reconnected": 0}
-        self._client = KazooClient(hosts=hosts, timeout=session_timeout,
+        self._log = KazooLogTamer()
+        self._client = KazooClient(hosts=hosts, timeout=session_timeout, logger=self._log,
                                    connection_retry={"max_tries": -1, "delay": 0.05, "backoff": 1.5,
                                                      "max_delay": 1.0})
         try:
@@ -236,6 +267,7 @@ class ZkStore(Store):
 
     def _on_state(self, kstate: str) -> None:
         """kazoo's connection thread: never block here."""
+        self._log.state_changed()
         state = _STATES[kstate]
         if state is ConnState.SUSPENDED:
             self._counters["store_suspended"] += 1
@@ -261,7 +293,7 @@ class ZkStore(Store):
 
     @property
     def counters(self) -> dict[str, int]:
-        return {**self._dispatcher.counters, **self._counters}
+        return {**self._dispatcher.counters, **self._counters, "store_log_lines_suppressed": self._log.suppressed}
 
     def close(self) -> None:
         if self._closed:
