@@ -209,7 +209,8 @@ def cmd_real(args) -> int:
     cfg = RealConfig(pipeline=args.pipeline, rates=args.rates, duration=args.duration, peer=args.peer,
                      ovs_variants=variants, workers=args.workers[0], probes=args.probes,
                      spacing_s=args.spacing_ms / 1000.0, tcp_connects=args.tcp_connects,
-                     search_steps=args.search_steps, drain_s=args.drain, ovs_rcvbuf=args.ovs_rcvbuf)
+                     search_steps=args.search_steps, drain_s=args.drain, ovs_rcvbuf=args.ovs_rcvbuf,
+                     megaflows=args.megaflows == "on")
     show = sys.stderr.isatty() if args.progress is None else args.progress
     bar = progress_bar(expected_stages(cfg), f"{cfg.pipeline}") if show else None
 

@@ -73,6 +73,7 @@ class RealConfig:
     floors: bool = True
     ovs_rcvbuf: int | None = None              # net.core.rmem_default while OVS opens its ports (None: as is)
     progress: bool = False
+    megaflows: bool = False                    # the agent's megaflows (off: every new 5-tuple is a setup)
 
 
 # --- the systems under test ------------------------------------------------------------------------------
@@ -97,7 +98,7 @@ class ShardnetSystem:
         acfg = AgentConfig(store="memory://", host=HOST, workers=self.cfg.workers, datapath="real", topology=path,
                            tunnel_port=random.randrange(30000, 60000), runtime_base=self.tmp,
                            state_file=os.path.join(self.tmp, "bench.state"), state_snapshot_s=0.0,
-                           flow_idle_s=10.0, keep_outputs=False, log_level="WARNING")
+                           flow_idle_s=10.0, keep_outputs=False, log_level="WARNING", megaflows=self.cfg.megaflows)
         self.agent = Agent(acfg).start()
         from bench.ovspeer import rx_buffers
 
