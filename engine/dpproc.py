@@ -1,7 +1,8 @@
 """The datapath process: the flow cache, the ports, and the dispatcher in one process, pinned to a core.
 
 Owns: the datapath (engine.datapath: flow cache + ports), the dispatcher (engine.dispatcher), the setup-latency
-samples (drained by TakeLatencies) and histogram (``LATENCY_BUCKETS_US``, never drained, in the stats), and the
+samples (kept only once someone drained them with a TakeLatencies — a bench — so that an agent nobody
+measures holds none; drained by each TakeLatencies) and histogram (``LATENCY_BUCKETS_US``, never drained, in the stats), and the
 sockets
 
     inbox      PULL datapath      FlowPut / Execute / PacketOut / FlowDelete, fan-out relays, injected frames,
@@ -150,6 +151,7 @@ class DatapathProcess:
                                max_held_total=cfg.max_held_total, batch=cfg.batch, port_workers=cfg.port_workers)
         self.disp.seq = cfg.epoch << m.EPOCH_SHIFT     # seqs (flow ids) never repeat an earlier incarnation's
         self.latencies = array("q")
+        self.keep_latencies = False                    # set by the first TakeLatencies: a reader exists
         self.latency_buckets = [0] * (len(_LATENCY_BOUNDS_NS) + 1)   # never drained: the histogram's counts
         self.latency_sum_ns = 0
         self.counters = self.dp.counters
@@ -320,7 +322,7 @@ class DatapathProcess:
         """One setup-latency sample: its histogram bucket (kept) and the sample (until TakeLatencies)."""
         self.latency_buckets[bisect_left(_LATENCY_BOUNDS_NS, ns)] += 1
         self.latency_sum_ns += ns
-        if len(self.latencies) < MAX_LATENCY_SAMPLES:
+        if self.keep_latencies and len(self.latencies) < MAX_LATENCY_SAMPLES:
             self.latencies.append(ns)
 
     def flow_put(self, msg: m.FlowPut, now: float) -> None:
@@ -467,6 +469,7 @@ class DatapathProcess:
     def _take_latencies(self, msg: m.TakeLatencies, now: float) -> None:
         out = self.latencies.tolist()
         self.latencies = array("q")
+        self.keep_latencies = True
         self._reply(msg.req_id, out)
 
     def _set_port_map(self, msg: m.SetPortMap, now: float) -> None:

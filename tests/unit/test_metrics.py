@@ -25,6 +25,7 @@ def wire():
 
 
 def test_every_answered_upcall_lands_in_the_histogram_which_take_latencies_does_not_drain(wire):
+    wire.dp.handle(m.TakeLatencies(0), wire.now)       # a reader: the samples are kept from now on
     wire.inject("tenant.vm1", *[vm1_to_vm2(p) for p in range(1000, 1010)])
     stats = wire.dp.stats()
     answered = len(wire.dp.latencies)
@@ -190,3 +191,16 @@ def test_apply_progress_shows_only_for_long_runs_on_one_line():
     text = out.getvalue()
     assert text.startswith("\rshardnet topology apply: ") and text.endswith("100/100 records (100%) 5.0 s\n")
     assert text.count("\r") <= 45 and "\n" not in text[:-1]
+
+
+def test_latency_samples_are_kept_only_once_someone_takes_them(wire):
+    """An agent nobody measures holds no samples (only the histogram); after a first TakeLatencies they are kept
+    until the next one."""
+    wire.dp.record_latency(1_000)
+    assert len(wire.dp.latencies) == 0 and wire.dp.latency_histogram()["datapath_setup_latency_count"] == 1
+    wire.dp.handle(m.TakeLatencies(0), 0.0)
+    wire.dp.record_latency(2_000)
+    wire.dp.record_latency(3_000)
+    assert list(wire.dp.latencies) == [2_000, 3_000]
+    wire.dp.handle(m.TakeLatencies(0), 0.0)
+    assert len(wire.dp.latencies) == 0
