@@ -49,8 +49,9 @@ from bench.wiretopo import HOST, topology_yaml
 KIB = 1024
 MIB = 1024 * KIB
 DISTINCT = SRC_PORTS * DST_PORTS               # distinct 5-tuples of the frame layout
-# counters that name a reason a frame, an upcall or an entry was given up
-DROP_RE = re.compile(r"drop|limit|quarant|timeout|overflow|full|reject|malformed|error|evict|shed|lost|fail")
+# counters that name a reason a frame, an upcall or an entry was given up (a whole word of the name)
+DROP_RE = re.compile(r"(^|_)(drop|dropped|drops|limited|quarantined|timeout|overflow|full|rejected|malformed|"
+                     r"errors?|evicted|shed|lost|failed|overflowed)(_|$)")
 
 # Per-entry memory budgets behind the stated ceilings (generous upper bounds of one Python entry, key + value):
 # RSS ceiling of a process = its RSS at idle (before any load) + Σ cap × budget of what it holds.
@@ -437,12 +438,15 @@ class OverloadBench:
         max_s = seconds + 5
         sink = self._sink(tag, cfirst, span, max_s + cfg.drain_s + 60, split=cfg.cached_flows)
         c0 = self.flat()
+        procs = self.system.process_pids()
+        cpu0 = {n: probes.cpu_seconds(p) for p, n in procs.items()}
         w0 = time.monotonic()
         cached = self._sender(tag, cfirst, n_cached, cfg.cached_rate, max_s, cycle=cfg.cached_flows)
         news = [self._sender(tag, f, c, r, max_s) for f, c, r in (new or [])]
         sent_c = self.rb._result(cached, "the cached sender", max_s + 30)
         sent_n = [self.rb._result(p, "a new-flow sender", max_s + 30) for p in news]
         window = time.monotonic() - w0
+        cpu1 = {n: probes.cpu_seconds(p) for p, n in procs.items()}
         time.sleep(cfg.drain_s)
         c1 = self.flat()
         got = self.rb._result(sink, "the sink", 60, b"stop\n")
@@ -455,7 +459,10 @@ class OverloadBench:
                           "delivered_pps": round(cached_delivered / sent_c["seconds"], 1) if sent_c["seconds"] else 0,
                           "delivered_ratio": round(cached_delivered / sent_c["sent"], 4) if sent_c["sent"] else None,
                           "flows_seen": got["unique_below_split"]},
-               "sink_kernel_drops": got["kernel_drops"], "counters": c1 and c0 and _delta(c1, c0)}
+               "sink_kernel_drops": got["kernel_drops"], "counters": c1 and c0 and _delta(c1, c0),
+               # CPU each agent process got over the window, in cores (the machine's senders compete for them)
+               "agent_cpu_cores": {n: round((cpu1[n] - cpu0[n]) / window, 3) for n in cpu0
+                                   if cpu0[n] is not None and cpu1.get(n) is not None}}
         if new:
             sent = sum(s["sent"] for s in sent_n)
             secs = max(s["seconds"] for s in sent_n)
@@ -630,6 +637,10 @@ def table(res: dict) -> str:
         lines.append(f"  {name:<11} RSS idle {r['idle_kib'] / 1024:.1f} MiB, peak "
                      f"{(r['peak_kib'] or 0) / 1024:.1f} MiB, ceiling {r['ceiling_kib'] / 1024:.1f} MiB"
                      f" {'ok' if r['under_ceiling'] else 'OVER'}")
+    phase = res.get("loaded") or res.get("soak") or {}
+    if phase.get("agent_cpu_cores"):
+        lines.append("agent CPU over the window (cores): " + ", ".join(
+            f"{n} {v:.2f}" for n, v in sorted(phase["agent_cpu_cores"].items())))
     if s.get("not_read_by_datapath") is not None:
         lines.append(f"frames never read by the datapath (its socket buffer overflowed): {s['not_read_by_datapath']:,}")
     lines.append("drops by reason: " + (", ".join(f"{k} {v:,}" for k, v in s["drops_by_reason"].items()) or "none"))
