@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 APT_PKGS := zookeeper iproute2 iputils-ping ethtool netcat-openbsd tcpdump
 
-.PHONY: venv sysdeps demo test test-fast fuzz lint bench bench-peer clean
+.PHONY: venv sysdeps demo test test-fast fuzz lint bench bench-peer bench-overload soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -56,6 +56,21 @@ bench-peer: venv sysdeps
 	  mkdir -p .benchmarks && $(BIN)/shardnet bench --datapath real --pipeline $$p --peer ovs --json .benchmarks/peer-$$p.json \
 	    --plot .benchmarks/peer-$$p.png $(BENCH_PEER_ARGS) || exit 1; \
 	done
+
+# Overload and soak with the real datapath (bench/RESULTS.md, issue 11 item 6): 10x the sustained new-flow rate
+# for OVERLOAD_S seconds on the ct pipeline (RSS per process against its ceiling, drops by reason, the cached
+# flows' delivered rate under load vs unloaded), and SOAK_S seconds of mixed traffic (RSS and open fds every
+# 10 s, flatness).  Root; bounded (timeout); JSON in .benchmarks/; not part of `make test`.
+OVERLOAD_S ?= 30
+SOAK_S ?= 600
+OVERLOAD_ARGS ?=
+bench-overload: venv sysdeps
+	mkdir -p .benchmarks && timeout $$(( $(OVERLOAD_S) + 300 )) $(BIN)/shardnet bench --datapath real --overload \
+	  --duration $(OVERLOAD_S) --json .benchmarks/overload.json $(OVERLOAD_ARGS)
+
+soak: venv sysdeps
+	mkdir -p .benchmarks && timeout $$(( $(SOAK_S) + 300 )) $(BIN)/shardnet bench --datapath real --soak \
+	  --duration $(SOAK_S) --json .benchmarks/soak.json $(OVERLOAD_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .benchmarks

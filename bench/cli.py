@@ -4,6 +4,8 @@
                    [--plot OUT.png] [--pcap FILE [--pcap-port PORT]] [--store URI] [--megaflows on|off]
     shardnet bench --datapath real --pipeline {l2,ct,l3,full} [--rates 5000,10000,20000,40000] [--duration S]
                    [--peer ovs] [--json OUT] [--plot OUT.png]          (bench.realbench: wire to wire, root)
+    shardnet bench --datapath real --overload|--soak [--pipeline ct] [--duration S] [--new-rate R]
+                   [--sustained R] [--senders N] [--json OUT]          (bench.overload: RSS, drops, fds; root)
 
 ``add_bench_parser(subparsers)`` adds the subcommand to the shardnet parser: it is registered in the
 ``shardnet.commands`` entry-point group (pyproject.toml), which engine/cli.py loads (engine never imports bench);
@@ -113,11 +115,13 @@ def configure(b: argparse.ArgumentParser) -> None:
     r = b.add_argument_group("wire to wire (--datapath real: namespaces, veths, a real agent; needs root)")
     r.add_argument("--datapath", choices=("memory", "real"), default="memory",
                    help="memory: the in-memory pipeline (default); real: UDP 5-tuples through veths")
-    r.add_argument("--pipeline", choices=("l2", "ct", "l3", "full"), default="l2",
-                   help="real: one bridge, the bridge with a stateful filter, a router, router + SNAT (l2)")
+    r.add_argument("--pipeline", choices=("l2", "ct", "l3", "full"), default=None,
+                   help="real: one bridge, the bridge with a stateful filter, a router, router + SNAT "
+                        "(l2; ct with --overload/--soak)")
     r.add_argument("--rates", type=_rates, default=[5000, 10000, 20000, 40000], metavar="R,R,...",
                    help="real: offered rates of new 5-tuples per second (5000,10000,20000,40000)")
-    r.add_argument("--duration", type=_seconds, default=2.0, metavar="S", help="real: seconds per rate (2)")
+    r.add_argument("--duration", type=_seconds, default=None, metavar="S",
+                   help="real: seconds per rate (2); --overload: seconds of load (30); --soak: seconds (600)")
     r.add_argument("--peer", choices=("ovs",), default=None,
                    help="real: the same traffic through Open vSwitch's userspace datapath, side by side")
     r.add_argument("--ovs-variants", default=None, metavar="V,V",
@@ -131,10 +135,36 @@ def configure(b: argparse.ArgumentParser) -> None:
     r.add_argument("--search-steps", type=int, default=3, help="real: bisection steps for the lossless rate (3)")
     r.add_argument("--drain", type=float, default=1.0, metavar="S",
                    help="real: seconds waited after each rate for the last frames (1)")
+    o = b.add_argument_group("overload and soak (--datapath real; bench.overload)")
+    mode = o.add_mutually_exclusive_group()
+    mode.add_argument("--overload", action="store_true",
+                      help="cached flows unloaded, then under --new-rate new 5-tuples/s: RSS, drops by reason")
+    mode.add_argument("--soak", action="store_true",
+                      help="mixed traffic for --duration (600 s): RSS and open fds every --sample-s, flatness")
+    o.add_argument("--sustained", type=_positive, default=16_000, metavar="R",
+                   help="the sustained new-flow rate the overload multiplies (16000: ct in bench/RESULTS.md)")
+    o.add_argument("--new-rate", type=_positive, default=None, metavar="R",
+                   help="new 5-tuples/s offered (overload: 10 x --sustained; soak: --sustained / 4)")
+    o.add_argument("--senders", type=_positive, default=2, help="new-flow sender processes (2)")
+    o.add_argument("--cached-flows", type=_positive, default=200, help="established flows sent round robin (200)")
+    o.add_argument("--cached-rate", type=_positive, default=2000, help="their frames/s in all (2000)")
+    o.add_argument("--unloaded", type=_seconds, default=10.0, metavar="S",
+                   help="overload: seconds of the unloaded cached-flow measurement (10)")
+    o.add_argument("--sample-s", type=_seconds, default=None, metavar="S",
+                   help="RSS (and fd) sampling period (overload 0.5, soak 10)")
+    o.add_argument("--flow-idle", type=_seconds, default=None, metavar="S",
+                   help="the agent's flow_idle_s (overload 10, soak 2)")
+    o.add_argument("--flow-state-idle", type=_seconds, default=None, metavar="S",
+                   help="the agent's flow_state_idle_s (overload 60, soak 5)")
     b.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args) -> int:
+    if getattr(args, "overload", False) or getattr(args, "soak", False):
+        if args.datapath != "real":
+            print("shardnet bench: --overload and --soak need --datapath real", file=sys.stderr)
+            return 2
+        return cmd_overload(args)
     if getattr(args, "datapath", "memory") == "real":
         return cmd_real(args)
     from bench.harness import BenchConfig, BenchError, build_feeds, measure_floors, run_bench
@@ -198,15 +228,16 @@ def cmd_real(args) -> int:
     variants = None
     if args.ovs_variants:
         variants = [v.strip() for v in args.ovs_variants.split(",") if v.strip()]
-        bad = [v for v in variants if v not in VARIANTS[args.pipeline]]
+        pipeline = args.pipeline or "l2"
+        bad = [v for v in variants if v not in VARIANTS[pipeline]]
         if bad:
-            print(f"shardnet bench: OVS variants of {args.pipeline}: {', '.join(VARIANTS[args.pipeline])} "
+            print(f"shardnet bench: OVS variants of {pipeline}: {', '.join(VARIANTS[pipeline])} "
                   f"(not {', '.join(bad)})", file=sys.stderr)
             return 2
     if args.spacing_ms <= 0 or args.spacing_ms > 1000 or args.search_steps < 0 or not 0 <= args.drain <= 60:
         print("shardnet bench: --spacing-ms in (0, 1000], --search-steps >= 0, --drain in [0, 60]", file=sys.stderr)
         return 2
-    cfg = RealConfig(pipeline=args.pipeline, rates=args.rates, duration=args.duration, peer=args.peer,
+    cfg = RealConfig(pipeline=args.pipeline or "l2", rates=args.rates, duration=args.duration or 2.0, peer=args.peer,
                      ovs_variants=variants, workers=args.workers[0], probes=args.probes,
                      spacing_s=args.spacing_ms / 1000.0, tcp_connects=args.tcp_connects,
                      search_steps=args.search_steps, drain_s=args.drain, ovs_rcvbuf=args.ovs_rcvbuf,
@@ -248,6 +279,59 @@ def cmd_real(args) -> int:
             print(f"shardnet bench: no plot ({e}); install matplotlib", file=sys.stderr)
         else:
             plot_real(res, args.plot)
+    print(table(res))
+    return 0
+
+
+def _signal_guard():
+    """SIGTERM unwinds like Ctrl-C (the finally blocks remove namespaces, veths, processes); the old handler."""
+    import os
+    import signal
+
+    owner = os.getpid()
+
+    def terminate(*_):
+        if os.getpid() != owner:         # a forked helper (pyroute2's netns proxy) inherited this handler
+            os._exit(143)
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, terminate)
+
+
+def cmd_overload(args) -> int:
+    import signal
+
+    from bench.overload import OverloadConfig, OverloadError, run_overload, table
+    from bench.realbench import progress_bar
+    from bench.realbench import public as public_real
+    from bench.wirerig import RigError
+    from engine.datapath.netdev import NetdevError
+
+    mode = "overload" if args.overload else "soak"
+    cfg = OverloadConfig(mode=mode, pipeline=args.pipeline or "ct", duration=args.duration,
+                         sustained=args.sustained, new_rate=args.new_rate, senders=args.senders,
+                         cached_flows=args.cached_flows, cached_rate=args.cached_rate, unloaded_s=args.unloaded,
+                         sample_s=args.sample_s, workers=args.workers[0], flow_idle_s=args.flow_idle,
+                         flow_state_idle_s=args.flow_state_idle)
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+    bar = progress_bar(5 if mode == "overload" else 4, f"{mode} {cfg.pipeline}") if show else None
+    old = _signal_guard()
+    try:
+        res = run_overload(cfg, bar)
+    except (OverloadError, RigError, NetdevError, OSError, ValueError, RuntimeError) as e:
+        print(f"\nshardnet bench: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nshardnet bench: interrupted (namespaces, veths and processes removed)", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        if bar is not None:
+            sys.stderr.write("\n")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(public_real(res), f, indent=1)
+            f.write("\n")
     print(table(res))
     return 0
 

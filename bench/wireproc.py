@@ -3,9 +3,13 @@
     send       in the sender namespace: ``count`` distinct UDP 5-tuples from frame index ``first`` on, paced at
                ``rate`` frames/s through an AF_PACKET socket on eth0 (frames built from one template: only the
                ports, the index in the payload and the UDP checksum change); stops at ``count`` or ``max_s``.
+               With ``cycle`` = n, frame k carries index ``first + k % n``: n established flows sent over and
+               over (the overload bench's cached flows).
     sink       in the sink namespace: counts the frames on eth0 (AF_PACKET) that carry ``tag`` in their UDP
                payload, distinct frame indexes too; UDP sockets bound on the destination ports (never read) so
                the namespace's kernel answers no ICMP port-unreachable; stops on a line on stdin, EOF or max_s.
+               With ``split`` = n, frames whose index is below ``first + n`` are also counted apart
+               (``matched_below_split``): one sink for the cached flows and the new ones of the overload bench.
     echo       in the root namespace: the floor of a userspace forwarder, AF_PACKET recv on ``a`` -> send on ``b``
                with no parsing, until stdin closes or max_s.
     tcpserver  in the sink namespace: accepts and closes connections until stdin closes or max_s.
@@ -117,8 +121,12 @@ def send(a: dict) -> dict:
     fm = FrameMaker(a["eth_src"], a["eth_dst"], a["ip_src"], a["ip_dst"], bytes.fromhex(a["tag"]))
     s = _tx_socket(a.get("ifname", "eth0"))
     first, count, rate, max_s = a["first"], a["count"], float(a["rate"]), float(a["max_s"])
+    cycle = int(a.get("cycle") or 0)
     tx = s.send
     frame = fm.frame
+    if cycle > 0:
+        made = [fm.frame(first + k) for k in range(cycle)]
+        frame = lambda i: made[(i - first) % cycle]       # noqa: E731 - the loop's one call, kept cheap
     sent = errors = 0
     t0 = time.perf_counter()
     clock = time.perf_counter
@@ -151,7 +159,8 @@ def sink(a: dict) -> dict:
         u.bind(("0.0.0.0", DST_PORT_BASE + k))
         holes.append(u)
     seen = bytearray(count)
-    matched = unique = other = 0
+    matched = unique = other = below = 0
+    split = int(a.get("split") or 0)
     print("ready", flush=True)
     deadline = time.monotonic() + float(a["max_s"])
     fd, stdin = rx.fileno(), sys.stdin.fileno()
@@ -170,6 +179,8 @@ def sink(a: dict) -> dict:
             if len(f) >= FRAME_LEN and f[42:50] == tag:
                 matched += 1
                 j = struct.unpack_from("!I", f, 50)[0] - first
+                if 0 <= j < split:
+                    below += 1
                 if 0 <= j < count and not seen[j]:
                     seen[j] = 1
                     unique += 1
@@ -183,10 +194,15 @@ def sink(a: dict) -> dict:
         if len(f) >= FRAME_LEN and f[42:50] == tag:
             matched += 1
             j = struct.unpack_from("!I", f, 50)[0] - first
+            if 0 <= j < split:
+                below += 1
             if 0 <= j < count and not seen[j]:
                 seen[j] = 1
                 unique += 1
     out = {"matched": matched, "unique": unique, "other": other, "kernel_drops": kernel_drops(rx)}
+    if split:
+        out["matched_below_split"] = below
+        out["unique_below_split"] = sum(seen[:split])
     for u in holes:
         u.close()
     rx.close()

@@ -1,8 +1,8 @@
 """The datapath process: the flow cache, the ports, and the dispatcher in one process, pinned to a core.
 
 Owns: the datapath (engine.datapath: flow cache + ports), the dispatcher (engine.dispatcher), the setup-latency
-samples (kept only once someone drained them with a TakeLatencies — a bench — so that an agent nobody
-measures holds none; drained by each TakeLatencies) and histogram (``LATENCY_BUCKETS_US``, never drained, in the stats), and the
+samples (kept only once a TakeLatencies drained them — a bench — so that an agent nobody measures holds
+none; drained by each TakeLatencies) and histogram (``LATENCY_BUCKETS_US``, never drained, in the stats), and the
 sockets
 
     inbox      PULL datapath      FlowPut / Execute / PacketOut / FlowDelete, fan-out relays, injected frames,
