@@ -153,6 +153,10 @@ class OvsPeer:
                     self.vsctl("add-port", self.bridge, port, "--", "set", "interface", port,
                                f"ofport_request={n}")
             self.rx_buffers = rx_buffers(self.vswitchd_pid)
+            mgmt = os.path.join(d, "run", f"{self.bridge}.mgmt")       # ovs-ofctl's way in: it may come late
+            deadline = time.monotonic() + 10.0
+            while not os.path.exists(mgmt) and time.monotonic() < deadline:
+                time.sleep(0.05)
         except BaseException:
             self.stop()
             raise
