@@ -104,6 +104,7 @@ class WorkerConfig:
     max_macs_per_port: int = DEFAULT_MAX_MACS_PER_PORT
     max_arps_per_router: int = DEFAULT_MAX_ARPS_PER_ROUTER
     restarted: bool = False                # started in place of a dead one: recovers its state first (Recover)
+    poll_spin_us: int = 0                  # busy-poll this long after work before blocking (0: off)
 
 
 class Worker:
