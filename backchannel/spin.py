@@ -3,12 +3,15 @@
 A process that has just handled work polls without blocking (timeout 0) for up to ``spin_s`` seconds, so a
 message arriving soon after is taken without the scheduler's wake-up (this machine's floor: ENVIRONMENT.md).
 Then it blocks as before, for what is left of its timeout: deadlines (parking, housekeeping) keep their time.
+Between two looks it yields the core: a pinned process's ZMQ I/O thread inherits its single-CPU affinity, and
+a spinner that never yields keeps that thread (which carries every message in and out) off the core.
 The loops call this only when the setting is on and the previous round had work; at 0 they call
 ``poller.poll`` directly, as before.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 __all__ = ["spin_poll"]
@@ -26,5 +29,6 @@ def spin_poll(poller, timeout_ms: int, spin_s: float) -> list:
         now = time.monotonic()
         if now >= end:
             break
+        os.sched_yield()               # let a thread on this core run (ZMQ's I/O thread shares the pinned core)
     left = timeout_ms - int((now - start) * 1000)
     return poller.poll(left) if left > 0 else []
