@@ -24,6 +24,30 @@ import sys
 SCENARIO_NAMES = ("l2", "l3", "full")
 
 
+def _agent_opt(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with VALUE in TOML → (key, value); the key and value are checked against AgentConfig."""
+    import tomllib
+
+    from bench.realbench import FIXED_AGENT_OPTS
+    from engine.config import AgentConfig, ConfigError
+
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    if key in FIXED_AGENT_OPTS:
+        raise argparse.ArgumentTypeError(f"{key}: set by the harness ({', '.join(sorted(FIXED_AGENT_OPTS))})")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()                         # a bare word: a string (log_level=DEBUG)
+    try:
+        AgentConfig.from_dict({key: parsed}, source="--agent-opt")
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return key, parsed
+
+
 def _workers(text: str) -> list[int]:
     try:
         ws = [int(x) for x in text.split(",") if x.strip()]
@@ -135,6 +159,9 @@ def configure(b: argparse.ArgumentParser) -> None:
     r.add_argument("--search-steps", type=int, default=3, help="real: bisection steps for the lossless rate (3)")
     r.add_argument("--drain", type=float, default=1.0, metavar="S",
                    help="real: seconds waited after each rate for the last frames (1)")
+    r.add_argument("--agent-opt", action="append", type=_agent_opt, default=[], metavar="KEY=VALUE",
+                   help="real: an AgentConfig setting of the shardnet agent, VALUE in TOML (poll_spin_us=50, "
+                        "cpus=[1], datapath_cpu=0); repeatable")
     o = b.add_argument_group("overload and soak (--datapath real; bench.overload)")
     mode = o.add_mutually_exclusive_group()
     mode.add_argument("--overload", action="store_true",
@@ -241,7 +268,7 @@ def cmd_real(args) -> int:
                      ovs_variants=variants, workers=args.workers[0], probes=args.probes,
                      spacing_s=args.spacing_ms / 1000.0, tcp_connects=args.tcp_connects,
                      search_steps=args.search_steps, drain_s=args.drain, ovs_rcvbuf=args.ovs_rcvbuf,
-                     megaflows=args.megaflows == "on")
+                     megaflows=args.megaflows == "on", agent_opts=dict(args.agent_opt))
     show = sys.stderr.isatty() if args.progress is None else args.progress
     bar = progress_bar(expected_stages(cfg), f"{cfg.pipeline}") if show else None
 

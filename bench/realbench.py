@@ -52,6 +52,11 @@ TCP_PORT = 5201
 DROP_PREFIXES = ("dispatcher_", "datapath_malformed_", "afpacket_rx_dropped", "worker_drops_")
 
 
+# AgentConfig settings the harness sets itself (not settable by --agent-opt; --workers sets workers)
+FIXED_AGENT_OPTS = frozenset({"store", "host", "workers", "datapath", "topology", "tunnel_port", "runtime_base",
+                              "state_file", "state_snapshot_s"})
+
+
 class RealBenchError(RuntimeError):
     pass
 
@@ -74,6 +79,7 @@ class RealConfig:
     ovs_rcvbuf: int | None = None              # net.core.rmem_default while OVS opens its ports (None: as is)
     progress: bool = False
     megaflows: bool = False                    # the agent's megaflows (off: every new 5-tuple is a setup)
+    agent_opts: dict = field(default_factory=dict)   # AgentConfig settings of the shardnet agent (--agent-opt)
 
 
 # --- the systems under test ------------------------------------------------------------------------------
@@ -98,7 +104,8 @@ class ShardnetSystem:
         acfg = AgentConfig(store="memory://", host=HOST, workers=self.cfg.workers, datapath="real", topology=path,
                            tunnel_port=random.randrange(30000, 60000), runtime_base=self.tmp,
                            state_file=os.path.join(self.tmp, "bench.state"), state_snapshot_s=0.0,
-                           flow_idle_s=10.0, keep_outputs=False, log_level="WARNING", megaflows=self.cfg.megaflows)
+                           **{"flow_idle_s": 10.0, "keep_outputs": False, "log_level": "WARNING",
+                              "megaflows": self.cfg.megaflows, **self.cfg.agent_opts})
         self.agent = Agent(acfg).start()
         from bench.ovspeer import rx_buffers
 
@@ -539,6 +546,8 @@ def table(res: dict) -> str:
     cfg = res["config"]
     lines = [f"pipeline {res['pipeline']}: new UDP 5-tuples wire to wire, {cfg['duration']} s per rate, "
              f"{cfg['workers']} shardnet workers (exact-match flow cache)"]
+    if cfg.get("agent_opts"):
+        lines.append("agent settings: " + ", ".join(f"{k}={v}" for k, v in cfg["agent_opts"].items()))
     fl = res.get("floors")
     if fl:
         lines.append(f"floors: ZMQ round trip p50 {_fmt(fl['zmq_rtt_us']['p50'])} µs at {cfg['spacing_s'] * 1e3:g} ms "

@@ -68,6 +68,8 @@ class AgentConfig:
     log_level: str = "INFO"                # every process's log level (DEBUG, INFO, WARNING, ERROR, CRITICAL)
     log_file: str | None = None            # every process appends its log lines here (default: stderr)
     log_repeat_s: float = 10.0             # a repeated log message: one "… repeated N times" line per interval
+    poll_spin_us: int = 0                  # after work, busy-poll this long before blocking (0: off; pinned cores)
+    poll_spin_workers: bool = True         # ... in the workers too (false: only the datapath spins)
 
     def __post_init__(self) -> None:
         for name, (lo, hi) in _LIMITS.items():
@@ -82,7 +84,7 @@ class AgentConfig:
                 setattr(self, name, value)
             if value is not None and (not isinstance(value, str) or not value):
                 raise ConfigError(f"{name}: expected a non-empty string, got {value!r}")
-        for name in ("keep_outputs", "restart_workers", "megaflows"):
+        for name in ("keep_outputs", "restart_workers", "megaflows", "poll_spin_workers"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: expected true or false, got {getattr(self, name)!r}")
         if self.datapath not in ("memory", "real"):
@@ -203,6 +205,7 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "request_timeout_s": (_POSITIVE, _FOREVER),
     "max_pending_requests": (1, _BIG),
     "log_repeat_s": (0.0, _FOREVER),
+    "poll_spin_us": (0, 10_000),                    # 0: never spin; at most 10 ms of spinning per round
 }
 
 

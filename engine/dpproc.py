@@ -66,6 +66,7 @@ from backchannel.sockets import (
     send_msg,
     worker_role,
 )
+from backchannel.spin import spin_poll
 from engine.datapath.flowcache import compile_actions
 from engine.datapath.memory import MemoryDatapath
 from engine.datapath.stateauth import Refused, StateAuth
@@ -121,6 +122,7 @@ class DatapathConfig:
     tunnel_port: int = 4789
     hosts: dict | None = None              # real: host name → tunnel address (state goes to / comes from them)
     epoch: int = 0                         # this incarnation (the supervisor counts restarts): in every seq
+    poll_spin_us: int = 0                  # busy-poll this long after work before blocking (0: off)
 
 
 class DatapathProcess:
@@ -558,6 +560,7 @@ def datapath_main(cfg: DatapathConfig) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 50)
+    spin_s, events = cfg.poll_spin_us / 1e6, []       # busy-poll after work (backchannel/spin.py; 0: off)
     try:
         while proc.running:
             if proc.fds_changed:                       # ports came or went: poll their sockets
@@ -568,7 +571,7 @@ def datapath_main(cfg: DatapathConfig) -> None:
                 for fd in fds - polled:
                     poller.register(fd, zmq.POLLIN)
                 polled = fds
-            events = poller.poll(20)
+            events = spin_poll(poller, 20, spin_s) if spin_s and events else poller.poll(20)
             if events:
                 now = time.monotonic()
                 for sock, _ in events:

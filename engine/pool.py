@@ -80,6 +80,7 @@ def datapath_config(cfg: AgentConfig, runtime_dir: str, pm: PortMap, tunnel_ip: 
         tunnel_port=cfg.tunnel_port,
         hosts=dict(pm.hosts),
         epoch=0,                                       # restarts count up (ProcessPool.restart_dead)
+        poll_spin_us=cfg.poll_spin_us,
     )
 
 
@@ -109,6 +110,7 @@ def worker_config(cfg: AgentConfig, index: int, runtime_dir: str) -> WorkerConfi
         pinned_ports=bool(cfg.port_workers),
         replicate_hosts=cfg.datapath == "real",
         restarted=False,                               # True for a restart (ProcessPool.restart_dead)
+        poll_spin_us=cfg.poll_spin_us if cfg.poll_spin_workers else 0,
     )
 
 

@@ -37,6 +37,7 @@ from backchannel.sockets import (
     send_msg,
     worker_role,
 )
+from backchannel.spin import spin_poll
 from workers.worker import Worker, WorkerConfig
 
 FLUSH_CHUNK = 256                                   # messages per outgoing frame
@@ -92,6 +93,7 @@ def worker_main(cfg: WorkerConfig) -> None:
     gc.collect()
     gc.freeze()                                    # start-up objects never need scanning again
     gc.set_threshold(50_000, 20, 50)               # fewer collections: flow state is many small tuples
+    spin_s, busy = cfg.poll_spin_us / 1e6, False   # busy-poll after work (backchannel/spin.py; 0: off)
     try:
         while w.running:
             if w.out_dp or w.out_sup:                  # a peer was full: drain before reading more
@@ -103,7 +105,8 @@ def worker_main(cfg: WorkerConfig) -> None:
             wait_ms = 0 if w.background else 100      # a state transfer under way: no sleep
             if deadline is not None:
                 wait_ms = max(0, min(wait_ms, int((deadline - time.monotonic()) * 1000) + 1))
-            if poller.poll(wait_ms):
+            busy = bool(spin_poll(poller, wait_ms, spin_s) if spin_s and busy else poller.poll(wait_ms))
+            if busy:
                 msgs = recv_msgs(inbox, decoder, cfg.batch)
                 guard.run(w.handle, msgs, time.monotonic())
             guard.call("housekeeping", w.housekeeping, time.monotonic())

@@ -111,6 +111,7 @@ class WorkerConfig:
     max_arps_per_router: int = DEFAULT_MAX_ARPS_PER_ROUTER
     restarted: bool = False                # started in place of a dead one: recovers its state first (Recover)
     megaflows: bool = True                 # install flows matching what the decision read (False: exact match)
+    poll_spin_us: int = 0                  # busy-poll this long after work before blocking (0: off)
 
 
 class Worker:

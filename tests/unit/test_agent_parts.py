@@ -72,7 +72,7 @@ COMMAND_LINE = {"log_level", "log_file", "log_repeat_s"}
 @pytest.mark.parametrize("datapath", ["memory", "real"])
 def test_a_changed_agent_setting_reaches_a_child_config(name, datapath):
     base = AgentConfig(workers=2, host="host-a", datapath=datapath, cpus=[0, 1], datapath_cpu=0,
-                       port_workers={"b.p": 0})
+                       port_workers={"b.p": 0}, poll_spin_us=50)     # spinning on: poll_spin_workers matters
     changed = dataclasses.replace(base, **{name: _changed(getattr(base, name))})
     if name == "keep_outputs" and datapath == "real":
         assert _children(changed) == _children(base)   # the real datapath keeps no outputs

@@ -166,6 +166,7 @@ BAD_VALUES = [
     ("datapath", "kernel"), ("host", ""), ("state_file", 5), ("keep_outputs", 1), ("ctl", ""),
     ("log_file", ""), ("log_repeat_s", -1.0), ("log_level", "LOUD"), ("metrics", "host:notaport"),
     ("flow_state_keys", "00" * 16), ("flow_state_keys", ["zz" * 16]), ("flow_state_keys", ["00" * 8]),
+    ("poll_spin_us", -1), ("poll_spin_us", 10_001), ("poll_spin_us", 2.5), ("poll_spin_workers", 0),
 ]
 
 
@@ -191,8 +192,9 @@ def test_boundary_values_are_accepted():
 
     cfg = AgentConfig(workers=1, max_flows=1, max_parked=1, flow_idle_s=0, flow_hard_s=0.0, state_snapshot_s=0,
                       tunnel_port=65_535, batch=1, port_burst=1, port_rate=0.5, datapath_cpu=0, cpus=[0],
-                      port_workers={"b.p": 0})
+                      port_workers={"b.p": 0}, poll_spin_us=10_000, poll_spin_workers=False)
     assert cfg.max_flows == 1 and cfg.flow_idle_s == 0
+    assert AgentConfig(poll_spin_us=0).poll_spin_us == 0
 
 
 def test_the_unused_extra_field_is_gone():
