@@ -26,6 +26,7 @@ def wire():
 
 
 def test_a_new_flow_is_answered_by_seq_and_installed_under_the_datapaths_own_key(wire):
+    wire.dp.handle(m.TakeLatencies(0), wire.now)           # a reader of the setup latencies: they are kept
     wire.inject("tenant.vm1", vm1_to_vm2(2000))
     [up] = [u for b in wire.sent_to_workers(m.UpcallBatch) for u in b.upcalls]
     assert up._fields == ("seq", "port", "frame")
