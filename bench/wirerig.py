@@ -19,20 +19,15 @@ ports without virtio-net headers: with offload on, TCP through it carries partia
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
 import sys
-import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.datapath import netdev
-
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 SENDER_MAC, SINK_MAC = "02:5e:00:00:a0:01", "02:5e:00:00:a0:02"
 ROUTER_MAC_A, ROUTER_MAC_B = "02:5e:00:00:a0:fa", "02:5e:00:00:a0:fb"
@@ -56,30 +51,11 @@ def ip_int(ip: str) -> int:
 
 
 def in_netns(name: str, fn, *args, **kw):
-    """``fn(*args, **kw)`` in a thread inside namespace ``name``; its result (or exception) comes back."""
-    box: dict = {}
-
-    def target() -> None:
-        try:
-            fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    e = ctypes.get_errno()
-                    raise OSError(e, f"setns {name}: {os.strerror(e)}")
-            finally:
-                os.close(fd)
-            box["value"] = fn(*args, **kw)
-        except BaseException as e:   # noqa: B036 - handed back to the caller's thread
-            box["error"] = e
-
-    t = threading.Thread(target=target, name=f"in-{name}")
-    t.start()
-    t.join(60)
-    if t.is_alive():
-        raise RigError(f"in_netns {name}: {fn!r} did not return in 60 s")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+    """``fn(*args, **kw)`` in a thread inside namespace ``name`` (netdev.in_netns), waited for at most 60 s."""
+    try:
+        return netdev.in_netns(name, fn, *args, wait_s=60, **kw)
+    except TimeoutError as e:
+        raise RigError(str(e)) from None
 
 
 @dataclass

@@ -20,12 +20,14 @@ Errors come out as NetdevError with what failed; a missing tool (ethtool, ip) sa
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
 import shutil
 import struct
 import subprocess
+import threading
 
 from pyroute2 import IPRoute, NetlinkError, NetNS, netns
 
@@ -243,3 +245,36 @@ class TapFd:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def in_netns(name: str, fn, *args, wait_s: float | None = None, **kw):
+    """``fn(*args, **kw)`` in a thread that entered network namespace ``name`` (setns: sockets it opens live
+    there); its result, or its exception, comes back.  ``wait_s``: how long to wait for it (None: as long as it
+    takes); TimeoutError when it did not return in time."""
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
+            try:
+                if _libc.setns(fd, CLONE_NEWNET) != 0:
+                    e = ctypes.get_errno()
+                    raise OSError(e, f"setns {name}: {os.strerror(e)}")
+            finally:
+                os.close(fd)
+            box["value"] = fn(*args, **kw)
+        except BaseException as e:   # noqa: B036 - handed back to the caller's thread
+            box["error"] = e
+
+    t = threading.Thread(target=target, name=f"in-{name}")
+    t.start()
+    t.join(wait_s)
+    if t.is_alive():
+        raise TimeoutError(f"in_netns {name}: {fn!r} did not return in {wait_s} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

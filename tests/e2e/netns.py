@@ -19,7 +19,6 @@ Addresses: 198.51.100.0/24, 203.0.113.0/24 or 10.x only; never 192.0.2.0/24 (the
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
@@ -31,8 +30,6 @@ from dataclasses import dataclass, field
 from engine.datapath import netdev
 
 TOOLS = {"ip": "iproute2", "ping": "iputils-ping", "nc": "netcat-openbsd", "ethtool": "ethtool"}
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class E2eError(RuntimeError):
@@ -86,27 +83,7 @@ class Namespace:
 
     def call(self, fn, *args, **kw):
         """``fn(*args, **kw)`` in a thread inside this namespace; its result (or exception) comes back."""
-        box: dict = {}
-
-        def target() -> None:
-            try:
-                fd = os.open(f"/var/run/netns/{self.name}", os.O_RDONLY)
-                try:
-                    if _libc.setns(fd, CLONE_NEWNET) != 0:
-                        e = ctypes.get_errno()
-                        raise OSError(e, f"setns {self.name}: {os.strerror(e)}")
-                finally:
-                    os.close(fd)
-                box["value"] = fn(*args, **kw)
-            except BaseException as e:   # noqa: B036 - handed back to the caller's thread
-                box["error"] = e
-
-        t = threading.Thread(target=target, name=f"in-{self.name}")
-        t.start()
-        t.join()
-        if "error" in box:
-            raise box["error"]
-        return box["value"]
+        return netdev.in_netns(self.name, fn, *args, **kw)
 
     def kill_procs(self) -> None:
         for p in self.procs:
