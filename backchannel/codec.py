@@ -5,6 +5,10 @@ and the ``Decoder`` that counts rejects.  Nothing here touches a socket.
 
 - A message is packed as the array ``(TAG, *fields)`` with a reused per-thread ``msgpack.Packer`` (bin type
   for bytes).  Tuples, not maps: ~2-3x cheaper.  A batch frame is ``(0, (TAG, ...), (TAG, ...), ...)``.
+- Ints wider than msgpack's 64 bits (IPv6 addresses and their masks: 0 <= n < 2**128) travel as the msgpack
+  extension ``BIGINT_EXT`` (16 bytes, big-endian) and come back as ints, so a flow key, a state key or a set
+  action holds an IPv6 address as the same int the packet record does.  Any other extension type decodes to an
+  ``msgpack.ExtType``, which no field shape accepts (``field_type``).
 - Decoding unpacks with ``use_list=False, raw=False, strict_map_key=False`` and hands the array to the
   validating constructor of its tag.  Those constructors are generated once per message class from its schema
   (messages.SCHEMA) -- the way ``collections.namedtuple`` builds its ``__new__`` -- because a generic loop
@@ -57,11 +61,32 @@ class EncodeError(ValueError):
 _local = threading.local()  # one Packer per thread: kazoo callbacks run on their own threads
 
 
+BIGINT_EXT = 1        # msgpack extension type of a 128-bit unsigned int (16 bytes, big-endian)
+_BIG = 1 << 128
+
+
+def _big_default(o: object) -> msgpack.ExtType:
+    if type(o) is int and 0 <= o < _BIG:
+        return msgpack.ExtType(BIGINT_EXT, o.to_bytes(16, "big"))
+    raise TypeError(f"cannot pack {type(o).__name__}" + (" outside 0..2**128-1" if type(o) is int else ""))
+
+
+def _ext_hook(code: int, data: bytes) -> object:
+    if code == BIGINT_EXT and len(data) == 16:
+        return int.from_bytes(data, "big")
+    return msgpack.ExtType(code, data)
+
+
+def new_packer() -> msgpack.Packer:
+    """A Packer that writes what ``decode`` reads (bin type for bytes, 128-bit ints as ``BIGINT_EXT``)."""
+    return msgpack.Packer(use_bin_type=True, autoreset=True, default=_big_default)
+
+
 def _packer() -> msgpack.Packer:
     try:
         return _local.packer
     except AttributeError:
-        _local.packer = msgpack.Packer(use_bin_type=True, autoreset=True)
+        _local.packer = new_packer()
         return _local.packer
 
 
@@ -317,7 +342,7 @@ def _unpack(data: object) -> tuple:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise DecodeError(NOT_BYTES, type(data).__name__)
     try:
-        t = msgpack.unpackb(data, use_list=False, raw=False, strict_map_key=False)
+        t = msgpack.unpackb(data, use_list=False, raw=False, strict_map_key=False, ext_hook=_ext_hook)
     except Exception as e:  # msgpack raises ValueError, TypeError (unhashable keys), StackError, ...
         raise DecodeError(MALFORMED, f"{type(e).__name__}: {e}"[:80]) from None
     if type(t) is not tuple or not t:

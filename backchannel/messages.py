@@ -77,6 +77,7 @@ INT64_MIN, INT64_MAX = shapes.INT64_MIN, shapes.INT64_MAX  # the range of an ``i
 # (tests/unit/test_backchannel_vocabulary.py).
 
 U8, U16, U24, U32, U48 = Int(0, 0xFF), Int(0, 0xFFFF), Int(0, 0xFFFFFF), Int(0, 0xFFFFFFFF), Int(0, 2**48 - 1)
+U20, U128 = Int(0, 2**20 - 1), Int(0, 2**128 - 1)  # an IPv6 flow label; an IPv6 address (codec.BIGINT_EXT)
 VLAN_ID = Int(0, 4095)
 SECONDS = Float(0.0, 1e9)                         # a timeout or lifetime (0 = none); NaN and negatives refused
 
@@ -87,19 +88,22 @@ L4Port = Annotated[int, U16]
 TunnelKey = Annotated[int, U24]                   # a VXLAN network identifier
 Seconds = Annotated[float, SECONDS]
 
-# A flow-state key: workers.simulation.result.StateKey (src ip, dst ip, proto, sport, dport, device).
-STATE_KEY = tup(U32, U32, U8, U16, U16, str)
+# A flow-state key: workers.simulation.result.StateKey (src ip, dst ip, proto, sport, dport, device); the
+# addresses are IPv4 or IPv6 (an address wider than 32 bits is IPv6: packet.flowkey.tuple_hash).
+STATE_KEY = tup(U128, U128, U8, U16, U16, str)
 # The kinds of flow-state entries: workers.simulation.result.CONNTRACK and NAT_KINDS.
 FLOW_STATE_KINDS = enum("conntrack", "fwd_snat", "rev_snat", "fwd_dnat", "rev_dnat", "fwd_stick_dnat")
 # A flow-state entry's value: None (conntrack) or a NAT binding (ip, port).
-STATE_VALUE = one_of(None, tup(U32, U16))
+STATE_VALUE = one_of(None, tup(U128, U16))
 
-# ("set", field, value): the fields the datapath rewrites in place (packet.rewrite.REWRITABLE), each with the
-# range of its header field; only the VLAN may be set to None (pop the tag).
+# ("set", field, value): the fields the datapath rewrites in place (packet.rewrite.REWRITABLE and
+# REWRITABLE_IPV6), each with the range of its header field; only the VLAN may be set to None (pop the tag).
 SET_FIELDS = tagged({
     ("eth_src", "eth_dst"): tup(U48),
     ("ip_src", "ip_dst", "inner_ip_src", "inner_ip_dst"): tup(U32),
-    ("ttl", "tos", "inner_ttl", "inner_tos"): tup(U8),
+    ("ipv6_src", "ipv6_dst", "inner_ipv6_src", "inner_ipv6_dst"): tup(U128),
+    ("ttl", "tos", "inner_ttl", "inner_tos", "hop_limit", "tclass", "inner_hop_limit", "inner_tclass"): tup(U8),
+    ("flow_label", "inner_flow_label"): tup(U20),
     ("tp_src", "tp_dst", "icmp_id", "ip_id", "inner_tp_src", "inner_tp_dst", "inner_icmp_id", "inner_ip_id"):
         tup(U16),
     "vlan": tup(one_of(None, VLAN_ID)),
@@ -110,23 +114,27 @@ SET_FIELDS = tagged({
 ACTION = tagged({"set": SET_FIELDS, "output": tup(str), "tunnel": tup(U32, U24), "drop": tup()})
 Actions = Annotated[tuple, TupOf(ACTION)]
 # A flow's match (packet.flowkey: the wire form of a mask): (field, mask) pairs naming the key slots the flow
-# matches on, the rest wildcarded; mask -1 = the whole field, or a bit mask for an IPv4 address field (a
-# prefix, prefix tracking).  () = exactly the upcall's key.  Which pairs make a match (in_port present, no field
-# twice, no zero mask) the datapath checks at install (packet.flowkey.slot_mask), counting bad_matches.
+# matches on, the rest wildcarded; mask -1 = the whole field, or a bit mask for an address field (a prefix,
+# prefix tracking; 32 bits for IPv4, 128 for IPv6: packet.flowkey.ADDR_BITS).  () = exactly the upcall's
+# key.  Which pairs make a match (in_port present, no field twice, no zero mask) the datapath checks at
+# install (packet.flowkey.slot_mask), counting bad_matches.
 MATCH_FIELD = tagged({
     ("in_port", "eth_src", "eth_dst", "eth_type", "vlan", "arp_op", "proto", "ttl", "tos", "frag", "tp_src",
      "tp_dst", "icmp_type", "icmp_code", "icmp_id", "inner_proto", "inner_tp_src", "inner_tp_dst",
-     "inner_icmp_id"): tup(Int(-1, -1)),
+     "inner_icmp_id", "hop_limit", "tclass", "icmpv6_type", "icmpv6_code", "nd_sll", "nd_tll"): tup(Int(-1, -1)),
     ("arp_spa", "arp_tpa", "ip_src", "ip_dst", "inner_ip_src", "inner_ip_dst"): tup(Int(-1, 0xFFFFFFFF)),
+    ("ipv6_src", "ipv6_dst", "nd_target", "inner_ipv6_src", "inner_ipv6_dst"): tup(Int(-1, 2**128 - 1)),
 })
 Match = Annotated[tuple, TupOf(MATCH_FIELD, 64)]
 # A topology record of a Fragment: (kind, name, record JSON bytes, or None when the object does not exist).
 FRAGMENT_RECORD = tup(str, str, one_of(None, bytes))
 TABLE_KINDS = enum("mac", "arp")                  # the replicated tables (TableEntryRemoved.kind)
 # A datapath flow key: packet.flowkey.flow_key — (in_port, *packet.packet.FLOW_KEY_FIELDS values): the
-# ingress port id, then 24 header fields, each an int or None.
-FLOW_KEY_LEN = 24
-FLOW_KEY = tup(str, *[one_of(None, Int(INT64_MIN, INT64_MAX))] * FLOW_KEY_LEN)
+# ingress port id, then 35 header fields, each an int or None: 24 of int64 (the IPv4-era slots), then the IPv6
+# ones (packet.packet.FLOW_KEY_FIELDS): the five address slots 128-bit, the rest int64.
+FLOW_KEY_LEN = 35
+_K64, _K128 = one_of(None, Int(INT64_MIN, INT64_MAX)), one_of(None, U128)
+FLOW_KEY = tup(str, *[_K64] * 24, _K128, _K128, _K64, _K64, _K64, _K64, _K128, _K64, _K64, _K128, _K128)
 # Flow ids and upcall seqs carry the datapath's incarnation in their high bits (engine/dpproc.py): seqs of a
 # restarted datapath never name a flow of an earlier one.
 EPOCH_SHIFT = 40

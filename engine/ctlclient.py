@@ -15,7 +15,7 @@ import sys
 
 from engine.config import AgentConfig
 from engine.ctl import pointer_path
-from engine.ctlcommands import field_text
+from packet.flowkey import field_text
 
 
 class CtlUnreachable(OSError):

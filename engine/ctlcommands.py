@@ -11,10 +11,10 @@ from __future__ import annotations
 import time
 
 from backchannel import messages as m
-from packet.addr import int2ip, int2mac
+from packet.addr import int2mac, ip_text
 from packet.codec import build
 from packet.flowkey import FULL, SLOT_INDEX, match_dict, normalized_flow_hash
-from packet.packet import FLOW_KEY_FIELDS, PROTO_BY_NUMBER
+from packet.packet import FLOW_KEY_FIELDS
 from packet.spec import AddrMatch, SpecError, field_matches, parse_match, parse_spec
 from workers import tags
 from workers.logs import LEVELS
@@ -23,8 +23,6 @@ from workers.trace import binding_str
 DP = m.DATAPATH_INDEX
 PAGE = 5000
 KEY_FIELDS = ("in_port", *FLOW_KEY_FIELDS)
-_MACS = {"eth_src", "eth_dst"}
-_IPS = {"arp_spa", "arp_tpa", "ip_src", "ip_dst", "inner_ip_src", "inner_ip_dst"}
 
 
 class CtlError(ValueError):
@@ -38,19 +36,6 @@ def _match(spec: str | None) -> dict:
         return parse_match(spec)
     except SpecError as e:
         raise CtlError(f"--match: {e}") from None
-
-
-def field_text(name: str, v):
-    """A packet field's value in its text form (MAC, IP, protocol name)."""
-    if v is None:
-        return None
-    if name in _MACS:
-        return int2mac(v)
-    if name in _IPS:
-        return int2ip(v)
-    if name in ("proto", "inner_proto"):
-        return PROTO_BY_NUMBER.get(v, v)
-    return v
 
 
 def key_dict(key, mask=None) -> dict:
@@ -201,13 +186,13 @@ def mac_table(agent, state, bridge: str) -> list[dict]:
 
 
 def arp_table(agent, state, router: str) -> list[dict]:
-    return [{"worker": w, "ip": int2ip(ip), "mac": int2mac(mac), "age_s": age}
+    return [{"worker": w, "ip": ip_text(ip), "mac": int2mac(mac), "age_s": age}
             for w, rows in sorted(_table(agent, "arp", router).items()) for ip, mac, age in rows]
 
 
 def leases(agent, state) -> list[dict]:
     held = agent.allocator.held() if agent.allocator is not None else {}
-    return [{"device": k[0], "ip": int2ip(k[1]), "block": k[2], "ports": f"{k[2]}-{k[2] + 63}", "owner": owner}
+    return [{"device": k[0], "ip": ip_text(k[1]), "block": k[2], "ports": f"{k[2]}-{k[2] + 63}", "owner": owner}
             for k, owner in sorted(held.items())]
 
 

@@ -21,10 +21,8 @@ import os
 import struct
 import tempfile
 
-import msgpack
-
 from backchannel import messages as m
-from backchannel.codec import DecodeError, decode
+from backchannel.codec import DecodeError, decode, new_packer
 
 MAGIC = b"SHARDNET-STATE 2\n"
 CHUNK = 4096                                   # entries per chunk (~250 KB encoded)
@@ -91,7 +89,7 @@ class StateWriter:
         self.path = path
         self.entries = 0                       # written so far
         self._buf: list = []
-        self._pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+        self._pack = new_packer().pack
         directory = os.path.dirname(path) or "."
         os.makedirs(directory, mode=0o700, exist_ok=True)
         fd, self.tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)

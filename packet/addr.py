@@ -29,6 +29,17 @@ def int2ip(value: int) -> str:
     return socket.inet_ntoa(_IP_STRUCT.pack(value))
 
 
+def ip_text(value: int) -> str:
+    """An IPv4 or an IPv6 address as text, for records that hold either (flow-state keys, NAT bindings, table
+    entries): below 2**32 it is IPv4 — an IPv6 address there would be ``::a.b.c.d``, which shardnet never routes."""
+    return socket.inet_ntoa(_IP_STRUCT.pack(value)) if value <= 0xFFFFFFFF else int2ip6(value)
+
+
+def ip_port_text(ip: int, port: int) -> str:
+    """``ip:port``, with an IPv6 address in brackets (``[2001:db8::1]:80``)."""
+    return f"{int2ip(ip)}:{port}" if ip <= 0xFFFFFFFF else f"[{int2ip6(ip)}]:{port}"
+
+
 def mac2int(text: str) -> int:
     parts = text.split(":")
     if len(parts) != 6 or not all(len(p) in (1, 2) for p in parts):

@@ -8,7 +8,8 @@ every process (Python's hash() of str/bytes is salted per process).
 
 Masks (megaflows).  A *match* is the wire form of a mask (backchannel FlowPut.match): a tuple of
 (field, mask) pairs naming the key slots a flow matches on — ``mask`` is ``FULL`` (-1: the whole field) or,
-for an IPv4 address field, a bit mask (``ip_dst`` /24 is 0xFFFFFF00); a slot not named is wildcarded.  ``()``
+for an address field, a bit mask of its width (``ADDR_BITS``: ``ip_dst`` /24 is 0xFFFFFF00, ``ipv6_dst`` /64
+is the top 64 of 128 bits); a slot not named is wildcarded.  ``()``
 means "every slot, whole" (exact match).  ``slot_mask()`` turns a match into a *slot mask* (one entry per key
 slot: 0 wildcarded, FULL whole, else the bits), ``projector()`` compiles a slot mask into the function that maps
 a full key to its masked key (the subtable's hash key: wildcarded slots left out, partial ones ANDed, a None
@@ -21,14 +22,17 @@ import struct
 import zlib
 from operator import itemgetter
 
-from packet.addr import int2ip, int2mac
+from packet.addr import int2ip, int2ip6, int2mac
 from packet.packet import (
     ETH_TYPE_IPV4,
+    ETH_TYPE_IPV6,
     FLOW_KEY_FIELDS,
     FRAG_NONE,
     ICMP_ERROR_TYPES,
+    ICMPV6_ERROR_TYPES,
     PROTO_BY_NUMBER,
     PROTO_ICMP,
+    PROTO_ICMPV6,
     PROTO_TCP,
     PROTO_UDP,
     Packet,
@@ -36,27 +40,33 @@ from packet.packet import (
 
 _key_fields = itemgetter(*(Packet._fields.index(f) for f in FLOW_KEY_FIELDS))
 _FIVE = struct.Struct("!BIHIH")
+_FIVE6 = struct.Struct("!B16sH16sH")
 _MACS = struct.Struct("!HQQ")
 
 
 KEY_SLOTS = ("in_port", *FLOW_KEY_FIELDS)          # the slots of a flow key, in order
 SLOT_INDEX = {name: i for i, name in enumerate(KEY_SLOTS)}
 FULL = -1                                            # a slot matched whole
-# the key slots that may carry a partial (bit) mask: the IPv4 addresses (prefix tracking)
-MASKABLE = frozenset({"arp_spa", "arp_tpa", "ip_src", "ip_dst", "inner_ip_src", "inner_ip_dst"})
+# the key slots that may carry a partial (bit) mask: the addresses (prefix tracking), with their widths
+ADDR_BITS = {
+    "arp_spa": 32, "arp_tpa": 32, "ip_src": 32, "ip_dst": 32, "inner_ip_src": 32, "inner_ip_dst": 32,
+    "ipv6_src": 128, "ipv6_dst": 128, "nd_target": 128, "inner_ipv6_src": 128, "inner_ipv6_dst": 128,
+}
+MASKABLE = frozenset(ADDR_BITS)
+IPV6_ADDR_FIELDS = frozenset(f for f, b in ADDR_BITS.items() if b == 128)
 EXACT_MASK = (FULL,) * len(KEY_SLOTS)
 
 
-def prefix_mask(length: int) -> int:
-    """The 32-bit mask of an IPv4 prefix of ``length`` bits (FULL for /32)."""
-    if length >= 32:
+def prefix_mask(length: int, bits: int = 32) -> int:
+    """The ``bits``-wide mask of a prefix of ``length`` bits (FULL for the whole address)."""
+    if length >= bits:
         return FULL
-    return (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF if length > 0 else 0
+    return (((1 << bits) - 1) << (bits - length)) & ((1 << bits) - 1) if length > 0 else 0
 
 
 def slot_mask(match) -> tuple | None:
     """The slot mask of a wire ``match`` (see the module comment); None when the match is not one: an unknown
-    or repeated field, a partial mask on a field that takes none or outside 32 bits, a zero mask, or no
+    or repeated field, a partial mask on a field that takes none or outside the field's width, a zero mask, or no
     ``in_port`` (a flow always matches its ingress port whole)."""
     if not match:
         return EXACT_MASK
@@ -69,7 +79,8 @@ def slot_mask(match) -> tuple | None:
         if i is None or out[i] or type(mask) is not int:
             return None
         if mask != FULL:
-            if field not in MASKABLE or not 0 < mask < 0xFFFFFFFF:
+            bits = ADDR_BITS.get(field)
+            if bits is None or not 0 < mask < (1 << bits) - 1:
                 return None
         out[i] = mask
     if out[0] != FULL:
@@ -108,12 +119,12 @@ def masked_key(key: tuple, mask: tuple) -> tuple:
     return tuple(v if m == FULL else (None if v is None or not m else v & m) for v, m in zip(key, mask, strict=True))
 
 
-def prefix_len(mask: int) -> int | None:
-    """The length of a prefix mask (32 for FULL); None for a mask that is not a prefix."""
+def prefix_len(mask: int, bits: int = 32) -> int | None:
+    """The length of a ``bits``-wide prefix mask (``bits`` for FULL); None for a mask that is not a prefix."""
     if mask == FULL:
-        return 32
-    n = 32 - (((~mask) & 0xFFFFFFFF).bit_length())
-    return n if prefix_mask(n) == mask else None
+        return bits
+    n = bits - ((~mask) & ((1 << bits) - 1)).bit_length()
+    return n if prefix_mask(n, bits) == mask else None
 
 
 def match_dict(key: tuple, mask: tuple | None = None) -> dict:
@@ -128,20 +139,23 @@ def match_dict(key: tuple, mask: tuple | None = None) -> dict:
         if m == FULL:
             out[n] = field_text(n, v)
         elif m:
-            plen = prefix_len(m)
+            plen = prefix_len(m, ADDR_BITS.get(n, 32))
             out[n] = f"{field_text(n, v & m)}/{plen if plen is not None else hex(m)}"
     return out
 
 
-_MAC_FIELDS = frozenset({"eth_src", "eth_dst"})
+_MAC_FIELDS = frozenset({"eth_src", "eth_dst", "nd_sll", "nd_tll"})
 
 
 def field_text(name: str, v):
-    """A key field's value in its text form (MAC, IPv4 address, protocol name); other values as they are."""
+    """A key field's value in its text form (MAC, IPv4 or IPv6 address, protocol name); other values as they
+    are."""
     if v is None:
         return None
     if name in _MAC_FIELDS:
         return int2mac(v)
+    if name in IPV6_ADDR_FIELDS:
+        return int2ip6(v)
     if name in MASKABLE:
         return int2ip(v)
     if name in ("proto", "inner_proto"):
@@ -159,10 +173,13 @@ def normalized_flow_hash(pkt: Packet) -> int:
 
     - TCP/UDP: (proto, sorted (ip, port) pairs); fragments use port 0 so that every fragment of a datagram
       (only the first has ports) lands on the same worker.
-    - ICMP error: the carried header, so the error maps to the flow it reports.
-    - other ICMP (echo): the icmp_id as the port of both ends.
-    - other IP protocols: addresses only; non-IP: the sorted MAC pair and ethertype.
+    - ICMP / ICMPv6 error: the carried header, so the error maps to the flow it reports.
+    - other ICMP (echo): the icmp_id as the port of both ends (ICMPv6 echo likewise).
+    - other IP protocols (and neighbor discovery): addresses only; non-IP: the sorted MAC pair and ethertype.
+    IPv6 hashes its 128-bit addresses the same way (tuple_hash).
     """
+    if pkt.eth_type == ETH_TYPE_IPV6 and pkt.ipv6_src is not None:
+        return _hash6(pkt)
     if pkt.eth_type != ETH_TYPE_IPV4 or pkt.ip_src is None:
         a, b = pkt.eth_src, pkt.eth_dst
         if a > b:
@@ -189,9 +206,35 @@ def normalized_flow_hash(pkt: Packet) -> int:
     return tuple_hash(proto, a, pa, b, pb)
 
 
-def tuple_hash(proto: int | None, a: int, pa: int, b: int, pb: int) -> int:
+def _hash6(pkt: Packet) -> int:
+    proto = pkt.proto
+    if proto == PROTO_ICMPV6 and pkt.icmpv6_type in ICMPV6_ERROR_TYPES and pkt.inner_ipv6_src is not None:
+        proto = pkt.inner_proto
+        a, b = pkt.inner_ipv6_src, pkt.inner_ipv6_dst
+        if proto == PROTO_ICMPV6:
+            pa = pb = pkt.inner_icmp_id or 0
+        else:
+            pa, pb = pkt.inner_tp_src or 0, pkt.inner_tp_dst or 0
+    else:
+        a, b = pkt.ipv6_src, pkt.ipv6_dst
+        if pkt.frag != FRAG_NONE:
+            pa = pb = 0
+        elif proto == PROTO_TCP or proto == PROTO_UDP:
+            pa, pb = pkt.tp_src, pkt.tp_dst
+        elif proto == PROTO_ICMPV6:
+            pa = pb = pkt.icmp_id or 0
+        else:
+            pa = pb = 0
+    return tuple_hash(proto, a, pa, b, pb, v6=True)
+
+
+def tuple_hash(proto: int | None, a: int, pa: int, b: int, pb: int, v6: bool = False) -> int:
     """The normalised hash of a 5-tuple (either direction gives the same value): what
-    normalized_flow_hash computes for an IPv4 packet with these addresses and ports."""
+    normalized_flow_hash computes for a packet with these addresses and ports.  ``v6``: the addresses are IPv6
+    (128-bit; an IPv6 address below 2**32, such as ``::1``, still hashes as IPv6); an address wider than 32
+    bits is taken as IPv6 either way."""
     if (a, pa) > (b, pb):
         a, pa, b, pb = b, pb, a, pa
+    if v6 or a > 0xFFFFFFFF or b > 0xFFFFFFFF:
+        return zlib.crc32(_FIVE6.pack((proto or 0) & 0xFF, a.to_bytes(16, "big"), pa, b.to_bytes(16, "big"), pb))
     return zlib.crc32(_FIVE.pack((proto or 0) & 0xFF, a, pa, b, pb))

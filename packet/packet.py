@@ -225,4 +225,10 @@ FLOW_KEY_FIELDS = (
     "eth_src", "eth_dst", "eth_type", "vlan", "arp_op", "arp_spa", "arp_tpa", "ip_src", "ip_dst", "proto",
     "ttl", "tos", "frag", "tp_src", "tp_dst", "icmp_type", "icmp_code", "icmp_id",
     "inner_ip_src", "inner_ip_dst", "inner_proto", "inner_tp_src", "inner_tp_dst", "inner_icmp_id",
+    # IPv6 (appended, so the IPv4 slots keep their positions): the addresses, hop limit and traffic class, the
+    # ICMPv6 type/code, neighbor discovery's target and link-layer options, an ICMPv6 error's carried addresses
+    # (its carried ports and protocol share the inner_* slots above).  The flow label is left out, like ip_id:
+    # nothing decides on it.
+    "ipv6_src", "ipv6_dst", "hop_limit", "tclass", "icmpv6_type", "icmpv6_code", "nd_target", "nd_sll",
+    "nd_tll", "inner_ipv6_src", "inner_ipv6_dst",
 )

@@ -1,6 +1,10 @@
 """The virtual-network model: immutable records, built by the file loader or read from a store.
 
-Every record is a frozen dataclass.  Addresses are ints (see packet.addr).  A port is named
+Every record is a frozen dataclass.  Addresses are ints (see packet.addr).  IPv6: an int cannot tell its family
+(``::5`` and ``0.0.0.5`` are both 5), so a record that may hold either says which: ``Port.addresses6`` holds a
+router port's IPv6 interface addresses apart from its one IPv4 ``address``; ``Route.v6``, ``Member.v6`` and
+``Vip.v6`` mark IPv6 records; a chain's ``src``/``dst`` condition value is ``(network, length)`` for IPv4 and
+``(network, length, 6)`` for IPv6; ``Router.nd_table`` is the static IPv6 neighbor table (ip → mac).  A port is named
 ``<device>.<port>`` everywhere outside its own device: ``Port.id``.  Tunnel keys are assigned to exterior
 ports by the system (``assign_tunnel_keys``), never by the topology file.
 
@@ -49,7 +53,9 @@ class Port:
     """A port of a bridge or a router.
 
     Exterior ports have no peer and may be bound to an interface on a host; interior ports link to a port of
-    another device (``peer`` is that port's id).  Router ports carry an address/prefix and a MAC.
+    another device (``peer`` is that port's id).  Router ports carry a MAC, at most one IPv4 address/prefix
+    (``address``, ``prefix_len``) and any number of IPv6 ones (``addresses6``: ``((address, prefix_len), ...)``
+    in file order); a port with IPv6 addresses also owns its EUI-64 link-local address (``link_local6``).
     """
 
     device: str
@@ -62,10 +68,20 @@ class Port:
     mac: int | None = None
     vlan: int | None = None          # access VLAN on a VLAN-aware bridge (None: trunk / untagged)
     tunnel_key: int | None = None
+    addresses6: tuple[tuple[int, int], ...] = ()
 
     @property
     def id(self) -> str:
         return f"{self.device}.{self.name}"
+
+    @property
+    def link_local6(self) -> int | None:
+        """fe80::/64 + the modified EUI-64 of the MAC (RFC 4291 App. A), for a port with IPv6 addresses."""
+        if not self.addresses6 or self.mac is None:
+            return None
+        m = self.mac
+        eui = ((m >> 24) ^ 0x020000) << 40 | 0xFFFE << 24 | (m & 0xFFFFFF)
+        return 0xFE80 << 112 | eui
 
     @property
     def exterior(self) -> bool:
@@ -91,6 +107,7 @@ class Route:
     port: str | None = None                   # port name on this router
     weight: int = 100
     type: str = ROUTE_NORMAL
+    v6: bool = False                          # an IPv6 route: dst, src and gateway are IPv6 addresses
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,19 +119,30 @@ class Router:
     inbound_filter: str | None = None
     outbound_filter: str | None = None
     load_balancer: str | None = None
+    nd_table: Mapping[int, int] = field(default_factory=dict)    # IPv6 ip → mac (static entries)
 
     def all_routes(self) -> tuple[Route, ...]:
-        """Configured routes plus one connected route per addressed port (weight 0: always preferred)."""
+        """Configured routes plus one connected route per addressed port and IPv6 prefix (weight 0: always
+        preferred), IPv4 and IPv6 together (``Route.v6`` tells them apart)."""
         connected = tuple(
             Route(dst=p.address & _mask(p.prefix_len), dst_len=p.prefix_len, port=p.name, weight=0)
             for p in self.ports.values()
             if p.address is not None and p.prefix_len is not None
         )
-        return connected + self.routes
+        connected6 = tuple(
+            Route(dst=a & _mask6(plen), dst_len=plen, port=p.name, weight=0, v6=True)
+            for p in self.ports.values()
+            for a, plen in p.addresses6
+        )
+        return connected + connected6 + self.routes
 
 
 def _mask(length: int) -> int:
     return (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF if length else 0
+
+
+def _mask6(length: int) -> int:
+    return ((1 << 128) - 1) >> (128 - length) << (128 - length) if length else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +150,8 @@ class Condition:
     """One match field.  ``value`` depends on the field:
 
     in_port / out_port: frozenset of port ids; port_group: group name; eth_src / eth_dst: int;
-    ethertype / proto / tos / vlan: int; src / dst: (network, prefix length); src_port / dst_port: (lo, hi);
+    ethertype / proto / tos / vlan: int; src / dst: (network, prefix length) for IPv4, (network, prefix length,
+    6) for IPv6 (it matches IPv6 packets only, as an IPv4 prefix matches IPv4 ones); src_port / dst_port: (lo, hi);
     ct: "forward" | "return".
     """
 
@@ -169,6 +198,7 @@ class Member:
     port: int
     weight: int = 1
     admin_up: bool = True
+    v6: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +214,7 @@ class Vip:
     proto: int
     pool: str
     sticky_source_ip: bool = False
+    v6: bool = False                          # an IPv6 VIP (its pool's members are IPv6 too)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ on its way, depends on the whole packet (``SimResult.exact``).
 
 from __future__ import annotations
 
-from packet.flowkey import FULL, KEY_SLOTS, prefix_mask
+from packet.flowkey import ADDR_BITS, FULL, KEY_SLOTS, prefix_mask
 
 _CACHE: dict[tuple, tuple] = {}
 _CACHE_MAX = 4096
@@ -34,7 +34,7 @@ def flow_match(res) -> tuple:
         if name in fields:
             items.append((name, FULL))
         elif name in prefixes:
-            m = prefix_mask(prefixes[name])
+            m = prefix_mask(prefixes[name], ADDR_BITS.get(name, 32))
             if m:
                 items.append((name, m))
     out = tuple(items)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from packet.addr import int2ip
+from packet.addr import ip_port_text
 from workers.simulation.result import CONNTRACK
 
 # tag kinds: topology objects (the kinds of TopologyChanged and of the topology store)
@@ -103,7 +103,7 @@ def nat_block(device: str, ip: int) -> str:
 def key_str(key: tuple) -> str:
     """Human/tag form of a flow-state key: 'src:sport>dst:dport/proto@device' (cached: it is a hot tag)."""
     src, dst, proto, sp, dp, dev = key
-    return f"{int2ip(src)}:{sp}>{int2ip(dst)}:{dp}/{proto}@{dev}"
+    return f"{ip_port_text(src, sp)}>{ip_port_text(dst, dp)}/{proto}@{dev}"
 
 
 def flow_state(kind: str, key: tuple) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 
-from packet.addr import int2ip
+from packet.addr import ip_port_text, ip_text
 from packet.flowkey import flow_key, match_dict, slot_mask
 from packet.spec import SpecError, packet_to_dict, parse_spec
 from topology.nat_leases import MemoryNatAllocator
@@ -148,7 +148,7 @@ def _state_json(kind: str, key: tuple, value) -> dict:
 
 def binding_str(value) -> str:
     """A NAT binding (ip, port) as "ip:port" (JSON output)."""
-    return f"{int2ip(value[0])}:{value[1]}"
+    return ip_port_text(value[0], value[1])
 
 
 def result_json(res: SimResult, pkt=None, port: str | None = None) -> dict:
@@ -188,7 +188,7 @@ def _generated_json(g) -> dict:
 
 
 def _needs_json(need) -> dict:
-    return {"type": type(need).__name__, **{k: (int2ip(v) if k == "ip" else v) for k, v in need._asdict().items()}}
+    return {"type": type(need).__name__, **{k: (ip_text(v) if k == "ip" else v) for k, v in need._asdict().items()}}
 
 
 def dumps(obj: dict) -> str:

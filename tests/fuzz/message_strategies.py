@@ -15,6 +15,7 @@ with an unknown tag, a port out of its range, ...): what a receiver must refuse 
 
 from __future__ import annotations
 
+import msgpack
 from hypothesis import strategies as st
 
 from backchannel.messages import (
@@ -77,7 +78,7 @@ from backchannel.messages import (
     Upcall,
     UpcallBatch,
 )
-from packet.flowkey import KEY_SLOTS, MASKABLE
+from packet.flowkey import ADDR_BITS, IPV6_ADDR_FIELDS, KEY_SLOTS, MASKABLE
 from workers.logs import LEVELS
 
 
@@ -90,6 +91,8 @@ def ranged(lo: int, hi: int) -> st.SearchStrategy[int]:
 i64 = ranged(INT64_MIN, INT64_MAX)
 u8, u16, u24, u32, u48 = ranged(0, 0xFF), ranged(0, 0xFFFF), ranged(0, 0xFFFFFF), ranged(0, 2**32 - 1), \
     ranged(0, 2**48 - 1)
+u128 = ranged(0, 2**128 - 1)
+ip_any = u32 | u128                                 # a flow-state key's address: IPv4 or IPv6
 vlan_id = ranged(0, 4095)
 seconds = st.one_of(st.sampled_from([0.0, 1e9, 0]), st.floats(0.0, 1e9))   # a timeout: 0 = none
 any_float = st.floats(allow_nan=False)
@@ -101,6 +104,9 @@ SET_FIELDS = {
     "ttl": u8, "tos": u8, "inner_ttl": u8, "inner_tos": u8,
     "tp_src": u16, "tp_dst": u16, "icmp_id": u16, "ip_id": u16, "inner_tp_src": u16, "inner_tp_dst": u16,
     "inner_icmp_id": u16, "inner_ip_id": u16,
+    "ipv6_src": u128, "ipv6_dst": u128, "inner_ipv6_src": u128, "inner_ipv6_dst": u128,
+    "hop_limit": u8, "tclass": u8, "inner_hop_limit": u8, "inner_tclass": u8,
+    "flow_label": ranged(0, 2**20 - 1), "inner_flow_label": ranged(0, 2**20 - 1),
 }
 
 
@@ -117,24 +123,25 @@ def message_strategies(name=any_name, frame=any_frame, seq=i64, index=i64,
     device = name if device is None else device
     host = name if host is None else host
     payload = frame if payload is None else payload
-    state_key = st.tuples(u32, u32, u8, u16, u16, device)
+    state_key = st.tuples(ip_any, ip_any, u8, u16, u16, device)
     set_action = st.sampled_from(sorted(SET_FIELDS)).flatmap(
         lambda f: st.tuples(st.just("set"), st.just(f), SET_FIELDS[f]))
     action = st.one_of(set_action, st.tuples(st.just("output"), port), st.tuples(st.just("tunnel"), u32, u24),
                        st.just(("drop",)))
     actions = st.lists(action, max_size=6).map(tuple)
-    # a megaflow match: in_port whole, then any key slots, IPv4 address slots whole or on a bit mask
+    # a megaflow match: in_port whole, then any key slots, address slots whole or on a bit mask of their width
     match_item = st.sampled_from(KEY_SLOTS[1:]).flatmap(
-        lambda f: st.tuples(st.just(f), st.just(-1) | st.integers(1, 0xFFFFFFFE) if f in MASKABLE else st.just(-1)))
+        lambda f: st.tuples(st.just(f), st.just(-1) | st.integers(1, 2**ADDR_BITS[f] - 2) if f in MASKABLE
+                            else st.just(-1)))
     match = st.just(()) | st.lists(match_item, max_size=8, unique_by=lambda p: p[0]).map(
         lambda items: (("in_port", -1), *items))
     flow_ids = st.lists(seq, max_size=8).map(tuple)           # a flow's id is the seq of its upcall
     tags = st.lists(name, max_size=6).map(tuple)
-    flow_key = st.tuples(port, st.lists(st.none() | i64, min_size=FLOW_KEY_LEN, max_size=FLOW_KEY_LEN)).map(
-        lambda t: (t[0], *t[1]))
+    flow_key = st.tuples(port, *[st.none() | (u128 if KEY_SLOTS[i] in IPV6_ADDR_FIELDS else i64)
+                                 for i in range(1, FLOW_KEY_LEN + 1)])
     upcall = st.builds(Upcall, seq, port, frame)
     entry = st.builds(FlowStateEntry, st.sampled_from(FLOW_STATE_KINDS), state_key,
-                      st.none() | st.tuples(u32, u16), any_float)
+                      st.none() | st.tuples(ip_any, u16), any_float)
     answer_body = st.recursive(
         st.one_of(st.none(), st.booleans(), i64, any_float, name, frame),
         lambda inner: st.one_of(st.lists(inner, max_size=4).map(tuple),
@@ -205,7 +212,7 @@ def message_strategies(name=any_name, frame=any_frame, seq=i64, index=i64,
 def _alien(v, data):
     """A value no wire shape accepts where ``v`` (an element of a valid message) was."""
     if type(v) is int:
-        return data.draw(st.sampled_from([1.5, "x", None, True, (1,), 2**63]))   # 2**63: beyond int64
+        return data.draw(st.sampled_from([1.5, "x", None, True, (1,), -1]))   # -1: no int field of a tuple takes it
     if type(v) is str:
         return data.draw(st.sampled_from([1, b"x", None, (), True]))
     return data.draw(st.sampled_from([1, "x", (1,), 1.5]))                       # bytes (or None: bytes|None)
@@ -241,6 +248,7 @@ BREAKERS = {
     (FlowPut, "idle_s"): lambda v, data: data.draw(st.sampled_from([-1.0, float("nan"), float("inf"), 1e10])),
     (FlowPut, "match"): lambda v, data: data.draw(st.sampled_from([(1,), ("in_port",), ((),), (("in_port", 0),),
                                                                     (("tp_dst", 0xFF),), (("ip_dst", 2**32),),
+                                                                    (("ipv6_dst", -2),), (("hop_limit", 7),),
                                                                     (("payload", -1),), (("ip_dst", -2),)])),
     (Reinstall, "match"): lambda v, data: data.draw(st.sampled_from([(1,), ("in_port",), ((),), (("in_port", 0),),
                                                                       (("ip_dst", 2**32),), (("payload", -1),)])),
@@ -258,7 +266,9 @@ BREAKERS = {
 
 def bad_action(data) -> tuple:
     return data.draw(st.sampled_from([
-        ("set", "ip_src", 2**32), ("set", "ip_src", -1), ("set", "tp_dst", 65536), ("set", "ttl", 256),
+        ("set", "ip_src", 2**32), ("set", "ip_src", -1), ("set", "ipv6_dst", -1),
+        ("set", "ipv6_src", msgpack.ExtType(1, bytes(17))),
+        ("set", "flow_label", 2**20), ("set", "hop_limit", 256), ("set", "tp_dst", 65536), ("set", "ttl", 256),
         ("set", "eth_type", 0x800), ("set", "payload", b""), ("set", "vlan", 4096), ("set", "ip_src", None),
         ("set", "ip_src"), ("set",), ("output",), ("output", 5), ("output", "p", "q"), ("tunnel", 1),
         ("tunnel", 2**32, 1), ("tunnel", 1, 2**24), ("drop", 1), ("goto", 1), (), (1,), "drop",

@@ -15,10 +15,10 @@ Examples: the hypothesis profile (tests/conftest.py): bounded in ``make test``, 
 
 from __future__ import annotations
 
-import msgpack
 from hypothesis import given
 from hypothesis import strategies as st
 
+from backchannel import codec
 from backchannel import messages as m
 from backchannel.codec import DecodeError, Decoder, encode
 from packet.addr import ip2int
@@ -27,7 +27,7 @@ from tests.fuzz.message_strategies import any_frame, any_name, malformed, messag
 from tests.fuzz.packet_strategies import packets
 from tests.inprocess import VM1, Wire, frame, from_internet, to_internet, vm1_to_vm2, vm2_to_vm1
 
-pack = msgpack.Packer(use_bin_type=True).pack
+pack = codec.new_packer().pack
 
 PORTS = ["tenant.vm1", "tenant.vm2", "tenant.vm3", "tenant.up", "r1.tenant", "r1.uplink"]
 DEVICES = ["tenant", "r1"]

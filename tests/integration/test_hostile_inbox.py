@@ -8,15 +8,15 @@ goes on.
 
 from __future__ import annotations
 
-import msgpack
 import zmq
 
+from backchannel import codec
 from backchannel import messages as m
 from backchannel.codec import encode
 from tests.integration.test_engine import Outputs, make_agent, topo_file, vm1_to_vm2, wait_for
 
 __all__ = ["topo_file"]                               # the fixture, imported from test_engine
-pack = msgpack.Packer(use_bin_type=True).pack
+pack = codec.new_packer().pack
 
 KEY = (0x0A000003, 0x0A000002, 6, 80, 8000, "tenant")
 HOSTILE = [

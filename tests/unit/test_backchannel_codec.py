@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from backchannel import codec
 from backchannel.codec import DecodeError, Decoder, EncodeError
 from backchannel.messages import (
+    FLOW_KEY_LEN,
     REGISTRY,
     SCHEMA,
     FlowPut,
@@ -23,7 +24,7 @@ from backchannel.messages import (
 )
 from tests.unit.test_backchannel_messages import any_message
 
-pack = msgpack.Packer(use_bin_type=True).pack
+pack = codec.new_packer().pack
 FP = FlowPut(7, (), (("output", "r1.uplink"),), ("r1",), 30.0, 0.0)
 BATCH = UpcallBatch(tuple(Upcall(i, "tenant.vm1", b"\x00" * 60) for i in range(4)))
 
@@ -50,7 +51,7 @@ def _sample(cls):
         values["keys"] = (b"k" * 32,)
     # fields of one name that hold different things in different messages
     values.update({"TableEntryRemoved.kind": "mac", "SetPortMap.hosts": (("host-b", 0x7F00000C),),
-                   "Reinstall.key": ("b.p", *range(24)), "StateRecall.requester": 1,
+                   "Reinstall.key": ("b.p", *range(FLOW_KEY_LEN)), "StateRecall.requester": 1,
                    "LeaseFailed.reason": "store_unavailable"})
     return cls(*(values.get(f"{cls.__name__}.{f}", values[f]) for f in cls._fields))
 
@@ -194,7 +195,9 @@ def test_encode_refuses_non_messages_and_unpackable_fields():
         with pytest.raises(EncodeError):
             codec.encode(obj)
     with pytest.raises(EncodeError):
-        codec.encode(Ping(2**64, 1))  # msgpack cannot hold it
+        codec.encode(Ping(2**128, 1))  # msgpack cannot hold it, nor the 128-bit extension
+    with pytest.raises(EncodeError):
+        codec.encode(Ping(-(2**64), 1))
     with pytest.raises(EncodeError):
         codec.encode(Ping(object(), 1))
     with pytest.raises(EncodeError):
@@ -273,3 +276,15 @@ msgpackable = st.recursive(
 @given(st.sampled_from(sorted(REGISTRY)), st.lists(msgpackable, max_size=10))
 def test_fuzz_well_formed_msgpack_with_a_real_tag(tag, fields):
     _decode_or_reject(pack([tag, *fields]))
+
+
+def test_ipv6_wide_ints_travel_as_the_bigint_extension_and_nothing_else_does():
+    wire = codec.new_packer().pack((2**64, 2**128 - 1, 5))
+    assert msgpack.unpackb(wire, ext_hook=codec._ext_hook) == [2**64, 2**128 - 1, 5]
+    # an extension of another type or length is not an int: no field takes it
+    raw = msgpack.packb((Ping.TAG, msgpack.ExtType(1, bytes(15)), 1))
+    assert reason_of(raw) == codec.FIELD_TYPE
+    raw = msgpack.packb((Ping.TAG, msgpack.ExtType(2, bytes(16)), 1))
+    assert reason_of(raw) == codec.FIELD_TYPE
+    # a 128-bit int in an int64 field is out of range
+    assert reason_of(codec.new_packer().pack((Ping.TAG, 2**100, 1))) == codec.INT_RANGE
