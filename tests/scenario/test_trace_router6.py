@@ -151,6 +151,10 @@ def test_ecmp_spreads_flows_by_flow_hash_and_keeps_each_flow_on_one_path():
         out = t("tenant.vm1", VM1 + f",ipv6_dst=2001:db8:99::5,proto=tcp,tp_src={sport},tp_dst=80")
         seen[sport] = _out_mac(out)
     assert set(seen.values()) == {"02:0b:00:00:00:07", "02:0b:00:00:00:08"}
+    # the addresses are hashed too: fixed ports, sources that differ only in their low bits
+    by_src = {_out_mac(t("tenant.vm1", VM1.replace("2001:db8:1::5", f"2001:db8:1::{i:x}")
+                         + ",ipv6_dst=2001:db8:99::5,proto=tcp,tp_src=40000,tp_dst=80")) for i in range(256, 296)}
+    assert by_src == {"02:0b:00:00:00:07", "02:0b:00:00:00:08"}
     for sport in (40000, 40007, 40031):
         out = t("tenant.vm1", VM1 + f",ipv6_dst=2001:db8:99::5,proto=tcp,tp_src={sport},tp_dst=80")
         assert _out_mac(out) == seen[sport]
