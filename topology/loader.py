@@ -3,10 +3,10 @@
 Owns the file format's semantics: defaults, conversions (addresses to ints, port ids, ranges), and every check
 that makes a topology usable — unknown keys, wrong types, bad addresses, dangling references (peer, host,
 chain, jump target, load balancer, pool, port-group member, route port), link symmetry, duplicate addresses,
-jump loops.  IPv6: an address text with a colon is IPv6 (router port ``address`` may be a list: one IPv4
-and any number of IPv6), a route's family is its ``dst``'s, NAT targets are IPv4 only.  The first error is raised as a ``TopologyError`` naming the path in the file and its line
-(see topology.errors).  Tunnel keys are assigned last (``model.assign_tunnel_keys``), never read from the
-file.
+jump loops.  IPv6: an address text with a colon is IPv6 (a router port's ``address`` may be a list: one
+IPv4 and any number of IPv6), a route's family is its ``dst``'s, NAT targets are IPv4 only.  The first error is
+raised as a ``TopologyError`` naming the path in the file and its line (see topology.errors).  Tunnel keys are
+assigned last (``model.assign_tunnel_keys``), never read from the file.
 
 Order of work: a tolerant pre-pass collects the names every reference may point to (hosts, chains, load
 balancers, port groups, port ids), then each section is checked and built; links are made symmetric once all
