@@ -3,14 +3,9 @@ longest prefix, source-aware routes, ECMP, the hop limit, blackhole / reject / n
 global and link-local addresses, neighbor solicitations answered and learned, next hops resolved by a
 solicitation (the packet parks, then resumes when the advertisement arrives), router solicitations, filters,
 and megaflows over IPv6 prefixes.  Every packet the router makes is checked with scapy (checksums recomputed).
-
-The topology is the IPv4 file format plus the IPv6 fields added in Python (``_v6``) until the topology file
-takes IPv6 (helper v6topo); the model fields are the ones the file will fill.
 """
 
 from __future__ import annotations
-
-from dataclasses import replace
 
 import pytest
 from scapy.layers.inet import UDP
@@ -29,17 +24,15 @@ from scapy.layers.inet6 import (
 )
 from scapy.layers.l2 import Ether
 
-from packet.addr import ip6_2int, mac2int, parse_cidr6
+from packet.addr import ip6_2int, mac2int
 from packet.codec import build
 from packet.flowkey import FULL, flow_key, masked_key, slot_mask
 from packet.spec import parse_spec
 from tests.scenario.conftest import Tracer, scapy_of
-from topology.loader import loads_topology
-from topology.model import ROUTE_BLACKHOLE, ROUTE_REJECT, Route
 from workers.megaflow import flow_match
 from workers.trace import result_json
 
-BASE = """
+TOPO = """
 version: 1
 hosts: {h: {tunnel_ip: 127.0.0.11}}
 bridges:
@@ -52,46 +45,26 @@ bridges:
 routers:
   r1:
     ports:
-      tenant: {mac: "02:0a:00:00:00:01"}
-      uplink: {mac: "02:0a:00:00:00:02", host: h, interface: u1}
-      uplink2: {mac: "02:0a:00:00:00:03", host: h, interface: u2}
+      tenant: {address: "2001:db8:1::1/64", mac: "02:0a:00:00:00:01"}
+      uplink: {address: "2001:db8:ff::2/64", mac: "02:0a:00:00:00:02", host: h, interface: u1}
+      uplink2: {address: "2001:db8:fe::2/64", mac: "02:0a:00:00:00:03", host: h, interface: u2}
+    routes:
+      - {dst: "::/0", src: "2001:db8:1::/64", gateway: "2001:db8:ff::1", port: uplink}
+      - {dst: "::/0", src: "2001:db8:1:0:8000::/65", gateway: "2001:db8:fe::1", port: uplink2}
+      - {dst: "2001:db8:77::/48", type: blackhole}
+      - {dst: "2001:db8:78::/48", type: reject}
+      - {dst: "2001:db8:99::/64", gateway: "2001:db8:ff::7", port: uplink}
+      - {dst: "2001:db8:99::/64", gateway: "2001:db8:ff::8", port: uplink}
+      - {dst: "2001:db8:99::/48", gateway: "2001:db8:fe::9", port: uplink2, weight: 10}
+      - {dst: "2001:db8:55::/64", gateway: "2001:db8:ff::7", port: uplink}
+      - {dst: "2001:db8:aa::/48", gateway: "2001:db8:ff::50", port: uplink}
+    nd_table:
+      "2001:db8:ff::1": "02:0b:00:00:00:01"
+      "2001:db8:fe::1": "02:0c:00:00:00:01"
+      "2001:db8:ff::7": "02:0b:00:00:00:07"
+      "2001:db8:ff::8": "02:0b:00:00:00:08"
+      "2001:db8:fe::9": "02:0c:00:00:00:09"
 """
-ADDRESSES6 = {"tenant": ["2001:db8:1::1/64"], "uplink": ["2001:db8:ff::2/64"], "uplink2": ["2001:db8:fe::2/64"]}
-ROUTES6 = [
-    {"dst": "::/0", "src": "2001:db8:1::/64", "gateway": "2001:db8:ff::1", "port": "uplink"},
-    {"dst": "::/0", "src": "2001:db8:1:0:8000::/65", "gateway": "2001:db8:fe::1", "port": "uplink2"},
-    {"dst": "2001:db8:77::/48", "type": ROUTE_BLACKHOLE},
-    {"dst": "2001:db8:78::/48", "type": ROUTE_REJECT},
-    {"dst": "2001:db8:99::/64", "gateway": "2001:db8:ff::7", "port": "uplink"},
-    {"dst": "2001:db8:99::/64", "gateway": "2001:db8:ff::8", "port": "uplink"},
-    {"dst": "2001:db8:99::/48", "gateway": "2001:db8:fe::9", "port": "uplink2", "weight": 10},
-    {"dst": "2001:db8:55::/64", "gateway": "2001:db8:ff::7", "port": "uplink"},
-    {"dst": "2001:db8:aa::/48", "gateway": "2001:db8:ff::50", "port": "uplink"},
-]
-ND = {"2001:db8:ff::1": "02:0b:00:00:00:01", "2001:db8:fe::1": "02:0c:00:00:00:01",
-      "2001:db8:ff::7": "02:0b:00:00:00:07", "2001:db8:ff::8": "02:0b:00:00:00:08",
-      "2001:db8:fe::9": "02:0c:00:00:00:09"}
-
-
-def _v6(text: str = BASE, addresses6=ADDRESSES6, routes6=ROUTES6, nd=ND, **router_fields):
-    """The topology of ``text`` with router r1's IPv6 addresses, routes and static neighbor entries."""
-    topo = loads_topology(text)
-    r = topo.routers["r1"]
-    ports = {n: replace(p, addresses6=tuple((ip6_2int(a.split("/")[0]), int(a.split("/")[1]))
-                                            for a in addresses6.get(n, ())))
-             for n, p in r.ports.items()}
-    routes = []
-    for d in routes6:
-        dst, dlen = parse_cidr6(d["dst"])
-        src, slen = parse_cidr6(d["src"]) if "src" in d else (0, 0)
-        routes.append(Route(dst, dlen, src, slen, ip6_2int(d["gateway"]) if "gateway" in d else None,
-                            d.get("port"), d.get("weight", 100), d.get("type", "normal"), v6=True))
-    r = replace(r, ports=ports, routes=r.routes + tuple(routes),
-                nd_table={ip6_2int(k): mac2int(v) for k, v in nd.items()}, **router_fields)
-    return replace(topo, routers={**topo.routers, "r1": r})
-
-
-TOPO = _v6()
 R1_TENANT_MAC, R1_UPLINK_MAC = "02:0a:00:00:00:01", "02:0a:00:00:00:02"
 LL_TENANT = "fe80::a:ff:fe00:1"            # EUI-64 of 02:0a:00:00:00:01
 LL_UPLINK = "fe80::a:ff:fe00:2"
@@ -348,7 +321,7 @@ def test_router_solicitation_is_answered_with_the_ports_prefixes():
 
 
 def test_a_router_filter_reject_answers_admin_prohibited():
-    topo = _v6(BASE + """
+    topo = (TOPO + """
     inbound_filter: r1-in
 chains:
   r1-in:
