@@ -25,7 +25,8 @@ from backchannel import codec
 from backchannel import messages as m
 from packet.codec import build
 from packet.rewrite import rewrite
-from tests.fuzz.topology_strategies import aimed_packets, load, topologies
+from tests.fuzz.topology_strategies import aimed_packets, topologies
+from topology.loader import topology_from_dict
 from topology.nat_leases import BLOCK_SIZE
 from workers.plan import output_actions
 from workers.simulation import generate
@@ -124,7 +125,7 @@ def _check_worker_answer(res, pkt) -> None:
 @given(topologies(), st.data())
 def test_simulate_never_raises_returns_a_documented_kind_and_is_deterministic(topo_dict, data):
     note(f"topology: {topo_dict}")
-    topo = load(topo_dict)
+    topo = topology_from_dict(topo_dict)
     ports = sorted(pid for pid, p in topo.all_ports().items() if p.peer is None)
     state = LocalState()
     now = 1000.0

@@ -17,24 +17,20 @@ frames cut short (whatever of them still parses).  The test adds the replies and
 header of a connection.
 
 IPv6 (issue 15): ``topologies()`` may give the routers IPv6 addresses (beside the IPv4 ones), IPv6 routes of
-every kind and static neighbor entries, in the dict's ``"x_ipv6"`` entry, which ``load`` applies to the loaded
-Topology (until the topology file takes IPv6: helper v6topo); ``aimed_packets`` then also draws IPv6 packets
-aimed at those addresses (``flow_packets6``) and IPv6 packets of every kind (tests/fuzz/packet6_strategies.py)
-aimed at them.
+every kind and static neighbor entries (``ipv6_additions``, in the file's keys); ``aimed_packets`` then also
+draws IPv6 packets aimed at those addresses (``flow_packets6``) and IPv6 packets of every kind
+(tests/fuzz/packet6_strategies.py) aimed at them.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from hypothesis import strategies as st
 
+from packet.addr import cidr6_str, int2ip6, int2mac
 from packet.codec import ParseError, build, parse
 from packet.packet import ETH_TYPE_IPV6, Packet
 from tests.fuzz.packet6_strategies import packets6
 from tests.fuzz.packet_strategies import packets
-from topology.loader import topology_from_dict
-from topology.model import Route
 
 MATCH_FIELDS = ("in_port", "out_port", "port_group", "eth_src", "eth_dst", "ethertype", "src", "dst", "proto",
                 "src_port", "dst_port", "ct", "tos", "vlan")
@@ -191,7 +187,7 @@ def topologies(draw) -> dict:
         if value:
             topo[key] = value
     if routers and draw(st.booleans()):
-        topo["x_ipv6"] = draw(ipv6_additions(routers))
+        add_ipv6(routers, draw(ipv6_additions(routers)))
     return topo
 
 
@@ -271,19 +267,28 @@ NEAR6 = (_net6(0) | 2, _net6(0) | 9, _net6(0x1000) | 2, _net6(0xFF00) | 0xFFFF, 
          0x20010DB8_AB00 << 80 | 5, 0x20010DB8_AB00 << 80 | 0x8000 << 48 | 5, 0x20010DB8_CD00 << 80 | 0x50)
 
 
-def load(topo_dict: dict):
-    """The Topology of a drawn dict: the file's part loaded, then the IPv6 additions (``"x_ipv6"``) applied."""
-    extra = topo_dict.get("x_ipv6")
-    topo = topology_from_dict({k: v for k, v in topo_dict.items() if k != "x_ipv6"})
-    if not extra:
-        return topo
-    routers = dict(topo.routers)
-    for rname, add in extra.items():
-        r = routers[rname]
-        ports = {n: replace(p, addresses6=tuple(add["ports"].get(n, ()))) for n, p in r.ports.items()}
-        routes = tuple(Route(**d, v6=True) for d in add["routes"])
-        routers[rname] = replace(r, ports=ports, routes=r.routes + routes, nd_table=dict(add["nd"]))
-    return replace(topo, routers=routers)
+def add_ipv6(routers: dict, additions: dict) -> None:
+    """Write ``ipv6_additions`` (ints) into the routers of a topology dict, in the file's keys: a port's
+    ``address`` becomes a list (its IPv4 address first), ``routes`` get the IPv6 ones, ``nd_table`` the
+    neighbor entries."""
+    for rname, add in additions.items():
+        body = routers[rname]
+        for pname, addrs in add["ports"].items():
+            port = body["ports"][pname]
+            port["address"] = [*([port["address"]] if "address" in port else []),
+                               *(f"{int2ip6(a)}/{plen}" for a, plen in addrs)]
+        for r in add["routes"]:
+            route = {"dst": cidr6_str(r["dst"], r["dst_len"])}
+            if "src" in r:
+                route["src"] = cidr6_str(r["src"], r["src_len"])
+            if "gateway" in r:
+                route["gateway"] = int2ip6(r["gateway"])
+            for key in ("port", "weight", "type"):
+                if key in r:
+                    route[key] = r[key]
+            body.setdefault("routes", []).append(route)
+        if add["nd"]:
+            body["nd_table"] = {int2ip6(ip): int2mac(mac) for ip, mac in add["nd"].items()}
 
 
 @st.composite

@@ -12,7 +12,8 @@ from __future__ import annotations
 import pytest
 
 from backchannel import messages as m
-from packet.addr import ip6_2int, ipv6_multicast_mac, solicited_node
+from backchannel.codec import encode
+from packet.addr import ip6_2int, ip_text, ipv6_multicast_mac, solicited_node
 from packet.packet import ND_NEIGHBOR_SOLICIT
 from tests.inprocess import Wire, frame
 
@@ -76,6 +77,12 @@ def test_a_packet_to_an_unresolved_ipv6_next_hop_parks_and_resumes_on_the_advert
     assert _counter(wire, "nd_resolved") >= 1
     learned = [msg for msg in wire.to_supervisor if type(msg) is m.ArpLearned]
     assert [(msg.router, msg.ip, msg.mac) for msg in learned] == [("r1", GW, GW_MAC)]   # to the store, as ARP
+    # the neighbor table as `shardnet ctl arp-table` reads it (DumpTable, through the codec), IPv6 readable
+    for i in range(len(wire.workers)):
+        wire.to_workers[i].send(encode(m.DumpTable(7, "arp", "r1")))
+    wire.pump()
+    rows = [row for a in wire.to_supervisor if type(a) is m.Answer and a.req_id == 7 for row in a.body]
+    assert {(ip_text(ip), mac) for ip, mac, _age in rows} == {("2001:db8:ff::1", GW_MAC)}
 
 
 def test_an_unanswered_solicitation_is_retried_then_the_packet_is_dropped_at_the_timeout(wire):

@@ -7,8 +7,9 @@ Owns the layout and the lifecycle of learned entries::
 
 (``<bridge>``/``<router>`` percent-encoded as in topology.store.topo, ``<vlan>`` decimal, 0 = untagged,
 ``<mac>`` as ``02:00:00:00:00:01``, ``<ip>`` dotted for IPv4 or the canonical IPv6 text (``2001:db8::1``,
-packet.addr.ip_text): a router's neighbor table holds both families, an ip below 2**32 being IPv4.)  Times are wall-clock seconds (``time.time()``), passed in
-as ``now`` — never read here — because ARP stale/expiry times are compared on other hosts.
+packet.addr.ip_text): a router's neighbor table holds both families, an ip below 2**32 being IPv4.)  Times
+are wall-clock seconds (``time.time()``), passed in as ``now`` — never read here — because ARP stale/expiry
+times are compared on other hosts.
 
 Ownership.  An entry belongs to the agent that wrote it (its node is an ephemeral of that agent's session, its
 value names the agent): only the owner refreshes, changes or deletes it, and it vanishes with the owner's
