@@ -12,8 +12,8 @@ from workers.trace import TraceSession, result_json
 
 
 class Tracer:
-    def __init__(self, text, host: str | None = None):
-        self.topo = loads_topology(text) if isinstance(text, str) else text   # topology YAML, or a Topology
+    def __init__(self, text: str, host: str | None = None):
+        self.topo = loads_topology(text)
         self.session = TraceSession(self.topo, host=host)
 
     def __call__(self, port: str, spec: str) -> dict:
