@@ -58,6 +58,7 @@ routers:
       - {dst: "2001:db8:99::/48", gateway: "2001:db8:fe::9", port: uplink2, weight: 10}
       - {dst: "2001:db8:55::/64", gateway: "2001:db8:ff::7", port: uplink}
       - {dst: "2001:db8:aa::/48", gateway: "2001:db8:ff::50", port: uplink}
+      - {dst: "2001:db8:100::/48", gateway: "fe80::1", port: uplink}
     nd_table:
       "2001:db8:ff::1": "02:0b:00:00:00:01"
       "2001:db8:fe::1": "02:0c:00:00:00:01"
@@ -298,6 +299,19 @@ def test_next_hop_resolution_parks_on_a_solicitation_then_resumes_on_the_adverti
     # the entry expires (no one refreshed it): the next packet asks again
     t.session.advance(t.session.state.arp_expiry_s + 1)
     assert t("tenant.vm1", spec)["result"] == "parked"
+
+
+def test_a_link_local_gateway_is_solicited_on_the_routes_port():
+    t = Tracer(TOPO)
+    spec = VM1 + ",ipv6_dst=2001:db8:100::1,proto=tcp,tp_dst=22"
+    out = t("tenant.vm1", spec)
+    assert out["needs"]["ip"] == "fe80::1" and out["generated"][0]["port"] == "r1.uplink"
+    s = scapy_of(t.last, generated=True)
+    assert (s[ICMPv6ND_NS].tgt, s[IPv6].dst, s.dst) == ("fe80::1", "ff02::1:ff00:1", "33:33:ff:00:00:01")
+    t("r1.uplink", f"eth_src=02:0b:00:00:00:99,eth_dst={R1_UPLINK_MAC},ipv6_src=fe80::1,ipv6_dst={LL_UPLINK},"
+      "icmpv6_type=136,nd_target=fe80::1,nd_tll=02:0b:00:00:00:99")
+    again = t("tenant.vm1", spec)
+    assert again["result"] == "forward" and _out_mac(again) == "02:0b:00:00:00:99"
 
 
 def test_an_advertisement_without_a_link_layer_address_teaches_nothing():
