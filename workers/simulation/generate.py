@@ -8,14 +8,17 @@ from __future__ import annotations
 import struct
 
 from packet.addr import BROADCAST_MAC
-from packet.checksum import checksum
+from packet.checksum import checksum, pseudo_header_sum6
 from packet.packet import (
     ARP_REPLY,
     ARP_REQUEST,
     ETH_TYPE_ARP,
     ETH_TYPE_IPV4,
+    ETH_TYPE_IPV6,
+    FRAG_LATER,
     ICMP_ECHO_REPLY,
     PROTO_ICMP,
+    PROTO_ICMPV6,
     PROTO_TCP,
     PROTO_UDP,
     TCP_FLAGS,
@@ -87,3 +90,55 @@ def tcp_rst(offending: Packet, src_mac: int) -> Packet:
         tp_src=o.tp_dst, tp_dst=o.tp_src, tcp_flags=TCP_FLAGS["rst"] | TCP_FLAGS["ack"], tcp_seq=0,
         tcp_ack=ack, tcp_window=0,
     )
+
+
+# -- IPv6 answers to a reject rule (v6filters): a TCP RST and ICMPv6 destination unreachable -----------------
+def tcp_rst6(offending: Packet, src_mac: int) -> Packet:
+    """A RST answering IPv6 TCP ``offending`` as if from its destination (a reject rule on TCP)."""
+    o = offending
+    ack = ((o.tcp_seq or 0) + max(len(o.payload), 1)) & 0xFFFFFFFF
+    return Packet(
+        eth_src=src_mac, eth_dst=o.eth_src, eth_type=ETH_TYPE_IPV6, vlan=o.vlan,
+        ipv6_src=o.ipv6_dst, ipv6_dst=o.ipv6_src, proto=PROTO_TCP, hop_limit=TTL_GENERATED, tclass=0,
+        flow_label=0, tp_src=o.tp_dst, tp_dst=o.tp_src, tcp_flags=TCP_FLAGS["rst"] | TCP_FLAGS["ack"],
+        tcp_seq=0, tcp_ack=ack, tcp_window=0,
+    )
+
+
+def icmp6_error(offending: Packet, icmpv6_type: int, code: int, src_mac: int, src_ip: int,
+                data: int = 0) -> Packet:
+    """An ICMPv6 error (RFC 4443) about IPv6 ``offending``, from (src_mac, src_ip) back to its sender.  It
+    carries the offending packet's IPv6 header, its extension headers and the first 8 bytes of its L4 header
+    (as an ICMP error does for IPv4: what finds the connection; §2.4 c allows less than the 1280-byte most);
+    ``data`` is the word after the checksum (a too-big's MTU, a problem's pointer)."""
+    o = offending
+    later = o.frag == FRAG_LATER
+    ports = o.proto in (PROTO_TCP, PROTO_UDP) and not later
+    echo = o.proto == PROTO_ICMPV6 and o.icmp_id is not None and not later
+    return Packet(
+        eth_src=src_mac, eth_dst=o.eth_src, eth_type=ETH_TYPE_IPV6, vlan=o.vlan,
+        ipv6_src=src_ip, ipv6_dst=o.ipv6_src, proto=PROTO_ICMPV6, hop_limit=TTL_GENERATED, tclass=0,
+        flow_label=0, icmpv6_type=icmpv6_type, icmpv6_code=code, icmpv6_data=data,
+        inner_ipv6_src=o.ipv6_src, inner_ipv6_dst=o.ipv6_dst, inner_hop_limit=o.hop_limit,
+        inner_tclass=o.tclass, inner_flow_label=o.flow_label, inner_ipv6_ext=o.ipv6_ext, inner_proto=o.proto,
+        inner_tp_src=o.tp_src if ports else None, inner_tp_dst=o.tp_dst if ports else None,
+        inner_icmp_id=o.icmp_id if echo else None,
+        inner_rest=_inner_rest6(o, later),
+    )
+
+
+def _inner_rest6(o: Packet, later: bool) -> bytes:
+    """The carried L4 bytes but the ports or the echo id (packet.codec's inner_rest): TCP's sequence number,
+    UDP's length and checksum, an ICMPv6 echo's type, code, checksum and sequence number."""
+    if later:
+        return o.payload[:8]
+    if o.proto == PROTO_TCP:
+        return (o.tcp_seq or 0).to_bytes(4, "big")
+    if o.proto == PROTO_UDP:
+        return (8 + len(o.payload)).to_bytes(2, "big") + b"\0\0"
+    if o.proto == PROTO_ICMPV6 and o.icmp_id is not None:
+        t, code, seq = o.icmpv6_type or 0, o.icmpv6_code or 0, o.icmp_seq or 0
+        ph = pseudo_header_sum6(o.ipv6_src, o.ipv6_dst, PROTO_ICMPV6, 8 + len(o.payload))
+        csum = checksum(o.payload, ph + (t << 8 | code) + o.icmp_id + seq)
+        return bytes((t, code)) + csum.to_bytes(2, "big") + seq.to_bytes(2, "big")
+    return b""
