@@ -39,17 +39,18 @@ def read_five(ctx: Ctx) -> None:
 
 
 def flow_hash(ctx: Ctx) -> int:
-    """``ctx.flow_hash()`` (the ingress 5-tuple's stable hash, for pool and NAT choices) with an IPv6 packet's
-    addresses mixed in (the IPv4 hash sees them as absent)."""
-    h = ctx.flow_hash()
+    """A stable hash of the ingress 5-tuple for pool and NAT choices: ``ctx.flow_hash()`` for IPv4, for IPv6 the
+    same FNV steps over every 32-bit word of its addresses (their low bits choose among few members)."""
     p = ctx.ingress_packet
     if p.ipv6_src is None:
-        return h
+        return ctx.flow_hash()
     read_five(ctx)
+    h = 0x811C9DC5
     for v in (p.ipv6_src, p.ipv6_dst):
-        for _ in range(4):
-            h = ((h ^ (v & 0xFFFFFFFF)) * 0x01000193) & 0xFFFFFFFF
-            v >>= 32
+        for shift in (96, 64, 32, 0):
+            h = ((h ^ (v >> shift & 0xFFFFFFFF)) * 0x01000193) & 0xFFFFFFFF
+    for v in (p.proto, p.tp_src, p.tp_dst, p.icmp_id):
+        h = ((h ^ (v if v is not None else 0xFFFF)) * 0x01000193) & 0xFFFFFFFF
     return h
 
 

@@ -8,17 +8,14 @@ from __future__ import annotations
 import struct
 
 from packet.addr import BROADCAST_MAC
-from packet.checksum import checksum, pseudo_header_sum6
+from packet.checksum import checksum
 from packet.packet import (
     ARP_REPLY,
     ARP_REQUEST,
     ETH_TYPE_ARP,
     ETH_TYPE_IPV4,
-    ETH_TYPE_IPV6,
-    FRAG_LATER,
     ICMP_ECHO_REPLY,
     PROTO_ICMP,
-    PROTO_ICMPV6,
     PROTO_TCP,
     PROTO_UDP,
     TCP_FLAGS,
@@ -92,7 +89,13 @@ def tcp_rst(offending: Packet, src_mac: int) -> Packet:
     )
 
 
-# -- IPv6 answers to a reject rule (v6filters): a TCP RST and ICMPv6 destination unreachable -----------------
+# -- IPv6 answers to a reject rule (filters): a TCP RST and ICMPv6 destination unreachable ------------------
+# Kept in one block, apart from the router's IPv6 generators.
+
+from packet.checksum import pseudo_header_sum6  # noqa: E402
+from packet.packet import ETH_TYPE_IPV6, FRAG_LATER, PROTO_ICMPV6  # noqa: E402
+
+
 def tcp_rst6(offending: Packet, src_mac: int) -> Packet:
     """A RST answering IPv6 TCP ``offending`` as if from its destination (a reject rule on TCP)."""
     o = offending
