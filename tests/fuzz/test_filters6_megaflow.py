@@ -1,22 +1,31 @@
-"""The megaflow invariant (tests/fuzz/test_megaflow_property.py) over IPv6 filters: a bridge whose inbound
+"""The megaflow invariant (tests/fuzz/test_megaflow_property.py) and the simulation's soundness
+(tests/fuzz/test_simulation_fuzz.py) over IPv6 filters: a bridge whose inbound
 filter has rules of both families — IPv6 and IPv4 CIDRs of every length, negated or not, protocols, ports,
 traffic class, ``ct: forward``/``ct: return`` — fed IPv6 TCP/UDP/echo, ICMPv6 errors, neighbor discovery and
 IPv4 packets, after warm-up packets that open connections.  Every packet a megaflow matches must be simulated
 to that megaflow's decision: the IPv6 prefix reads, the 5-tuple reads of conntrack and the family of a
 condition are all in the flow's mask.  ``test_the_filters6_check_catches_a_forgotten_ipv6_field`` shows the
 check has teeth here: with an IPv6 address left out of the recorded match, or the source prefix recorded too
-short, it finds a counterexample."""
+short, it finds a counterexample.  The soundness test sends replies and ICMPv6 errors about the connections
+the packets opened, over hostile IPv6 flow state (128-bit keys on random and on the packets' own tuples)."""
 
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
 from packet.addr import int2ip6
-from packet.packet import ETH_TYPE_IPV4, ETH_TYPE_IPV6, Packet
-from tests.fuzz.test_megaflow_property import check_megaflows
+from packet.packet import ETH_TYPE_IPV4, ETH_TYPE_IPV6, ND_TYPES, Packet
+from tests.fuzz.test_megaflow_property import NOW, check_megaflows
+from tests.fuzz.test_simulation_fuzz import _check_sound, _check_worker_answer
+from topology.loader import topology_from_dict
 from workers.megaflow import flow_match
+from workers.simulation import generate
+from workers.simulation.conntrack import five_tuple, reverse
+from workers.simulation.result import CONNTRACK, FORWARD, NAT_KINDS, FlowStateWrite, state_key
+from workers.simulation.simulate import simulate
+from workers.simulation.state import LocalState
 
 BASES6 = (0x20010DB8000A << 80, 0x20010DB8000B << 80, 0x20010DB8000A0001 << 64)
 VMS = {1: "02:00:00:00:00:01", 2: "02:00:00:00:00:02", 3: "02:00:00:00:00:03"}
@@ -72,7 +81,7 @@ def filter6_topologies(draw, cidrs_only: bool = False) -> dict:
                 match["in_port"] = neg + f"b0.vm{draw(st.integers(1, 3))}"
             else:
                 match["tos"] = neg + str(draw(st.sampled_from([0, 32])))
-        actions = ["accept", "drop"] if cidrs_only else ["accept", "drop", "continue"]
+        actions = ["accept", "drop"] if cidrs_only else ["accept", "drop", "continue", "reject"]
         rules.append({"match": match, "action": draw(st.sampled_from(actions))})
     return {"version": 1, "hosts": {"h": {"tunnel_ip": "127.0.0.11"}},
             "bridges": {"b0": {"ports": {f"vm{n}": {"host": "h", "interface": f"t{n}"} for n in VMS},
@@ -159,3 +168,57 @@ def test_the_filters6_check_catches_a_forgotten_ipv6_field(record):
 
     with pytest.raises(AssertionError):
         broken()
+
+
+@st.composite
+def hostile_state6(draw, t: tuple | None) -> list:
+    """Conntrack and NAT entries on random IPv6 tuples and on the connection of a packet with tuple ``t``."""
+    ips = st.one_of(st.sampled_from([_vm6(1), _vm6(2), _vm6(3)]), st.integers(0, 2**128 - 1))
+    l4 = st.sampled_from([0, 53, 80, 40000, 1500, 7, 8])
+    tuples = [st.tuples(ips, ips, st.sampled_from([6, 17, 58]), l4, l4)]
+    if t is not None:
+        tuples.append(st.sampled_from([t, reverse(t)]))
+    key = st.builds(state_key, st.one_of(*tuples), st.sampled_from(["b0", "r0"]))
+    return draw(st.lists(st.one_of(
+        st.builds(FlowStateWrite, st.just(CONNTRACK), key, st.none()),
+        st.builds(FlowStateWrite, st.sampled_from(NAT_KINDS), key, st.none() | st.tuples(ips, l4))), max_size=6))
+
+
+def _reply6(p: Packet) -> Packet:
+    icmp = {"icmpv6_type": 129} if p.icmpv6_type == 128 else {}
+    return p._replace(eth_src=p.eth_dst, eth_dst=p.eth_src, ipv6_src=p.ipv6_dst, ipv6_dst=p.ipv6_src,
+                      tp_src=p.tp_dst, tp_dst=p.tp_src, **icmp)
+
+
+@SETTINGS
+@given(filter6_topologies(), st.data())
+def test_ipv6_through_filters_is_sound_and_deterministic(topo_dict, data):
+    # every packet's conntrack state is read (a rule that changes nothing), so each may write an entry
+    topo_dict["chains"]["fw"].insert(0, {"match": {"ct": "forward"}, "action": "continue"})
+    topo = topology_from_dict(topo_dict)
+    ports = sorted(topo.all_ports())
+    state = LocalState()
+    replies: list = []
+    for _ in range(data.draw(st.integers(1, 8), label="packets")):
+        if replies and data.draw(st.booleans(), label="a reply"):
+            port, pkt = replies.pop(data.draw(st.integers(0, len(replies) - 1)))
+        else:
+            port = data.draw(st.sampled_from(ports), label="port")
+            pkt = data.draw(filter6_packets(topo), label="packet")
+        state.apply(data.draw(hostile_state6(five_tuple(pkt)), label="state"), NOW)
+        res = simulate(pkt, port, topo, state, NOW)
+        _check_sound(res, pkt)
+        assert simulate(pkt, port, topo, state, NOW) == res
+        if pkt.is_icmpv6_error or pkt.icmpv6_type in ND_TYPES:
+            assert not any(type(e) is FlowStateWrite for e in res.effects)     # an error, ND: no connection
+        for g in res.generated if pkt.ipv6_src is not None else ():         # a reject's RST / ICMPv6
+            assert g.packet.ipv6_dst == pkt.ipv6_src and (g.packet.proto == 6 or g.packet.is_icmpv6_error)
+        event(f"{res.result}: {res.drop_reason or 'ok'}{', generated' if res.generated else ''}")
+        if res.result == FORWARD:
+            _check_worker_answer(res, pkt)
+            for o in res.outputs[:1]:
+                if o.packet.ipv6_src is not None and not o.packet.is_icmpv6_error:
+                    replies.append((o.port, _reply6(o.packet)))
+                    replies.append((o.port, generate.icmp6_error(o.packet, 1, 4, o.packet.eth_dst,
+                                                                  o.packet.ipv6_dst)))
+        state.apply(res.effects, NOW)
