@@ -155,3 +155,29 @@ def test_vips_are_met_by_their_own_family_only():
         raise AssertionError("not dropped")
     except Stop as e:
         assert e.reason == "vip_proto_mismatch"
+
+
+def test_an_ipv6_binding_for_an_ipv4_packet_is_dropped_not_written_into_it():
+    """Flow state from a peer is not trusted: a 128-bit binding on an IPv4 connection (the wire carries U128
+    since state keys hold either family) would make an IPv4 header no one can build."""
+    from tests.scenario.conftest import Tracer
+    from tests.scenario.test_trace_stateful import GW
+    from workers.simulation.result import REV_SNAT, state_key
+    reply = ("eth_src=02:00:00:00:00:02,eth_dst=02:0a:00:00:00:01,ip_src=10.0.0.3,ip_dst=203.0.113.5,proto=tcp,"
+             "tp_src=8080,tp_dst=40000")
+    key = state_key((ip2int("10.0.0.3"), ip2int("203.0.113.5"), 6, 8080, 40000), "r1")
+    t = Tracer(GW)
+    t.session.state.apply([FlowStateWrite(REV_DNAT, key, (A6("2001:db8::1"), 80))], 0.0)
+    out = t("tenant.vm2", reply)
+    assert out["result"] == "drop" and out["drop_reason"] == "bad_nat_binding"
+    t = Tracer(GW)                                                    # the control: an IPv4 binding applies
+    t.session.state.apply([FlowStateWrite(REV_DNAT, key, (ip2int("203.0.113.10"), 80))], 0.0)
+    assert t("tenant.vm2", reply)["outputs"][0]["packet"]["ip_src"] == "203.0.113.10"
+    # an ICMP echo reply through rev_snat likewise
+    echo = ("eth_src=02:0b:00:00:00:01,eth_dst=02:0a:00:00:00:02,ip_src=203.0.113.5,ip_dst=198.51.100.100,"
+            "icmp_type=0,icmp_id=5000")
+    t = Tracer(GW)
+    key = state_key((ip2int("203.0.113.5"), ip2int("198.51.100.100"), 1, 5000, 5000), "r1")
+    t.session.state.apply([FlowStateWrite(REV_SNAT, key, (A6("2001:db8::1"), 7))], 0.0)
+    out = t("r1.uplink", echo)
+    assert out["result"] == "drop" and out["drop_reason"] == "bad_nat_binding"

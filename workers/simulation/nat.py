@@ -49,9 +49,19 @@ _F4 = ("ip_src", "ip_dst", "inner_ip_src", "inner_ip_dst")
 _F6 = ("ipv6_src", "ipv6_dst", "inner_ipv6_src", "inner_ipv6_dst")
 
 
+def _fields(pkt: Packet, ip: int) -> tuple[str, str, str, str]:
+    """The address fields ``ip`` is written to.  A binding wider than the packet's family (an IPv6 address
+    for an IPv4 packet: flow state from a peer is not trusted) drops the packet (``bad_nat_binding``)."""
+    if _v6(pkt):
+        return _F6
+    if ip > 0xFFFFFFFF:
+        raise Stop("bad_nat_binding")
+    return _F4
+
+
 # -- rewrites (either family: an IPv6 packet's ipv6_* fields; the load balancer translates IPv6) -------------
 def set_src(pkt: Packet, ip: int, port: int | None) -> Packet:
-    src, _dst, _isrc, idst = _F6 if _v6(pkt) else _F4
+    src, _dst, _isrc, idst = _fields(pkt, ip)
     if is_error(pkt):
         # the carried header travelled the other way: its destination is our source
         kw = {src: ip}
@@ -66,7 +76,7 @@ def set_src(pkt: Packet, ip: int, port: int | None) -> Packet:
 
 
 def set_dst(pkt: Packet, ip: int, port: int | None) -> Packet:
-    _src, dst, isrc, _idst = _F6 if _v6(pkt) else _F4
+    _src, dst, isrc, _idst = _fields(pkt, ip)
     if is_error(pkt):
         kw = {dst: ip}
         if getattr(pkt, isrc) == getattr(pkt, dst):
@@ -78,7 +88,7 @@ def set_dst(pkt: Packet, ip: int, port: int | None) -> Packet:
 
 
 def _set_inner_src(pkt: Packet, ip: int, port: int) -> Packet:
-    _src, dst, isrc, _idst = _F6 if _v6(pkt) else _F4
+    _src, dst, isrc, _idst = _fields(pkt, ip)
     kw = {isrc: ip}
     if pkt.inner_proto in (PROTO_ICMP, PROTO_ICMPV6):
         kw["inner_icmp_id"] = port
@@ -90,7 +100,7 @@ def _set_inner_src(pkt: Packet, ip: int, port: int) -> Packet:
 
 
 def _set_inner_dst(pkt: Packet, ip: int, port: int) -> Packet:
-    src, _dst, _isrc, idst = _F6 if _v6(pkt) else _F4
+    src, _dst, _isrc, idst = _fields(pkt, ip)
     kw = {idst: ip}
     if pkt.inner_proto in (PROTO_TCP, PROTO_UDP):
         kw["inner_tp_dst"] = port
@@ -228,7 +238,7 @@ def reverse_snat(ctx: Ctx, pkt: Packet, device: str) -> Packet | None:
         return None
     touch(ctx, REV_SNAT, key)
     if pkt.proto == PROTO_ICMP:
-        return pkt._replace(ip_dst=orig[0], icmp_id=orig[1])
+        return set_dst(pkt, orig[0], None)._replace(icmp_id=orig[1])
     return set_dst(pkt, orig[0], orig[1] if _has_ports(pkt) else None)
 
 
