@@ -1,7 +1,7 @@
 """IPv6 frames through ``shardnet trace`` now that the packet layer parses them (issue 15, packets part): a
 bridge forwards them with the IPv6 keys in the JSON output, bridge chains match their protocol and ports,
-a reject on one is a drop (no IPv4 answer is made up for it), and a router still drops them (routing IPv6
-is a later step)."""
+a reject on one is a drop (no IPv4 answer is made up for it), and a router without IPv6 routes has no route
+for them (IPv6 routing: test_trace_router6.py)."""
 
 from __future__ import annotations
 
@@ -65,8 +65,8 @@ def test_bridge_chains_match_ipv6_protocol_and_ports():
     assert t("br.a", A_TO_B + ",proto=tcp,tp_dst=23")["result"] == "forward"
 
 
-def test_router_still_drops_ipv6():
+def test_router_without_ipv6_routes_has_no_route():
     t = Tracer(TOPO)
     out = t("br.a", "eth_src=02:00:00:00:00:0a,eth_dst=02:0a:00:00:00:01,ipv6_src=2001:db8::a,"
                     "ipv6_dst=2001:db8:9::1,proto=udp")
-    assert out["result"] == "drop" and out["drop_reason"] == "ipv6"
+    assert out["result"] == "drop" and out["drop_reason"] == "no_route" and out["generated"] == []

@@ -114,4 +114,4 @@ def test_every_field_a_flow_may_set_is_one_the_datapath_can_rewrite():
     from packet import rewrite
     from workers.plan import REWRITABLE
 
-    assert set(REWRITABLE) <= rewrite.REWRITABLE
+    assert set(REWRITABLE) <= rewrite.REWRITABLE | rewrite.REWRITABLE_IPV6
