@@ -1,14 +1,18 @@
 """IPv6 through chains, conntrack and reject (issue 15, filters part), through the trace entry point: IPv6
 CIDR matches with ``!``, a rule of one family never matching the other, an IPv6 TCP connection's forward and
 return flows through a stateful filter, an ICMPv6 error finding the connection it reports, reject answered by a
-TCP RST or an ICMPv6 unreachable (checked with scapy), neighbor discovery through a stateful filter."""
+TCP RST or an ICMPv6 unreachable (checked with scapy), neighbor discovery through a stateful filter, and an
+IPv6 VIP of a router's load balancer: DNAT to a member, the reply from the VIP, its ICMPv6 errors, sticky
+clients."""
 
 from __future__ import annotations
 
 from scapy.layers.inet import TCP, UDP
-from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6EchoRequest, IPerror6, IPv6, UDPerror
+from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6EchoRequest, IPerror6, IPv6, TCPerror, UDPerror
 from scapy.layers.l2 import Ether
 
+from backchannel import codec
+from backchannel import messages as m
 from packet.addr import ip6_2int
 from packet.codec import build
 from packet.flowkey import FULL, flow_key, match_dict, slot_mask
@@ -297,3 +301,119 @@ def test_megaflow_of_ipv6_prefix_is_128_bit():
     m = dict(flow_match(t.last))
     assert m["ipv6_src"] == ((1 << 48) - 1) << 80 and m["eth_type"] == FULL
 
+
+
+# -- the load balancer on an IPv6 router ---------------------------------------------------------------------
+LB = HOSTS + """
+bridges:
+  tenant:
+    ports:
+      be1: {host: host-a, interface: tap-be1}
+      be2: {host: host-b, interface: tap-be2}
+      r1: {peer: r1.tenant}
+    mac_table: {"02:00:00:00:00:11": be1, "02:00:00:00:00:12": be2}
+routers:
+  r1:
+    ports:
+      tenant: {address: [10.0.0.1/24, "2001:db8:1::1/64"], mac: "02:0a:00:00:00:01"}
+      uplink: {address: "2001:db8:ff::2/64", mac: "02:0a:00:00:00:02", host: host-a, interface: up0}
+    routes:
+      - {dst: "::/0", gateway: "2001:db8:ff::1", port: uplink}
+    nd_table:
+      "2001:db8:ff::1": "02:0b:00:00:00:01"
+      "2001:db8:1::11": "02:00:00:00:00:11"
+      "2001:db8:1::12": "02:00:00:00:00:12"
+    inbound_filter: r1-in
+    load_balancer: lb1
+chains:
+  r1-in:
+    - {match: {ct: return}, action: accept}
+    - {match: {in_port: r1.tenant}, action: accept}
+    - {action: drop}
+load_balancers:
+  lb1:
+    vips:
+      - {address: "2001:db8:ff::10", port: 80, pool: web}
+      - {address: "2001:db8:ff::20", port: 443, pool: tls, sticky_source_ip: true}
+    pools:
+      web:
+        members:
+          - {address: "2001:db8:1::11", port: 8080}
+          - {address: "2001:db8:1::12", port: 8080}
+      tls:
+        members:
+          - {address: "2001:db8:1::11", port: 8443}
+          - {address: "2001:db8:1::12", port: 8443}
+"""
+MEMBERS = {"2001:db8:1::11": ("tenant.be1", "02:00:00:00:00:11"), "2001:db8:1::12": ("tenant.be2", "02:00:00:00:00:12")}
+
+
+def _to_vip(client: int, sport: int, vip: str = "2001:db8:ff::10", port: int = 80) -> str:
+    return (f"eth_src=02:0b:00:00:00:01,eth_dst=02:0a:00:00:00:02,ipv6_src=2001:db8:99::{client:x},"
+            f"ipv6_dst={vip},proto=tcp,tp_src={sport},tp_dst={port},tcp_flags=syn,hop_limit=60")
+
+
+def test_an_ipv6_vip_is_dnated_to_a_member_and_the_reply_comes_back_from_the_vip():
+    t = Tracer6(LB)
+    out = t("r1.uplink", _to_vip(5, 40000))
+    assert out["result"] == "forward" and len(out["outputs"]) == 1
+    o = out["outputs"][0]
+    member = o["packet"]["ipv6_dst"]
+    port, mac = MEMBERS[member]
+    assert o["port"] == port and o["packet"]["eth_dst"] == mac and o["packet"]["tp_dst"] == 8080
+    s = scapy_of(t.last)
+    assert (s[IPv6].src, s[IPv6].dst, s[IPv6].hlim, s[TCP].dport) == ("2001:db8:99::5", member, 59, 8080)
+    assert bytes(s) == _valid_checksums(s)
+    kinds = {st["kind"]: st for st in out["flow_state"]}
+    assert kinds["fwd_dnat"]["key"] == "[2001:db8:99::5]:40000>[2001:db8:ff::10]:80/6@r1"
+    assert kinds["fwd_dnat"]["binding"] == f"[{member}]:8080"
+    assert kinds["rev_dnat"]["key"] == f"[{member}]:8080>[2001:db8:99::5]:40000/6@r1"
+    assert kinds["rev_dnat"]["binding"] == "[2001:db8:ff::10]:80"
+    # the entries replicate as any flow state: a FlowStateBatch carries the 128-bit keys and bindings intact
+    batch = m.FlowStateBatch(tuple(m.FlowStateEntry(e.kind, tuple(e.key), e.value, 60.0)
+                                   for e in t.last.flow_state), 0)
+    assert codec.decode(codec.encode(batch)) == batch
+    # the member's reply leaves the uplink from the VIP
+    reply = (f"eth_src={mac},eth_dst=02:0a:00:00:00:01,ipv6_src={member},ipv6_dst=2001:db8:99::5,proto=tcp,"
+             "tp_src=8080,tp_dst=40000,tcp_flags=syn|ack")
+    out = t(port, reply)
+    assert out["result"] == "forward" and [o["port"] for o in out["outputs"]] == ["r1.uplink"]
+    s = scapy_of(t.last)
+    assert (s[IPv6].src, s[TCP].sport, s[IPv6].dst, s[TCP].dport) == ("2001:db8:ff::10", 80, "2001:db8:99::5", 40000)
+    assert s[Ether].dst == "02:0b:00:00:00:01" and bytes(s) == _valid_checksums(s)
+    # the same connection again goes to the same member
+    again = t("r1.uplink", _to_vip(5, 40000).replace("tcp_flags=syn", "tcp_flags=ack"))
+    assert again["outputs"][0]["packet"]["ipv6_dst"] == member
+
+
+def test_an_icmpv6_error_from_a_member_about_a_vip_connection_is_translated_back():
+    t = Tracer6(LB)
+    member = t("r1.uplink", _to_vip(5, 40000))["outputs"][0]["packet"]["ipv6_dst"]
+    port, mac = MEMBERS[member]
+    err = (f"eth_src={mac},eth_dst=02:0a:00:00:00:01,ipv6_src={member},ipv6_dst=2001:db8:99::5,icmpv6_type=1,"
+           f"icmpv6_code=4,inner_ipv6_src=2001:db8:99::5,inner_ipv6_dst={member},inner_proto=tcp,"
+           "inner_tp_src=40000,inner_tp_dst=8080")
+    out = t(port, err)
+    assert out["result"] == "forward" and [o["port"] for o in out["outputs"]] == ["r1.uplink"]
+    s = scapy_of(t.last)
+    assert s[IPv6].src == "2001:db8:ff::10" and s[IPerror6].dst == "2001:db8:ff::10"
+    assert s[TCPerror].dport == 80 and s[TCPerror].sport == 40000
+
+
+def test_ipv6_vip_connections_spread_and_a_sticky_vip_keeps_each_client_on_one_member():
+    t = Tracer6(LB)
+    members = {t("r1.uplink", _to_vip(c, 40000))["outputs"][0]["packet"]["ipv6_dst"] for c in range(1, 30)}
+    assert members == set(MEMBERS)
+    chosen = set()
+    for c in range(1, 16):
+        firsts = {t("r1.uplink", _to_vip(c, sp, "2001:db8:ff::20", 443))["outputs"][0]["packet"]["ipv6_dst"]
+                  for sp in (41000, 41001, 41002, 41003)}
+        assert len(firsts) == 1                           # every connection of one client: one member
+        chosen |= firsts
+    assert chosen == set(MEMBERS)
+
+
+def test_an_ipv6_packet_to_another_address_is_not_the_vip_and_meets_the_filter():
+    t = Tracer6(LB)
+    out = t("r1.uplink", _to_vip(5, 40000, vip="2001:db8:1::11", port=8080))
+    assert out["result"] == "drop" and out["drop_reason"] == "filter_drop"

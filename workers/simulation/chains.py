@@ -49,7 +49,7 @@ def _test(ctx: Ctx, c: Condition, pkt: Packet, in_port: str | None, out_port: st
         ctx.tags.add(tags.port_group(v))
         return in_port in g.ports or out_port in g.ports
     if f == "ct":
-        conntrack.read_five(ctx)
+        ctx.read_five()
         return conntrack.ct_state(ctx) == v
     if f == "src" or f == "dst":
         ctx.read("eth_type")                           # which family the packet is (whether the field exists)

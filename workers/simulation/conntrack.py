@@ -15,7 +15,7 @@ written for it (and chains accept it before any rule, workers.simulation.chains)
 
 from __future__ import annotations
 
-from packet.packet import ETH_TYPE_IPV6, ND_TYPES, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet
+from packet.packet import ND_TYPES, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet
 from workers import tags
 from workers.simulation.context import Ctx
 from workers.simulation.result import CONNTRACK, FlowStateTouch, FlowStateWrite, state_key
@@ -23,35 +23,6 @@ from workers.simulation.state import MISSING
 
 FORWARD = "forward"
 RETURN = "return"
-
-
-# What an IPv6 5-tuple reads beyond context.FIVE_TUPLE_FIELDS (the IPv4 one): the addresses, the ICMPv6 type
-# (echo or error), an error's carried addresses.
-FIVE_TUPLE6_FIELDS = ("ipv6_src", "ipv6_dst", "icmpv6_type", "inner_ipv6_src", "inner_ipv6_dst")
-
-
-def read_five(ctx: Ctx) -> None:
-    """The decision depends on the whole 5-tuple, of either family (megaflows match one connection).  An IPv4
-    packet's decision does not depend on the IPv6 slots (``eth_type``, read with the 5-tuple, tells them None)."""
-    ctx.read_five()
-    if ctx.ingress_packet.eth_type == ETH_TYPE_IPV6:
-        ctx.fields.update(FIVE_TUPLE6_FIELDS)
-
-
-def flow_hash(ctx: Ctx) -> int:
-    """A stable hash of the ingress 5-tuple for pool and NAT choices: ``ctx.flow_hash()`` for IPv4, for IPv6 the
-    same FNV steps over every 32-bit word of its addresses (their low bits choose among few members)."""
-    p = ctx.ingress_packet
-    if p.ipv6_src is None:
-        return ctx.flow_hash()
-    read_five(ctx)
-    h = 0x811C9DC5
-    for v in (p.ipv6_src, p.ipv6_dst):
-        for shift in (96, 64, 32, 0):
-            h = ((h ^ (v >> shift & 0xFFFFFFFF)) * 0x01000193) & 0xFFFFFFFF
-    for v in (p.proto, p.tp_src, p.tp_dst, p.icmp_id):
-        h = ((h ^ (v if v is not None else 0xFFFF)) * 0x01000193) & 0xFFFFFFFF
-    return h
 
 
 def five_tuple(pkt: Packet) -> tuple | None:
@@ -120,7 +91,7 @@ def ct_state(ctx: Ctx) -> str:
     """forward | return, computed once per simulation from the ingress packet and device."""
     if ctx.ct is not None:
         return ctx.ct
-    read_five(ctx)
+    ctx.read_five()
     pkt = ctx.ingress_packet
     t = lookup_tuple(pkt)
     state = FORWARD

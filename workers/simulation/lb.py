@@ -19,7 +19,7 @@ from packet.packet import Packet
 from topology.model import Member, Router, Vip
 from workers import tags
 from workers.simulation import nat
-from workers.simulation.conntrack import five_tuple, flow_hash, is_error, reverse
+from workers.simulation.conntrack import five_tuple, is_error, reverse
 from workers.simulation.context import Ctx, Stop
 from workers.simulation.result import FWD_DNAT, FWD_STICK_DNAT, REV_DNAT, StateKey, state_key
 
@@ -93,7 +93,7 @@ def _to_backend(ctx: Ctx, router: Router, members: tuple[Member, ...], vip: Vip,
         else:
             nat.touch(ctx, FWD_STICK_DNAT, skey)
     else:
-        m = _choose(valid, flow_hash(ctx))
+        m = _choose(valid, ctx.flow_hash())
         backend = (m.address, m.port)
     new = nat.set_dst(pkt, backend[0], backend[1])
     nat.write(ctx, FWD_DNAT, fkey, backend)

@@ -18,7 +18,7 @@ from packet.packet import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet
 from topology.model import NatTarget, Rule
 from topology.nat_leases import BLOCK_SIZE
 from workers import tags
-from workers.simulation.conntrack import five_tuple, flow_hash, inner_five_tuple, is_error, read_five, reverse
+from workers.simulation.conntrack import five_tuple, inner_five_tuple, is_error, reverse
 from workers.simulation.context import Ctx, Stop
 from workers.simulation.result import (
     FWD_DNAT,
@@ -111,7 +111,7 @@ def _set_inner_dst(pkt: Packet, ip: int, port: int) -> Packet:
 
 # -- state helpers -----------------------------------------------------------------------------------------
 def lookup(ctx: Ctx, kind: str, key: StateKey):
-    read_five(ctx)
+    ctx.read_five()
     v = ctx.state.flow_state_get(kind, key, ctx.now)
     ctx.tags.add(tags.flow_state(kind, key))
     return None if v is MISSING else v
@@ -126,7 +126,7 @@ def touch(ctx: Ctx, kind: str, key: StateKey) -> None:
 
 
 def _pick(ctx: Ctx, targets: tuple[NatTarget, ...], salt: int) -> tuple[NatTarget, int]:
-    h = (flow_hash(ctx) ^ salt) * 2654435761 & 0xFFFFFFFF
+    h = (ctx.flow_hash() ^ salt) * 2654435761 & 0xFFFFFFFF
     t = targets[h % len(targets)]
     n_ips = t.ip_end - t.ip_start + 1
     return t, t.ip_start + (h // len(targets)) % n_ips
@@ -138,7 +138,7 @@ def apply_rule(ctx: Ctx, rule: Rule, pkt: Packet, device: str) -> Packet | None:
     state (the chain goes on).  No NAT66: an IPv6 packet meeting a forward snat/dnat rule goes on untranslated
     (the rule does not apply to it, so a dual-stack router's IPv4 SNAT lets its IPv6 traffic be routed as it
     is; the loader refuses IPv6 NAT targets); rev_snat/rev_dnat find the IPv6 state the load balancer wrote."""
-    read_five(ctx)
+    ctx.read_five()
     a = rule.action
     if a == "rev_snat":
         return reverse_snat(ctx, pkt, device)
