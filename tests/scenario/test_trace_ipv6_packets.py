@@ -59,8 +59,9 @@ def test_bridge_chains_match_ipv6_protocol_and_ports():
     drop = t("br.a", A_TO_B + ",proto=udp,tp_dst=9")
     assert drop["result"] == "drop" and drop["drop_reason"] == "filter_drop"
     rej = t("br.a", A_TO_B + ",proto=tcp,tp_dst=22")
-    # a reject of an IPv6 packet is a plain drop until the simulation answers IPv6 (no IPv4 RST for it)
-    assert rej["result"] == "drop" and rej["drop_reason"] == "filter_reject" and rej["generated"] == []
+    # a reject of an IPv6 packet is answered in IPv6 (an IPv6 RST: tests/scenario/test_trace_filters6.py)
+    assert rej["result"] == "drop" and rej["drop_reason"] == "filter_reject"
+    assert [g["packet"]["ipv6_src"] for g in rej["generated"]] == ["2001:db8::b"]
     assert t("br.a", A_TO_B + ",proto=tcp,tp_dst=23")["result"] == "forward"
 
 

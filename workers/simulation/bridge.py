@@ -12,7 +12,17 @@ unicast destinations and the bridge answers ARP requests and IPv6 neighbor solic
 
 from __future__ import annotations
 
-from packet.packet import ARP_REQUEST, ND_NEIGHBOR_SOLICIT, PROTO_ICMPV6, PROTO_TCP, TCP_FLAGS, Packet
+from packet.addr import is_ipv6_multicast
+from packet.packet import (
+    ARP_REQUEST,
+    ICMPV6_UNREACH,
+    ND_NEIGHBOR_SOLICIT,
+    PROTO_ICMPV6,
+    PROTO_TCP,
+    TCP_FLAGS,
+    UNREACH6_ADMIN_PROHIBITED,
+    Packet,
+)
 from topology.model import Bridge, Port
 from workers import tags
 from workers.simulation import generate
@@ -172,6 +182,8 @@ def _flood(ctx: Ctx, bridge: Bridge, in_port: Port, vlan: int) -> list[str]:
 def _verdict(ctx: Ctx, verdict: str, pkt: Packet, in_port: Port) -> None:
     if verdict == DROP:
         raise Stop("filter_drop")
+    if verdict == REJECT and pkt.ipv6_src is not None:
+        _reject6(ctx, pkt, in_port)
     if verdict == REJECT:
         if pkt.proto == PROTO_TCP and pkt.ip_src is not None and not (pkt.tcp_flags or 0) & TCP_FLAGS["rst"]:
             ctx.emit(in_port.id, generate.tcp_rst(pkt, pkt.eth_dst))
@@ -179,3 +191,17 @@ def _verdict(ctx: Ctx, verdict: str, pkt: Packet, in_port: Port) -> None:
             # a bridge has no address of its own: answer as the destination would (admin prohibited)
             ctx.emit(in_port.id, generate.icmp_error(pkt, 3, 13, pkt.eth_dst, pkt.ip_dst))
         raise Stop("filter_reject")
+
+
+def _reject6(ctx: Ctx, pkt: Packet, in_port: Port) -> None:
+    """A reject of an IPv6 packet: a TCP RST (not to a RST), else ICMPv6 destination unreachable,
+    administratively prohibited, as from the destination — not about an ICMPv6 error nor to or from a
+    multicast address (RFC 4443 §2.4 e), where the reject is a plain drop."""
+    ctx.read("proto", "ipv6_src", "ipv6_dst", "icmpv6_type")
+    if pkt.proto == PROTO_TCP:
+        if not (pkt.tcp_flags or 0) & TCP_FLAGS["rst"]:
+            ctx.emit(in_port.id, generate.tcp_rst6(pkt, pkt.eth_dst))
+    elif not pkt.is_icmpv6_error and not is_ipv6_multicast(pkt.ipv6_dst) and not is_ipv6_multicast(pkt.ipv6_src):
+        ctx.emit(in_port.id, generate.icmp6_error(pkt, ICMPV6_UNREACH, UNREACH6_ADMIN_PROHIBITED, pkt.eth_dst,
+                                                  pkt.ipv6_dst))
+    raise Stop("filter_reject")

@@ -208,3 +208,16 @@ def neighbor_request(port, ip: int) -> Packet | None:
         return arp_request(port.mac, port.address, ip) if port.address is not None else None
     ll = port.link_local6
     return neighbor_solicit(port.mac, ll, ip) if ll is not None else None
+
+
+# -- IPv6 answers to a reject rule (filters): a TCP RST; the ICMPv6 unreachable is icmp6_error above ----
+def tcp_rst6(offending: Packet, src_mac: int) -> Packet:
+    """A RST answering IPv6 TCP ``offending`` as if from its destination (a reject rule on TCP)."""
+    o = offending
+    ack = ((o.tcp_seq or 0) + max(len(o.payload), 1)) & 0xFFFFFFFF
+    return Packet(
+        eth_src=src_mac, eth_dst=o.eth_src, eth_type=ETH_TYPE_IPV6, vlan=o.vlan,
+        ipv6_src=o.ipv6_dst, ipv6_dst=o.ipv6_src, proto=PROTO_TCP, hop_limit=TTL_GENERATED, tclass=0,
+        flow_label=0, tp_src=o.tp_dst, tp_dst=o.tp_src, tcp_flags=TCP_FLAGS["rst"] | TCP_FLAGS["ack"],
+        tcp_seq=0, tcp_ack=ack, tcp_window=0,
+    )
