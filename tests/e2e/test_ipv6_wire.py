@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import socket
 import sys
 import time
 
