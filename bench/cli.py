@@ -274,7 +274,7 @@ def cmd_real(args) -> int:
                      ovs_variants=variants, workers=args.workers[0], probes=args.probes,
                      spacing_s=args.spacing_ms / 1000.0, tcp_connects=args.tcp_connects,
                      search_steps=args.search_steps, drain_s=args.drain, ovs_rcvbuf=args.ovs_rcvbuf,
-                     megaflows=args.megaflows == "on", agent_opts=dict(args.agent_opt))
+                     megaflows=args.megaflows == "on", agent_opts=dict(args.agent_opt), ipv6=args.ipv6)
     show = sys.stderr.isatty() if args.progress is None else args.progress
     bar = progress_bar(expected_stages(cfg), f"{cfg.pipeline}") if show else None
 
