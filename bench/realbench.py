@@ -101,7 +101,7 @@ class ShardnetSystem:
         path = os.path.join(self.tmp, "topology.yaml")
         tunnel_ip = f"127.{random.randrange(64, 250)}.{random.randrange(1, 250)}.1"
         with open(path, "w") as f:
-            f.write(topology_yaml(self.cfg.pipeline, self.rig.sender_if, self.rig.sink_if, tunnel_ip))
+            f.write(topology_yaml(self.cfg.pipeline, self.rig.sender_if, self.rig.sink_if, tunnel_ip, self.cfg.ipv6))
         acfg = AgentConfig(store="memory://", host=HOST, workers=self.cfg.workers, datapath="real", topology=path,
                            tunnel_port=random.randrange(30000, 60000), runtime_base=self.tmp,
                            state_file=os.path.join(self.tmp, "bench.state"), state_snapshot_s=0.0,

@@ -16,9 +16,10 @@ IPv6 variants (``shardnet bench --scenario NAME --ipv6``, ``get(NAME, ipv6=True)
 topology and the same flow pattern with IPv6 SYNs (addresses from 2001:db8::/32, never fd00::/64):
 
 - ``l2-v6``: the l2 bridge, VMs 2001:db8:1::11-18 (a bridge forwards IPv6 at L2: no router needed).
+- ``l3-v6``: l3 with dual-stack router ports (bench/topologies/l3v6.yaml), left VMs 2001:db8:1::11-14, right
+  2001:db8:2::11-14, static neighbor entries on the router.
 
-l3 and full have no IPv6 variant yet (their routers and chains take IPv6 addresses once the IPv6 router, the
-topology loader and the IPv6 filters are in: issue 15).
+full has no IPv6 variant yet (it needs SNAT, which IPv6 does not have, and an IPv6 LB VIP).
 """
 
 from __future__ import annotations
@@ -97,6 +98,18 @@ def _l2_flow6(i: int) -> tuple[str, Packet]:
     return port, syn6(p.eth_src, p.eth_dst, _L2_BASE6 + a, _L2_BASE6 + b, p.tp_src, p.tp_dst)
 
 
+_LEFT6, _RIGHT6 = ip6_2int("2001:db8:1::11"), ip6_2int("2001:db8:2::11")
+
+
+def _l3_flow6(i: int) -> tuple[str, Packet]:
+    """_l3_flow's pattern in IPv6 (bench/topologies/l3v6.yaml)."""
+    port, p = _l3_flow(i)
+    left = p.ip_src >> 8 == ip2int("10.1.0.0") >> 8
+    a, b = p.ip_src & 0xFF, p.ip_dst & 0xFF
+    src, dst = (_LEFT6, _RIGHT6) if left else (_RIGHT6, _LEFT6)
+    return port, syn6(p.eth_src, p.eth_dst, src + a - 11, dst + b - 11, p.tp_src, p.tp_dst)
+
+
 # -- l3 -----------------------------------------------------------------------------------------------------
 _L3_VMS = 4
 _L3_PAIRS = 2 * _L3_VMS * _L3_VMS
@@ -155,7 +168,10 @@ SCENARIOS: dict[str, Scenario] = {
 _L2 = SCENARIOS["l2"]
 SCENARIOS["l2-v6"] = Scenario("l2-v6", _L2.topology, _l2_flow6, _L2.capacity, _L2.mac_ports,
                               "one bridge, IPv6 flows between its exterior ports")
-IPV6_VARIANTS = {"l2": "l2-v6"}
+_L3 = SCENARIOS["l3"]
+SCENARIOS["l3-v6"] = Scenario("l3-v6", TOPOLOGY_DIR / "l3v6.yaml", _l3_flow6, _L3.capacity, _L3.mac_ports,
+                              "bridge → router → bridge, IPv6 flows")
+IPV6_VARIANTS = {"l2": "l2-v6", "l3": "l3-v6"}
 
 
 def get(name: str, ipv6: bool = False) -> Scenario:
