@@ -8,7 +8,7 @@ and megaflows over IPv6 prefixes.  Every packet the router makes is checked with
 from __future__ import annotations
 
 import pytest
-from scapy.layers.inet import UDP
+from scapy.layers.inet import TCP, UDP
 from scapy.layers.inet6 import (
     ICMPv6DestUnreach,
     ICMPv6EchoReply,
@@ -341,6 +341,7 @@ chains:
   r1-in:
     - {match: {proto: udp, dst_port: 9}, action: reject}
     - {match: {proto: udp, dst_port: 10}, action: drop}
+    - {match: {proto: tcp, dst_port: 22}, action: reject}
 """)
     t = Tracer(topo)
     out = t("tenant.vm1", VM1 + ",ipv6_dst=2001:db8:4242::1,proto=udp,tp_dst=9")
@@ -349,6 +350,17 @@ chains:
     assert (s[ICMPv6DestUnreach].type, s[ICMPv6DestUnreach].code) == (1, 1)
     assert t("tenant.vm1", VM1 + ",ipv6_dst=2001:db8:4242::1,proto=udp,tp_dst=10")["drop_reason"] == "filter_drop"
     assert t("tenant.vm1", VM1 + ",ipv6_dst=2001:db8:4242::1,proto=udp,tp_dst=11")["result"] == "forward"
+    # TCP is answered with a reset, as from the destination, as for IPv4 (a RST itself with ICMPv6)
+    out = t("tenant.vm1", VM1 + ",ipv6_dst=2001:db8:4242::1,proto=tcp,tp_src=40000,tp_dst=22,tcp_flags=syn,"
+                                "tcp_seq=1000")
+    assert out["drop_reason"] == "filter_reject"
+    s = scapy_of(t.last, generated=True)
+    assert s[TCP].flags == "RA" and (s[TCP].sport, s[TCP].dport, s[TCP].ack) == (22, 40000, 1001)
+    assert (s[IPv6].src, s[IPv6].dst) == ("2001:db8:4242::1", "2001:db8:1::5")
+    assert (s[Ether].src, s[Ether].dst) == ("02:0a:00:00:00:01", "02:00:00:00:00:01")
+    _cksum_ok(s, TCP)
+    t("tenant.vm1", VM1 + ",ipv6_dst=2001:db8:4242::1,proto=tcp,tp_dst=22,tcp_flags=rst")
+    assert scapy_of(t.last, generated=True)[ICMPv6DestUnreach].code == 1
 
 
 # -- megaflows -------------------------------------------------------------------------------------------------

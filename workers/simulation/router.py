@@ -279,7 +279,10 @@ def _verdict(ctx: Ctx, verdict: str, pkt: Packet, in_port: Port) -> None:
     if verdict == DROP:
         raise Stop("filter_drop")
     if pkt.ipv6_dst is not None:
-        _icmp6(ctx, pkt, in_port, ICMPV6_UNREACH, UNREACH6_ADMIN_PROHIBITED)
+        if pkt.proto == PROTO_TCP and not (pkt.tcp_flags or 0) & TCP_FLAGS["rst"]:
+            ctx.emit(in_port.id, generate.tcp_rst6(pkt, in_port.mac))
+        else:
+            _icmp6(ctx, pkt, in_port, ICMPV6_UNREACH, UNREACH6_ADMIN_PROHIBITED)
         raise Stop("filter_reject")
     if pkt.proto == PROTO_TCP and not (pkt.tcp_flags or 0) & TCP_FLAGS["rst"]:
         ctx.emit(in_port.id, generate.tcp_rst(pkt, in_port.mac))
