@@ -5,7 +5,7 @@
     shardnet bench --datapath real --pipeline {l2,ct,l3,full} [--rates 5000,10000,20000,40000] [--duration S]
                    [--peer ovs] [--json OUT] [--plot OUT.png] [--ipv6] (bench.realbench: wire to wire, root)
 
-``--ipv6``: the same scenario / pipeline with IPv6 traffic (bench.scenarios ``l2-v6``; the real rig's VMs on
+``--ipv6``: the same scenario / pipeline with IPv6 traffic (bench.scenarios ``l2-v6``, ``l3-v6``; the real rig's VMs on
 2001:db8::/32 sending distinct IPv6 UDP 5-tuples); only where an IPv6 variant exists (an error otherwise).
     shardnet bench --datapath real --overload|--soak [--pipeline ct] [--duration S] [--new-rate R]
                    [--sustained R] [--senders N] [--json OUT]          (bench.overload: RSS, drops, fds; root)
@@ -138,8 +138,8 @@ def configure(b: argparse.ArgumentParser) -> None:
                    help="the agent's megaflows (default off: every new 5-tuple is a setup; on: new 5-tuples a "
                         "megaflow matches are datapath hits, and upcalls and packets/s are reported apart)")
     b.add_argument("--ipv6", action="store_true",
-                   help="IPv6 traffic: the scenario's IPv6 variant (memory: l2; real: the l2 pipeline, ct once "
-                        "conntrack takes IPv6)")
+                   help="IPv6 traffic: the scenario's IPv6 variant (memory: l2, l3; real: l2, ct, l3; full has "
+                        "none: no NAT66)")
     b.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
     r = b.add_argument_group("wire to wire (--datapath real: namespaces, veths, a real agent; needs root)")
