@@ -412,6 +412,8 @@ def run_real(cfg: RealConfig, progress: Callable[[str], None] | None = None) -> 
         variants = list(cfg.ovs_variants or VARIANTS[cfg.pipeline])
     res: dict = {"pipeline": cfg.pipeline, "datapath": "real", "config": asdict(cfg), "machine": probes.machine(),
                  "systems": {}}
+    if cfg.ipv6 and cfg.pipeline == "full":
+        raise RealBenchError("--ipv6: the full pipeline has no IPv6 variant (its SNAT has no IPv6 form: no NAT66)")
     if cfg.ipv6 and cfg.peer and cfg.pipeline != "l2":
         raise RealBenchError("--ipv6 --peer ovs: only the l2 pipeline (the OVS conntrack flows match IPv4 only)")
     res["ipv6"] = cfg.ipv6
