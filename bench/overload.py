@@ -38,7 +38,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from bench import probes
 from bench.realbench import RealBench, RealBenchError, RealConfig
@@ -80,6 +80,8 @@ class OverloadConfig:
     flow_state_idle_s: float | None = None      # overload 60, soak 5
     drain_s: float = 2.0
     target_ratio: float = 0.9
+    sender: str = "ring"                        # ring: bench.txring (PACKET_TX_RING); socket: bench.wireproc send
+    agent_opts: dict = field(default_factory=dict)   # AgentConfig settings of the agent (--agent-opt)
 
     def resolved(self) -> OverloadConfig:
         soak = self.mode == "soak"
@@ -119,7 +121,8 @@ class AgentProcess:
                              "runtime_base": self.tmp, "state_file": os.path.join(self.tmp, "bench.state"),
                              "state_snapshot_s": 0.0, "flow_idle_s": self.cfg.flow_idle_s,
                              "flow_state_idle_s": self.cfg.flow_state_idle_s, "log_level": "WARNING",
-                             "log_file": os.path.join(self.tmp, "agent.log"), "ctl": self.ctl}
+                             "log_file": os.path.join(self.tmp, "agent.log"), "ctl": self.ctl,
+                             **self.cfg.agent_opts}
         full = AgentConfig(**self.agent_config)            # the caps the ceilings come from
         self.caps = {k: getattr(full, k) for k in ("max_flows", "max_flow_state", "max_parked", "max_inflight",
                                                     "max_held_total", "max_macs_per_bridge", "max_arps_per_router",
@@ -391,6 +394,24 @@ def flatness(samples: list[dict], key: str, tolerance: float) -> dict:
 
 # --- the runs --------------------------------------------------------------------------------------------
 
+def ring_sender(rig: WireRig, arg: str) -> subprocess.Popen:
+    """``python -m bench.txring ARG`` in the rig's sender namespace, own session, owned by the rig (its
+    ``close`` kills it by pid like the rig's other children)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = BENCH_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    p = subprocess.Popen(["ip", "netns", "exec", rig.sender_ns, sys.executable, "-m", "bench.txring", arg],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE,
+                         start_new_session=True, env=env)
+    rig.procs.append(p)
+    return p
+
+
+def _sender_cpu(answers: list[dict]) -> float | None:
+    """The senders' own CPU seconds (bench.txring reports it; bench.wireproc's sender does not)."""
+    cpu = [a.get("cpu_s") for a in answers]
+    return round(sum(cpu), 2) if cpu and None not in cpu else None
+
+
 class OverloadBench:
     def __init__(self, cfg: OverloadConfig, rig: WireRig, progress: Callable[[str], None] | None = None):
         self.cfg, self.rig = cfg, rig
@@ -401,9 +422,11 @@ class OverloadBench:
         self.rb._say(what)
 
     def _sender(self, tag: str, first: int, count: int, rate: float, max_s: float, cycle: int = 0):
-        return self.rig.popen(self.rig.sender_ns, ["send", json.dumps(
-            {**self.rb.maker, "tag": tag, "first": first, "count": count, "rate": rate, "max_s": max_s,
-             **({"cycle": cycle} if cycle else {})})])
+        arg = json.dumps({**self.rb.maker, "tag": tag, "first": first, "count": count, "rate": rate,
+                          "max_s": max_s, **({"cycle": cycle} if cycle else {})})
+        if self.cfg.sender == "socket":
+            return self.rig.popen(self.rig.sender_ns, ["send", arg])
+        return ring_sender(self.rig, arg)
 
     def _sink(self, tag: str, first: int, count: int, max_s: float, split: int = 0):
         p = self.rig.popen(self.rig.sink_ns, ["sink", json.dumps(
@@ -467,6 +490,9 @@ class OverloadBench:
             sent = sum(s["sent"] for s in sent_n)
             secs = max(s["seconds"] for s in sent_n)
             out["new"] = {"asked_rate": sum(r for _, _, r in new), "senders": len(new), "sent": sent,
+                          "sender": cfg.sender, "sender_cpu_s": _sender_cpu(sent_n),
+                          "sender_cpu_cores": round(_sender_cpu(sent_n) / secs, 3)
+                          if secs and _sender_cpu(sent_n) is not None else None,
                           "send_errors": sum(s["send_errors"] for s in sent_n),
                           "offered_pps": round(sent / secs, 1) if secs else 0.0,
                           "offered_pps_by_sender": [round(s["sent"] / s["seconds"], 1) if s["seconds"] else 0
@@ -641,6 +667,9 @@ def table(res: dict) -> str:
     if phase.get("agent_cpu_cores"):
         lines.append("agent CPU over the window (cores): " + ", ".join(
             f"{n} {v:.2f}" for n, v in sorted(phase["agent_cpu_cores"].items())))
+    new = phase.get("new") or {}
+    if new.get("sender_cpu_cores") is not None:
+        lines.append(f"new-flow senders ({new['sender']}): {new['sender_cpu_cores']:.2f} cores in all")
     if s.get("not_read_by_datapath") is not None:
         lines.append(f"frames never read by the datapath (its socket buffer overflowed): {s['not_read_by_datapath']:,}")
     lines.append("drops by reason: " + (", ".join(f"{k} {v:,}" for k, v in s["drops_by_reason"].items()) or "none"))

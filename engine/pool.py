@@ -51,6 +51,7 @@ MAX_BACKOFF_S = 30.0
 STABLE_S = 30.0                # a child that lived this long starts a new streak (restarted at once)
 LIFELINE_ENV = "SHARDNET_LIFELINE_FD"       # the child's end of the lifeline (engine/procmain.py)
 CLEANUP_ENV = "SHARDNET_CLEANUP"            # JSON [runtime dir, ...]: what a child removes when orphaned
+NICE_ENV = "SHARDNET_NICE"                  # the child's nice value (datapath_nice / worker_nice), set by itself
 log = logging.getLogger(__name__)
 
 
@@ -168,7 +169,8 @@ class ProcessPool:
     def _spawn(self, i: int) -> None:
         self._ready[i] = threading.Event()
         r = self._lifeline[0]
-        env = {**os.environ, LIFELINE_ENV: str(r), CLEANUP_ENV: json.dumps(self.cleanup)}
+        env = {**os.environ, LIFELINE_ENV: str(r), CLEANUP_ENV: json.dumps(self.cleanup),
+               NICE_ENV: str(self.cfg.datapath_nice if i == DP else self.cfg.worker_nice)}
         p = self.popen(self._argv[i], stdin=subprocess.DEVNULL, pass_fds=(r,), env=env)
         self.procs[i] = p
         self.pids[i] = p.pid
