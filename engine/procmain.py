@@ -16,7 +16,9 @@ short-lived thread.)
 Priority: the pool puts the child's nice value in ``SHARDNET_NICE`` (AgentConfig ``datapath_nice``, default
 -5, and ``worker_nice``, default 0); the child sets it on itself first thing, before it starts any thread (the
 lifeline watcher, ZMQ's I/O threads), so every thread of the process inherits it.  Under overload the datapath
-then gets the CPU before the simulation workers, as Open vSwitch's PMD threads do before its handlers.  A
+then gets the CPU before the simulation workers, as Open vSwitch's PMD threads do before its handlers.
+The datapath also gets a scheduling group of its own (``_set_nice``: autogroups) when its value is below
+the workers'.  A
 value the process may not take (a negative one without root or CAP_SYS_NICE) leaves it as it was, with one
 warning in the log.
 """
@@ -52,17 +54,38 @@ def main(argv: list[str]) -> int:
     return _run(role, raw)
 
 
+AUTOGROUP = "/proc/self/autogroup"
+
+
 def _set_nice() -> None:
-    """This process's nice value from ``SHARDNET_NICE`` (absolute, like setpriority(2)); EPERM → unchanged."""
+    """This process's nice value from ``SHARDNET_NICE`` (absolute, like setpriority(2)); EPERM → unchanged.
+    With ``SHARDNET_OWN_GROUP`` (the datapath, when it is to run before the workers) the process first leaves
+    the agent's session (setsid) and gives its own autogroup the same nice value: with the kernel's
+    autogroup scheduling (sched_autogroup_enabled) a nice value only weighs inside its session, and every other
+    session — the supervisor's with the workers, each program on the host — gets an equal share whatever its
+    processes' nice values.  The lifeline, not the session, ties the child to its supervisor."""
     want = os.environ.get("SHARDNET_NICE")
     if not want:
         return
     try:
         value = int(want)
-        if os.getpriority(os.PRIO_PROCESS, 0) != value:
-            os.setpriority(os.PRIO_PROCESS, 0, value)
     except ValueError:
         log.warning("SHARDNET_NICE=%r is not an integer: priority unchanged", want)
+        return
+    if os.environ.get("SHARDNET_OWN_GROUP"):
+        try:
+            os.setsid()
+        except OSError:                                # already a group leader (started by hand): keep it
+            pass
+        if os.path.exists(AUTOGROUP):
+            try:
+                with open(AUTOGROUP, "w") as f:
+                    f.write(str(value))
+            except OSError as e:                       # EPERM: a negative value without CAP_SYS_NICE
+                log.warning("cannot set the autogroup's nice %s (%s): its weight unchanged", want, e.strerror)
+    try:
+        if os.getpriority(os.PRIO_PROCESS, 0) != value:
+            os.setpriority(os.PRIO_PROCESS, 0, value)
     except OSError as e:                               # EPERM/EACCES: a negative value without the privilege
         log.warning("cannot set nice %s (%s): priority unchanged", want, e.strerror)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from engine.datapath.afpacket import AfPacketPort
+from engine.datapath.afpacket import RING_SLOTS, AfPacketPort
 from engine.datapath.memory import MemoryDatapath
 from engine.datapath.tunnel import VxlanTunnel
 from packet.codec import ParseError, parse
@@ -35,6 +35,8 @@ _TUNNEL = object()
 
 class RealDatapath(MemoryDatapath):
     """MemoryDatapath's flow handling (receive, output, kept outputs) on real interfaces and a tunnel."""
+
+    ring_slots = RING_SLOTS                # each port's rx ring (afpacket.py); 0: a recvmsg per frame
 
     def __init__(self, ports: dict, tunnel: VxlanTunnel | None = None, key_to_port: dict | None = None,
                  max_flows: int = 200_000, keep_outputs: bool = False,
@@ -66,7 +68,7 @@ class RealDatapath(MemoryDatapath):
         poll.  ``tunnel_key``, when given, maps that VNI to this port."""
         if port_id in self.ports:
             self.remove_port(port_id)
-        p = AfPacketPort(ifname)
+        p = AfPacketPort(ifname, ring_slots=self.ring_slots)
         self.ports[port_id] = p
         self._by_fd[p.fileno()] = port_id
         if tunnel_key is not None:

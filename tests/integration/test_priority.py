@@ -29,6 +29,13 @@ def thread_nices(pid: int) -> list[int]:
     return out
 
 
+def autogroup(pid: int) -> tuple[str, int]:
+    """(name, nice) of the scheduling autogroup of ``pid`` ("/autogroup-N nice K")."""
+    with open(f"/proc/{pid}/autogroup") as f:
+        name, _, nice = f.read().split()
+    return name, int(nice)
+
+
 @pytest.mark.skipif(not ROOT, reason="a negative nice value needs root")
 def test_the_datapath_runs_niced_before_the_workers_and_keeps_it_across_a_restart(tmp_path):
     (tmp_path / "lan.yaml").write_text(LEARNING)
@@ -41,10 +48,16 @@ def test_the_datapath_runs_niced_before_the_workers_and_keeps_it_across_a_restar
         for w in (0, 1):
             assert set(thread_nices(a.pids[w])) == {3}
         assert os.getpriority(os.PRIO_PROCESS, 0) == mine                  # the supervisor is not touched
+        # a session (hence an autogroup) of its own, weighted by its nice value; the workers stay in ours
+        assert os.getsid(dp) == dp and all(os.getsid(a.pids[w]) == os.getsid(0) for w in (0, 1))
+        if os.path.exists("/proc/self/autogroup"):
+            group = autogroup(dp)
+            assert group[1] == -7 and group[0] != autogroup(os.getpid())[0]
+            assert all(autogroup(a.pids[w]) == autogroup(os.getpid()) for w in (0, 1))
         os.kill(dp, signal.SIGKILL)
         wait_for(lambda: a.pids[-1] != dp and a.stats()["datapath"].get("datapath_pid") == a.pids[-1],
                  what="the datapath restarted")
-        assert set(thread_nices(a.pids[-1])) == {-7}
+        assert set(thread_nices(a.pids[-1])) == {-7} and os.getsid(a.pids[-1]) == a.pids[-1]
     finally:
         a.stop()
 
