@@ -188,7 +188,8 @@ def send(a: dict) -> dict:
     left = ring.pending()
     seconds = clock() - t0
     ring.close()
-    return {"sent": sent - left, "send_errors": errors, "seconds": seconds, "cpu_s": _cpu_self(), "cpu_user_sys_s": _cpu_split(),
+    return {"sent": sent - left, "send_errors": errors, "seconds": seconds, "cpu_s": _cpu_self(),
+            "cpu_user_sys_s": _cpu_split(),
             "ring_full_waits": full_waits, "not_taken": left, "payload": PAYLOAD}
 
 

@@ -84,6 +84,12 @@ class Dispatcher:
             return pinned % self.n
         return normalized_flow_hash(pkt) % self.n
 
+    def saturated(self) -> bool:
+        """No worker can take an upcall now (each has ``max_inflight`` in flight): the datapath may shed
+        unknown frames before parsing them (RealDatapath.poll_ready)."""
+        m = self.max_inflight
+        return all(i >= m for i in self.inflight)
+
     def upcall(self, port: str, frame: bytes, pkt, key: tuple, now: float) -> bool:
         """A miss.  Returns False when it was held back or dropped (not sent)."""
         if self.quarantined and key in self.quarantined:

@@ -30,10 +30,11 @@ NEEDS_CSUM offsets and the GSO fields from ring slots), the auxdata fields are i
 (tp_status, tp_vlan_tci, tp_vlan_tpid), so ``recv_batch`` runs the same repair on a ring frame as on a
 recvmsg'd one, without a system call per frame.  A frame larger than a slot (a 64 KB GSO super frame) is not
 truncated: with PACKET_COPY_THRESH the kernel queues a full copy on the socket's ordinary receive queue and
-marks the slot TP_STATUS_COPY; at that slot ``recv_batch`` takes the frame with ``recvmsg`` (the old path).
-(``afpacket_rx_copied`` counts them.)  (TPACKET_V3's variable-size frames would hold super frames too, but its blocks reach the reader only when full
-or after a retire timeout of a millisecond or more: latency at low rates.)  A truncated frame without a copy
-(the receive buffer was full) is dropped and counted (``afpacket_rx_dropped``).
+marks the slot TP_STATUS_COPY; at that slot ``recv_batch`` takes the frame with ``recvmsg`` (the old path;
+``afpacket_rx_copied`` counts them).  TPACKET_V3's variable-size frames would hold super frames too, but its
+blocks reach the reader only when full or after a retire timeout of a millisecond or more: latency at low
+rates.  A truncated frame without a copy (the receive buffer was full) is dropped and counted
+(``afpacket_rx_dropped``).
 
 Costs measured on this machine (bench/fastpath.py, one run, 60-byte frames, saturated): echo loop with plain
 recv ~307k pps, with a TPACKET_V2 rx ring ~391k pps, with the recvmsg path of this class ~185k pps;

@@ -48,6 +48,23 @@ def test_held_back_frames_are_capped_per_flow_and_in_all():
     assert d.held_frames == 0 and not d.held
 
 
+def test_the_dispatcher_is_saturated_only_when_every_worker_is_full():
+    d = Dispatcher(2, lambda w, b: True, max_inflight=1, batch=1)
+    assert not d.saturated()
+    seqs, sport = [], 0
+    while len(seqs) < 2 and sport < 100:                # one upcall in flight on each worker
+        sport += 1
+        pkt = _pkt(sport)
+        w = d.worker_for(pkt, "p")
+        if d.inflight[w] == 0:
+            assert d.upcall("p", b"x", pkt, (sport,), 0.0)
+            seqs.append(d.seq)
+            assert d.saturated() == (len(seqs) == 2)
+    assert d.saturated()
+    d.answered(seqs[0])
+    assert not d.saturated()
+
+
 def test_the_held_back_caps_come_from_the_agent_config():
     cfg = AgentConfig(max_held=3, max_held_total=99)
     dp_cfg = pool.datapath_config(cfg, "/run/x", PortMap({}, {}, {}), None)
