@@ -81,6 +81,7 @@ class OverloadConfig:
     drain_s: float = 2.0
     target_ratio: float = 0.9
     sender: str = "ring"                        # ring: bench.txring (PACKET_TX_RING); socket: bench.wireproc send
+    sender_nice: int | None = -10               # ring senders' nice value (and their autogroups'); None: unchanged
     agent_opts: dict = field(default_factory=dict)   # AgentConfig settings of the agent (--agent-opt)
 
     def resolved(self) -> OverloadConfig:
@@ -423,7 +424,7 @@ class OverloadBench:
 
     def _sender(self, tag: str, first: int, count: int, rate: float, max_s: float, cycle: int = 0):
         arg = json.dumps({**self.rb.maker, "tag": tag, "first": first, "count": count, "rate": rate,
-                          "max_s": max_s, **({"cycle": cycle} if cycle else {})})
+                          "max_s": max_s, **({"cycle": cycle} if cycle else {}), "nice": self.cfg.sender_nice})
         if self.cfg.sender == "socket":
             return self.rig.popen(self.rig.sender_ns, ["send", arg])
         return ring_sender(self.rig, arg)
@@ -490,7 +491,9 @@ class OverloadBench:
             sent = sum(s["sent"] for s in sent_n)
             secs = max(s["seconds"] for s in sent_n)
             out["new"] = {"asked_rate": sum(r for _, _, r in new), "senders": len(new), "sent": sent,
-                          "sender": cfg.sender, "sender_cpu_s": _sender_cpu(sent_n),
+                          "sender": cfg.sender, "sender_nice": cfg.sender_nice if cfg.sender == "ring" else None,
+                          "sender_nice_failed": [s.get("nice_failed") for s in sent_n if s.get("nice_failed")],
+                          "sender_cpu_s": _sender_cpu(sent_n),
                           "sender_cpu_cores": round(_sender_cpu(sent_n) / secs, 3)
                           if secs and _sender_cpu(sent_n) is not None else None,
                           "send_errors": sum(s["send_errors"] for s in sent_n),
@@ -669,7 +672,8 @@ def table(res: dict) -> str:
             f"{n} {v:.2f}" for n, v in sorted(phase["agent_cpu_cores"].items())))
     new = phase.get("new") or {}
     if new.get("sender_cpu_cores") is not None:
-        lines.append(f"new-flow senders ({new['sender']}): {new['sender_cpu_cores']:.2f} cores in all")
+        lines.append(f"new-flow senders ({new['sender']}, nice {new.get('sender_nice')}): "
+                     f"{new['sender_cpu_cores']:.2f} cores in all")
     if s.get("not_read_by_datapath") is not None:
         lines.append(f"frames never read by the datapath (its socket buffer overflowed): {s['not_read_by_datapath']:,}")
     lines.append("drops by reason: " + (", ".join(f"{k} {v:,}" for k, v in s["drops_by_reason"].items()) or "none"))

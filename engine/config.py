@@ -70,8 +70,8 @@ class AgentConfig:
     log_repeat_s: float = 10.0             # a repeated log message: one "… repeated N times" line per interval
     poll_spin_us: int = 0                  # after work, busy-poll this long before blocking (0: off; pinned cores)
     poll_spin_workers: bool = True         # ... in the workers too (false: only the datapath spins)
-    datapath_nice: int = -5                # the datapath's nice value: under overload it gets the CPU before the
-                                           # workers (negative values need root: else left at 0, logged once)
+    datapath_nice: int = -10               # the datapath's nice value (ovs-ctl's for ovs-vswitchd): under overload
+                                           # it gets the CPU before the workers (negative: needs root, else 0)
     worker_nice: int = 0                   # the workers' (and only theirs) nice value
 
     def __post_init__(self) -> None:

@@ -82,12 +82,16 @@ ANC_BUF = socket.CMSG_SPACE(20)
 RING_SLOTS = 4096            # rx ring slots per port (8 MB); 0: no ring, one recvmsg per frame
 RING_SLOT = 2048             # a slot: tpacket2_hdr, vnet header and a frame of up to ~1.9 KB (more: a copy)
 RING_BLOCK = 1 << 16
+SHED_SAMPLE = 16             # while shedding, 1 in this many unknown frames is read all the same
 
 _AUX = struct.Struct("=IIIHHHH")           # tpacket_auxdata: status len snaplen mac net vlan_tci vlan_tpid
 _VNET = struct.Struct("=BBHHHH")           # virtio_net_hdr: flags gso_type hdr_len gso_size csum_start/off
 _TPSTATS = struct.Struct("=II")            # tpacket_stats: packets drops
 _T2HDR = struct.Struct("=IIIHHIIHH")       # tpacket2_hdr: status len snaplen mac net sec nsec vlan_tci vlan_tpid
+_T2HEAD = struct.Struct("=IIIH")           # its first fields: status len snaplen mac
+_T2VLAN = struct.Struct("=24xHH")          # ... and vlan_tci vlan_tpid
 _U32N = struct.Struct("=I")
+_IPV4 = b"\x08\x00"
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _VLAN_TPIDS = (0x8100, 0x88A8)
@@ -107,7 +111,7 @@ class AfPacketPort:
         self.counters = {"afpacket_rx": 0, "afpacket_tx": 0, "afpacket_rx_csum_fixed": 0,
                          "afpacket_rx_gso_segmented": 0, "afpacket_rx_vlan_restored": 0,
                          "afpacket_rx_dropped": 0, "afpacket_rx_errors": 0, "afpacket_tx_errors": 0,
-                         "afpacket_rx_copied": 0}
+                         "afpacket_rx_copied": 0, "afpacket_rx_shed": 0}
         rx = tx = ring = None
         try:
             # protocol 0: nothing is queued before bind
@@ -137,14 +141,20 @@ class AfPacketPort:
         self._ring = ring
         self._slots = ring_slots
         self._head = 0
+        self._shed_seq = 0
 
     def fileno(self) -> int:
         return self._rx.fileno()
 
-    def recv_batch(self, max_n: int = 64) -> list[bytes]:
-        """Wire frames read until EAGAIN or ``max_n`` reads (a segmented super frame yields several)."""
+    def recv_batch(self, max_n: int = 64, shed: set | None = None) -> list[bytes]:
+        """Wire frames read until EAGAIN or ``max_n`` reads (a segmented super frame yields several).
+
+        ``shed`` (the caller is saturated: see RealDatapath.poll_ready): the addresses and ports (bytes 26..38)
+        of the IPv4 flows worth reading; any other untagged IPv4 frame is dropped before it is repaired or
+        copied (``afpacket_rx_shed``), but for 1 in SHED_SAMPLE, so that a flow the caller has not remembered
+        yet still gets through.  Other frames are never shed."""
         if self._ring is not None:
-            return self._recv_ring(max_n)
+            return self._recv_ring(max_n, shed)
         out: list[bytes] = []
         append = out.append
         recvmsg = self._recvmsg
@@ -159,6 +169,8 @@ class AfPacketPort:
                 break
             n += 1
             status = _AUX.unpack_from(anc[0][2])[0] if anc else 0
+            if shed is not None and self._unknown(data, status, shed) and self._shed_one():
+                continue
             if not status & (TP_STATUS_CSUMNOTREADY | TP_STATUS_VLAN_VALID | TP_STATUS_GSO_TCP) and not (
                     data[0] & VNET_F_NEEDS_CSUM or data[1]):
                 append(data[VNET_HDR_LEN:])
@@ -170,31 +182,35 @@ class AfPacketPort:
         self.counters["afpacket_rx"] += n
         return out
 
-    def _recv_ring(self, max_n: int = 64) -> list[bytes]:
+    def _recv_ring(self, max_n: int, shed: set | None) -> list[bytes]:
         """``recv_batch`` on the rx ring: the slots the kernel handed over (TP_STATUS_USER), in order, each given
-        back at once; a TP_STATUS_COPY slot's frame is read from the socket queue (the full copy)."""
+        back at once; a TP_STATUS_COPY slot's frame is read from the socket queue (the full copy).  With
+        ``shed``, an unknown IPv4 frame is dropped in its slot, before it is even copied out."""
         out: list[bytes] = []
         append = out.append
         ring, slots, head = self._ring, self._slots, self._head
-        unpack, set_status = _T2HDR.unpack_from, _U32N.pack_into
+        unpack, set_status = _T2HEAD.unpack_from, _U32N.pack_into
         n = 0
         while n < max_n:
             off = head * RING_SLOT
-            status, length, snap, mac, _net, _s, _ns, tci, tpid = unpack(ring, off)
+            status, length, snap, mac = unpack(ring, off)
             if not status & TP_STATUS_USER:
                 break
             n += 1
+            m = off + mac
             if status & TP_STATUS_COPY:
-                self._recv_copy(out)
+                self._recv_copy(out, shed)
             elif snap < length:                  # truncated, and no copy was queued (receive buffer full)
                 self.counters["afpacket_rx_dropped"] += 1
+            elif shed is not None and ring[m + 12:m + 14] == _IPV4 and not status & TP_STATUS_VLAN_VALID \
+                    and ring[m + 26:m + 38] not in shed and self._shed_one():
+                pass
+            elif not status & (TP_STATUS_CSUMNOTREADY | TP_STATUS_VLAN_VALID | TP_STATUS_GSO_TCP) and not (
+                    ring[m - VNET_HDR_LEN] & VNET_F_NEEDS_CSUM or ring[m - VNET_HDR_LEN + 1]):
+                append(ring[m:m + snap])
             else:
-                data = ring[off + mac - VNET_HDR_LEN:off + mac + snap]
-                if not status & (TP_STATUS_CSUMNOTREADY | TP_STATUS_VLAN_VALID | TP_STATUS_GSO_TCP) and not (
-                        data[0] & VNET_F_NEEDS_CSUM or data[1]):
-                    append(data[VNET_HDR_LEN:])
-                else:
-                    self._repair(data, status, tci, tpid, out)
+                tci, tpid = _T2VLAN.unpack_from(ring, off)
+                self._repair(ring[m - VNET_HDR_LEN:m + snap], status, tci, tpid, out)
             set_status(ring, off, TP_STATUS_KERNEL)
             head += 1
             if head == slots:
@@ -203,7 +219,15 @@ class AfPacketPort:
         self.counters["afpacket_rx"] += n
         return out
 
-    def _recv_copy(self, out: list) -> None:
+    def _shed_one(self) -> bool:
+        """An unknown frame while shedding: True (drop it, counted) but for 1 in SHED_SAMPLE."""
+        self._shed_seq += 1
+        if self._shed_seq % SHED_SAMPLE:
+            self.counters["afpacket_rx_shed"] += 1
+            return True
+        return False
+
+    def _recv_copy(self, out: list, shed: set | None = None) -> None:
         try:
             data, anc, flags, _addr = self._recvmsg(RX_BUF, ANC_BUF)
         except BlockingIOError:                  # the copy was not queued after all
@@ -217,7 +241,15 @@ class AfPacketPort:
             return
         self.counters["afpacket_rx_copied"] += 1
         status, _l, _s, _m, _n, tci, tpid = _AUX.unpack_from(anc[0][2]) if anc else (0,) * 7
+        if shed is not None and self._unknown(data, status, shed) and self._shed_one():
+            return
         self._repair(data, status, tci, tpid, out)
+
+    @staticmethod
+    def _unknown(data: bytes, status: int, shed: set) -> bool:
+        """``data`` (vnet header + frame) is an untagged IPv4 frame whose addresses and ports are not in
+        ``shed``."""
+        return data[22:24] == _IPV4 and not status & TP_STATUS_VLAN_VALID and data[36:48] not in shed
 
     def _repair(self, data: bytes, status: int, tci: int, tpid: int, out: list) -> None:
         vflags, gso_type, _hl, gso_size, cstart, coff = _VNET.unpack_from(data, 0)

@@ -38,7 +38,6 @@ class RealDatapath(MemoryDatapath):
 
     ring_slots = RING_SLOTS                # each port's rx ring (afpacket.py); 0: a recvmsg per frame
     max_seen = 65_536                      # IPv4 address/port headers remembered per port for shedding
-    shed_sample = 16                       # while shedding, 1 in this many unknown frames still takes the full path
 
     def __init__(self, ports: dict, tunnel: VxlanTunnel | None = None, key_to_port: dict | None = None,
                  max_flows: int = 200_000, keep_outputs: bool = False,
@@ -52,9 +51,7 @@ class RealDatapath(MemoryDatapath):
         self.tunnel = tunnel
         self.on_state = on_state
         self.batch = batch
-        self.counters["datapath_shed_saturated"] = 0
         self._seen: dict = {}                  # port id → IPv4 headers (addresses + ports) of recent hits
-        self._shed_skip = 0
         self._by_fd: dict[int, object] = {}
         self._closed_port_counters: dict[str, int] = {}
         if tunnel is not None:
@@ -125,33 +122,29 @@ class RealDatapath(MemoryDatapath):
         """Drain up to ``batch`` reads from a readable fd.  Returns the misses as (port_id, frame, packet,
         key); hits, tunnel frames and flow-state messages are handled inside.
 
-        ``shed`` (the caller's dispatcher has no room for an upcall: every worker's queue is full): an IPv4
-        frame whose addresses and ports (bytes 26..38) were not seen in a hit on this port lately is dropped
-        before it is parsed (``datapath_shed_saturated``) — its miss would have been refused anyway, and the
-        parse is most of a frame's cost.  The remembered headers only decide what is worth parsing, never an
-        action: a frame that passes takes the full path (parse, flow key, lookup).  1 in ``shed_sample`` unknown
-        frames passes as well, so a cached flow not remembered yet is found again."""
+        ``shed`` (the caller's dispatcher has no room for an upcall: every worker's queue is full): the port
+        drops an IPv4 frame whose addresses and ports (bytes 26..38) were not seen in a hit on this port lately
+        before it is copied out or parsed (AfPacketPort.recv_batch, ``afpacket_rx_shed``) — its miss would be
+        refused anyway, and the parse is most of a frame's cost.  The remembered headers only decide what is
+        worth parsing, never an action: a frame that passes takes the full path (parse, flow key, lookup); 1 in
+        afpacket.SHED_SAMPLE unknown frames passes too, so a cached flow not remembered yet is found again."""
         pid = self._by_fd.get(fd)
         if pid is None:
             return []
         if pid is _TUNNEL:
             self._drain_tunnel()
             return []
-        frames = self.ports[pid].recv_batch(self.batch)
-        misses = []
-        c = self.counters
-        c["datapath_rx"] += len(frames)
-        lookup, execute = self.cache.lookup, self.cache.execute
         seen = self._seen.get(pid)
         if seen is None:
             seen = self._seen[pid] = set()
+        port = self.ports[pid]
+        shed0 = port.counters["afpacket_rx_shed"]
+        frames = port.recv_batch(self.batch, seen if shed else None)
+        misses = []
+        c = self.counters
+        c["datapath_rx"] += len(frames) + port.counters["afpacket_rx_shed"] - shed0   # every frame read
+        lookup, execute = self.cache.lookup, self.cache.execute
         for frame in frames:
-            ipv4 = frame[12:14] == b"\x08\x00"
-            if shed and ipv4 and frame[26:38] not in seen:
-                self._shed_skip += 1
-                if self._shed_skip % self.shed_sample:
-                    c["datapath_shed_saturated"] += 1
-                    continue
             try:
                 pkt = parse(frame)
             except ParseError as e:
@@ -163,7 +156,7 @@ class RealDatapath(MemoryDatapath):
             if flow is None:
                 misses.append((pid, frame, pkt, key))
             else:
-                if ipv4:
+                if frame[12:14] == b"\x08\x00":
                     if len(seen) >= self.max_seen:
                         seen.clear()
                     seen.add(frame[26:38])

@@ -175,12 +175,15 @@ def test_vlan_tag_restored_recvmsg_path(netns_factory, dp_threads, recvmsg_path)
     io.test_vlan_tag_restored(netns_factory, dp_threads)
 
 
-def test_a_saturated_datapath_sheds_unknown_ipv4_frames_before_parsing_them(netns_factory):
+@pytest.mark.parametrize("slots", [afpacket.RING_SLOTS, 0], ids=["ring", "recvmsg"])
+def test_a_saturated_datapath_sheds_unknown_ipv4_frames_before_parsing_them(netns_factory, monkeypatch, slots):
     """poll_ready(shed=True): frames of a flow that hit lately are parsed and executed as always; frames of
-    unknown IPv4 flows are dropped unparsed and counted, but for 1 in ``shed_sample`` (returned as a miss);
+    unknown IPv4 flows are dropped unparsed and counted, but for 1 in SHED_SAMPLE (returned as a miss);
     non-IPv4 frames are never shed.  shed=False: every unknown frame is a miss."""
     vm1, vm2 = two_vms(netns_factory)
+    monkeypatch.setattr(RealDatapath, "ring_slots", slots)
     dp = RealDatapath({"vm1": vm1.host_if, "vm2": vm2.host_if})
+    assert dp.ports["vm1"].ring == bool(slots)
     tx = vm1.call(socket.socket, socket.AF_PACKET, socket.SOCK_RAW, 0)
     try:
         tx.bind((vm1.ifname, 0))
@@ -210,12 +213,12 @@ def test_a_saturated_datapath_sheds_unknown_ipv4_frames_before_parsing_them(netn
         hits = dp.counters["datapath_hits"]
         misses = poll([known] + [udp_frame(31000 + i) for i in range(32)], shed=True)
         assert dp.counters["datapath_hits"] == hits + 1                # the known flow still forwards
-        assert dp.counters["datapath_shed_saturated"] == 32 - len(misses) and len(misses) == 32 // dp.shed_sample
+        shed = dp.refresh_counters()["afpacket_rx_shed"]
+        assert shed == 32 - len(misses) and len(misses) == 32 // afpacket.SHED_SAMPLE
         arp = bytes(Ether(src=MAC1, dst="ff:ff:ff:ff:ff:ff") / ARP(psrc="10.5.0.1", pdst="10.5.0.2"))
         assert len(poll([arp], shed=True)) == 1                         # not IPv4: never shed
-        shed_before = dp.counters["datapath_shed_saturated"]
         assert len(poll([udp_frame(32000 + i) for i in range(8)], shed=False)) == 8
-        assert dp.counters["datapath_shed_saturated"] == shed_before
+        assert dp.refresh_counters()["afpacket_rx_shed"] == shed
     finally:
         tx.close()
         dp.close()
