@@ -14,8 +14,9 @@ that fires when the parent *thread* that forked exits, and an embedding program 
 short-lived thread.)
 
 Priority: the pool puts the child's nice value in ``SHARDNET_NICE`` (AgentConfig ``datapath_nice``, default
--10 as ovs-ctl gives ovs-vswitchd, and ``worker_nice``, default 0); the child sets it on itself first thing, before it starts any thread (the
-lifeline watcher, ZMQ's I/O threads), so every thread of the process inherits it.  Under overload the datapath
+-10 as ovs-ctl gives ovs-vswitchd, and ``worker_nice``, default 0); the child sets it on itself first thing,
+before it starts any thread (the lifeline watcher, ZMQ's I/O threads), so every thread of the process
+inherits it.  Under overload the datapath
 then gets the CPU before the simulation workers, as Open vSwitch's PMD threads do before its handlers.
 The datapath also gets a scheduling group of its own (``_set_nice``: autogroups) when its value is below
 the workers'.  A

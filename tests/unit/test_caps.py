@@ -63,6 +63,11 @@ def test_the_dispatcher_is_saturated_only_when_every_worker_is_full():
     assert d.saturated()
     d.answered(seqs[0])
     assert not d.saturated()
+    m = Dispatcher(1, lambda w, b: True, max_inflight=20, batch=16)     # a margin of batch // 4 = 4 upcalls
+    for sport in range(1, 17):
+        assert not m.saturated()
+        assert m.upcall("p", b"x", _pkt(sport), (sport,), 0.0)
+    assert m.saturated() and m.inflight == [16]
 
 
 def test_the_held_back_caps_come_from_the_agent_config():
