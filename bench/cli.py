@@ -175,8 +175,8 @@ def configure(b: argparse.ArgumentParser) -> None:
     o.add_argument("--senders", type=_positive, default=2, help="new-flow sender processes (2)")
     o.add_argument("--sender", choices=("ring", "socket"), default="ring",
                    help="the load generator: ring (PACKET_TX_RING, bench.txring) or socket (a send() per frame)")
-    o.add_argument("--sender-nice", type=int, default=-10, metavar="N",
-                   help="ring senders' nice value, theirs and their autogroups' (-10: traffic from a wire must not "
+    o.add_argument("--sender-nice", type=int, default=-5, metavar="N",
+                   help="ring senders' nice value, theirs and their autogroups' (-5: traffic from a wire must not "
                         "be starved by what it measures)")
     o.add_argument("--cached-flows", type=_positive, default=200, help="established flows sent round robin (200)")
     o.add_argument("--cached-rate", type=_positive, default=2000, help="their frames/s in all (2000)")

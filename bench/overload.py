@@ -81,7 +81,7 @@ class OverloadConfig:
     drain_s: float = 2.0
     target_ratio: float = 0.9
     sender: str = "ring"                        # ring: bench.txring (PACKET_TX_RING); socket: bench.wireproc send
-    sender_nice: int | None = -10               # ring senders' nice value (and their autogroups'); None: unchanged
+    sender_nice: int | None = -5                # ring senders' nice value (and their autogroups'); None: unchanged
     agent_opts: dict = field(default_factory=dict)   # AgentConfig settings of the agent (--agent-opt)
 
     def resolved(self) -> OverloadConfig:
