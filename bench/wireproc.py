@@ -19,7 +19,7 @@
 Each prints one JSON line at the end (and ``ready`` first where the parent waits for it).  Every loop is
 bounded in count and time.  Frame layout (``frame``): Ethernet, IPv4 (no options), UDP, 18 bytes of payload:
 8-byte tag, 4-byte index, 1-byte copy number, 5 zero bytes.  Index i uses source port 1024 + i % 64512 and
-destination port DST_PORT_BASE + (i // 64512) % DST_PORTS: 4.1 M distinct 5-tuples.
+destination port DST_PORT_BASE + (i // 64512) % DST_PORTS: 6.2 M distinct 5-tuples (30 s at 160k/s: 4.8 M).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import sys
 import time
 
 DST_PORT_BASE = 10_000
-DST_PORTS = 64
+DST_PORTS = 96
 SRC_PORTS = 64_512
 PAYLOAD = 18
 FRAME_LEN = 14 + 20 + 8 + PAYLOAD
