@@ -413,6 +413,35 @@ def _sender_cpu(answers: list[dict]) -> float | None:
     return round(sum(cpu), 2) if cpu and None not in cpu else None
 
 
+class SenderCpu:
+    """The senders' CPU seconds (utime + stime from /proc/PID/stat) sampled every 0.25 s until they exit
+    (either kind of sender; bounded by ``max_s``): the sum of each one's last sample."""
+
+    def __init__(self, pids: list[int], every: float = 0.25, max_s: float = 600.0):
+        self.last = dict.fromkeys(pids, 0.0)
+        self.every, self.max_s = every, max_s
+        self.stop_ev = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="sender-cpu", daemon=True)
+
+    def start(self) -> SenderCpu:
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        end = time.monotonic() + self.max_s
+        while not self.stop_ev.is_set() and time.monotonic() < end:
+            for pid in self.last:
+                c = probes.cpu_seconds(pid)
+                if c is not None and _alive(pid):
+                    self.last[pid] = c
+            self.stop_ev.wait(self.every)
+
+    def stop(self) -> float:
+        self.stop_ev.set()
+        self.thread.join(5)
+        return round(sum(self.last.values()), 2)
+
+
 class OverloadBench:
     def __init__(self, cfg: OverloadConfig, rig: WireRig, progress: Callable[[str], None] | None = None):
         self.cfg, self.rig = cfg, rig
@@ -467,8 +496,10 @@ class OverloadBench:
         w0 = time.monotonic()
         cached = self._sender(tag, cfirst, n_cached, cfg.cached_rate, max_s, cycle=cfg.cached_flows)
         news = [self._sender(tag, f, c, r, max_s) for f, c, r in (new or [])]
+        watch = SenderCpu([p.pid for p in news]).start()
         sent_c = self.rb._result(cached, "the cached sender", max_s + 30)
         sent_n = [self.rb._result(p, "a new-flow sender", max_s + 30) for p in news]
+        senders_cpu_s = watch.stop()
         window = time.monotonic() - w0
         cpu1 = {n: probes.cpu_seconds(p) for p, n in procs.items()}
         time.sleep(cfg.drain_s)
@@ -494,6 +525,9 @@ class OverloadBench:
                           "sender": cfg.sender, "sender_nice": cfg.sender_nice if cfg.sender == "ring" else None,
                           "sender_nice_failed": [s.get("nice_failed") for s in sent_n if s.get("nice_failed")],
                           "sender_cpu_s": _sender_cpu(sent_n),
+                          # from /proc/PID/stat every 0.25 s, the last sample before each sender exited
+                          "sender_cpu_sampled_s": senders_cpu_s,
+                          "sender_cpu_sampled_cores": round(senders_cpu_s / secs, 3) if secs else None,
                           "sender_cpu_cores": round(_sender_cpu(sent_n) / secs, 3)
                           if secs and _sender_cpu(sent_n) is not None else None,
                           "send_errors": sum(s["send_errors"] for s in sent_n),
@@ -676,9 +710,11 @@ def table(res: dict) -> str:
         lines.append("agent CPU over the window (cores): " + ", ".join(
             f"{n} {v:.2f}" for n, v in sorted(phase["agent_cpu_cores"].items())))
     new = phase.get("new") or {}
-    if new.get("sender_cpu_cores") is not None:
+    if new.get("sender_cpu_sampled_cores") is not None:
         lines.append(f"new-flow senders ({new['sender']}, nice {new.get('sender_nice')}): "
-                     f"{new['sender_cpu_cores']:.2f} cores in all")
+                     f"{new['sender_cpu_sampled_cores']:.2f} cores in all (sampled from /proc"
+                     + (f"; {new['sender_cpu_cores']:.2f} by their own count)" if new.get("sender_cpu_cores")
+                        is not None else ")"))
     if s.get("not_read_by_datapath") is not None:
         lines.append(f"frames never read by the datapath (its socket buffer overflowed): {s['not_read_by_datapath']:,}")
     lines.append("drops by reason: " + (", ".join(f"{k} {v:,}" for k, v in s["drops_by_reason"].items()) or "none"))
