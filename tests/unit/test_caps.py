@@ -68,6 +68,9 @@ def test_the_dispatcher_is_saturated_only_when_every_worker_is_full():
         assert not m.saturated()
         assert m.upcall("p", b"x", _pkt(sport), (sport,), 0.0)
     assert m.saturated() and m.inflight == [16]
+    small = Dispatcher(1, lambda w, b: True, max_inflight=2, batch=64)  # a margin never past max_inflight / 4
+    assert small.upcall("p", b"x", _pkt(1), (1,), 0.0) and not small.saturated()
+    assert small.upcall("p", b"x", _pkt(2), (2,), 0.0) and small.saturated()
 
 
 def test_the_held_back_caps_come_from_the_agent_config():
