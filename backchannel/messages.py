@@ -371,11 +371,12 @@ class FlowStateBatch(NamedTuple):
 
 @message
 class ArpLearned(NamedTuple):
-    """Router ``router`` learned ``ip`` (int) → ``mac`` (int)."""
+    """Router ``router`` learned ``ip`` (int) → ``mac`` (int): an ARP entry, or an IPv6 neighbor entry when ``ip``
+    is above 2**32 (one neighbor table per router holds both families, packet.addr.ip_text)."""
 
     TAG = 23
     router: str
-    ip: Ip
+    ip: Annotated[int, U128]
     mac: Mac
     origin: int
 
@@ -692,13 +693,14 @@ class Answer(NamedTuple):
 @message
 class TableEntryRemoved(NamedTuple):
     """Supervisor → workers: a replicated table entry vanished (its owner's session died, or it expired).
-    ``kind`` "mac" (``entry`` = MAC, on ``vlan``) or "arp" (``entry`` = IP); ``device`` the bridge or router."""
+    ``kind`` "mac" (``entry`` = MAC, on ``vlan``) or "arp" (``entry`` = IP of either family: a neighbor entry);
+    ``device`` the bridge or router."""
 
     TAG = 49
     kind: Annotated[str, TABLE_KINDS]
     device: str
     vlan: Vlan
-    entry: Mac
+    entry: Annotated[int, U128]
 
 
 @message

@@ -1,9 +1,12 @@
 """``shardnet bench`` (CONTRACTS §4): the command line of the bench harness.
 
     shardnet bench --scenario {l2,l3,full} --workers N|1,2,4 --flows F [--repeat-ratio R] [--json OUT]
-                   [--plot OUT.png] [--pcap FILE [--pcap-port PORT]] [--store URI] [--megaflows on|off]
+                   [--plot OUT.png] [--pcap FILE [--pcap-port PORT]] [--store URI] [--megaflows on|off] [--ipv6]
     shardnet bench --datapath real --pipeline {l2,ct,l3,full} [--rates 5000,10000,20000,40000] [--duration S]
-                   [--peer ovs] [--json OUT] [--plot OUT.png]          (bench.realbench: wire to wire, root)
+                   [--peer ovs] [--json OUT] [--plot OUT.png] [--ipv6] (bench.realbench: wire to wire, root)
+
+``--ipv6``: the same scenario / pipeline with IPv6 traffic (bench.scenarios ``l2-v6``; the real rig's VMs on
+2001:db8::/32 sending distinct IPv6 UDP 5-tuples); only where an IPv6 variant exists (an error otherwise).
     shardnet bench --datapath real --overload|--soak [--pipeline ct] [--duration S] [--new-rate R]
                    [--sustained R] [--senders N] [--json OUT]          (bench.overload: RSS, drops, fds; root)
 
@@ -134,6 +137,9 @@ def configure(b: argparse.ArgumentParser) -> None:
     b.add_argument("--megaflows", choices=("on", "off"), default="off",
                    help="the agent's megaflows (default off: every new 5-tuple is a setup; on: new 5-tuples a "
                         "megaflow matches are datapath hits, and upcalls and packets/s are reported apart)")
+    b.add_argument("--ipv6", action="store_true",
+                   help="IPv6 traffic: the scenario's IPv6 variant (memory: l2; real: the l2 pipeline, ct once "
+                        "conntrack takes IPv6)")
     b.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
     r = b.add_argument_group("wire to wire (--datapath real: namespaces, veths, a real agent; needs root)")
@@ -216,7 +222,7 @@ def cmd_bench(args) -> int:
                               batch=args.batch, window=args.window, warmup=max(0, args.warmup),
                               probe=max(0, args.probe), store=args.store, pcap=args.pcap, pcap_port=args.pcap_port,
                               cpus=args.cpus, datapath_cpu=args.datapath_cpu, progress=progress,
-                              megaflows=args.megaflows == "on")
+                              megaflows=args.megaflows == "on", ipv6=args.ipv6)
             if feeds is None:
                 feeds = build_feeds(cfg)
                 if args.pcap_port and load_topology(str(feeds[0].topology)).port(args.pcap_port) is None:
@@ -273,7 +279,7 @@ def cmd_real(args) -> int:
                      ovs_variants=variants, workers=args.workers[0], probes=args.probes,
                      spacing_s=args.spacing_ms / 1000.0, tcp_connects=args.tcp_connects,
                      search_steps=args.search_steps, drain_s=args.drain, ovs_rcvbuf=args.ovs_rcvbuf,
-                     megaflows=args.megaflows == "on", agent_opts=dict(args.agent_opt))
+                     megaflows=args.megaflows == "on", agent_opts=dict(args.agent_opt), ipv6=args.ipv6)
     show = sys.stderr.isatty() if args.progress is None else args.progress
     bar = progress_bar(expected_stages(cfg), f"{cfg.pipeline}") if show else None
 

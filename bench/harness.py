@@ -47,6 +47,7 @@ class BenchError(RuntimeError):
 @dataclass
 class BenchConfig:
     scenario: str = "full"
+    ipv6: bool = False                # the scenario's IPv6 variant (bench.scenarios.get(scenario, ipv6=True))
     workers: int = 2
     flows: int = 10_000
     repeat_ratio: float = 0.0
@@ -185,7 +186,7 @@ class Run:
 
 
 def build_feeds(cfg: BenchConfig):
-    sc = scenarios.get(cfg.scenario)
+    sc = scenarios.get(cfg.scenario, cfg.ipv6)
     warm = synthetic_feed(sc, 0, cfg.warmup)
     probe = synthetic_feed(sc, cfg.warmup, cfg.probe)
     if cfg.pcap:
@@ -260,7 +261,7 @@ def _result(cfg, sc, main, floors, samples, unloaded, seconds, before, after, cp
     cpu = _cpu(cpu0, cpu1, dp, ws, installed, seconds)
     floor_sum = floors["zmq_rtt_us_p50"] + floors["simulation_us_p50"]
     res = {
-        "scenario": cfg.scenario, "workers": cfg.workers, "flows": main.n_new,
+        "scenario": sc.name, "ipv6": cfg.ipv6, "workers": cfg.workers, "flows": main.n_new,
         "setup_latency_us": {k: lat[k] for k in ("p50", "p90", "p99", "p999", "max")},
         "setups_per_s": round(installed / seconds, 1) if seconds > 0 else 0.0,
         "floor": {k: v for k, v in floors.items()},

@@ -45,7 +45,7 @@ from bench import probes
 from bench.floors import measure_zmq_rtt
 from bench.ovspeer import VARIANTS, OvsPeer
 from bench.wireprobe import probe_latency
-from bench.wirerig import SENDER_IP, SENDER_MAC, SINK_MAC, WireRig, in_netns, ip_int, mac_int
+from bench.wirerig import SENDER_MAC, SINK_MAC, WireRig, in_netns, ip_int, mac_int
 from bench.wiretopo import HOST, topology_yaml
 
 TCP_PORT = 5201
@@ -80,6 +80,7 @@ class RealConfig:
     progress: bool = False
     megaflows: bool = False                    # the agent's megaflows (off: every new 5-tuple is a setup)
     agent_opts: dict = field(default_factory=dict)   # AgentConfig settings of the shardnet agent (--agent-opt)
+    ipv6: bool = False                         # IPv6 UDP 5-tuples (the rig's VMs on 2001:db8:ff::/64; l2, ct)
 
 
 # --- the systems under test ------------------------------------------------------------------------------
@@ -100,7 +101,7 @@ class ShardnetSystem:
         path = os.path.join(self.tmp, "topology.yaml")
         tunnel_ip = f"127.{random.randrange(64, 250)}.{random.randrange(1, 250)}.1"
         with open(path, "w") as f:
-            f.write(topology_yaml(self.cfg.pipeline, self.rig.sender_if, self.rig.sink_if, tunnel_ip))
+            f.write(topology_yaml(self.cfg.pipeline, self.rig.sender_if, self.rig.sink_if, tunnel_ip, self.cfg.ipv6))
         acfg = AgentConfig(store="memory://", host=HOST, workers=self.cfg.workers, datapath="real", topology=path,
                            tunnel_port=random.randrange(30000, 60000), runtime_base=self.tmp,
                            state_file=os.path.join(self.tmp, "bench.state"), state_snapshot_s=0.0,
@@ -158,7 +159,7 @@ class RealBench:
         self.next_index = 0
         self.idle_cpu = 0.0                         # the system's CPU seconds per second with no traffic
         self.maker = {"eth_src": mac_int(SENDER_MAC), "eth_dst": mac_int(rig.first_hop_mac),
-                      "ip_src": ip_int(SENDER_IP), "ip_dst": ip_int(rig.sink_ip)}
+                      "ip_src": ip_int(rig.sender_ip), "ip_dst": ip_int(rig.sink_ip)}
 
     def take(self, n: int) -> int:
         """``n`` frame indexes never used before in this run: new 5-tuples."""
@@ -201,7 +202,7 @@ class RealBench:
         tag = os.urandom(8).hex()
         max_s = count / rate * 2 + 5
         sink = self.rig.popen(self.rig.sink_ns, ["sink", json.dumps(
-            {"tag": tag, "first": first, "count": count, "max_s": max_s + cfg.drain_s + 30})])
+            {"tag": tag, "first": first, "count": count, "max_s": max_s + cfg.drain_s + 30, "ipv6": cfg.ipv6})])
         self._ready(sink, "the sink")
         c0 = system.counters()
         pids = system.pids()
@@ -256,7 +257,7 @@ class RealBench:
             s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
             s.bind(("eth0", 0))
             dst = SENDER_MAC if self.cfg.pipeline in ("l2", "ct") else self.rig.first_hop_mac
-            fm = FrameMaker(mac_int(SINK_MAC), mac_int(dst), ip_int(self.rig.sink_ip), ip_int(SENDER_IP),
+            fm = FrameMaker(mac_int(SINK_MAC), mac_int(dst), ip_int(self.rig.sink_ip), ip_int(self.rig.sender_ip),
                             os.urandom(8))
             s.send(fm.frame(0))
             s.close()
@@ -290,7 +291,7 @@ class RealBench:
     def tcp_connect(self, n: int | None = None) -> dict:
         n = self.cfg.tcp_connects if n is None else n
         server = self.rig.popen(self.rig.sink_ns, ["tcpserver", json.dumps(
-            {"port": TCP_PORT, "max_s": n * (self.cfg.spacing_s + 2.0) + 30})])
+            {"port": TCP_PORT, "max_s": n * (self.cfg.spacing_s + 2.0) + 30, "ipv6": self.cfg.ipv6})])
         try:
             self._ready(server, "the TCP server")
             client = self.rig.popen(self.rig.sender_ns, ["tcpclient", json.dumps(
@@ -411,7 +412,10 @@ def run_real(cfg: RealConfig, progress: Callable[[str], None] | None = None) -> 
         variants = list(cfg.ovs_variants or VARIANTS[cfg.pipeline])
     res: dict = {"pipeline": cfg.pipeline, "datapath": "real", "config": asdict(cfg), "machine": probes.machine(),
                  "systems": {}}
-    with WireRig(cfg.pipeline) as rig, tempfile.TemporaryDirectory(prefix="shardnet-bench-") as tmp:
+    if cfg.ipv6 and cfg.peer and cfg.pipeline != "l2":
+        raise RealBenchError("--ipv6 --peer ovs: only the l2 pipeline (the OVS conntrack flows match IPv4 only)")
+    res["ipv6"] = cfg.ipv6
+    with WireRig(cfg.pipeline, cfg.ipv6) as rig, tempfile.TemporaryDirectory(prefix="shardnet-bench-") as tmp:
         bench = RealBench(cfg, rig, progress)
         res["rig"] = {"sender_ns": rig.sender_ns, "sink_ns": rig.sink_ns, "sender_if": rig.sender_if,
                       "sink_if": rig.sink_if, "sink_ip": rig.sink_ip}
@@ -545,7 +549,8 @@ def _fmt(v, unit: str = "") -> str:
 
 def table(res: dict) -> str:
     cfg = res["config"]
-    lines = [f"pipeline {res['pipeline']}: new UDP 5-tuples wire to wire, {cfg['duration']} s per rate, "
+    fam = "IPv6 " if cfg.get("ipv6") else ""
+    lines = [f"pipeline {res['pipeline']}: new {fam}UDP 5-tuples wire to wire, {cfg['duration']} s per rate, "
              f"{cfg['workers']} shardnet workers "
              f"({'megaflows' if cfg.get('megaflows') else 'exact-match flow cache: megaflows off'})"]
     if cfg.get("agent_opts"):

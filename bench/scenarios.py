@@ -11,6 +11,15 @@ every index below ``capacity``, and the MAC → ingress port table used to repla
 
 Every address is a tenant 10.x or in 198.51.100.0/24 / 203.0.113.0/24 (never 192.0.2.0/24); every MAC and
 next hop is a static entry, so no steady-state packet parks on ARP or learns a MAC.
+
+IPv6 variants (``shardnet bench --scenario NAME --ipv6``, ``get(NAME, ipv6=True)``, named ``NAME-v6``): the same
+topology and the same flow pattern with IPv6 SYNs (addresses from 2001:db8::/32, never fd00::/64):
+
+- ``l2-v6``: the l2 bridge, VMs 2001:db8:1::11-18 (a bridge forwards IPv6 at L2: no router needed).
+- ``l3-v6``: l3 with dual-stack router ports (bench/topologies/l3v6.yaml), left VMs 2001:db8:1::11-14, right
+  2001:db8:2::11-14, static neighbor entries on the router.
+
+full has no IPv6 variant yet (it needs SNAT, which IPv6 does not have, and an IPv6 LB VIP).
 """
 
 from __future__ import annotations
@@ -19,8 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from packet.addr import ip2int
-from packet.packet import PROTO_TCP, TCP_FLAGS, Packet
+from packet.addr import ip2int, ip6_2int
+from packet.packet import ETH_TYPE_IPV6, PROTO_TCP, TCP_FLAGS, Packet
 
 TOPOLOGY_DIR = Path(__file__).resolve().parent / "topologies"
 HOST = "bench"
@@ -40,6 +49,13 @@ def syn(eth_src: int, eth_dst: int, ip_src: int, ip_dst: int, sport: int, dport:
     return Packet(eth_src=eth_src, eth_dst=eth_dst, ip_src=ip_src, ip_dst=ip_dst, proto=PROTO_TCP, ttl=64, tos=0,
                   ip_id=sport & 0xFFFF, ip_df=True, tp_src=sport, tp_dst=dport, tcp_flags=SYN,
                   tcp_seq=(sport * 2654435761) & 0xFFFFFFFF, tcp_ack=0, tcp_window=64240)
+
+
+def syn6(eth_src: int, eth_dst: int, ip_src: int, ip_dst: int, sport: int, dport: int) -> Packet:
+    """The IPv6 SYN of a new connection (addresses as 128-bit ints)."""
+    return Packet(eth_src=eth_src, eth_dst=eth_dst, eth_type=ETH_TYPE_IPV6, ipv6_src=ip_src, ipv6_dst=ip_dst,
+                  hop_limit=64, tclass=0, flow_label=sport & 0xFFFFF, proto=PROTO_TCP, tp_src=sport, tp_dst=dport,
+                  tcp_flags=SYN, tcp_seq=(sport * 2654435761) & 0xFFFFFFFF, tcp_ack=0, tcp_window=64240)
 
 
 @dataclass(frozen=True)
@@ -70,6 +86,28 @@ def _l2_flow(i: int) -> tuple[str, Packet]:
     sport, dport = 1024 + q % SPORTS, _L2_DPORTS[(q // SPORTS) % len(_L2_DPORTS)]
     base = ip2int("10.1.0.11")
     return f"br0.vm{a + 1}", syn(_mac(1, a + 1), _mac(1, b + 1), base + a, base + b, sport, dport)
+
+
+_L2_BASE6 = ip6_2int("2001:db8:1::11")
+
+
+def _l2_flow6(i: int) -> tuple[str, Packet]:
+    """_l2_flow's pattern in IPv6: the same ports, MACs and 5-tuple count."""
+    port, p = _l2_flow(i)
+    a, b = p.ip_src - ip2int("10.1.0.11"), p.ip_dst - ip2int("10.1.0.11")
+    return port, syn6(p.eth_src, p.eth_dst, _L2_BASE6 + a, _L2_BASE6 + b, p.tp_src, p.tp_dst)
+
+
+_LEFT6, _RIGHT6 = ip6_2int("2001:db8:1::11"), ip6_2int("2001:db8:2::11")
+
+
+def _l3_flow6(i: int) -> tuple[str, Packet]:
+    """_l3_flow's pattern in IPv6 (bench/topologies/l3v6.yaml)."""
+    port, p = _l3_flow(i)
+    left = p.ip_src >> 8 == ip2int("10.1.0.0") >> 8
+    a, b = p.ip_src & 0xFF, p.ip_dst & 0xFF
+    src, dst = (_LEFT6, _RIGHT6) if left else (_RIGHT6, _LEFT6)
+    return port, syn6(p.eth_src, p.eth_dst, src + a - 11, dst + b - 11, p.tp_src, p.tp_dst)
 
 
 # -- l3 -----------------------------------------------------------------------------------------------------
@@ -127,7 +165,21 @@ SCENARIOS: dict[str, Scenario] = {
 }
 
 
-def get(name: str) -> Scenario:
+_L2 = SCENARIOS["l2"]
+SCENARIOS["l2-v6"] = Scenario("l2-v6", _L2.topology, _l2_flow6, _L2.capacity, _L2.mac_ports,
+                              "one bridge, IPv6 flows between its exterior ports")
+_L3 = SCENARIOS["l3"]
+SCENARIOS["l3-v6"] = Scenario("l3-v6", TOPOLOGY_DIR / "l3v6.yaml", _l3_flow6, _L3.capacity, _L3.mac_ports,
+                              "bridge → router → bridge, IPv6 flows")
+IPV6_VARIANTS = {"l2": "l2-v6", "l3": "l3-v6"}
+
+
+def get(name: str, ipv6: bool = False) -> Scenario:
+    """The scenario ``name`` (its IPv6 variant with ``ipv6``)."""
+    if ipv6 and not name.endswith("-v6"):
+        if name not in IPV6_VARIANTS:
+            raise ScenarioError(f"scenario {name!r} has no IPv6 variant yet (IPv6: {', '.join(IPV6_VARIANTS)})")
+        name = IPV6_VARIANTS[name]
     try:
         return SCENARIOS[name]
     except KeyError:

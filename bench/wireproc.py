@@ -17,9 +17,12 @@
                each connect() in µs.
 
 Each prints one JSON line at the end (and ``ready`` first where the parent waits for it).  Every loop is
-bounded in count and time.  Frame layout (``frame``): Ethernet, IPv4 (no options), UDP, 18 bytes of payload:
-8-byte tag, 4-byte index, 1-byte copy number, 5 zero bytes.  Index i uses source port 1024 + i % 64512 and
-destination port DST_PORT_BASE + (i // 64512) % DST_PORTS: 6.2 M distinct 5-tuples (30 s at 160k/s: 4.8 M).
+bounded in count and time.  Frame layout (``frame``): Ethernet, IPv4 (no options) or IPv6 (no extension
+header: addresses above 2**32 make an IPv6 template, flow label 0, hop limit 64), UDP, 18 bytes of payload:
+8-byte tag, 4-byte index, 1-byte copy number, 5 zero bytes (the payload at offset 42, or 62 for IPv6).  The
+sink and the TCP server take ``ipv6`` (sockets of that family).  Index i uses source port 1024 + i % 64512 and
+destination port DST_PORT_BASE + (i // 64512) % DST_PORTS: 6.2 M distinct 5-tuples (30 s at
+160k/s: 4.8 M).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ DST_PORTS = 96
 SRC_PORTS = 64_512
 PAYLOAD = 18
 FRAME_LEN = 14 + 20 + 8 + PAYLOAD
+FRAME_LEN6 = 14 + 40 + 8 + PAYLOAD
 SOL_PACKET = 263
 PACKET_IGNORE_OUTGOING = 23
 PACKET_STATISTICS = 6
@@ -54,19 +58,28 @@ def _fold(s: int) -> int:
 
 
 class FrameMaker:
-    """Frames of one flow template (MACs, addresses, tag); ``frame(i, copy)`` fills in the rest."""
+    """Frames of one flow template (MACs, addresses, tag); ``frame(i, copy)`` fills in the rest.  Addresses
+    above 2**32 make IPv6 frames."""
 
     def __init__(self, eth_src: int, eth_dst: int, ip_src: int, ip_dst: int, tag: bytes):
         if len(tag) != 8:
             raise ValueError("tag: 8 bytes")
         udp_len = 8 + PAYLOAD
-        ip = bytearray(struct.pack("!BBHHHBBHII", 0x45, 0, 20 + udp_len, 0, 0x4000, 64, 17, 0, ip_src, ip_dst))
-        struct.pack_into("!H", ip, 10, 0xFFFF ^ _fold(sum(struct.unpack("!10H", ip))))
-        self.head = struct.pack("!6s6sH", eth_dst.to_bytes(6, "big"), eth_src.to_bytes(6, "big"), 0x0800) + ip
+        self.v6 = ip_src >> 32 or ip_dst >> 32
+        if self.v6:
+            ip = struct.pack("!IHBB", 0x60000000, udp_len, 17, 64) + ip_src.to_bytes(16, "big") \
+                + ip_dst.to_bytes(16, "big")
+            ethertype, addr_sum = 0x86DD, sum(struct.unpack("!16H", ip[8:40]))
+        else:
+            ip = bytearray(struct.pack("!BBHHHBBHII", 0x45, 0, 20 + udp_len, 0, 0x4000, 64, 17, 0, ip_src, ip_dst))
+            struct.pack_into("!H", ip, 10, 0xFFFF ^ _fold(sum(struct.unpack("!10H", ip))))
+            ethertype = 0x0800
+            addr_sum = (ip_src >> 16) + (ip_src & 0xFFFF) + (ip_dst >> 16) + (ip_dst & 0xFFFF)
+        self.head = struct.pack("!6s6sH", eth_dst.to_bytes(6, "big"), eth_src.to_bytes(6, "big"), ethertype) + ip
+        self.l4 = len(self.head)
         self.tag = tag
         # the UDP checksum over everything that does not change: pseudo header, length, tag
-        self.base = (ip_src >> 16) + (ip_src & 0xFFFF) + (ip_dst >> 16) + (ip_dst & 0xFFFF) + 17 + 2 * udp_len \
-            + sum(struct.unpack("!4H", tag))
+        self.base = addr_sum + 17 + 2 * udp_len + sum(struct.unpack("!4H", tag))
         self.buf = bytearray(self.head + bytes(8) + tag + bytes(10))
 
     def frame(self, i: int, copy: int = 0) -> bytes:
@@ -74,18 +87,22 @@ class FrameMaker:
         idx = i & 0xFFFFFFFF
         s = _fold(self.base + sp + dp + (idx >> 16) + (idx & 0xFFFF) + (copy << 8))
         c = 0xFFFF ^ s
-        struct.pack_into("!HHHH", self.buf, 34, sp, dp, 8 + PAYLOAD, c or 0xFFFF)
-        struct.pack_into("!IB", self.buf, 50, idx, copy)
+        struct.pack_into("!HHHH", self.buf, self.l4, sp, dp, 8 + PAYLOAD, c or 0xFFFF)
+        struct.pack_into("!IB", self.buf, self.l4 + 16, idx, copy)
         return bytes(self.buf)
 
 
 def parse_probe(frame: bytes, tag: bytes) -> tuple[int, int] | None:
-    """(index, copy) of a frame of ours (IPv4 without options, UDP, our tag), else None."""
-    if len(frame) < FRAME_LEN or frame[12:14] != b"\x08\x00" or frame[14] != 0x45 or frame[23] != 17:
+    """(index, copy) of a frame of ours (IPv4 without options or IPv6, UDP, our tag), else None."""
+    if len(frame) >= FRAME_LEN6 and frame[12:14] == b"\x86\xdd" and frame[20] == 17:
+        off = 62
+    elif len(frame) >= FRAME_LEN and frame[12:14] == b"\x08\x00" and frame[14] == 0x45 and frame[23] == 17:
+        off = 42
+    else:
         return None
-    if frame[42:50] != tag:
+    if frame[off:off + 8] != tag:
         return None
-    idx, copy = struct.unpack_from("!IB", frame, 50)
+    idx, copy = struct.unpack_from("!IB", frame, off + 8)
     return idx, copy
 
 
@@ -153,10 +170,11 @@ def sink(a: dict) -> dict:
     first, count = a["first"], a["count"]
     rx = _rx_socket(a.get("ifname", "eth0"))
     holes = []
+    v6 = bool(a.get("ipv6"))
     for k in range(DST_PORTS):                      # swallow the frames: no ICMP port unreachable back
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
         u.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        u.bind(("0.0.0.0", DST_PORT_BASE + k))
+        u.bind(("::" if v6 else "0.0.0.0", DST_PORT_BASE + k))
         holes.append(u)
     seen = bytearray(count)
     matched = unique = other = below = 0
@@ -165,6 +183,8 @@ def sink(a: dict) -> dict:
     deadline = time.monotonic() + float(a["max_s"])
     fd, stdin = rx.fileno(), sys.stdin.fileno()
     recv = rx.recv
+    off = 62 if v6 else 42
+    end, need = off + 8, FRAME_LEN6 if v6 else FRAME_LEN
     while time.monotonic() < deadline:
         r, _, _ = select.select([fd, stdin], [], [], 0.05)
         if stdin in r:
@@ -176,9 +196,9 @@ def sink(a: dict) -> dict:
                 f = recv(2048)
             except BlockingIOError:
                 break
-            if len(f) >= FRAME_LEN and f[42:50] == tag:
+            if len(f) >= need and f[off:end] == tag:
                 matched += 1
-                j = struct.unpack_from("!I", f, 50)[0] - first
+                j = struct.unpack_from("!I", f, end)[0] - first
                 if 0 <= j < split:
                     below += 1
                 if 0 <= j < count and not seen[j]:
@@ -191,9 +211,9 @@ def sink(a: dict) -> dict:
             f = recv(2048)
         except BlockingIOError:
             break
-        if len(f) >= FRAME_LEN and f[42:50] == tag:
+        if len(f) >= need and f[off:end] == tag:
             matched += 1
-            j = struct.unpack_from("!I", f, 50)[0] - first
+            j = struct.unpack_from("!I", f, end)[0] - first
             if 0 <= j < split:
                 below += 1
             if 0 <= j < count and not seen[j]:
@@ -235,9 +255,10 @@ def echo(a: dict) -> dict:
 
 
 def tcpserver(a: dict) -> dict:
-    s = socket.socket()
+    v6 = bool(a.get("ipv6"))
+    s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", a["port"]))
+    s.bind(("::" if v6 else "0.0.0.0", a["port"]))
     s.listen(512)
     s.setblocking(False)
     n = 0
@@ -266,7 +287,7 @@ def tcpclient(a: dict) -> dict:
     for _ in range(a["n"]):
         if time.monotonic() > deadline:
             break
-        c = socket.socket()
+        c = socket.socket(socket.AF_INET6 if ":" in a["ip"] else socket.AF_INET)
         c.settimeout(float(a.get("timeout_s", 2.0)))
         t0 = clock()
         try:

@@ -12,13 +12,15 @@ picks it and the tunnel port at random): the agent opens its VXLAN endpoint ther
 
 from __future__ import annotations
 
-from bench.wirerig import NAT_POOL, ROUTER_MAC_A, ROUTER_MAC_B
+from bench.wirerig import NAT_POOL, ROUTED_IP6, ROUTER_MAC_A, ROUTER_MAC_B
 
 HOST = "bench-host"
 PIPELINES = ("l2", "ct", "l3", "full")
 
 
-def topology_yaml(pipeline: str, sender_if: str, sink_if: str, tunnel_ip: str = "127.0.0.1") -> str:
+def topology_yaml(pipeline: str, sender_if: str, sink_if: str, tunnel_ip: str = "127.0.0.1",
+                  ipv6: bool = False) -> str:
+    """``ipv6``: the l3 router's ports get their IPv6 prefixes too (bench.wirerig.ROUTED_IP6)."""
     if pipeline not in PIPELINES:
         raise ValueError(f"unknown pipeline {pipeline!r} (one of {', '.join(PIPELINES)})")
     sender = f"{{host: {HOST}, interface: {sender_if}}}"
@@ -43,6 +45,10 @@ chains:
     - {action: drop}
 """
         return text
+    left, right = "198.51.100.254/24", "203.0.113.254/24"
+    if ipv6:
+        left = f'[{left}, "{ROUTED_IP6["gw_a"]}/64"]'
+        right = f'[{right}, "{ROUTED_IP6["gw_b"]}/64"]'
     text = f"""version: 1
 hosts:
   {HOST}: {{tunnel_ip: {tunnel_ip}}}
@@ -58,8 +64,8 @@ bridges:
 routers:
   r1:
     ports:
-      left: {{address: 198.51.100.254/24, mac: "{ROUTER_MAC_A}"}}
-      right: {{address: 203.0.113.254/24, mac: "{ROUTER_MAC_B}"}}
+      left: {{address: {left}, mac: "{ROUTER_MAC_A}"}}
+      right: {{address: {right}, mac: "{ROUTER_MAC_B}"}}
 """
     if pipeline == "full":
         text += f"""    inbound_filter: r1-in

@@ -179,53 +179,38 @@ def normalized_flow_hash(pkt: Packet) -> int:
     IPv6 hashes its 128-bit addresses the same way (tuple_hash).
     """
     if pkt.eth_type == ETH_TYPE_IPV6 and pkt.ipv6_src is not None:
-        return _hash6(pkt)
+        err = pkt.proto == PROTO_ICMPV6 and pkt.icmpv6_type in ICMPV6_ERROR_TYPES and pkt.inner_ipv6_src is not None
+        return _ip_hash(pkt, PROTO_ICMPV6, err, pkt.ipv6_src, pkt.ipv6_dst, pkt.inner_ipv6_src, pkt.inner_ipv6_dst,
+                        True)
     if pkt.eth_type != ETH_TYPE_IPV4 or pkt.ip_src is None:
         a, b = pkt.eth_src, pkt.eth_dst
         if a > b:
             a, b = b, a
         return zlib.crc32(_MACS.pack(pkt.eth_type, a, b))
+    err = pkt.proto == PROTO_ICMP and pkt.icmp_type in ICMP_ERROR_TYPES and pkt.inner_ip_src is not None
+    return _ip_hash(pkt, PROTO_ICMP, err, pkt.ip_src, pkt.ip_dst, pkt.inner_ip_src, pkt.inner_ip_dst, False)
+
+
+def _ip_hash(pkt: Packet, icmp: int, err: bool, a: int, b: int, ia: int | None, ib: int | None, v6: bool) -> int:
+    """The hash of an IP packet of either family: ``icmp`` its ICMP protocol number, ``err`` whether it is an
+    ICMP error carrying a header (then ``ia``/``ib``, the carried addresses, and the carried ports count)."""
     proto = pkt.proto
-    if proto == PROTO_ICMP and pkt.icmp_type in ICMP_ERROR_TYPES and pkt.inner_ip_src is not None:
+    if err:
         proto = pkt.inner_proto
-        a, b = pkt.inner_ip_src, pkt.inner_ip_dst
-        if proto == PROTO_ICMP:
+        a, b = ia, ib
+        if proto == icmp:
             pa = pb = pkt.inner_icmp_id or 0
         else:
             pa, pb = pkt.inner_tp_src or 0, pkt.inner_tp_dst or 0
+    elif pkt.frag != FRAG_NONE:
+        pa = pb = 0
+    elif proto == PROTO_TCP or proto == PROTO_UDP:
+        pa, pb = pkt.tp_src, pkt.tp_dst
+    elif proto == icmp:
+        pa = pb = pkt.icmp_id or 0
     else:
-        a, b = pkt.ip_src, pkt.ip_dst
-        if pkt.frag != FRAG_NONE:
-            pa = pb = 0
-        elif proto == PROTO_TCP or proto == PROTO_UDP:
-            pa, pb = pkt.tp_src, pkt.tp_dst
-        elif proto == PROTO_ICMP:
-            pa = pb = pkt.icmp_id or 0
-        else:
-            pa = pb = 0
-    return tuple_hash(proto, a, pa, b, pb)
-
-
-def _hash6(pkt: Packet) -> int:
-    proto = pkt.proto
-    if proto == PROTO_ICMPV6 and pkt.icmpv6_type in ICMPV6_ERROR_TYPES and pkt.inner_ipv6_src is not None:
-        proto = pkt.inner_proto
-        a, b = pkt.inner_ipv6_src, pkt.inner_ipv6_dst
-        if proto == PROTO_ICMPV6:
-            pa = pb = pkt.inner_icmp_id or 0
-        else:
-            pa, pb = pkt.inner_tp_src or 0, pkt.inner_tp_dst or 0
-    else:
-        a, b = pkt.ipv6_src, pkt.ipv6_dst
-        if pkt.frag != FRAG_NONE:
-            pa = pb = 0
-        elif proto == PROTO_TCP or proto == PROTO_UDP:
-            pa, pb = pkt.tp_src, pkt.tp_dst
-        elif proto == PROTO_ICMPV6:
-            pa = pb = pkt.icmp_id or 0
-        else:
-            pa = pb = 0
-    return tuple_hash(proto, a, pa, b, pb, v6=True)
+        pa = pb = 0
+    return tuple_hash(proto, a, pa, b, pb, v6)
 
 
 def tuple_hash(proto: int | None, a: int, pa: int, b: int, pb: int, v6: bool = False) -> int:

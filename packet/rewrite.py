@@ -139,20 +139,7 @@ def _rewrite_ipv4(buf: bytearray, ip: int, old: Packet, new: Packet) -> None:  #
     l4 = ip + ((buf[ip] & 15) << 2)
     proto = old.proto
     if proto == PROTO_TCP or proto == PROTO_UDP:
-        d = d_ph
-        if old.tp_src != new.tp_src:
-            _U16.pack_into(buf, l4, new.tp_src)
-            d += new.tp_src - old.tp_src
-        if old.tp_dst != new.tp_dst:
-            _U16.pack_into(buf, l4 + 2, new.tp_dst)
-            d += new.tp_dst - old.tp_dst
-        if d:
-            at = l4 + 16 if proto == PROTO_TCP else l4 + 6
-            (c,) = _U16.unpack_from(buf, at)
-            if proto == PROTO_TCP:
-                _U16.pack_into(buf, at, csum_delta(c, d))
-            elif c:                                # UDP checksum 0 = none: leave it so
-                _U16.pack_into(buf, at, csum_delta(c, d) or 0xFFFF)
+        _rewrite_ports(buf, l4, proto, d_ph, old, new)
     elif proto == PROTO_ICMP:
         d = 0
         if old.icmp_id != new.icmp_id:
@@ -164,6 +151,38 @@ def _rewrite_ipv4(buf: bytearray, ip: int, old: Packet, new: Packet) -> None:  #
             _U16.pack_into(buf, l4 + 2, csum_delta(_U16.unpack_from(buf, l4 + 2)[0], d))
     elif (old.tp_src, old.tp_dst) != (new.tp_src, new.tp_dst) or old.icmp_id != new.icmp_id:
         raise ValueError(f"rewrite: no L4 ports to rewrite for IP protocol {proto}")
+
+
+def _rewrite_ports(buf: bytearray, l4: int, proto: int, d_ph: int, old: Packet, new: Packet) -> None:
+    """Patch TCP/UDP ports at ``l4`` and fold them and ``d_ph`` (the pseudo-header's change) into the L4
+    checksum.  A UDP checksum 0 (none over IPv4, invalid over IPv6) is left so; a computed 0 is sent 0xFFFF."""
+    d = d_ph
+    if old.tp_src != new.tp_src:
+        _U16.pack_into(buf, l4, new.tp_src)
+        d += new.tp_src - old.tp_src
+    if old.tp_dst != new.tp_dst:
+        _U16.pack_into(buf, l4 + 2, new.tp_dst)
+        d += new.tp_dst - old.tp_dst
+    if d:
+        at = l4 + 16 if proto == PROTO_TCP else l4 + 6
+        (c,) = _U16.unpack_from(buf, at)
+        if proto == PROTO_TCP:
+            _U16.pack_into(buf, at, csum_delta(c, d))
+        elif c:
+            _U16.pack_into(buf, at, csum_delta(c, d) or 0xFFFF)
+
+
+def _rewrite_carried_ports(buf: bytearray, q: int, old: Packet, new: Packet) -> int:
+    """Patch the ports / echo id of a carried header's L4 header at ``q``; return the change of the sum."""
+    d = 0
+    for name, at in (("inner_tp_src", q), ("inner_tp_dst", q + 2), ("inner_icmp_id", q + 4)):
+        a, b = getattr(old, name), getattr(new, name)
+        if a != b:
+            if a is None or b is None:
+                raise ValueError(f"rewrite cannot add or remove {name}")
+            _U16.pack_into(buf, at, b)
+            d += b - a
+    return d
 
 
 def _rewrite_carried(buf: bytearray, p: int, old: Packet, new: Packet) -> int:
@@ -191,14 +210,7 @@ def _rewrite_carried(buf: bytearray, p: int, old: Packet, new: Packet) -> int:
         _U16.pack_into(buf, p + 10, c2)
         d += c2 - c
     q = p + ((buf[p] & 15) << 2)
-    for name, at in (("inner_tp_src", q), ("inner_tp_dst", q + 2), ("inner_icmp_id", q + 4)):
-        a, b = getattr(old, name), getattr(new, name)
-        if a != b:
-            if a is None or b is None:
-                raise ValueError(f"rewrite cannot add or remove {name}")
-            _U16.pack_into(buf, at, b)
-            d += b - a
-    return d
+    return d + _rewrite_carried_ports(buf, q, old, new)
 
 
 _VTF = struct.Struct("!I")
@@ -224,20 +236,7 @@ def _rewrite_ipv6(buf: bytearray, ip: int, old: Packet, new: Packet) -> None:  #
     l4 = ip + 40 + sum(len(body) + 1 for _t, body in old.ipv6_ext)
     proto = old.proto
     if proto == PROTO_TCP or proto == PROTO_UDP:
-        d = d_ph
-        if old.tp_src != new.tp_src:
-            _U16.pack_into(buf, l4, new.tp_src)
-            d += new.tp_src - old.tp_src
-        if old.tp_dst != new.tp_dst:
-            _U16.pack_into(buf, l4 + 2, new.tp_dst)
-            d += new.tp_dst - old.tp_dst
-        if d:
-            at = l4 + 16 if proto == PROTO_TCP else l4 + 6
-            (c,) = _U16.unpack_from(buf, at)
-            if proto == PROTO_TCP:
-                _U16.pack_into(buf, at, csum_delta(c, d))
-            elif c:                                # UDP checksum 0 (invalid over IPv6): leave it so
-                _U16.pack_into(buf, at, csum_delta(c, d) or 0xFFFF)
+        _rewrite_ports(buf, l4, proto, d_ph, old, new)
     elif proto == PROTO_ICMPV6:
         d = d_ph
         if old.icmp_id != new.icmp_id:
@@ -274,11 +273,4 @@ def _rewrite_carried6(buf: bytearray, p: int, old: Packet, new: Packet) -> int:
         _VTF.pack_into(buf, p, w2)
         d += w2 - w
     q = p + 40 + sum(len(body) + 1 for _t, body in old.inner_ipv6_ext)
-    for name, at in (("inner_tp_src", q), ("inner_tp_dst", q + 2), ("inner_icmp_id", q + 4)):
-        a, b = getattr(old, name), getattr(new, name)
-        if a != b:
-            if a is None or b is None:
-                raise ValueError(f"rewrite cannot add or remove {name}")
-            _U16.pack_into(buf, at, b)
-            d += b - a
-    return d
+    return d + _rewrite_carried_ports(buf, q, old, new)

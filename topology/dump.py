@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from packet.addr import cidr_str, int2ip, int2mac
+from packet.addr import cidr6_str, cidr_str, int2ip, int2ip6, int2mac
 from packet.packet import PROTO_BY_NUMBER, PROTO_TCP
 from topology.model import (
     ROUTE_NORMAL,
@@ -59,8 +59,10 @@ def _port(p: Port) -> dict[str, Any]:
     d: dict[str, Any] = {}
     if p.peer is not None:
         d["peer"] = p.peer
-    if p.address is not None:
-        d["address"] = f"{int2ip(p.address)}/{32 if p.prefix_len is None else p.prefix_len}"
+    addresses = [f"{int2ip(p.address)}/{32 if p.prefix_len is None else p.prefix_len}"] if p.address is not None else []
+    addresses += [f"{int2ip6(a)}/{n}" for a, n in p.addresses6]
+    if addresses:
+        d["address"] = addresses[0] if len(addresses) == 1 else addresses
     if p.mac is not None:
         d["mac"] = int2mac(p.mac)
     if p.host is not None:
@@ -108,6 +110,8 @@ def _router(r: Router) -> dict[str, Any]:
         d["routes"] = [_route(rt) for rt in r.routes]
     if r.arp_table:
         d["arp_table"] = {int2ip(ip): int2mac(mac) for ip, mac in r.arp_table.items()}
+    if r.nd_table:
+        d["nd_table"] = {int2ip6(ip): int2mac(mac) for ip, mac in r.nd_table.items()}
     _filters(d, r)
     if r.load_balancer is not None:
         d["load_balancer"] = r.load_balancer
@@ -115,11 +119,12 @@ def _router(r: Router) -> dict[str, Any]:
 
 
 def _route(rt: Route) -> dict[str, Any]:
-    d: dict[str, Any] = {"dst": cidr_str(rt.dst, rt.dst_len)}
+    cidr, ip = (cidr6_str, int2ip6) if rt.v6 else (cidr_str, int2ip)
+    d: dict[str, Any] = {"dst": cidr(rt.dst, rt.dst_len)}
     if rt.src or rt.src_len:
-        d["src"] = cidr_str(rt.src, rt.src_len)
+        d["src"] = cidr(rt.src, rt.src_len)
     if rt.gateway is not None:
-        d["gateway"] = int2ip(rt.gateway)
+        d["gateway"] = ip(rt.gateway)
     if rt.port is not None:
         d["port"] = rt.port
     if rt.weight != 100:
@@ -163,7 +168,10 @@ def _condition(c: Condition) -> Any:
     elif c.field in ("eth_src", "eth_dst"):
         text = int2mac(v)
     elif c.field in ("src", "dst"):
-        text = int2ip(v[0]) if v[1] == 32 else cidr_str(*v)
+        if len(v) == 3:                                   # (network, length, 6): IPv6
+            text = int2ip6(v[0]) if v[1] == 128 else cidr6_str(v[0], v[1])
+        else:
+            text = int2ip(v[0]) if v[1] == 32 else cidr_str(*v)
     elif c.field in ("src_port", "dst_port"):
         text = _range(*v)
     elif c.field == "proto":
@@ -188,7 +196,7 @@ def _lb(lb: LoadBalancer) -> dict[str, Any]:
     if lb.vips:
         d["vips"] = []
         for v in lb.vips:
-            vip: dict[str, Any] = {"address": int2ip(v.address), "port": v.port}
+            vip: dict[str, Any] = {"address": (int2ip6 if v.v6 else int2ip)(v.address), "port": v.port}
             if v.proto != PROTO_TCP:
                 vip["proto"] = PROTO_BY_NUMBER.get(v.proto, v.proto)
             vip["pool"] = v.pool
@@ -201,7 +209,7 @@ def _lb(lb: LoadBalancer) -> dict[str, Any]:
 
 
 def _member(m: Member) -> dict[str, Any]:
-    d: dict[str, Any] = {"address": int2ip(m.address), "port": m.port}
+    d: dict[str, Any] = {"address": (int2ip6 if m.v6 else int2ip)(m.address), "port": m.port}
     if m.weight != 1:
         d["weight"] = m.weight
     if not m.admin_up:

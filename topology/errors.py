@@ -19,7 +19,7 @@ from typing import NoReturn
 
 import yaml
 
-from packet.addr import ip2int, mac2int, parse_cidr
+from packet.addr import ip2int, ip6_2int, mac2int, parse_cidr, parse_cidr6
 
 Path = tuple[str | int, ...]
 
@@ -184,6 +184,13 @@ def _build(loader: _Loader, node: yaml.Node, path: Path, lines: dict[Path, int],
 
 _IP_RE = re.compile(r"^(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?:\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$")
 
+_IP6_RE = re.compile(r"^[0-9a-fA-F:.]*:[0-9a-fA-F:.]*$")     # then inet_pton decides
+
+
+def is_ipv6_text(value: object) -> bool:
+    """The family rule of the file: an address text with a colon is IPv6 (MACs are never addresses here)."""
+    return isinstance(value, str) and ":" in value
+
 
 def _type_name(value: object) -> str:
     names = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
@@ -282,6 +289,27 @@ class Checker:
             if _IP_RE.match(addr) and (not sep or good_len):
                 return parse_cidr(value)
         self.fail(path, f"not an IPv4 CIDR prefix: {value!r}")
+
+    def ip6(self, value: object, path: Path) -> int:
+        """An IPv6 address (any RFC 4291 text form, no zone index)."""
+        if isinstance(value, str) and _IP6_RE.match(value):
+            try:
+                return ip6_2int(value)
+            except ValueError:
+                pass
+        self.fail(path, f"not an IPv6 address: {value!r}")
+
+    def cidr6(self, value: object, path: Path) -> tuple[int, int]:
+        """'2001:db8::/32' or a bare address (/128); host bits are cleared."""
+        if isinstance(value, str):
+            addr, sep, plen = value.partition("/")
+            good_len = plen.isdigit() and int(plen) <= 128 and plen == str(int(plen))
+            if _IP6_RE.match(addr) and (not sep or good_len):
+                try:
+                    return parse_cidr6(value)
+                except ValueError:
+                    pass
+        self.fail(path, f"not an IPv6 CIDR prefix: {value!r}")
 
     def mac(self, value: object, path: Path) -> int:
         if not isinstance(value, str) or not re.fullmatch(r"[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}", value):

@@ -3,9 +3,10 @@
 Owns the file format's semantics: defaults, conversions (addresses to ints, port ids, ranges), and every check
 that makes a topology usable — unknown keys, wrong types, bad addresses, dangling references (peer, host,
 chain, jump target, load balancer, pool, port-group member, route port), link symmetry, duplicate addresses,
-jump loops.  The first error is raised as a ``TopologyError`` naming the path in the file and its line
-(see topology.errors).  Tunnel keys are assigned last (``model.assign_tunnel_keys``), never read from the
-file.
+jump loops.  IPv6: an address text with a colon is IPv6 (a router port's ``address`` may be a list: one
+IPv4 and any number of IPv6), a route's family is its ``dst``'s, NAT targets are IPv4 only.  The first error is
+raised as a ``TopologyError`` naming the path in the file and its line (see topology.errors).  Tunnel keys are
+assigned last (``model.assign_tunnel_keys``), never read from the file.
 
 Order of work: a tolerant pre-pass collects the names every reference may point to (hosts, chains, load
 balancers, port groups, port ids), then each section is checked and built; links are made symmetric once all
@@ -20,9 +21,9 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from packet.addr import cidr_str, in_prefix, int2ip, prefix_mask
+from packet.addr import cidr6_str, cidr_str, in_prefix, int2ip, int2ip6, prefix_mask, prefix_mask6
 from packet.packet import ETH_TYPE_ARP, ETH_TYPE_IPV4, ETH_TYPE_IPV6, ETH_TYPE_VLAN, PROTO_NAMES
-from topology.errors import Checker, Path, TopologyError, read_text
+from topology.errors import Checker, Path, TopologyError, is_ipv6_text, read_text
 from topology.model import (
     ACTIONS,
     MATCH_FIELDS,
@@ -56,7 +57,7 @@ FORMAT_VERSION = 1
 
 _TOP_KEYS = ("version", "hosts", "bridges", "routers", "chains", "load_balancers", "port_groups")
 _BRIDGE_KEYS = ("ports", "inbound_filter", "outbound_filter", "mac_table", "vlan_ports")
-_ROUTER_KEYS = ("ports", "routes", "arp_table", "inbound_filter", "outbound_filter", "load_balancer")
+_ROUTER_KEYS = ("ports", "routes", "arp_table", "nd_table", "inbound_filter", "outbound_filter", "load_balancer")
 _BRIDGE_PORT_KEYS = ("peer", "host", "interface")
 _ROUTER_PORT_KEYS = ("address", "mac", "peer", "host", "interface")
 _ROUTE_KEYS = ("dst", "src", "gateway", "port", "weight", "type")
@@ -96,6 +97,10 @@ def topology_from_dict(data: Mapping[str, Any], name: str = "<dict>", *,
     return _Builder(Checker(name), data).build(tunnel_keys)
 
 
+def _family(v6: bool) -> str:
+    return "IPv6" if v6 else "IPv4"
+
+
 def _decode(raw: bytes, name: str) -> str:
     try:
         return raw.decode("utf-8-sig")
@@ -129,6 +134,7 @@ class _Builder:
         self.ports: dict[str, dict[str, Any]] = {}      # port id → Port kwargs
         self.peer_paths: dict[str, Path] = {}           # port id → path of its explicit peer
         self.bindings: dict[tuple[str, str], str] = {}  # (host, interface) → port id
+        self.addr6_paths: dict[tuple[str, str, int], Path] = {}   # (router, port, IPv6 address) → its path
 
     # -- whole file --------------------------------------------------------------------------------
     def build(self, tunnel_keys: Mapping[str, int] | None) -> Topology:
@@ -207,10 +213,44 @@ class _Builder:
                 c.fail((*path, "interface"),
                        f"interface {iface!r} on host {host!r} is already bound to {other!r}")
         if router and b.get("address") is not None:
-            kw["address"], kw["prefix_len"] = self._interface_address(b["address"], (*path, "address"))
+            self._port_addresses(b["address"], (*path, "address"), kw)
         if router and b.get("mac") is not None:
             kw["mac"] = c.mac(b["mac"], (*path, "mac"))
         return kw
+
+    def _port_addresses(self, value: object, path: Path, kw: dict[str, Any]) -> None:
+        """``address:`` is one string or a list: at most one IPv4 and any number of IPv6 (``addresses6``)."""
+        items = [(value, path)] if not isinstance(value, list) else [(v, (*path, i)) for i, v in enumerate(value)]
+        if not items:
+            self.c.fail(path, "empty address list")
+        six: list[tuple[int, int]] = []
+        for v, vp in items:
+            if is_ipv6_text(v):
+                a6 = self._interface_address6(v, vp)
+                if any(a == a6[0] for a, _ in six):
+                    self.c.fail(vp, f"address {int2ip6(a6[0])} is listed twice")
+                six.append(a6)
+                self.addr6_paths[(kw["device"], kw["name"], a6[0])] = vp
+            elif "address" in kw:
+                self.c.fail(vp, "a port has at most one IPv4 address")
+            else:
+                kw["address"], kw["prefix_len"] = self._interface_address(v, vp)
+        if six:
+            kw["addresses6"] = tuple(six)
+
+    def _interface_address6(self, value: object, path: Path) -> tuple[int, int]:
+        text = self.c.string(value, path)
+        addr, sep, plen = text.partition("/")
+        if not sep or not plen.isdigit() or not 1 <= int(plen) <= 128 or plen != str(int(plen)):
+            self.c.fail(path, f"not an address with prefix length (like 2001:db8:1::1/64): {text!r}")
+        ip, length = self.c.ip6(addr, path), int(plen)
+        if ip >> 120 == 0xFF:
+            self.c.fail(path, f"{text} is a multicast address")
+        if ip >> 118 == 0xFE80 >> 6:
+            self.c.fail(path, f"{text} is link-local (a port's link-local address is derived from its MAC)")
+        if length <= 126 and ip & ~prefix_mask6(length) == 0:
+            self.c.fail(path, f"{text} is the subnet-router anycast address of its prefix")
+        return ip, length
 
     def _interface_address(self, value: object, path: Path) -> tuple[int, int]:
         text = self.c.string(value, path)
@@ -272,6 +312,13 @@ class _Builder:
                     c.fail((*path, "ports", p.name, "address"),
                            f"address {int2ip(p.address)} is already used by port {seen[p.address]!r}")
                 seen[p.address] = p.name
+        seen6: dict[int, str] = {}
+        for p in ports.values():
+            for a6, _ in p.addresses6:
+                if a6 in seen6:
+                    c.fail(self.addr6_paths[(name, p.name, a6)],
+                           f"address {int2ip6(a6)} is already used by port {seen6[a6]!r}")
+                seen6[a6] = p.name
         routes = tuple(self._route(r, (*path, "routes", i), name, ports)
                        for i, r in enumerate(c.seq(b.get("routes"), (*path, "routes"))))
         arp: dict[int, int] = {}
@@ -281,9 +328,16 @@ class _Builder:
             if ip in arp:
                 c.fail(ap, f"duplicate entry for {int2ip(ip)}")
             arp[ip] = c.mac(mac, ap)
+        nd: dict[int, int] = {}
+        for ip_text6, mac in c.table(b.get("nd_table"), (*path, "nd_table")).items():
+            ap = (*path, "nd_table", ip_text6)
+            ip = c.ip6(ip_text6, ap)
+            if ip in nd:
+                c.fail(ap, f"duplicate entry for {int2ip6(ip)}")
+            nd[ip] = c.mac(mac, ap)
         lb = None if b.get("load_balancer") is None else self._ref(
             b["load_balancer"], (*path, "load_balancer"), self.lb_names, "load balancer")
-        return Router(name=name, ports=ports, routes=routes, arp_table=arp, load_balancer=lb,
+        return Router(name=name, ports=ports, routes=routes, arp_table=arp, load_balancer=lb, nd_table=nd,
                       **self._filters(b, path))
 
     def _route(self, body: object, path: Path, router: str, ports: dict[str, Port]) -> Route:
@@ -292,8 +346,13 @@ class _Builder:
         kind = b.get("type", ROUTE_NORMAL)
         if kind not in ROUTE_TYPES:
             c.fail((*path, "type"), f"unknown route type {kind!r} (allowed: {', '.join(ROUTE_TYPES)})")
-        dst, dst_len = self._network(b["dst"], (*path, "dst"))
-        src, src_len = self._network(b.get("src", "0.0.0.0/0"), (*path, "src"))
+        v6 = is_ipv6_text(b["dst"])                 # the family of a route is its dst's
+        dst, dst_len = self._network(b["dst"], (*path, "dst"), v6)
+        for key in ("src", "gateway"):
+            if isinstance(b.get(key), str) and is_ipv6_text(b[key]) != v6:
+                c.fail((*path, key), f"{key} is {_family(not v6)} but dst is {_family(v6)} "
+                       "(one address family per route)")
+        src, src_len = self._network(b.get("src", "::/0" if v6 else "0.0.0.0/0"), (*path, "src"), v6)
         weight = c.integer(b.get("weight", 100), (*path, "weight"), 0, 0x7FFFFFFF)
         port = gateway = None
         if kind != ROUTE_NORMAL:
@@ -306,7 +365,9 @@ class _Builder:
             port = c.string(b["port"], (*path, "port"))
             if port not in ports:
                 c.fail((*path, "port"), f"no port {port!r} on router {router!r}")
-            if b.get("gateway") is not None:
+            if v6:
+                gateway = self._gateway6(b.get("gateway"), (*path, "gateway"), ports[port])
+            elif b.get("gateway") is not None:
                 gateway = c.ip(b["gateway"], (*path, "gateway"))
                 p = ports[port]
                 if p.address is not None and p.prefix_len is not None:
@@ -318,9 +379,30 @@ class _Builder:
                         c.fail((*path, "gateway"),
                                f"gateway {int2ip(gateway)} is the address of port {port!r}")
         return Route(dst=dst, dst_len=dst_len, src=src, src_len=src_len, gateway=gateway, port=port,
-                     weight=weight, type=kind)
+                     weight=weight, type=kind, v6=v6)
 
-    def _network(self, value: object, path: Path) -> tuple[int, int]:
+    def _gateway6(self, value: object, path: Path, p: Port) -> int | None:
+        """An IPv6 route's port must have IPv6 addresses; its gateway is link-local or inside one of them."""
+        if not p.addresses6:
+            self.c.fail(path[:-1] + ("port",), f"port {p.name!r} has no IPv6 address (an IPv6 route needs one)")
+        if value is None:
+            return None
+        gateway = self.c.ip6(value, path)
+        if gateway >> 118 == 0xFE80 >> 6:
+            return gateway                                  # a neighbor's link-local address: on every link
+        if any(gateway == a for a, _ in p.addresses6):
+            self.c.fail(path, f"gateway {int2ip6(gateway)} is an address of port {p.name!r}")
+        if not any(gateway & prefix_mask6(n) == a & prefix_mask6(n) for a, n in p.addresses6):
+            nets = ", ".join(cidr6_str(a & prefix_mask6(n), n) for a, n in p.addresses6)
+            self.c.fail(path, f"gateway {int2ip6(gateway)} is not in the subnet {nets} of port {p.name!r}")
+        return gateway
+
+    def _network(self, value: object, path: Path, v6: bool = False) -> tuple[int, int]:
+        if v6:
+            net, length = self.c.cidr6(value, path)
+            if self.c.ip6(str(value).partition("/")[0], path) != net:
+                self.c.fail(path, f"host bits set in {value} (did you mean {cidr6_str(net, length)}?)")
+            return net, length
         net, length = self.c.cidr(value, path)
         addr = str(value).partition("/")[0]
         if self.c.ip(addr, path) != net:
@@ -399,6 +481,8 @@ class _Builder:
         c = self.c
         b = c.mapping(body, path, ("ip", "port"), required=("ip",), nullable=False)
         text = c.string(b["ip"], (*path, "ip"))
+        if is_ipv6_text(text):
+            c.fail((*path, "ip"), f"NAT of IPv6 addresses is not supported: {text!r}")
         parts = text.split("..") if ".." in text else text.split("-")
         if len(parts) > 2:
             c.fail((*path, "ip"), f"not an address or address range: {text!r}")
@@ -440,7 +524,7 @@ class _Builder:
         elif field in ("eth_src", "eth_dst"):
             value = c.mac(raw, path)
         elif field in ("src", "dst"):
-            value = c.cidr(raw, path)
+            value = (*c.cidr6(raw, path), 6) if is_ipv6_text(raw) else c.cidr(raw, path)
         elif field in ("src_port", "dst_port"):
             value = self._range(raw, path, 0, 65535)
         elif field == "ct":
@@ -509,8 +593,13 @@ class _Builder:
             pp = (*path, "pools", pname)
             c.string(pname, pp)
             members = c.seq(c.mapping(pbody, pp, ("members",)).get("members"), (*pp, "members"))
-            pools[pname] = Pool(name=pname, members=tuple(
+            pool = Pool(name=pname, members=tuple(
                 self._member(m, (*pp, "members", i)) for i, m in enumerate(members)))
+            for i, m in enumerate(pool.members):
+                if m.v6 != pool.members[0].v6:
+                    c.fail((*pp, "members", i, "address"), f"pool {pname!r} mixes IPv4 and IPv6 members "
+                           f"(member 0 is {_family(pool.members[0].v6)}, this one {_family(m.v6)})")
+            pools[pname] = pool
         vips: list[Vip] = []
         for i, vbody in enumerate(c.seq(b.get("vips"), (*path, "vips"))):
             vp = (*path, "vips", i)
@@ -519,12 +608,19 @@ class _Builder:
             proto = v.get("proto", "tcp")
             if proto not in ("tcp", "udp"):
                 c.fail((*vp, "proto"), f"expected 'tcp' or 'udp', got {proto!r}")
-            vip = Vip(address=c.ip(v["address"], (*vp, "address")),
+            v6 = is_ipv6_text(v["address"])
+            vip = Vip(address=(c.ip6 if v6 else c.ip)(v["address"], (*vp, "address")),
                       port=c.integer(v["port"], (*vp, "port"), 1, 65535),
                       proto=PROTO_NAMES[proto], pool=self._ref(v["pool"], (*vp, "pool"), set(pools), "pool"),
-                      sticky_source_ip=c.boolean(v.get("sticky_source_ip", False), (*vp, "sticky_source_ip")))
-            if any((o.address, o.port, o.proto) == (vip.address, vip.port, vip.proto) for o in vips):
-                c.fail(vp, f"duplicate VIP {int2ip(vip.address)}:{vip.port}/{proto}")
+                      sticky_source_ip=c.boolean(v.get("sticky_source_ip", False), (*vp, "sticky_source_ip")),
+                      v6=v6)
+            members = pools[vip.pool].members
+            if members and members[0].v6 != v6:
+                c.fail((*vp, "address"), f"VIP {v['address']} is {_family(v6)} but the members of pool "
+                       f"{vip.pool!r} are {_family(members[0].v6)} (a VIP and its pool are one family)")
+            if any((o.address, o.port, o.proto, o.v6) == (vip.address, vip.port, vip.proto, v6) for o in vips):
+                shown = f"[{int2ip6(vip.address)}]" if v6 else int2ip(vip.address)
+                c.fail(vp, f"duplicate VIP {shown}:{vip.port}/{proto}")
             vips.append(vip)
         return LoadBalancer(name=name, vips=tuple(vips), pools=pools)
 
@@ -532,10 +628,11 @@ class _Builder:
         c = self.c
         m = c.mapping(body, path, ("address", "port", "weight", "admin_up"), required=("address", "port"),
                       nullable=False)
-        return Member(address=c.ip(m["address"], (*path, "address")),
+        v6 = is_ipv6_text(m["address"])
+        return Member(address=(c.ip6 if v6 else c.ip)(m["address"], (*path, "address")),
                       port=c.integer(m["port"], (*path, "port"), 1, 65535),
                       weight=c.integer(m.get("weight", 1), (*path, "weight"), 0, 0xFFFF),
-                      admin_up=c.boolean(m.get("admin_up", True), (*path, "admin_up")))
+                      admin_up=c.boolean(m.get("admin_up", True), (*path, "admin_up")), v6=v6)
 
     def _group(self, name: str, body: object) -> PortGroup:
         c, path = self.c, ("port_groups", name)

@@ -1,10 +1,13 @@
-"""A worker's ARP broker: outstanding ARP requests of this worker's routers, retries and timeouts.
+"""A worker's neighbor broker: outstanding next-hop resolutions of this worker's routers, retries and timeouts.
 
-Owns the pending resolutions (router, ip) → (egress port, the ARP request packet, first sent, next retry).
-Each worker ARPs on its own.  The simulation produces the first ARP request (a generated packet) together with
-the NeedArp result; the broker retries it with jitter until the reply is learned (by any worker: the
-ArpLearned broadcast reaches every worker) or the timeout fails the waiters.  Entries of the ARP table that are
-stale but still used are refreshed with a new request before they expire.
+Owns the pending resolutions (router, ip) → (egress port, the request packet, first sent, next retry), for
+either family: an ip below 2**32 is IPv4 (the request is an ARP request), above it IPv6 (a neighbor
+solicitation to the solicited-node address).  Each worker resolves on its own.  The simulation produces the
+first request (a generated packet) together with the NeedArp result; the broker retries it with jitter until
+the answer is learned (by any worker: the ArpLearned broadcast reaches every worker) or the timeout fails the
+waiters.  Entries of the neighbor table that are stale but still used are refreshed with a new request before
+they expire.  Counters: ``arp_*`` for IPv4, ``nd_*`` for IPv6 (requests, retries, resolved, timeouts,
+refreshes).
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ class ArpBroker:
         self.timeout_s = timeout_s
         self.rng = random.Random(seed)
         self.pending: dict[tuple[str, int], list] = {}      # → [port, packet, first_sent, next_retry]
-        self.counters = {"arp_requests": 0, "arp_retries": 0, "arp_resolved": 0, "arp_timeouts": 0,
-                         "arp_refreshes": 0}
+        self.counters = {f"{fam}_{what}": 0 for fam in ("arp", "nd")
+                         for what in ("requests", "retries", "resolved", "timeouts", "refreshes")}
 
     def _jitter(self) -> float:
         return self.retry_s * (0.75 + 0.5 * self.rng.random())
@@ -32,12 +35,13 @@ class ArpBroker:
         if key in self.pending:
             return False
         self.pending[key] = [port, pkt, now, now + self._jitter()]
-        self.counters["arp_requests"] += 1
+        self.counters[_fam(key[1]) + "_requests"] += 1
         return True
 
     def resolved(self, router: str, ip: int) -> bool:
-        if self.pending.pop((router, ip), None) is not None:
-            self.counters["arp_resolved"] += 1
+        key = (router, ip)
+        if self.pending.pop(key, None) is not None:
+            self.counters[_fam(key[1]) + "_resolved"] += 1
             return True
         return False
 
@@ -49,19 +53,24 @@ class ArpBroker:
             if now - first >= self.timeout_s:
                 del self.pending[key]
                 failed.append(key)
-                self.counters["arp_timeouts"] += 1
+                self.counters[_fam(key[1]) + "_timeouts"] += 1
             elif now >= next_retry:
                 entry[3] = now + self._jitter()
                 resend.append((port, pkt))
-                self.counters["arp_retries"] += 1
+                self.counters[_fam(key[1]) + "_retries"] += 1
         return resend, failed
 
     def refresh(self, router: str, ip: int, port: str, pkt: Packet, now: float) -> bool:
-        """Re-ARP an entry that is stale but still in use; True if a request should go out now."""
+        """Ask again for an entry that is stale but still in use; True if a request should go out now."""
+        key = (router, ip)
         if self.request(router, ip, port, pkt, now):
-            self.counters["arp_refreshes"] += 1
+            self.counters[_fam(key[1]) + "_refreshes"] += 1
             return True
         return False
 
     def next_deadline(self) -> float | None:
         return min((e[3] for e in self.pending.values()), default=None)
+
+
+def _fam(ip: int) -> str:
+    return "arp" if ip <= 0xFFFFFFFF else "nd"

@@ -13,9 +13,11 @@ from packet.packet import Packet
 from workers.simulation.result import Output
 
 # The fields a simulation rewrites, in the order actions set them: a subset of what the datapath can rewrite in
-# place (packet.rewrite.REWRITABLE; tests/unit/test_worker_parts.py checks the inclusion).
+# place (packet.rewrite.REWRITABLE | REWRITABLE_IPV6; tests/unit/test_worker_parts.py checks the inclusion).
+# The IPv6 ones come last: an IPv4 packet has them None in and out, so they never make an action for it.
 REWRITABLE = ("eth_src", "eth_dst", "vlan", "ip_src", "ip_dst", "ttl", "tos", "tp_src", "tp_dst", "icmp_id",
-              "inner_ip_src", "inner_ip_dst", "inner_tp_src", "inner_tp_dst", "inner_icmp_id")
+              "inner_ip_src", "inner_ip_dst", "inner_tp_src", "inner_tp_dst", "inner_icmp_id",
+              "ipv6_src", "ipv6_dst", "hop_limit", "tclass", "flow_label", "inner_ipv6_src", "inner_ipv6_dst")
 DROP_ACTIONS = (("drop",),)
 _rewritable = itemgetter(*(Packet._fields.index(f) for f in REWRITABLE))
 

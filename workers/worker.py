@@ -260,7 +260,7 @@ class Worker:
             # the router's request goes out once per (router, ip), as the simulation carried it (out of the
             # bridge ports it flooded to, or answered inside the agent); the broker retries it from the router
             port = self.topo.port(need.port)
-            req = generate.arp_request(port.mac, port.address, need.ip) if port is not None else None
+            req = generate.neighbor_request(port, need.ip) if port is not None else None
             if req is None or self.arp.request(need.router, need.ip, need.port, req, now):
                 self._emit(res, now)
         elif type(need) is NeedLease:
@@ -757,17 +757,32 @@ class Worker:
                 self._sup(m.LeaseRelease(self.i, device, ip, block))
 
     def _refresh_arp(self, now: float) -> None:
-        """Stale ARP entries still used by installed flows are asked for again before they expire."""
+        """Stale neighbor entries (ARP or IPv6) still used by installed flows are asked for again before they
+        expire, from the router port on their subnet (IPv6: or the port of a route whose gateway they are, a
+        link-local gateway)."""
         for router_name, ip in self.state.stale_arps(now):
             if tags.arp(router_name, ip) not in self.flows.by_tag:
                 continue
             router = self.topo.router(router_name)
-            port = next((p for p in router.ports.values() if p.address is not None and p.prefix_len
-                         and (ip ^ p.address) >> (32 - p.prefix_len) == 0), None) if router else None
-            if port is None:
+            port = _neighbor_port(router, ip) if router else None
+            pkt = generate.neighbor_request(port, ip) if port is not None else None
+            if pkt is None:
                 continue
-            pkt = generate.arp_request(port.mac, port.address, ip)
             if self.arp.refresh(router_name, ip, port.id, pkt, now):
                 self.emit_generated(port.id, pkt, now)
+
+
+def _neighbor_port(router, ip: int):
+    """The port of ``router`` a neighbor ``ip`` is reached on (None: none)."""
+    if ip <= 0xFFFFFFFF:
+        return next((p for p in router.ports.values() if p.address is not None and p.prefix_len
+                     and (ip ^ p.address) >> (32 - p.prefix_len) == 0), None)
+    for p in router.ports.values():
+        if any((ip ^ a) >> (128 - plen) == 0 for a, plen in p.addresses6) or ip == p.link_local6:
+            return p
+    for r in router.routes:
+        if r.v6 and r.gateway == ip and r.port in router.ports:
+            return router.ports[r.port]
+    return None
 
 

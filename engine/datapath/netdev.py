@@ -141,10 +141,21 @@ def configure_datapath_end(ifname: str, mtu: int | None = None) -> None:
 
 
 def configure_ns_end(ns: str, ifname: str, mac: str | None = None, address: str | None = None,
-                     gateway: str | None = None, mtu: int | None = None, disable_ipv6: bool = True) -> None:
-    """The "VM" end inside namespace ``ns``: MAC, ``address`` ("198.51.100.2/24"), default route, up."""
-    if disable_ipv6:
+                     gateway: str | None = None, mtu: int | None = None, disable_ipv6: bool = True,
+                     addresses6: tuple[str, ...] | list[str] = (), gateway6: str | None = None) -> None:
+    """The "VM" end inside namespace ``ns``: MAC, ``address`` ("198.51.100.2/24"), default route, up.
+
+    IPv6 stays off unless ``addresses6`` ("2001:db8:1::10/64", ...) or ``gateway6`` are given (or
+    ``disable_ipv6=False``); then the interface takes no router advertisements (accept_ra=0), does no duplicate
+    address detection (accept_dad=0, and the addresses are added ``nodad``: usable at once) and sends no router
+    solicitations, and ``gateway6`` becomes the IPv6 default route."""
+    v6 = bool(addresses6 or gateway6) or not disable_ipv6
+    if not v6:
         run_in_ns(ns, ["sysctl", "-q", "-w", f"net.ipv6.conf.{ifname}.disable_ipv6=1"])
+    else:
+        run_in_ns(ns, ["sysctl", "-q", "-w", f"net.ipv6.conf.{ifname}.disable_ipv6=0",
+                       f"net.ipv6.conf.{ifname}.accept_ra=0", f"net.ipv6.conf.{ifname}.accept_dad=0",
+                       f"net.ipv6.conf.{ifname}.dad_transmits=0", f"net.ipv6.conf.{ifname}.router_solicitations=0"])
     with NetNS(ns) as n:
         idx = _index(n, ifname)
         try:
@@ -163,6 +174,10 @@ def configure_ns_end(ns: str, ifname: str, mac: str | None = None, address: str 
                 n.route("add", dst="0.0.0.0/0", gateway=gateway)
         except NetlinkError as e:
             raise NetdevError(f"cannot configure {ifname} in {ns}: {e}") from None
+    for a in addresses6:
+        run_in_ns(ns, ["ip", "-6", "addr", "add", a if "/" in a else f"{a}/64", "dev", ifname, "nodad"])
+    if gateway6:
+        run_in_ns(ns, ["ip", "-6", "route", "add", "default", "via", gateway6, "dev", ifname])
 
 
 def run_in_ns(ns: str | None, argv: list[str], check: bool = True, timeout: float = 30.0

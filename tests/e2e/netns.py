@@ -14,7 +14,8 @@ ends of veth pairs (deleting one end deletes the pair), TAP devices, and the pro
 - ``check_prerequisites()`` raises E2eError naming what is missing (root, ip, ping, nc, ethtool): the
   fixtures turn that into a test FAILURE, never a skip.
 
-Addresses: 198.51.100.0/24, 203.0.113.0/24 or 10.x only; never 192.0.2.0/24 (the machine's own network).
+Addresses: 198.51.100.0/24, 203.0.113.0/24 or 10.x only, and 2001:db8::/32 for IPv6; never 192.0.2.0/24 or
+fd00::/64 (the machine's own network).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class Namespace:
     ifname: str | None = None
     mac: str | None = None
     ip: str | None = None
+    ip6: str | None = None
     procs: list[subprocess.Popen] = field(default_factory=list)
 
     def _argv(self, cmd: str | list[str]) -> list[str]:
@@ -115,19 +117,24 @@ class NetnsFactory:
         return ns
 
     def vm(self, address: str | None = None, mac: str | None = None, gateway: str | None = None,
-           tx_offload: bool = True, ifname: str = "eth0", mtu: int | None = None) -> Namespace:
+           tx_offload: bool = True, ifname: str = "eth0", mtu: int | None = None,
+           address6: str | None = None, gateway6: str | None = None) -> Namespace:
         """A namespace with ``ifname`` (address "IP/len", MAC) whose veth peer stays in the root namespace,
-        configured as a datapath end.  ``tx_offload=False`` runs ethtool -K tx off on the namespace side."""
+        configured as a datapath end.  ``tx_offload=False`` runs ethtool -K tx off on the namespace side.
+        ``address6`` ("2001:db8:1::10/64") turns IPv6 on in the VM (no DAD, no router advertisements) and
+        sets ``ns.ip6``; ``gateway6`` its IPv6 default route."""
         ns = self.namespace()
         host_if = f"sv{ns.name[3:]}"
         netdev.create_veth(host_if, ifname, ns.name)
         self.links.append(host_if)
         netdev.configure_datapath_end(host_if, mtu=mtu)
-        netdev.configure_ns_end(ns.name, ifname, mac=mac, address=address, gateway=gateway, mtu=mtu)
+        netdev.configure_ns_end(ns.name, ifname, mac=mac, address=address, gateway=gateway, mtu=mtu,
+                                addresses6=(address6,) if address6 else (), gateway6=gateway6)
         if not tx_offload:
             netdev.set_tx_offload(ifname, False, ns.name)
         ns.host_if, ns.ifname, ns.mac = host_if, ifname, mac
         ns.ip = address.partition("/")[0] if address else None
+        ns.ip6 = address6.partition("/")[0] if address6 else None
         return ns
 
     def tap(self) -> tuple[str, netdev.TapFd]:

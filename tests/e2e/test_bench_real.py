@@ -80,6 +80,41 @@ def test_shardnet_side_counts_every_new_5_tuple(e2e_ready, pipeline):
     gone(res)
 
 
+@pytest.mark.parametrize("v6", [False, True])
+def test_frame_maker_frames_match_scapy(v6):
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Ether
+
+    from bench.wireproc import FrameMaker, parse_probe
+    from bench.wirerig import ip_int
+
+    src, dst = ("2001:db8:ff::1", "2001:db8:ff::2") if v6 else ("198.51.100.1", "198.51.100.2")
+    fm = FrameMaker(0x025E0000A001, 0x025E0000A002, ip_int(src), ip_int(dst), b"tag45678")
+    for i in (0, 1, 70_000, 4_000_000):
+        f = fm.frame(i, 1)
+        e = Ether(f)
+        l3 = e[IPv6] if v6 else e[IP]
+        assert (l3.src, l3.dst) == (src, dst) and UDP in e
+        want = e[UDP].chksum
+        del e[UDP].chksum
+        assert Ether(bytes(e))[UDP].chksum == want            # scapy computes the same checksum
+        assert parse_probe(f, b"tag45678") == (i, 1) and parse_probe(f, b"othertag") is None
+
+
+def test_ipv6_run_sends_distinct_ipv6_5_tuples_through_the_bridge(e2e_ready):
+    """--ipv6: the sink counts only frames with our tag where an IPv6 frame carries it (offset 62), so every
+    delivered frame was IPv6; each one a new 5-tuple (one upcall); TCP connects over IPv6."""
+    res = run_real(small("l2", ipv6=True))
+    assert res["ipv6"] is True and res["config"]["ipv6"] is True
+    s = res["systems"]["shardnet"]
+    check_system(s, 200, 20, 5)
+    c = s["rates"][0]["counters"]
+    assert c["dispatcher_upcalls"] == 200 and c["flows_installed"] == 200
+    assert "new IPv6 UDP 5-tuples" in realbench.table(res)
+    gone(res)
+
+
 def test_a_failed_run_still_removes_its_namespaces(e2e_ready, monkeypatch):
     made = []
     real_build = realbench.WireRig.build

@@ -12,8 +12,12 @@ parsed back as the datapath would see it — and checks, against the same state,
 same kind (forward or drop) and the same outputs: the ports, and the packet the flow's actions make of it
 equal to the packet the simulation sends there.
 
+IPv6: the drawn topologies may carry IPv6 addresses, routes and neighbor entries (topology_strategies),
+and ``routed6_topologies`` routes IPv6 by prefixes of every length (0..128) where prefix tracking on ipv6_dst
+decides.
+
 ``test_the_check_catches_a_forgotten_field`` shows the check has teeth: with the bridge's eth_src or the
-router's prefix recorded too short, it finds a counterexample.
+router's prefix (IPv4 or IPv6) recorded too short, it finds a counterexample.
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ from hypothesis import HealthCheck, Phase, event, given, note, settings
 from hypothesis import strategies as st
 
 from packet.codec import ParseError, build, parse
-from packet.flowkey import KEY_SLOTS, flow_key, projector, slot_mask
+from packet.flowkey import ADDR_BITS, KEY_SLOTS, flow_key, projector, slot_mask
 from packet.packet import Packet
-from tests.fuzz.topology_strategies import aimed_packets, topologies
+from tests.fuzz.topology_strategies import NEAR6, add_ipv6, aimed_packets, topologies
 from topology.loader import topology_from_dict
 from topology.nat_leases import BLOCK_SIZE
 from workers.megaflow import flow_match
@@ -64,6 +68,8 @@ def megaflow_topologies(draw) -> dict:
             if kind == "gateway":                   # through a next hop whose MAC is known: forwarded
                 pname = draw(st.sampled_from(ports))
                 addr = r["ports"][pname].get("address")
+                if isinstance(addr, list):                 # with IPv6 addresses: the IPv4 one comes first
+                    addr = addr[0] if "." in addr[0] else None
                 if addr is None or not addr.endswith("/24"):
                     continue
                 ip = addr.split("/")[0].split(".")
@@ -155,6 +161,65 @@ def routed_packets(draw, topo) -> Packet:
     return Packet(**kw)
 
 
+_GW6 = (0x20010DB8_00FF << 80 | 1, 0x20010DB8_00FF << 80 | 3)
+
+
+@st.composite
+def routed6_topologies(draw) -> dict:
+    """routed_topologies in IPv6: a bridge of two VMs (2001:db8:1::/64) and a router to the outside
+    (2001:db8:ff::/64) with IPv6 routes of every prefix length (0..128) around the addresses ``routed6_packets``
+    aim at — nested, siblings, host routes, through one of two gateways, blackhole, reject, some source-routed —
+    (written in the file's keys by tests/fuzz/topology_strategies.add_ipv6)."""
+    routes = []
+    for _ in range(draw(st.integers(1, 8))):
+        length = draw(st.integers(0, 128))
+        base = draw(st.sampled_from(NEAR6))
+        if length:
+            base ^= draw(st.sampled_from([0, 1 << (128 - length)]))
+        net = base & (((1 << 128) - 1) ^ ((1 << (128 - length)) - 1) if length else 0)
+        kind = draw(st.sampled_from([*_GW6, "blackhole", "reject"]))
+        route = {"dst": net, "dst_len": length}
+        route.update({"type": kind} if kind in ("blackhole", "reject") else {"port": "uplink", "gateway": kind})
+        if draw(st.integers(0, 3)) == 0:
+            slen = draw(st.integers(1, 128))
+            route["src"] = draw(st.sampled_from(NEAR6)) & (((1 << 128) - 1) ^ ((1 << (128 - slen)) - 1))
+            route["src_len"] = slen
+        routes.append(route)
+    topo = {"version": 1, "hosts": {"h": {"tunnel_ip": "127.0.0.11"}},
+            "bridges": {"b0": {"ports": {"vm1": {"host": "h", "interface": "t1"},
+                                         "vm2": {"host": "h", "interface": "t2"}, "up": {"peer": "r0.b0"}},
+                               "mac_table": {"02:00:00:00:00:01": "vm1", "02:00:00:00:00:02": "vm2"}}},
+            "routers": {"r0": {"ports": {"b0": {"mac": "02:0a:00:00:00:01", "peer": "b0.up"},
+                                         "uplink": {"mac": "02:0a:00:00:00:02", "host": "h", "interface": "up0"}}}}}
+    add_ipv6(topo["routers"], {"r0": {"ports": {"b0": [(0x20010DB8_0001 << 80 | 1, 64)],
+                                                "uplink": [(0x20010DB8_00FF << 80 | 2, 64)]},
+                                      "routes": routes,
+                                      "nd": {_GW6[0]: 0x020B00000001, _GW6[1]: 0x020B00000003,
+                                             0x20010DB8_0001 << 80 | 2: 0x020000000001,
+                                             0x20010DB8_0001 << 80 | 3: 0x020000000002}}})
+    return topo
+
+
+@st.composite
+def routed6_packets(draw, topo) -> Packet:
+    """From a VM to the router (or the other VM), toward an IPv6 address near the routes: TCP, UDP, echo."""
+    near = draw(st.sampled_from(NEAR6)) ^ draw(st.integers(0, (1 << 128) - 1)) >> draw(st.integers(0, 128))
+    src = draw(st.sampled_from([0x20010DB8_0001 << 80 | 2, 0x20010DB8_0001 << 80 | 3, *NEAR6]))
+    src ^= draw(st.integers(0, 0xFFFF)) >> draw(st.integers(0, 16))
+    proto = draw(st.sampled_from([6, 17, 58]))
+    kw = dict(eth_src=draw(st.sampled_from([0x020000000001, 0x020000000002, 0x020000000009])),
+              eth_dst=draw(st.sampled_from([0x020A00000001, 0x020A00000001, 0x020000000002])),
+              eth_type=0x86DD, ipv6_src=src, ipv6_dst=near, proto=proto,
+              hop_limit=draw(st.sampled_from([64, 64, 2, 1])), tclass=0, flow_label=draw(st.integers(0, 0xFFFFF)))
+    if proto == 58:
+        kw.update(icmpv6_type=128, icmpv6_code=0, icmp_id=draw(st.integers(0, 0xFFFF)), icmp_seq=1)
+    else:
+        kw.update(tp_src=draw(st.integers(0, 0xFFFF)), tp_dst=draw(st.sampled_from([53, 80, 443])))
+        if proto == 6:
+            kw.update(tcp_flags=0x02, tcp_seq=1, tcp_ack=0, tcp_window=1024)
+    return Packet(**kw)
+
+
 def _settle(pkt: Packet, port: str, topo, state: LocalState):
     """Simulate as a worker does: a needed NAT block is granted and the packet simulated again."""
     for attempt in range(3):
@@ -221,8 +286,9 @@ def _matching(first: Packet, mask: tuple, fresh: Packet, flips: list[int]) -> Pa
             if a is None:
                 kw[name] = None
             else:
+                width = (1 << ADDR_BITS.get(name, 32)) - 1
                 b = (b if b is not None else a) ^ flips[i % len(flips)]
-                kw[name] = (a & m) | (b & ~m & 0xFFFFFFFF)
+                kw[name] = (a & m) | (b & ~m & width)
     return fresh._replace(**kw)
 
 
@@ -272,7 +338,7 @@ def check_megaflows(topo_dict: dict, data, record=flow_match, aimed=aimed_packet
     checked = 0
     for _ in range(data.draw(st.integers(5, 20), label="packets in the megaflow")):
         fresh = data.draw(aimed(topo), label="fresh")
-        flips = data.draw(st.lists(st.integers(0, 0xFFFFFFFF), min_size=1, max_size=4), label="flips")
+        flips = data.draw(st.lists(st.integers(0, (1 << 128) - 1), min_size=1, max_size=4), label="flips")
         cand = _matching(first, mask, fresh, flips)
         try:
             cand = parse(build(cand))                  # the packet as the datapath sees it
@@ -304,6 +370,12 @@ def test_every_packet_a_routed_megaflow_matches_is_simulated_to_its_actions(topo
     check_megaflows(topo_dict, data, aimed=routed_packets)
 
 
+@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])
+@given(routed6_topologies(), st.data())
+def test_every_packet_an_ipv6_routed_megaflow_matches_is_simulated_to_its_actions(topo_dict, data):
+    check_megaflows(topo_dict, data, aimed=routed6_packets)
+
+
 # -- the check has teeth: the same property, with a forgotten field, finds a counterexample -------------------
 def _without(field: str):
     def record(res):
@@ -311,23 +383,28 @@ def _without(field: str):
     return record
 
 
-def _shorter_prefix(res):
-    """The router's destination prefix recorded 4 bits too short (a whole ip_dst read left as it is)."""
+def _shorter_prefix(res, field: str = "ip_dst", bits: int = 32):
+    """The router's destination prefix recorded 4 bits too short (a whole address read left as it is)."""
     out = []
     for name, m in flow_match(res):
-        if name == "ip_dst" and m != -1:
-            m = (m << 4) & 0xFFFFFFFF
+        if name == field and m != -1:
+            m = (m << 4) & ((1 << bits) - 1)
             if not m:
                 continue
         out.append((name, m))
     return tuple(out)
 
 
+def _shorter_prefix6(res):
+    return _shorter_prefix(res, "ipv6_dst", 128)
+
+
 @pytest.mark.parametrize(("record", "topologies", "aimed"), [
     (_without("eth_src"), megaflow_topologies, aimed_packets),
     (_without("eth_dst"), megaflow_topologies, aimed_packets),
     (_shorter_prefix, routed_topologies, routed_packets),
-], ids=["bridge forgets eth_src", "bridge forgets eth_dst", "router prefix too short"])
+    (_shorter_prefix6, routed6_topologies, routed6_packets),
+], ids=["bridge forgets eth_src", "bridge forgets eth_dst", "router prefix too short", "IPv6 prefix too short"])
 def test_the_check_catches_a_forgotten_field(record, topologies, aimed):
     @settings(max_examples=3000, database=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck))
     @given(topologies(), st.data())

@@ -15,14 +15,21 @@ requests and replies, VLAN tags, fragments, other protocols), packets of connect
 (``flow_packets``: to a router's MAC, from a subnet, to another, the outside, a VIP, a NAT address), and
 frames cut short (whatever of them still parses).  The test adds the replies and the ICMP errors carrying the
 header of a connection.
+
+IPv6 (issue 15): ``topologies()`` may give the routers IPv6 addresses (beside the IPv4 ones), IPv6 routes of
+every kind and static neighbor entries (``ipv6_additions``, in the file's keys); ``aimed_packets`` then also
+draws IPv6 packets aimed at those addresses (``flow_packets6``) and IPv6 packets of every kind
+(tests/fuzz/packet6_strategies.py) aimed at them.
 """
 
 from __future__ import annotations
 
 from hypothesis import strategies as st
 
+from packet.addr import cidr6_str, int2ip6, int2mac
 from packet.codec import ParseError, build, parse
-from packet.packet import Packet
+from packet.packet import ETH_TYPE_IPV6, Packet
+from tests.fuzz.packet6_strategies import packets6
 from tests.fuzz.packet_strategies import packets
 
 MATCH_FIELDS = ("in_port", "out_port", "port_group", "eth_src", "eth_dst", "ethertype", "src", "dst", "proto",
@@ -179,7 +186,109 @@ def topologies(draw) -> dict:
     for key, value in (("routers", routers), ("chains", chains), ("load_balancers", lbs), ("port_groups", groups)):
         if value:
             topo[key] = value
+    if routers and draw(st.booleans()):
+        add_ipv6(routers, draw(ipv6_additions(routers)))
     return topo
+
+
+# ---- IPv6 additions (see the module comment) ----------------------------------------------------------------
+DB8 = 0x20010DB8 << 96
+
+
+def _net6(n: int) -> int:
+    """2001:db8:<n>::/48-ish subnet number → its /64 prefix 2001:db8:<n>::."""
+    return DB8 | (n & 0xFFFF) << 80
+
+
+@st.composite
+def ipv6_additions(draw, routers: dict) -> dict:
+    """For each router: IPv6 addresses on (some of) its ports — 2001:db8:<k>::1/64 mirroring the IPv4 subnet,
+    the router-to-router links as /64s too — IPv6 routes (a default through the uplink's gateway, maybe ECMP,
+    prefixes of every length near the packets' addresses, blackhole, reject, source-routed) and static neighbor
+    entries for some gateways and hosts."""
+    out: dict = {}
+    for rname, body in sorted(routers.items()):
+        r = int(rname[1:])
+        addrs: dict = {}
+        routes: list = []
+        nd: dict = {}
+        for pname, port in sorted(body["ports"].items()):
+            if "address" not in port or not draw(st.integers(0, 3)):
+                continue
+            a, b, c, _d = (int(x) for x in port["address"].split("/")[0].split("."))
+            if pname.startswith("to_r"):               # a router link: both ends on the link's /64
+                net = _net6(0xF000 | min(r, int(pname[4:])))
+            else:
+                net = _net6(b << 8 | c if a == 10 else 0xFF00 | r)
+            addrs[pname] = [(net | (2 if pname.startswith("to_r") and int(pname[4:]) < r else 1), 64)]
+            if pname == "up":
+                gw = net | 0xFFFF
+                routes.append(dict(dst=0, dst_len=0, gateway=gw, port="up"))
+                if draw(st.booleans()):
+                    routes.append(dict(dst=0, dst_len=0, gateway=gw - 1, port="up"))      # ECMP
+                if draw(st.booleans()):
+                    nd[gw] = int(_mac(9000 + r).replace(":", ""), 16)
+            elif draw(st.booleans()):
+                nd[net | draw(st.integers(2, 9))] = int(_mac(9100 + r * 16 + len(nd)).replace(":", ""), 16)
+        if not addrs:
+            continue
+        pnames = sorted(addrs)
+        for _ in range(draw(st.integers(0, 5))):
+            length = draw(st.integers(0, 128))
+            base = draw(st.sampled_from(NEAR6)) ^ draw(st.sampled_from([0, 1 << (128 - length) if length else 0]))
+            net = base & _mask6(length)
+            kind = draw(st.sampled_from(["normal", "gateway", "blackhole", "reject"]))
+            route = dict(dst=net, dst_len=length)
+            if kind in ("blackhole", "reject"):
+                route["type"] = kind
+            else:
+                pname = draw(st.sampled_from(pnames))
+                route["port"] = pname
+                if kind == "gateway":
+                    gw = addrs[pname][0][0] ^ 0x3
+                    route["gateway"] = gw
+                    nd[gw] = int(_mac(9200 + r * 16 + len(nd)).replace(":", ""), 16)
+            if draw(st.integers(0, 3)) == 0:
+                slen = draw(st.integers(1, 128))
+                route["src"], route["src_len"] = draw(st.sampled_from(NEAR6)) & _mask6(slen), slen
+            if draw(st.booleans()):
+                route["weight"] = draw(st.integers(0, 200))
+            routes.append(route)
+        out[rname] = {"ports": addrs, "routes": routes, "nd": nd}
+    return out
+
+
+def _mask6(length: int) -> int:
+    return ((1 << 128) - 1) ^ ((1 << (128 - length)) - 1) if length else 0
+
+
+# where IPv6 packets are aimed: hosts of the mirrored subnets, the outside, a router link
+NEAR6 = (_net6(0) | 2, _net6(0) | 9, _net6(0x1000) | 2, _net6(0xFF00) | 0xFFFF, _net6(0xF000) | 1,
+         0x20010DB8_AB00 << 80 | 5, 0x20010DB8_AB00 << 80 | 0x8000 << 48 | 5, 0x20010DB8_CD00 << 80 | 0x50)
+
+
+def add_ipv6(routers: dict, additions: dict) -> None:
+    """Write ``ipv6_additions`` (ints) into the routers of a topology dict, in the file's keys: a port's
+    ``address`` becomes a list (its IPv4 address first), ``routes`` get the IPv6 ones, ``nd_table`` the
+    neighbor entries."""
+    for rname, add in additions.items():
+        body = routers[rname]
+        for pname, addrs in add["ports"].items():
+            port = body["ports"][pname]
+            port["address"] = [*([port["address"]] if "address" in port else []),
+                               *(f"{int2ip6(a)}/{plen}" for a, plen in addrs)]
+        for r in add["routes"]:
+            route = {"dst": cidr6_str(r["dst"], r["dst_len"])}
+            if "src" in r:
+                route["src"] = cidr6_str(r["src"], r["src_len"])
+            if "gateway" in r:
+                route["gateway"] = int2ip6(r["gateway"])
+            for key in ("port", "weight", "type"):
+                if key in r:
+                    route[key] = r[key]
+            body.setdefault("routes", []).append(route)
+        if add["nd"]:
+            body["nd_table"] = {int2ip6(ip): int2mac(mac) for ip, mac in add["nd"].items()}
 
 
 @st.composite
@@ -245,7 +354,7 @@ def _values(topo) -> dict:
     for b in topo.bridges.values():
         macs += [mac for _, mac in b.mac_table]
     for r in topo.routers.values():
-        ips += list(r.arp_table) + [x.gateway for x in r.routes if x.gateway is not None]
+        ips += list(r.arp_table) + [x.gateway for x in r.routes if x.gateway is not None and not x.v6]
         macs += list(r.arp_table.values())
     for lb in topo.load_balancers.values():
         for v in lb.vips:
@@ -256,11 +365,24 @@ def _values(topo) -> dict:
         for rule in c.rules:
             ips += [t.ip_start for t in rule.targets]
             l4 += [t.port_start for t in rule.targets if t.port_start]
+    ips6, inside6 = [*NEAR6, 0, 0xFF02 << 112 | 1], []
+    for r in topo.routers.values():
+        for p in r.ports.values():
+            for a, _plen in p.addresses6:
+                ips6 += [a, a + 1, a + 9, a ^ 0xFFFF]
+                inside6 += [a + 1, a + 8]
+            if p.link_local6 is not None:
+                ips6.append(p.link_local6)
+        ips6 += list(r.nd_table) + [x.gateway for x in r.routes if x.v6 and x.gateway is not None]
+        macs += list(r.nd_table.values())
     return {"macs": sorted(set(macs)), "ips": sorted(set(ips)), "l4": sorted(set(l4)),
             "vlans": [None, 0, *VLANS, 4095], "router_macs": sorted(set(router_macs)),
-            "inside": sorted(set(inside)) or [0x0A000002]}
+            "inside": sorted(set(inside)) or [0x0A000002], "ips6": sorted(set(ips6)),
+            "inside6": sorted(set(inside6)) or [NEAR6[0]]}
 
 
+_AIM6 = {"ipv6_src": "ips6", "ipv6_dst": "ips6", "nd_target": "ips6", "inner_ipv6_src": "ips6",
+         "inner_ipv6_dst": "ips6", "nd_sll": "macs", "nd_tll": "macs"}
 _AIM = {"eth_src": "macs", "eth_dst": "macs", "arp_sha": "macs", "arp_tha": "macs", "ip_src": "ips",
         "ip_dst": "ips", "arp_spa": "ips", "arp_tpa": "ips", "inner_ip_src": "ips", "inner_ip_dst": "ips",
         "tp_src": "l4", "tp_dst": "l4", "inner_tp_src": "l4", "inner_tp_dst": "l4", "vlan": "vlans"}
@@ -288,15 +410,40 @@ def flow_packets(draw, topo) -> Packet:
 
 
 @st.composite
+def flow_packets6(draw, topo) -> Packet:
+    """An IPv6 packet of a connection through ``topo``: from a host of a subnet (or the outside) to a router's
+    MAC, toward another subnet, the outside or a router address; TCP, UDP or an echo request."""
+    vals = _values(topo)
+    proto = draw(st.sampled_from([6, 17, 58]))
+    src = draw(st.sampled_from(vals["inside6"] + vals["ips6"]))
+    src ^= draw(st.integers(0, 0xFFFF)) >> draw(st.integers(0, 16))
+    dst = draw(st.sampled_from(vals["ips6"] + vals["inside6"]))
+    dst ^= draw(st.integers(0, (1 << 128) - 1)) >> draw(st.integers(0, 128))
+    kw = dict(eth_src=draw(st.sampled_from([0x020000000001, 0x020000000002, *vals["macs"]])),
+              eth_dst=draw(st.sampled_from(vals["router_macs"] or vals["macs"])), eth_type=ETH_TYPE_IPV6,
+              ipv6_src=src, ipv6_dst=dst, proto=proto, hop_limit=draw(st.sampled_from([64, 2, 1, 255])), tclass=0,
+              flow_label=draw(st.integers(0, 0xFFFFF)))
+    if proto == 58:
+        kw.update(icmpv6_type=128, icmpv6_code=0, icmp_id=draw(st.sampled_from([1, 7, 65535])), icmp_seq=1)
+    else:
+        kw.update(tp_src=draw(st.sampled_from([40000, 40001, 1234, 0])), tp_dst=draw(st.sampled_from(vals["l4"])))
+        if proto == 6:
+            kw.update(tcp_flags=draw(st.sampled_from([0x02, 0x12, 0x10, 0x04])), tcp_seq=1, tcp_ack=0,
+                      tcp_window=1024)
+    return Packet(**kw)
+
+
+@st.composite
 def aimed_packets(draw, topo) -> Packet:
     """A packet of any kind, some of its fields aimed at ``topo``, or a packet of a connection through it; or
-    a frame of one cut short, if it parses."""
+    a frame of one cut short, if it parses.  IPv6 ones too when the topology has IPv6 addresses."""
     vals = _values(topo)
+    v6 = len(vals["ips6"]) > len(NEAR6) + 2 and draw(st.booleans())
     if draw(st.booleans()):
-        return draw(flow_packets(topo))
-    pkt = draw(packets())
+        return draw(flow_packets6(topo) if v6 else flow_packets(topo))
+    pkt = draw(packets6() if v6 else packets())
     changes = {}
-    for f, pool in _AIM.items():
+    for f, pool in (*_AIM.items(), *(_AIM6.items() if v6 else ())):
         if getattr(pkt, f) is None and f != "vlan":
             continue                                        # a field this kind of packet does not have
         if draw(st.integers(0, 2)):

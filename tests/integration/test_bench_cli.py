@@ -177,3 +177,28 @@ def test_bad_pcap_files_are_typed_errors(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "bench.cli", "--scenario", "l2", "--pcap", str(bad)], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "truncated record" in proc.stderr
+
+
+def test_ipv6_variant_of_l2_runs_ipv6_syns_through_the_same_pipeline(tmp_path):
+    from bench import scenarios
+    from bench.traffic import synthetic_feed
+    from packet.codec import parse
+    from packet.flowkey import flow_key
+
+    r, proc = run_bench(tmp_path, "--scenario", "l2", "--ipv6", "--workers", "1", "--flows", "1000", *SMALL)
+    check_contract(r, "l2-v6", 1, 1000)
+    assert r["ipv6"] is True and "l2-v6" in proc.stdout
+    # the frames of that variant: IPv6 SYNs from 2001:db8::/32, each a distinct flow key
+    feed = synthetic_feed(scenarios.get("l2", ipv6=True), 0, 3000)
+    pkts = [parse(f) for f in feed.frames]
+    assert all(p.is_ipv6 and p.ipv6_src >> 96 == 0x20010DB8 and p.tcp_flags == scenarios.SYN for p in pkts)
+    assert len({flow_key(p, port) for p, port in zip(pkts, feed.ports, strict=True)}) == 3000
+    proc = subprocess.run([sys.executable, "-m", "bench.cli", "--scenario", "full", "--ipv6", *SMALL], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "no IPv6 variant" in proc.stderr
+
+
+def test_ipv6_variant_of_l3_is_routed_by_the_ipv6_router(tmp_path):
+    r, proc = run_bench(tmp_path, "--scenario", "l3", "--ipv6", "--workers", "1", "--flows", "1000", *SMALL)
+    check_contract(r, "l3-v6", 1, 1000)
+    assert r["counters"]["datapath"]["datapath_tx"] >= 1000          # routed out, not dropped

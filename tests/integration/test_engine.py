@@ -15,50 +15,13 @@ import zmq
 from engine.supervisor import Agent
 from packet.codec import build, parse
 from packet.spec import packet_to_dict, parse_spec
+from tests.inprocess import TOPO as SEED_TOPO
 from topology.loader import loads_topology
 from topology.model import Route
 
-TOPO = """
-version: 1
-hosts:
-  host-a: {tunnel_ip: 127.0.0.11}
-  host-b: {tunnel_ip: 127.0.0.12}
-bridges:
-  tenant:
-    ports:
-      vm1: {host: host-a, interface: tap-vm1}
-      vm2: {host: host-a, interface: tap-vm2}
-      vm3: {host: host-b, interface: tap-vm3}
-      up: {peer: r1.tenant}
-    inbound_filter: fw
-    mac_table:
-      "02:00:00:00:00:01": vm1
-      "02:00:00:00:00:02": vm2
-      "02:00:00:00:00:03": vm3
-routers:
-  r1:
-    ports:
-      tenant: {address: 10.0.0.1/24, mac: "02:0a:00:00:00:01"}
-      uplink: {address: 198.51.100.2/24, mac: "02:0a:00:00:00:02", host: host-a, interface: up0}
-    routes:
-      - {dst: 0.0.0.0/0, gateway: 198.51.100.1, port: uplink}
-    arp_table:
-      198.51.100.1: "02:0b:00:00:00:01"
-      10.0.0.2: "02:00:00:00:00:01"
-      10.0.0.3: "02:00:00:00:00:02"
-    inbound_filter: r1-in
-    outbound_filter: r1-out
-chains:
-  fw:
-    - {match: {ct: forward, in_port: [tenant.vm1, tenant.up]}, action: accept}
-    - {match: {ct: return}, action: accept}
-    - {action: drop}
-  r1-in:
-    - {action: rev_snat}
-  r1-out:
-    - {match: {src: 10.0.0.0/24, dst: "!10.0.0.0/24"}, action: snat,
-       targets: [{ip: 198.51.100.100, port: 5000-65535}]}
-"""
+# the in-process seed topology without vm4 (an exterior port bound to no host)
+TOPO = SEED_TOPO.replace("      vm4: {}\n", "")
+assert TOPO != SEED_TOPO
 
 VM1, VM2 = "eth_src=02:00:00:00:00:01", "eth_src=02:00:00:00:00:02"
 

@@ -290,7 +290,7 @@ def test_closed_store_refuses(store_factory):
 
 # -- topology records ---------------------------------------------------------------------------------------
 def sample_topology() -> Topology:
-    ip, mac = addr.ip2int, addr.mac2int
+    ip, mac, ip6 = addr.ip2int, addr.mac2int, addr.ip6_2int
     tenant = Bridge(
         "tenant",
         {"vm1": Port("tenant", "vm1", host="host-a", interface="tap-vm1", tunnel_key=1),
@@ -304,18 +304,24 @@ def sample_topology() -> Topology:
         {"tenant": Port("r1", "tenant", peer="tenant.up", address=ip("10.0.0.1"), prefix_len=24,
                         mac=mac("02:0a:00:00:00:01")),
          "uplink": Port("r1", "uplink", host="host-a", interface="up0", address=ip("198.51.100.2"),
-                        prefix_len=24, mac=mac("02:0a:00:00:00:02"), tunnel_key=3)},
+                        prefix_len=24, mac=mac("02:0a:00:00:00:02"), tunnel_key=3,
+                        addresses6=((ip6("2001:db8:ff::2"), 64), (ip6("2001:db8:fe::2"), 120)))},
         routes=(Route(0, 0, gateway=ip("198.51.100.1"), port="uplink"),
                 Route(ip("11.0.0.0"), 24, type="blackhole"),
                 Route(ip("21.31.41.51"), 32, src=ip("10.0.0.0"), src_len=8, gateway=ip("198.51.100.7"),
-                      port="uplink", weight=7)),
+                      port="uplink", weight=7),
+                Route(0, 0, gateway=ip6("2001:db8:ff::1"), port="uplink", v6=True),
+                Route(ip6("2001:db8:dead::"), 48, src=ip6("2001:db8:1::"), src_len=64, type="reject", v6=True)),
         arp_table={ip("198.51.100.1"): mac("02:0b:00:00:00:01")},
+        nd_table={ip6("2001:db8:ff::1"): mac("02:0b:00:00:00:01"), ip6("fe80::1"): mac("02:0b:00:00:00:03")},
         inbound_filter="r1-in", outbound_filter="r1-out", load_balancer="lb1",
     )
     rules = (
         Rule("rev_snat"),
         Rule("dnat", Match((Condition("src", (ip("10.0.0.0"), 24), negate=True),
-                            Condition("dst", (ip("180.0.1.100"), 32)))),
+                            Condition("dst", (ip("180.0.1.100"), 32)),
+                            Condition("src", (ip6("2001:db8:1::"), 64, 6), negate=True),
+                            Condition("dst", (ip6("2001:db8::ffff:ffff"), 128, 6)))),
              targets=(NatTarget(ip("10.0.0.1"), ip("10.0.0.5"), 80, 80),)),
         Rule("snat", Match((Condition("in_port", frozenset({"tenant.vm1", "tenant.vm2"})),
                             Condition("proto", 6), Condition("dst_port", (1000, 2000)),
@@ -323,9 +329,11 @@ def sample_topology() -> Topology:
              targets=(NatTarget(ip("180.0.1.100"), ip("180.0.1.100"), 5000, 65535), NatTarget(1, 2))),
         Rule("jump", chain="more"),
     )
-    lb = LoadBalancer("lb1", (Vip(ip("203.0.113.10"), 80, 6, "web", sticky_source_ip=True),),
+    lb = LoadBalancer("lb1", (Vip(ip("203.0.113.10"), 80, 6, "web", sticky_source_ip=True),
+                              Vip(ip6("2001:db8:ff::10"), 443, 6, "web6", v6=True)),
                       {"web": Pool("web", (Member(ip("10.0.0.2"), 8080),
-                                           Member(ip("10.0.0.3"), 8080, 3, False)))})
+                                           Member(ip("10.0.0.3"), 8080, 3, False))),
+                       "web6": Pool("web6", (Member(ip6("2001:db8:1::5"), 8443, v6=True),))})
     return Topology(
         hosts={"host-a": Host("host-a", ip("127.0.0.11")), "host b/.": Host("host b/.", ip("127.0.0.12"))},
         bridges={"tenant": tenant}, routers={"r1": r1},
@@ -366,6 +374,12 @@ def test_records_keep_exact_types(store):
     cond = chain.rules[2].match.conditions
     assert isinstance(cond[0].value, frozenset) and isinstance(cond[2].value, tuple)
     assert isinstance(chain.rules, tuple) and isinstance(chain.rules[1].targets, tuple)
+    assert isinstance(chain.rules[1].match.conditions[2].value, tuple)
+    topo_store.put_object(store, topo.routers["r1"])
+    router = topo_store.get_object(store, "router", "r1")
+    six = router.ports["uplink"].addresses6
+    assert isinstance(six, tuple) and all(type(a) is tuple for a in six) and six[0][0] > 2**64
+    assert all(isinstance(k, int) and isinstance(v, int) for k, v in router.nd_table.items())
 
 
 def test_bad_record_is_a_typed_error(store):

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from packet.addr import ip2int, mac2int
+from packet.addr import ip2int, ip6_2int, mac2int
 from topology.store.base import ConnState
 from topology.store.tables import ArpEntry, ArpTable, MacEntry, MacTable, NotOwner
 
@@ -206,3 +206,29 @@ def test_undecodable_entries_are_counted_and_ignored(store_factory, wait_until):
     wait_until(lambda: mac.lookup(MAC) == "br.p1")
     with pytest.raises(ValueError):
         MacTable(a, "br", "")
+
+
+def test_ipv6_neighbor_entries_round_trip_beside_arp_entries(store_factory, wait_until):
+    """One neighbor table per router holds both families: an IPv6 entry is written under its canonical text
+    (``2001:db8::7``), seen by another agent as the same 128-bit int, and an IPv4 entry beside it keeps its
+    dotted key; a node name that is neither (or an IPv6 text below 2**32) is counted, not mirrored."""
+    a, b = store_factory(), store_factory()
+    seen_b = Changes()
+    arp_a = ArpTable(a, "r1", "host-a")
+    arp_b = ArpTable(b, "r1", "host-b", on_change=seen_b)
+    ip6, ll6, ip4 = ip6_2int("2001:db8::7"), ip6_2int("fe80::a:ff:fe00:1"), ip2int("198.51.100.7")
+    arp_a.put(ip6, MAC, now=1.0)
+    arp_a.put(ll6, MAC2, now=1.0)
+    arp_a.put(ip4, MAC2, now=1.0)
+    wait_until(lambda: len(arp_b.entries()) == 3, what="B to mirror the three entries")
+    assert {k: e.mac for k, e in arp_b.entries().items()} == {ip6: MAC, ll6: MAC2, ip4: MAC2}
+    assert seen_b.seen(lambda k, key, old, new: k == "arp" and key == ip6 and new.mac == MAC)
+    assert sorted(a.children("/tables/arp/r1")) == ["198.51.100.7", "2001:db8::7", "fe80::a:ff:fe00:1"]
+    assert arp_b.lookup(ip6, now=2.0).owner == "host-a"
+    assert arp_a.forget(ip6)
+    wait_until(lambda: arp_b.entry(ip6) is None, what="B to see the IPv6 entry go")
+    assert seen_b.seen(lambda k, key, old, new: k == "arp" and key == ip6 and new is None)
+    a.create("/tables/arp/r1/::5", b"{}")
+    a.create("/tables/arp/r1/2001:db8::zz", b"{}")
+    fresh = ArpTable(a, "r1", "host-c")
+    assert set(fresh.entries()) == {ll6, ip4} and fresh.counters["tables_bad_entries"] == 2

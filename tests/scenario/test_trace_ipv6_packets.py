@@ -1,7 +1,7 @@
 """IPv6 frames through ``shardnet trace`` now that the packet layer parses them (issue 15, packets part): a
 bridge forwards them with the IPv6 keys in the JSON output, bridge chains match their protocol and ports,
-a reject on one is a drop (no IPv4 answer is made up for it), and a router still drops them (routing IPv6
-is a later step)."""
+a reject on one is a drop (no IPv4 answer is made up for it), and a router without IPv6 routes has no route
+for them (IPv6 routing: test_trace_router6.py)."""
 
 from __future__ import annotations
 
@@ -59,13 +59,14 @@ def test_bridge_chains_match_ipv6_protocol_and_ports():
     drop = t("br.a", A_TO_B + ",proto=udp,tp_dst=9")
     assert drop["result"] == "drop" and drop["drop_reason"] == "filter_drop"
     rej = t("br.a", A_TO_B + ",proto=tcp,tp_dst=22")
-    # a reject of an IPv6 packet is a plain drop until the simulation answers IPv6 (no IPv4 RST for it)
-    assert rej["result"] == "drop" and rej["drop_reason"] == "filter_reject" and rej["generated"] == []
+    # a reject of an IPv6 packet is answered in IPv6 (an IPv6 RST: tests/scenario/test_trace_filters6.py)
+    assert rej["result"] == "drop" and rej["drop_reason"] == "filter_reject"
+    assert [g["packet"]["ipv6_src"] for g in rej["generated"]] == ["2001:db8::b"]
     assert t("br.a", A_TO_B + ",proto=tcp,tp_dst=23")["result"] == "forward"
 
 
-def test_router_still_drops_ipv6():
+def test_router_without_ipv6_routes_has_no_route():
     t = Tracer(TOPO)
     out = t("br.a", "eth_src=02:00:00:00:00:0a,eth_dst=02:0a:00:00:00:01,ipv6_src=2001:db8::a,"
                     "ipv6_dst=2001:db8:9::1,proto=udp")
-    assert out["result"] == "drop" and out["drop_reason"] == "ipv6"
+    assert out["result"] == "drop" and out["drop_reason"] == "no_route" and out["generated"] == []

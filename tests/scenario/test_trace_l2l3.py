@@ -113,7 +113,7 @@ def test_echo_request_to_router_port_is_consumed_with_reply():
 
 def test_ipv6_is_dropped_by_the_router():
     out = Tracer(TOPO)("tenant.vm1", TO_R1.replace(",ip_src=10.0.0.2", "") + ",eth_type=0x86dd")
-    assert out["result"] == "drop" and out["drop_reason"] == "ipv6"
+    assert out["result"] == "drop" and out["drop_reason"] == "not_ip"
 
 
 def test_unknown_mac_floods_then_learned_mac_unicasts():

@@ -119,3 +119,24 @@ def test_a_bad_match_is_counted_and_installs_nothing():
                 (("in_port", -1), ("ip_dst", 0)), (("in_port", -1), ("payload", -1)), ((1, 2),)):
         assert c.install(key(), (("drop",),), 0, 0, 0, 0.0, (), 1, bad) is None
     assert c.counters["datapath_bad_matches"] == 6 and not c.flows and not c.subtables
+
+
+def test_an_ipv6_prefix_mask_matches_the_128_bit_prefix_only():
+    from packet.addr import ip6_2int
+
+    def key6(dst, sport=1000):
+        return flow_key(Packet(eth_src=A, eth_dst=B, eth_type=0x86DD, ipv6_src=ip6_2int("2001:db8:1::10"),
+                               ipv6_dst=ip6_2int(dst), proto=17, hop_limit=64, tclass=0, tp_src=sport, tp_dst=53),
+                        "b.vm1")
+
+    routed6 = (*BRIDGE, ("ipv6_dst", prefix_mask(64, 128)), ("hop_limit", -1))
+    assert slot_mask(routed6) is not None
+    assert slot_mask((*BRIDGE, ("ipv6_dst", 2**128 - 1))) is None                # a whole mask is written -1
+    assert slot_mask((*BRIDGE, ("hop_limit", 0xFF))) is None                     # no partial mask on a non-address
+    c = cache()
+    f = c.install(key6("2001:db8:2::10"), (("set", "hop_limit", 63), ("output", "r.up")), 0, 60, 0, 0.0, (), 1,
+                  routed6)
+    assert c.lookup(key6("2001:db8:2::ffff:1", sport=9), 0.0) is f        # the same /64
+    assert c.lookup(key6("2001:db8:2:1::10"), 0.0) is None               # another /64
+    assert prefix_len(prefix_mask(64, 128), 128) == 64 and prefix_len(-1, 128) == 128
+    assert prefix_len(prefix_mask(64, 128) ^ (1 << 100), 128) is None

@@ -79,3 +79,38 @@ def test_hash_is_stable_across_processes():
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True,
                              cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))), timeout=60)
         assert int(out.stdout) == here
+
+
+def _reverse6(pkt):
+    return pkt._replace(eth_src=pkt.eth_dst, eth_dst=pkt.eth_src, ipv6_src=pkt.ipv6_dst, ipv6_dst=pkt.ipv6_src,
+                        tp_src=pkt.tp_dst, tp_dst=pkt.tp_src)
+
+
+def test_ipv6_flows_hash_by_their_5_tuple_both_ways_and_errors_and_echoes_by_what_they_carry():
+    fwd = parse_spec("ipv6_src=2001:db8:1::10,ipv6_dst=2001:db8:2::10,proto=tcp,tp_src=40000,tp_dst=80")
+    assert fwd.is_ipv6 and normalized_flow_hash(fwd) == normalized_flow_hash(_reverse6(fwd))
+    assert normalized_flow_hash(fwd) != normalized_flow_hash(fwd._replace(tp_src=40001))
+    # the addresses are hashed whole: two hosts that differ only in the top 64 bits differ
+    assert normalized_flow_hash(fwd) != normalized_flow_hash(fwd._replace(ipv6_src=fwd.ipv6_src ^ (1 << 100)))
+    # an ICMPv6 error hashes like the flow it carries, through a real build and parse
+    err = parse(build(parse_spec("ipv6_src=2001:db8:9::1,ipv6_dst=2001:db8:1::10,icmpv6_type=1,icmpv6_code=4,"
+                                 "inner_ipv6_src=2001:db8:1::10,inner_ipv6_dst=2001:db8:2::10,inner_proto=tcp,"
+                                 "inner_tp_src=40000,inner_tp_dst=80")))
+    assert err.is_icmpv6_error and normalized_flow_hash(err) == normalized_flow_hash(fwd)
+    echo = parse_spec("ipv6_src=2001:db8:1::10,ipv6_dst=2001:db8:2::10,icmpv6_type=128,icmp_id=77")
+    reply = parse_spec("ipv6_src=2001:db8:2::10,ipv6_dst=2001:db8:1::10,icmpv6_type=129,icmp_id=77")
+    assert normalized_flow_hash(echo) == normalized_flow_hash(reply)
+    assert normalized_flow_hash(echo) != normalized_flow_hash(echo._replace(icmp_id=78))
+
+
+def test_an_ipv6_flow_key_holds_the_ipv6_fields_and_the_key_travels_on_the_wire():
+    from backchannel import codec
+    from backchannel import messages as m
+
+    pkt = parse_spec("ipv6_src=2001:db8:1::10,ipv6_dst=2001:db8:2::10,proto=udp,tp_src=5,tp_dst=6,hop_limit=9")
+    key = flow_key(pkt, "b.vm1")
+    assert key[FLOW_KEY_FIELDS.index("ipv6_dst") + 1] == pkt.ipv6_dst > 2**64
+    assert key[FLOW_KEY_FIELDS.index("hop_limit") + 1] == 9
+    msg = m.Reinstall(1, 0, key, (("in_port", -1), ("ipv6_dst", ((1 << 64) - 1) << 64)),
+                      (("set", "ipv6_dst", pkt.ipv6_src), ("set", "hop_limit", 8)), (), 0.0, 0.0)
+    assert codec.decode(codec.encode(msg)) == msg

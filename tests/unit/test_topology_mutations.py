@@ -15,7 +15,8 @@ from topology.loader import loads_topology, topology_from_dict
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
 VALUES = [None, 0, -1, True, 1.5, 2**40, "x", "!x", "", "!", [], {}, ["x"], {"x": 1}, ["!x", "y"], "10.0.0.1",
-          "1.2.3.4/40", "a-b", "5-1", "1..2", "r1.tenant", "tenant.vm1", "02:00:00:00:00:01", "0.0.0.0/0", "-"]
+          "1.2.3.4/40", "a-b", "5-1", "1..2", "r1.tenant", "tenant.vm1", "02:00:00:00:00:01", "0.0.0.0/0", "-",
+          "2001:db8::1", "2001:db8::1/64", "::/0", "2001:db8::/129", "fe80::1", ["10.0.0.1/24", "2001:db8::1/64"]]
 CHARS = "{}[]:,-!&*<>|'\"#\n 0123456789.abc/"
 
 

@@ -111,7 +111,27 @@ def test_flow_cache_executes_rewrites_and_expires():
 
 
 def test_every_field_a_flow_may_set_is_one_the_datapath_can_rewrite():
+    from backchannel.messages import SET_FIELDS
     from packet import rewrite
     from workers.plan import REWRITABLE
 
-    assert set(REWRITABLE) <= rewrite.REWRITABLE
+    assert set(REWRITABLE) <= rewrite.REWRITABLE | rewrite.REWRITABLE_IPV6
+    assert set(REWRITABLE) <= set().union(*(tags for tags, _rest in SET_FIELDS.cases))   # and the wire takes them
+
+
+def test_a_routed_ipv6_packet_plans_its_hop_limit_and_macs():
+    """What the simulation changed in an IPv6 packet becomes set actions (the hop limit a router decrements, the
+    addresses a NAT would rewrite); an IPv4 packet plans no IPv6 field."""
+    from packet.packet import ETH_TYPE_IPV6, Packet
+    from workers.plan import output_actions
+    from workers.simulation.result import Output
+
+    p = Packet(eth_src=1, eth_dst=2, eth_type=ETH_TYPE_IPV6, ipv6_src=0x20010DB8 << 96 | 1,
+               ipv6_dst=0x20010DB8 << 96 | 2, hop_limit=64, tclass=0, flow_label=5, proto=17, tp_src=1, tp_dst=2)
+    out = p._replace(eth_src=3, eth_dst=4, hop_limit=63, ipv6_src=0x20010DB8 << 96 | 9)
+    acts = output_actions(p, (Output("r.p", "h", None, out),), None)
+    assert acts == (("set", "eth_src", 3), ("set", "eth_dst", 4), ("set", "ipv6_src", 0x20010DB8 << 96 | 9),
+                    ("set", "hop_limit", 63), ("output", "r.p"))
+    v4 = Packet(eth_src=1, eth_dst=2, ip_src=10, ip_dst=11, ttl=64, tos=0, proto=17, tp_src=1, tp_dst=2)
+    assert output_actions(v4, (Output("r.p", "h", None, v4._replace(ttl=63)),), None) == (
+        ("set", "ttl", 63), ("output", "r.p"))

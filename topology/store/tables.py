@@ -6,8 +6,10 @@ Owns the layout and the lifecycle of learned entries::
     /tables/arp/<router>/<ip>             {"mac": "..", "owner": "<agent>", "learned": t, "stale": t, "expiry": t}
 
 (``<bridge>``/``<router>`` percent-encoded as in topology.store.topo, ``<vlan>`` decimal, 0 = untagged,
-``<mac>`` as ``02:00:00:00:00:01``, ``<ip>`` dotted.)  Times are wall-clock seconds (``time.time()``), passed in
-as ``now`` — never read here — because ARP stale/expiry times are compared on other hosts.
+``<mac>`` as ``02:00:00:00:00:01``, ``<ip>`` dotted for IPv4 or the canonical IPv6 text (``2001:db8::1``,
+packet.addr.ip_text): a router's neighbor table holds both families, an ip below 2**32 being IPv4.)  Times
+are wall-clock seconds (``time.time()``), passed in as ``now`` — never read here — because ARP stale/expiry
+times are compared on other hosts.
 
 Ownership.  An entry belongs to the agent that wrote it (its node is an ephemeral of that agent's session, its
 value names the agent): only the owner refreshes, changes or deletes it, and it vanishes with the owner's
@@ -39,7 +41,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from packet.addr import int2ip, int2mac, ip2int, mac2int
+from packet.addr import int2mac, ip2int, ip6_2int, ip_text, mac2int
 from topology.store.base import BadVersion, NodeExists, NoNode, Store, StoreError
 from topology.store.session import OwnedEntries
 from topology.store.topo import node_name
@@ -362,7 +364,7 @@ class MacTable(_OwnedTable):
 
 
 class ArpTable(_OwnedTable):
-    """The ARP table of one router: IP → MAC, with learned, stale and expiry times."""
+    """The neighbor table of one router: IP (IPv4 or IPv6) → MAC, with learned, stale and expiry times."""
 
     kind = "arp"
 
@@ -375,10 +377,10 @@ class ArpTable(_OwnedTable):
         super().__init__(store, f"{ARP_ROOT}/{node_name(router)}", 1, owner, on_change, owned)
 
     def _key(self, raw):
-        return ip2int(raw[0])
+        return parse_ip(raw[0])
 
     def _raw(self, key):
-        return (int2ip(key),)
+        return (ip_text(key),)
 
     def _decode(self, d):
         return ArpEntry(mac2int(d["mac"]), str(d["owner"]), float(d["learned"]), float(d["stale"]),
@@ -412,3 +414,14 @@ class ArpTable(_OwnedTable):
 
     def forget(self, ip: int) -> bool:
         return self._delete(ip)
+
+
+def parse_ip(text: str) -> int:
+    """An address as ip_text writes it → int: IPv6 when it has a colon (only above 2**32: ``::1.2.3.4`` is not a
+    key ip_text makes), else dotted IPv4.  ValueError otherwise."""
+    if ":" in text:
+        v = ip6_2int(text)
+        if v <= 0xFFFFFFFF:
+            raise ValueError(f"not a neighbor-table IPv6 address: {text!r}")
+        return v
+    return ip2int(text)

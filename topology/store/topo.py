@@ -13,7 +13,8 @@ Owns the layout (every record is one node whose value is the record's JSON)::
 Names are percent-encoded into node names (``quote(name, safe="")``, and ``.``/``..`` escaped), so any name
 is a valid node.  The dict form is exact: ints stay ints (JSON integers), tuples become lists and come back as
 tuples, mappings keep their order, mappings with non-string keys become lists of rows (``Bridge.mac_table``:
-``[[vlan, mac, port], ...]``; ``Router.arp_table``: ``[[ip, mac], ...]``), and a ``Condition.value`` is
+``[[vlan, mac, port], ...]``; ``Router.arp_table`` and ``nd_table``: ``[[ip, mac], ...]``; ``Port.addresses6``:
+``[[address, prefix length], ...]``; IPv6 addresses are JSON integers too), and a ``Condition.value`` is
 tagged by type (``{"fs": [...]}`` frozenset, ``{"t": [...]}`` tuple, else a scalar).  Every record carries
 ``"v": 1`` and its kind; a record that does not decode raises ``BadRecord`` naming its path.
 
@@ -121,6 +122,12 @@ def _ports(ports: Mapping[str, Port]) -> dict:
     return {name: _flat(p) for name, p in ports.items()}
 
 
+def _port(d: Mapping) -> Port:
+    """A stored port (``addresses6``: rows of [address, prefix length] back to tuples; absent in records
+    written before IPv6)."""
+    return Port(**{**d, "addresses6": tuple((a, n) for a, n in d.get("addresses6", ()))})
+
+
 def to_dict(obj: object) -> dict:
     """The JSON-ready dict form of a topology record (``"v"`` and ``"kind"`` included)."""
     kind = kind_of(obj)
@@ -133,7 +140,8 @@ def to_dict(obj: object) -> dict:
              "mac_table": [[vlan, mac, port] for (vlan, mac), port in obj.mac_table.items()]}
     elif kind == "router":
         d = {**_flat(obj), "ports": _ports(obj.ports), "routes": [_flat(r) for r in obj.routes],
-             "arp_table": [[ip, mac] for ip, mac in obj.arp_table.items()]}
+             "arp_table": [[ip, mac] for ip, mac in obj.arp_table.items()],
+             "nd_table": [[ip, mac] for ip, mac in obj.nd_table.items()]}
     elif kind == "chain":
         d = {"name": obj.name, "rules": [
             {"action": r.action, "chain": r.chain, "targets": [_flat(t) for t in r.targets],
@@ -157,12 +165,13 @@ def from_dict(kind: str, d: Mapping) -> object:
     if kind == "port_group":
         return PortGroup(**{**d, "ports": tuple(d["ports"])})
     if kind == "bridge":
-        return Bridge(**{**d, "ports": {n: Port(**p) for n, p in d["ports"].items()},
+        return Bridge(**{**d, "ports": {n: _port(p) for n, p in d["ports"].items()},
                          "mac_table": {(vlan, mac): port for vlan, mac, port in d["mac_table"]}})
     if kind == "router":
-        return Router(**{**d, "ports": {n: Port(**p) for n, p in d["ports"].items()},
+        return Router(**{**d, "ports": {n: _port(p) for n, p in d["ports"].items()},
                          "routes": tuple(Route(**r) for r in d["routes"]),
-                         "arp_table": {ip: mac for ip, mac in d["arp_table"]}})
+                         "arp_table": {ip: mac for ip, mac in d["arp_table"]},
+                         "nd_table": {ip: mac for ip, mac in d.get("nd_table", ())}})
     if kind == "chain":
         return Chain(d["name"], tuple(
             Rule(action=r["action"], chain=r["chain"], targets=tuple(NatTarget(**t) for t in r["targets"]),

@@ -6,12 +6,23 @@ anything is learned: no station owns a group address.
 ``process`` takes a packet that entered the bridge at ``in_port`` and returns the (egress port, packet)
 pairs it leaves by.  MAC learning is an effect (MacTableWrite); the MAC table is read from the static entries in
 the topology, then the agent state.  Router ports peered with the bridge are known to it: their MACs are
-unicast destinations and the bridge answers ARP requests for their addresses on the routers' behalf.
+unicast destinations and the bridge answers ARP requests and IPv6 neighbor solicitations for their addresses
+(global and link-local) on the routers' behalf.
 """
 
 from __future__ import annotations
 
-from packet.packet import ARP_REQUEST, PROTO_TCP, TCP_FLAGS, Packet
+from packet.addr import is_ipv6_multicast
+from packet.packet import (
+    ARP_REQUEST,
+    ICMPV6_UNREACH,
+    ND_NEIGHBOR_SOLICIT,
+    PROTO_ICMPV6,
+    PROTO_TCP,
+    TCP_FLAGS,
+    UNREACH6_ADMIN_PROHIBITED,
+    Packet,
+)
 from topology.model import Bridge, Port
 from workers import tags
 from workers.simulation import generate
@@ -41,6 +52,9 @@ def _router_ports(ctx: Ctx, bridge: Bridge) -> tuple[dict[int, str], dict[int, t
             macs[peer.mac] = p.name
             if peer.address is not None:
                 ips[peer.address] = (p.name, peer.mac)
+            for a6 in (*(a for a, _plen in peer.addresses6), peer.link_local6):
+                if a6 is not None:
+                    ips[a6] = (p.name, peer.mac)         # IPv6 (> 2**32): one map, the families cannot collide
     if len(_INDEX) > 4096:
         _INDEX.clear()
     _INDEX[id(bridge)] = (bridge, macs, ips, tuple(peers))
@@ -88,6 +102,17 @@ def process(ctx: Ctx, bridge: Bridge, in_port: Port, pkt: Packet) -> list[tuple[
                 router_name = ctx.port(bridge.ports[hit[0]].peer).device
                 ctx.effects.append(ArpTableWrite(router_name, pkt.arp_spa, pkt.arp_sha))
             raise Consumed()
+    if pkt.ipv6_src is not None and _multicast(pkt.eth_dst):
+        ctx.read("proto", "icmpv6_type")             # a multicast NS for a router port is answered here
+        if pkt.proto == PROTO_ICMPV6 and pkt.icmpv6_type == ND_NEIGHBOR_SOLICIT:
+            ctx.read("nd_target", "ipv6_src", "hop_limit")
+            hit = router_ips.get(pkt.nd_target) if (pkt.nd_target or 0) > 0xFFFFFFFF else None
+            if hit is not None and hit[0] != in_port.name and pkt.hop_limit == generate.HOP_LIMIT_ND:
+                ctx.emit(in_port.id, generate.neighbor_advert(pkt, hit[1]))
+                if pkt.ipv6_src and pkt.nd_sll is not None:
+                    router_name = ctx.port(bridge.ports[hit[0]].peer).device
+                    ctx.effects.append(ArpTableWrite(router_name, pkt.ipv6_src, pkt.nd_sll))
+                raise Consumed()
 
     dst = pkt.eth_dst
     if _multicast(dst):
@@ -157,6 +182,8 @@ def _flood(ctx: Ctx, bridge: Bridge, in_port: Port, vlan: int) -> list[str]:
 def _verdict(ctx: Ctx, verdict: str, pkt: Packet, in_port: Port) -> None:
     if verdict == DROP:
         raise Stop("filter_drop")
+    if verdict == REJECT and pkt.ipv6_src is not None:
+        _reject6(ctx, pkt, in_port)
     if verdict == REJECT:
         if pkt.proto == PROTO_TCP and pkt.ip_src is not None and not (pkt.tcp_flags or 0) & TCP_FLAGS["rst"]:
             ctx.emit(in_port.id, generate.tcp_rst(pkt, pkt.eth_dst))
@@ -164,3 +191,17 @@ def _verdict(ctx: Ctx, verdict: str, pkt: Packet, in_port: Port) -> None:
             # a bridge has no address of its own: answer as the destination would (admin prohibited)
             ctx.emit(in_port.id, generate.icmp_error(pkt, 3, 13, pkt.eth_dst, pkt.ip_dst))
         raise Stop("filter_reject")
+
+
+def _reject6(ctx: Ctx, pkt: Packet, in_port: Port) -> None:
+    """A reject of an IPv6 packet: a TCP RST (not to a RST), else ICMPv6 destination unreachable,
+    administratively prohibited, as from the destination — not about an ICMPv6 error nor to or from a
+    multicast address (RFC 4443 §2.4 e), where the reject is a plain drop."""
+    ctx.read("proto", "ipv6_src", "ipv6_dst", "icmpv6_type")
+    if pkt.proto == PROTO_TCP:
+        if not (pkt.tcp_flags or 0) & TCP_FLAGS["rst"]:
+            ctx.emit(in_port.id, generate.tcp_rst6(pkt, pkt.eth_dst))
+    elif not pkt.is_icmpv6_error and not is_ipv6_multicast(pkt.ipv6_dst) and not is_ipv6_multicast(pkt.ipv6_src):
+        ctx.emit(in_port.id, generate.icmp6_error(pkt, ICMPV6_UNREACH, UNREACH6_ADMIN_PROHIBITED, pkt.eth_dst,
+                                                  pkt.ipv6_dst))
+    raise Stop("filter_reject")

@@ -2,11 +2,21 @@
 
 Pure: ``run_chain`` returns a verdict and the (possibly NAT-rewritten) packet; NAT rules call into
 workers.simulation.nat, connection tracking into workers.simulation.conntrack.  The end of a chain is accept.
+
+IPv6.  A ``src``/``dst`` condition is of one family: ``(net, len)`` tests ``ip_src``/``ip_dst`` of IPv4 packets,
+``(net, len, 6)`` tests ``ipv6_src``/``ipv6_dst`` of IPv6 packets.  A packet of the other family (or a non-IP
+one) has no such field, and a condition on an absent field fails *whatever its negation* (OVN's prerequisite
+rule, iptables' separate tables): ``src: "!10.0.0.0/8"`` matches IPv4 packets from outside 10/8 only, never
+an IPv6 or an ARP packet.  ``proto``, ``src_port``/``dst_port`` work on both families (TCP, UDP, ``proto:
+icmpv6``); ``tos`` tests an IPv6 packet's traffic class.  Neighbor discovery (ICMPv6 types 133-136) passes every
+chain implicitly, as OVN's ACLs let it through: IPv6 cannot work without it, it never leaves the link, and no
+match field can pick it out from other ICMPv6; it never touches conntrack either (workers.simulation.conntrack).
 """
 
 from __future__ import annotations
 
-from packet.packet import PROTO_TCP, PROTO_UDP, Packet
+from packet.addr import prefix_mask6
+from packet.packet import ETH_TYPE_IPV6, ND_TYPES, PROTO_TCP, PROTO_UDP, Packet
 from topology.model import Chain, Condition, Rule
 from workers import tags
 from workers.simulation import conntrack, nat
@@ -24,9 +34,10 @@ def _ports(pkt: Packet):
     return None, None
 
 
-def _test(ctx: Ctx, c: Condition, pkt: Packet, in_port: str | None, out_port: str | None) -> bool:
-    """The field test of one condition, before negation.  An absent field fails the test whatever the
-    negation (a non-IP packet never matches an IP condition)."""
+def _test(ctx: Ctx, c: Condition, pkt: Packet, in_port: str | None, out_port: str | None) -> bool | None:
+    """The field test of one condition, before negation: True, False, or None when the packet has no such
+    field (a non-IP packet, an address of the other family, no ports), which fails the condition whatever the
+    negation (``matches``)."""
     f = c.field
     v = c.value
     if f == "in_port":
@@ -41,20 +52,34 @@ def _test(ctx: Ctx, c: Condition, pkt: Packet, in_port: str | None, out_port: st
         ctx.read_five()
         return conntrack.ct_state(ctx) == v
     if f == "src" or f == "dst":
+        ctx.read("eth_type")                           # which family the packet is (whether the field exists)
+        if len(v) == 3:                                # (net, len, 6): IPv6
+            net, length, _ = v
+            name = "ipv6_src" if f == "src" else "ipv6_dst"
+            ctx.read_prefix(name, length)              # the test reads the prefix's bits, nothing more
+            ip = pkt.ipv6_src if f == "src" else pkt.ipv6_dst
+            if ip is None:
+                return None
+            return (ip & prefix_mask6(length)) == net
         net, length = v
-        ctx.read_prefix(_FIELD_READS[f], length)       # the test reads the prefix's bits, nothing more
+        ctx.read_prefix(_FIELD_READS[f], length)
         ip = pkt.ip_src if f == "src" else pkt.ip_dst
         if ip is None:
-            return False
+            return None
         return (ip & ((0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF if length else 0)) == net
+    if f == "tos" and pkt.eth_type == ETH_TYPE_IPV6:
+        ctx.read("eth_type", "tclass")                 # IPv6's traffic class is IPv4's type of service
+        return None if pkt.tclass is None else pkt.tclass == v
     ctx.read(_FIELD_READS[f])
     if f == "src_port" or f == "dst_port":
         ctx.read("proto")                              # which protocols have ports
         sp, dp = _ports(pkt)
         port = sp if f == "src_port" else dp
-        return port is not None and v[0] <= port <= v[1]
+        return None if port is None else v[0] <= port <= v[1]
+    if f == "tos":
+        ctx.read("eth_type")
     actual = getattr(pkt, _FIELD_READS[f])
-    return actual is not None and actual == v
+    return None if actual is None else actual == v
 
 
 _FIELD_READS = {
@@ -67,7 +92,8 @@ def matches(ctx: Ctx, rule: Rule, pkt: Packet, in_port: str | None, out_port: st
     m = rule.match
     result = True
     for c in m.conditions:
-        if _test(ctx, c, pkt, in_port, out_port) == c.negate:
+        t = _test(ctx, c, pkt, in_port, out_port)
+        if t is None or t == c.negate:
             result = False
             break
     return result != m.invert
@@ -75,7 +101,10 @@ def matches(ctx: Ctx, rule: Rule, pkt: Packet, in_port: str | None, out_port: st
 
 def run_chain(ctx: Ctx, name: str, pkt: Packet, device: str, in_port: str | None,
               out_port: str | None) -> tuple[str, Packet]:
-    """Walk chain ``name``.  Returns (accept | drop | reject, packet after NAT rewrites)."""
+    """Walk chain ``name``.  Returns (accept | drop | reject, packet after NAT rewrites).  Neighbor discovery
+    is accepted without a walk (see the module comment)."""
+    if is_nd(ctx, pkt):
+        return ACCEPT, pkt
     stack: list[tuple[Chain, int]] = []
     chain = _load(ctx, name)
     on_stack = {name}
@@ -119,6 +148,15 @@ def run_chain(ctx: Ctx, name: str, pkt: Packet, device: str, in_port: str | None
         new = nat.apply_rule(ctx, rule, pkt, device)
         if new is not None:
             return ACCEPT, new
+
+
+def is_nd(ctx: Ctx, pkt: Packet) -> bool:
+    """An IPv6 neighbor discovery message (router/neighbor solicitation or advertisement)."""
+    ctx.read("eth_type")
+    if pkt.eth_type != ETH_TYPE_IPV6:
+        return False
+    ctx.read("proto", "icmpv6_type")
+    return pkt.icmpv6_type in ND_TYPES
 
 
 def _load(ctx: Ctx, name: str) -> Chain:

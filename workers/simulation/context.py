@@ -16,8 +16,10 @@ MAX_DEVICE_HOPS = 32
 # What a flow-state key, the flow hash and an ICMP-error test read of a packet: conntrack, NAT and load
 # balancing record all of it (the whole 5-tuple, an echo's id, an error's carried header), so a megaflow made
 # from a stateful decision matches one connection.
+# IPv6: its addresses, ICMPv6 type and an error's carried addresses are in it too (the shared slots are the same).
 FIVE_TUPLE_FIELDS = ("eth_type", "ip_src", "ip_dst", "proto", "tp_src", "tp_dst", "icmp_type", "icmp_id",
-                     "inner_ip_src", "inner_ip_dst", "inner_proto", "inner_tp_src", "inner_tp_dst", "inner_icmp_id")
+                     "inner_ip_src", "inner_ip_dst", "inner_proto", "inner_tp_src", "inner_tp_dst", "inner_icmp_id",
+                     "ipv6_src", "ipv6_dst", "icmpv6_type", "inner_ipv6_src", "inner_ipv6_dst")
 
 
 class Stop(Exception):  # noqa: N818 - control flow, not an error
@@ -51,7 +53,7 @@ class Ctx:
         self.tags: set[str] = set()
         self.effects: list = []
         self.fields: set[str] = set()       # packet fields read whole
-        self.prefixes: dict[str, int] = {}  # IPv4 address fields read only up to a prefix: field → its length
+        self.prefixes: dict[str, int] = {}  # address fields read only up to a prefix: field → its length
         self.generated: list[Generated] = []
         self.hops = 0
         self.ct: str | None = None          # conntrack state once read (conntrack.ct_state)
@@ -94,7 +96,8 @@ class Ctx:
         self.fields.update(fields)
 
     def read_prefix(self, field: str, length: int) -> None:
-        """The decision read only the first ``length`` bits of IPv4 address ``field`` (prefix tracking)."""
+        """The decision read only the first ``length`` bits of address ``field`` (prefix tracking; 32 bits for an
+        IPv4 field, 128 for an IPv6 one)."""
         if length > self.prefixes.get(field, -1):
             self.prefixes[field] = length
 
@@ -108,12 +111,21 @@ class Ctx:
         self.generated.append(Generated(port_id, pkt))
 
     def flow_hash(self) -> int:
-        """A stable (unsalted) hash of the ingress 5-tuple, for ECMP and pool choices."""
+        """A stable (unsalted) hash of the ingress 5-tuple, for ECMP and pool choices.  An IPv6 packet's
+        addresses are folded to 32 bits (an IPv4 packet hashes as it always did)."""
         if self._flow_hash is None:
             self.read_five()
             p = self.ingress_packet
             h = 0x811C9DC5
-            for v in (p.ip_src, p.ip_dst, p.proto, p.tp_src, p.tp_dst, p.icmp_id):
+            src, dst = p.ip_src, p.ip_dst
+            if p.ipv6_src is not None:
+                src, dst = _fold(p.ipv6_src), _fold(p.ipv6_dst)
+            for v in (src, dst, p.proto, p.tp_src, p.tp_dst, p.icmp_id):
                 h = ((h ^ (v if v is not None else 0xFFFF)) * 0x01000193) & 0xFFFFFFFF
             self._flow_hash = h
         return self._flow_hash
+
+
+def _fold(v: int | None) -> int | None:
+    """A 128-bit address folded to 32 bits (the FNV step above keeps only the low 32 bits of what it mixes)."""
+    return None if v is None else (v ^ v >> 32 ^ v >> 64 ^ v >> 96) & 0xFFFFFFFF

@@ -14,11 +14,11 @@ Randomness is derived from the flow hash, so the simulation stays a pure functio
 
 from __future__ import annotations
 
-from packet.packet import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Packet
+from packet.packet import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet
 from topology.model import NatTarget, Rule
 from topology.nat_leases import BLOCK_SIZE
 from workers import tags
-from workers.simulation.conntrack import five_tuple, inner_five_tuple, reverse
+from workers.simulation.conntrack import five_tuple, inner_five_tuple, is_error, reverse
 from workers.simulation.context import Ctx, Stop
 from workers.simulation.result import (
     FWD_DNAT,
@@ -35,53 +35,77 @@ from workers.simulation.state import MISSING
 
 
 def _has_ports(pkt: Packet) -> bool:
-    return pkt.proto in (PROTO_TCP, PROTO_UDP) or (pkt.proto == PROTO_ICMP and pkt.icmp_id is not None
-                                                   and not pkt.is_icmp_error)
+    p = pkt.proto
+    return p in (PROTO_TCP, PROTO_UDP) or (p in (PROTO_ICMP, PROTO_ICMPV6) and pkt.icmp_id is not None
+                                           and not is_error(pkt))
 
 
-# -- rewrites --------------------------------------------------------------------------------------------
+def _v6(pkt: Packet) -> bool:
+    return pkt.ip_src is None and pkt.ipv6_src is not None
+
+
+# The address fields of each family: (src, dst, inner src, inner dst).
+_F4 = ("ip_src", "ip_dst", "inner_ip_src", "inner_ip_dst")
+_F6 = ("ipv6_src", "ipv6_dst", "inner_ipv6_src", "inner_ipv6_dst")
+
+
+def _fields(pkt: Packet, ip: int) -> tuple[str, str, str, str]:
+    """The address fields ``ip`` is written to.  A binding wider than the packet's family (an IPv6 address
+    for an IPv4 packet: flow state from a peer is not trusted) drops the packet (``bad_nat_binding``)."""
+    if _v6(pkt):
+        return _F6
+    if ip > 0xFFFFFFFF:
+        raise Stop("bad_nat_binding")
+    return _F4
+
+
+# -- rewrites (either family: an IPv6 packet's ipv6_* fields; the load balancer translates IPv6) -------------
 def set_src(pkt: Packet, ip: int, port: int | None) -> Packet:
-    if pkt.is_icmp_error:
+    src, _dst, _isrc, idst = _fields(pkt, ip)
+    if is_error(pkt):
         # the carried header travelled the other way: its destination is our source
-        kw = {"ip_src": ip}
-        if pkt.inner_ip_dst == pkt.ip_src:
-            kw["inner_ip_dst"] = ip
+        kw = {src: ip}
+        if getattr(pkt, idst) == getattr(pkt, src):
+            kw[idst] = ip
         return pkt._replace(**kw)
     if port is None or not _has_ports(pkt):
-        return pkt._replace(ip_src=ip)
-    if pkt.proto == PROTO_ICMP:
-        return pkt._replace(ip_src=ip, icmp_id=port)
-    return pkt._replace(ip_src=ip, tp_src=port)
+        return pkt._replace(**{src: ip})
+    if pkt.proto in (PROTO_ICMP, PROTO_ICMPV6):
+        return pkt._replace(**{src: ip, "icmp_id": port})
+    return pkt._replace(**{src: ip, "tp_src": port})
 
 
 def set_dst(pkt: Packet, ip: int, port: int | None) -> Packet:
-    if pkt.is_icmp_error:
-        kw = {"ip_dst": ip}
-        if pkt.inner_ip_src == pkt.ip_dst:
-            kw["inner_ip_src"] = ip
+    _src, dst, isrc, _idst = _fields(pkt, ip)
+    if is_error(pkt):
+        kw = {dst: ip}
+        if getattr(pkt, isrc) == getattr(pkt, dst):
+            kw[isrc] = ip
         return pkt._replace(**kw)
-    if port is None or not _has_ports(pkt) or pkt.proto == PROTO_ICMP:
-        return pkt._replace(ip_dst=ip)
-    return pkt._replace(ip_dst=ip, tp_dst=port)
+    if port is None or not _has_ports(pkt) or pkt.proto in (PROTO_ICMP, PROTO_ICMPV6):
+        return pkt._replace(**{dst: ip})
+    return pkt._replace(**{dst: ip, "tp_dst": port})
 
 
 def _set_inner_src(pkt: Packet, ip: int, port: int) -> Packet:
-    kw = {"inner_ip_src": ip}
-    if pkt.inner_proto == PROTO_ICMP:
+    _src, dst, isrc, _idst = _fields(pkt, ip)
+    kw = {isrc: ip}
+    if pkt.inner_proto in (PROTO_ICMP, PROTO_ICMPV6):
         kw["inner_icmp_id"] = port
     elif pkt.inner_proto in (PROTO_TCP, PROTO_UDP):
         kw["inner_tp_src"] = port
-    if pkt.ip_dst == pkt.inner_ip_src:
-        kw["ip_dst"] = ip
+    if getattr(pkt, dst) == getattr(pkt, isrc):
+        kw[dst] = ip
     return pkt._replace(**kw)
 
 
 def _set_inner_dst(pkt: Packet, ip: int, port: int) -> Packet:
-    kw = {"inner_ip_dst": ip}
+    src, _dst, _isrc, idst = _fields(pkt, ip)
+    kw = {idst: ip}
     if pkt.inner_proto in (PROTO_TCP, PROTO_UDP):
         kw["inner_tp_dst"] = port
-    if pkt.ip_src == pkt.inner_ip_dst:
-        kw["ip_src"] = ip
+    if getattr(pkt, src) == getattr(pkt, idst):
+        kw[src] = ip
     return pkt._replace(**kw)
 
 
@@ -111,7 +135,9 @@ def _pick(ctx: Ctx, targets: tuple[NatTarget, ...], salt: int) -> tuple[NatTarge
 # -- rule actions ------------------------------------------------------------------------------------------
 def apply_rule(ctx: Ctx, rule: Rule, pkt: Packet, device: str) -> Packet | None:
     """Apply a NAT rule that matched.  Returns the rewritten packet, or None when a reverse rule finds no
-    state (the chain goes on)."""
+    state (the chain goes on).  No NAT66: an IPv6 packet meeting a forward snat/dnat rule goes on untranslated
+    (the rule does not apply to it, so a dual-stack router's IPv4 SNAT lets its IPv6 traffic be routed as it
+    is; the loader refuses IPv6 NAT targets); rev_snat/rev_dnat find the IPv6 state the load balancer wrote."""
     ctx.read_five()
     a = rule.action
     if a == "rev_snat":
@@ -197,7 +223,7 @@ def choose_snat_port(ctx: Ctx, device: str, ip: int, target: NatTarget, t: tuple
 
 
 def reverse_snat(ctx: Ctx, pkt: Packet, device: str) -> Packet | None:
-    if pkt.is_icmp_error:
+    if is_error(pkt):
         inner = inner_five_tuple(pkt)
         if inner is None:
             return None
@@ -212,12 +238,12 @@ def reverse_snat(ctx: Ctx, pkt: Packet, device: str) -> Packet | None:
         return None
     touch(ctx, REV_SNAT, key)
     if pkt.proto == PROTO_ICMP:
-        return pkt._replace(ip_dst=orig[0], icmp_id=orig[1])
+        return set_dst(pkt, orig[0], None)._replace(icmp_id=orig[1])
     return set_dst(pkt, orig[0], orig[1] if _has_ports(pkt) else None)
 
 
 def reverse_dnat(ctx: Ctx, pkt: Packet, device: str) -> Packet | None:
-    if pkt.is_icmp_error:
+    if is_error(pkt):
         inner = inner_five_tuple(pkt)
         if inner is None:
             return None
@@ -231,6 +257,6 @@ def reverse_dnat(ctx: Ctx, pkt: Packet, device: str) -> Packet | None:
     if vip is None:
         return None
     touch(ctx, REV_DNAT, key)
-    if pkt.proto == PROTO_ICMP:
-        return pkt._replace(ip_src=vip[0])
+    if pkt.proto in (PROTO_ICMP, PROTO_ICMPV6):
+        return set_src(pkt, vip[0], None)
     return set_src(pkt, vip[0], vip[1] if _has_ports(pkt) else None)
