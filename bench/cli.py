@@ -179,6 +179,11 @@ def configure(b: argparse.ArgumentParser) -> None:
     o.add_argument("--new-rate", type=_positive, default=None, metavar="R",
                    help="new 5-tuples/s offered (overload: 10 x --sustained; soak: --sustained / 4)")
     o.add_argument("--senders", type=_positive, default=2, help="new-flow sender processes (2)")
+    o.add_argument("--sender", choices=("ring", "socket"), default="ring",
+                   help="the load generator: ring (PACKET_TX_RING, bench.txring) or socket (a send() per frame)")
+    o.add_argument("--sender-nice", type=int, default=-5, metavar="N",
+                   help="ring senders' nice value, theirs and their autogroups' (-5: traffic from a wire must not "
+                        "be starved by what it measures)")
     o.add_argument("--cached-flows", type=_positive, default=200, help="established flows sent round robin (200)")
     o.add_argument("--cached-rate", type=_positive, default=2000, help="their frames/s in all (2000)")
     o.add_argument("--unloaded", type=_seconds, default=10.0, metavar="S",
@@ -345,7 +350,8 @@ def cmd_overload(args) -> int:
                          sustained=args.sustained, new_rate=args.new_rate, senders=args.senders,
                          cached_flows=args.cached_flows, cached_rate=args.cached_rate, unloaded_s=args.unloaded,
                          sample_s=args.sample_s, workers=args.workers[0], flow_idle_s=args.flow_idle,
-                         flow_state_idle_s=args.flow_state_idle)
+                         flow_state_idle_s=args.flow_state_idle, sender=args.sender, sender_nice=args.sender_nice,
+                         agent_opts=dict(args.agent_opt))
     show = sys.stderr.isatty() if args.progress is None else args.progress
     bar = progress_bar(5 if mode == "overload" else 4, f"{mode} {cfg.pipeline}") if show else None
     old = _signal_guard()

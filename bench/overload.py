@@ -38,7 +38,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from bench import probes
 from bench.realbench import RealBench, RealBenchError, RealConfig
@@ -80,6 +80,9 @@ class OverloadConfig:
     flow_state_idle_s: float | None = None      # overload 60, soak 5
     drain_s: float = 2.0
     target_ratio: float = 0.9
+    sender: str = "ring"                        # ring: bench.txring (PACKET_TX_RING); socket: bench.wireproc send
+    sender_nice: int | None = -5                # ring senders' nice value (and their autogroups'); None: unchanged
+    agent_opts: dict = field(default_factory=dict)   # AgentConfig settings of the agent (--agent-opt)
 
     def resolved(self) -> OverloadConfig:
         soak = self.mode == "soak"
@@ -119,7 +122,8 @@ class AgentProcess:
                              "runtime_base": self.tmp, "state_file": os.path.join(self.tmp, "bench.state"),
                              "state_snapshot_s": 0.0, "flow_idle_s": self.cfg.flow_idle_s,
                              "flow_state_idle_s": self.cfg.flow_state_idle_s, "log_level": "WARNING",
-                             "log_file": os.path.join(self.tmp, "agent.log"), "ctl": self.ctl}
+                             "log_file": os.path.join(self.tmp, "agent.log"), "ctl": self.ctl,
+                             **self.cfg.agent_opts}
         full = AgentConfig(**self.agent_config)            # the caps the ceilings come from
         self.caps = {k: getattr(full, k) for k in ("max_flows", "max_flow_state", "max_parked", "max_inflight",
                                                     "max_held_total", "max_macs_per_bridge", "max_arps_per_router",
@@ -391,6 +395,53 @@ def flatness(samples: list[dict], key: str, tolerance: float) -> dict:
 
 # --- the runs --------------------------------------------------------------------------------------------
 
+def ring_sender(rig: WireRig, arg: str) -> subprocess.Popen:
+    """``python -m bench.txring ARG`` in the rig's sender namespace, own session, owned by the rig (its
+    ``close`` kills it by pid like the rig's other children)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = BENCH_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    p = subprocess.Popen(["ip", "netns", "exec", rig.sender_ns, sys.executable, "-m", "bench.txring", arg],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE,
+                         start_new_session=True, env=env)
+    rig.procs.append(p)
+    return p
+
+
+def _sender_cpu(answers: list[dict]) -> float | None:
+    """The senders' own CPU seconds (bench.txring reports it; bench.wireproc's sender does not)."""
+    cpu = [a.get("cpu_s") for a in answers]
+    return round(sum(cpu), 2) if cpu and None not in cpu else None
+
+
+class SenderCpu:
+    """The senders' CPU seconds (utime + stime from /proc/PID/stat) sampled every 0.25 s until they exit
+    (either kind of sender; bounded by ``max_s``): the sum of each one's last sample."""
+
+    def __init__(self, pids: list[int], every: float = 0.25, max_s: float = 600.0):
+        self.last = dict.fromkeys(pids, 0.0)
+        self.every, self.max_s = every, max_s
+        self.stop_ev = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="sender-cpu", daemon=True)
+
+    def start(self) -> SenderCpu:
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        end = time.monotonic() + self.max_s
+        while not self.stop_ev.is_set() and time.monotonic() < end:
+            for pid in self.last:
+                c = probes.cpu_seconds(pid)
+                if c is not None and _alive(pid):
+                    self.last[pid] = c
+            self.stop_ev.wait(self.every)
+
+    def stop(self) -> float:
+        self.stop_ev.set()
+        self.thread.join(5)
+        return round(sum(self.last.values()), 2)
+
+
 class OverloadBench:
     def __init__(self, cfg: OverloadConfig, rig: WireRig, progress: Callable[[str], None] | None = None):
         self.cfg, self.rig = cfg, rig
@@ -401,9 +452,11 @@ class OverloadBench:
         self.rb._say(what)
 
     def _sender(self, tag: str, first: int, count: int, rate: float, max_s: float, cycle: int = 0):
-        return self.rig.popen(self.rig.sender_ns, ["send", json.dumps(
-            {**self.rb.maker, "tag": tag, "first": first, "count": count, "rate": rate, "max_s": max_s,
-             **({"cycle": cycle} if cycle else {})})])
+        arg = json.dumps({**self.rb.maker, "tag": tag, "first": first, "count": count, "rate": rate,
+                          "max_s": max_s, **({"cycle": cycle} if cycle else {}), "nice": self.cfg.sender_nice})
+        if self.cfg.sender == "socket":
+            return self.rig.popen(self.rig.sender_ns, ["send", arg])
+        return ring_sender(self.rig, arg)
 
     def _sink(self, tag: str, first: int, count: int, max_s: float, split: int = 0):
         p = self.rig.popen(self.rig.sink_ns, ["sink", json.dumps(
@@ -443,8 +496,10 @@ class OverloadBench:
         w0 = time.monotonic()
         cached = self._sender(tag, cfirst, n_cached, cfg.cached_rate, max_s, cycle=cfg.cached_flows)
         news = [self._sender(tag, f, c, r, max_s) for f, c, r in (new or [])]
+        watch = SenderCpu([p.pid for p in news]).start()
         sent_c = self.rb._result(cached, "the cached sender", max_s + 30)
         sent_n = [self.rb._result(p, "a new-flow sender", max_s + 30) for p in news]
+        senders_cpu_s = watch.stop()
         window = time.monotonic() - w0
         cpu1 = {n: probes.cpu_seconds(p) for p, n in procs.items()}
         time.sleep(cfg.drain_s)
@@ -467,8 +522,17 @@ class OverloadBench:
             sent = sum(s["sent"] for s in sent_n)
             secs = max(s["seconds"] for s in sent_n)
             out["new"] = {"asked_rate": sum(r for _, _, r in new), "senders": len(new), "sent": sent,
+                          "sender": cfg.sender, "sender_nice": cfg.sender_nice if cfg.sender == "ring" else None,
+                          "sender_nice_failed": [s.get("nice_failed") for s in sent_n if s.get("nice_failed")],
+                          "sender_cpu_s": _sender_cpu(sent_n),
+                          # from /proc/PID/stat every 0.25 s, the last sample before each sender exited
+                          "sender_cpu_sampled_s": senders_cpu_s,
+                          "sender_cpu_sampled_cores": round(senders_cpu_s / secs, 3) if secs else None,
+                          "sender_cpu_cores": round(_sender_cpu(sent_n) / secs, 3)
+                          if secs and _sender_cpu(sent_n) is not None else None,
                           "send_errors": sum(s["send_errors"] for s in sent_n),
                           "offered_pps": round(sent / secs, 1) if secs else 0.0,
+                          "load_seconds": round(secs, 2),       # the cached flows' window is ``seconds``
                           "offered_pps_by_sender": [round(s["sent"] / s["seconds"], 1) if s["seconds"] else 0
                                                     for s in sent_n],
                           "delivered_distinct": got["unique"] - got["unique_below_split"],
@@ -584,6 +648,9 @@ def summarize(res: dict, cfg: OverloadConfig) -> dict:
         out["new_offered_pps"] = res["loaded"]["new"]["offered_pps"]
         out["new_asked_pps"] = cfg.new_rate
         out["new_offered_x_sustained"] = round(res["loaded"]["new"]["offered_pps"] / cfg.sustained, 2)
+        # the new flows ran out early (the frame layout's distinct 5-tuples) and the cached ones' window was
+        # partly unloaded: the ratio is flattered
+        out["load_covers_cached_window"] = res["loaded"]["new"]["load_seconds"] >= 0.95 * lo["sender_seconds"]
         out["drops_by_reason"] = drops(res["loaded"]["counters"])
         out["not_read_by_datapath"] = not_read(res["loaded"])
     else:
@@ -621,7 +688,8 @@ def table(res: dict) -> str:
              f"{cfg['new_rate']:,}/s from {cfg['senders']} senders"]
     if res["mode"] == "overload":
         lines.append(f"new flows offered {s['new_offered_pps']:,.0f}/s = {s['new_offered_x_sustained']}x the sustained "
-                     f"{cfg['sustained']:,}/s")
+                     f"{cfg['sustained']:,}/s for {res['loaded']['new']['load_seconds']:g} s"
+                     + ("" if s["load_covers_cached_window"] else " (SHORTER than the cached flows' window)"))
         lines.append(f"cached flows delivered {s['cached_delivered_pps_unloaded']:,.0f}/s unloaded, "
                      f"{s['cached_delivered_pps_loaded']:,.0f}/s under load: "
                      f"{(s['cached_ratio_loaded_over_unloaded'] or 0) * 100:.1f} % "
@@ -641,6 +709,12 @@ def table(res: dict) -> str:
     if phase.get("agent_cpu_cores"):
         lines.append("agent CPU over the window (cores): " + ", ".join(
             f"{n} {v:.2f}" for n, v in sorted(phase["agent_cpu_cores"].items())))
+    new = phase.get("new") or {}
+    if new.get("sender_cpu_sampled_cores") is not None:
+        lines.append(f"new-flow senders ({new['sender']}, nice {new.get('sender_nice')}): "
+                     f"{new['sender_cpu_sampled_cores']:.2f} cores in all (sampled from /proc"
+                     + (f"; {new['sender_cpu_cores']:.2f} by their own count)" if new.get("sender_cpu_cores")
+                        is not None else ")"))
     if s.get("not_read_by_datapath") is not None:
         lines.append(f"frames never read by the datapath (its socket buffer overflowed): {s['not_read_by_datapath']:,}")
     lines.append("drops by reason: " + (", ".join(f"{k} {v:,}" for k, v in s["drops_by_reason"].items()) or "none"))

@@ -21,7 +21,8 @@ bounded in count and time.  Frame layout (``frame``): Ethernet, IPv4 (no options
 header: addresses above 2**32 make an IPv6 template, flow label 0, hop limit 64), UDP, 18 bytes of payload:
 8-byte tag, 4-byte index, 1-byte copy number, 5 zero bytes (the payload at offset 42, or 62 for IPv6).  The
 sink and the TCP server take ``ipv6`` (sockets of that family).  Index i uses source port 1024 + i % 64512 and
-destination port DST_PORT_BASE + (i // 64512) % DST_PORTS: 4.1 M distinct 5-tuples.
+destination port DST_PORT_BASE + (i // 64512) % DST_PORTS: 6.2 M distinct 5-tuples (30 s at
+160k/s: 4.8 M).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import sys
 import time
 
 DST_PORT_BASE = 10_000
-DST_PORTS = 64
+DST_PORTS = 96
 SRC_PORTS = 64_512
 PAYLOAD = 18
 FRAME_LEN = 14 + 20 + 8 + PAYLOAD

@@ -70,6 +70,9 @@ class AgentConfig:
     log_repeat_s: float = 10.0             # a repeated log message: one "… repeated N times" line per interval
     poll_spin_us: int = 0                  # after work, busy-poll this long before blocking (0: off; pinned cores)
     poll_spin_workers: bool = True         # ... in the workers too (false: only the datapath spins)
+    datapath_nice: int = -10               # the datapath's nice value (ovs-ctl's for ovs-vswitchd): under overload
+                                           # it gets the CPU before the workers (negative: needs root, else 0)
+    worker_nice: int = 0                   # the workers' (and only theirs) nice value
 
     def __post_init__(self) -> None:
         for name, (lo, hi) in _LIMITS.items():
@@ -206,6 +209,8 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "max_pending_requests": (1, _BIG),
     "log_repeat_s": (0.0, _FOREVER),
     "poll_spin_us": (0, 10_000),                    # 0: never spin; at most 10 ms of spinning per round
+    "datapath_nice": (-20, 19),                     # setpriority(2)'s range
+    "worker_nice": (-20, 19),
 }
 
 

@@ -84,6 +84,15 @@ class Dispatcher:
             return pinned % self.n
         return normalized_flow_hash(pkt) % self.n
 
+    def saturated(self) -> bool:
+        """No worker has room for more than a few upcalls (each has at least ``max_inflight`` minus a margin
+        of min(batch, max_inflight) // 4 in flight): the datapath may shed unknown frames before parsing them
+        (RealDatapath.poll_ready), and the few it still parses (1 in afpacket.SHED_SAMPLE) fill that room.
+        The margin keeps one answer from sending a whole read batch down the full path only to be refused
+        (``dispatcher_queue_full``)."""
+        m = self.max_inflight - min(self.batch, self.max_inflight) // 4
+        return all(i >= m for i in self.inflight)
+
     def upcall(self, port: str, frame: bytes, pkt, key: tuple, now: float) -> bool:
         """A miss.  Returns False when it was held back or dropped (not sent)."""
         if self.quarantined and key in self.quarantined:

@@ -289,7 +289,7 @@ class DatapathProcess:
                 self.counters["datapath_state_tx"] += 1
 
     def poll_fd(self, fd: int, now: float) -> None:
-        for pid, frame, pkt, key in self.dp.poll_ready(fd, now):
+        for pid, frame, pkt, key in self.dp.poll_ready(fd, now, self.disp.saturated()):
             self.disp.upcall(pid, frame, pkt, key, now)
 
     def close(self) -> None:

@@ -51,6 +51,8 @@ MAX_BACKOFF_S = 30.0
 STABLE_S = 30.0                # a child that lived this long starts a new streak (restarted at once)
 LIFELINE_ENV = "SHARDNET_LIFELINE_FD"       # the child's end of the lifeline (engine/procmain.py)
 CLEANUP_ENV = "SHARDNET_CLEANUP"            # JSON [runtime dir, ...]: what a child removes when orphaned
+NICE_ENV = "SHARDNET_NICE"                  # the child's nice value (datapath_nice / worker_nice), set by itself
+OWN_GROUP_ENV = "SHARDNET_OWN_GROUP"        # "1": the child leaves the session for a scheduling group of its own
 log = logging.getLogger(__name__)
 
 
@@ -168,7 +170,10 @@ class ProcessPool:
     def _spawn(self, i: int) -> None:
         self._ready[i] = threading.Event()
         r = self._lifeline[0]
-        env = {**os.environ, LIFELINE_ENV: str(r), CLEANUP_ENV: json.dumps(self.cleanup)}
+        env = {**os.environ, LIFELINE_ENV: str(r), CLEANUP_ENV: json.dumps(self.cleanup),
+               NICE_ENV: str(self.cfg.datapath_nice if i == DP else self.cfg.worker_nice)}
+        if i == DP and self.cfg.datapath_nice < self.cfg.worker_nice:
+            env[OWN_GROUP_ENV] = "1"
         p = self.popen(self._argv[i], stdin=subprocess.DEVNULL, pass_fds=(r,), env=env)
         self.procs[i] = p
         self.pids[i] = p.pid

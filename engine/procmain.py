@@ -12,6 +12,16 @@ supervisor can no longer remove (``SHARDNET_CLEANUP``: the runtime directory wit
 socket, the ctl pointer file if it still points to that socket) and exits at once.  (Not PR_SET_PDEATHSIG:
 that fires when the parent *thread* that forked exits, and an embedding program may start the agent from a
 short-lived thread.)
+
+Priority: the pool puts the child's nice value in ``SHARDNET_NICE`` (AgentConfig ``datapath_nice``, default
+-10 as ovs-ctl gives ovs-vswitchd, and ``worker_nice``, default 0); the child sets it on itself first thing,
+before it starts any thread (the lifeline watcher, ZMQ's I/O threads), so every thread of the process
+inherits it.  Under overload the datapath
+then gets the CPU before the simulation workers, as Open vSwitch's PMD threads do before its handlers.
+The datapath also gets a scheduling group of its own (``_set_nice``: autogroups) when its value is below
+the workers'.  A
+value the process may not take (a negative one without root or CAP_SYS_NICE) leaves it as it was, with one
+warning in the log.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ log = logging.getLogger("engine.procmain")     # run as __main__
 def main(argv: list[str]) -> int:
     role, raw = argv[0], json.loads(argv[1])
     _logging(role, raw)
+    _set_nice()
     _watch_lifeline()
     prof_dir = os.environ.get("SHARDNET_PROFILE_DIR")
     if prof_dir:                                  # developer aid: a cProfile dump per process at exit
@@ -42,6 +53,42 @@ def main(argv: list[str]) -> int:
             prof.disable()
             prof.dump_stats(os.path.join(prof_dir, f"{role}-{raw.get('index', 'dp')}-{os.getpid()}.prof"))
     return _run(role, raw)
+
+
+AUTOGROUP = "/proc/self/autogroup"
+
+
+def _set_nice() -> None:
+    """This process's nice value from ``SHARDNET_NICE`` (absolute, like setpriority(2)); EPERM → unchanged.
+    With ``SHARDNET_OWN_GROUP`` (the datapath, when it is to run before the workers) the process first leaves
+    the agent's session (setsid) and gives its own autogroup the same nice value: with the kernel's
+    autogroup scheduling (sched_autogroup_enabled) a nice value only weighs inside its session, and every other
+    session — the supervisor's with the workers, each program on the host — gets an equal share whatever its
+    processes' nice values.  The lifeline, not the session, ties the child to its supervisor."""
+    want = os.environ.get("SHARDNET_NICE")
+    if not want:
+        return
+    try:
+        value = int(want)
+    except ValueError:
+        log.warning("SHARDNET_NICE=%r is not an integer: priority unchanged", want)
+        return
+    if os.environ.get("SHARDNET_OWN_GROUP"):
+        try:
+            os.setsid()
+        except OSError:                                # already a group leader (started by hand): keep it
+            pass
+        if os.path.exists(AUTOGROUP):
+            try:
+                with open(AUTOGROUP, "w") as f:
+                    f.write(str(value))
+            except OSError as e:                       # EPERM: a negative value without CAP_SYS_NICE
+                log.warning("cannot set the autogroup's nice %s (%s): its weight unchanged", want, e.strerror)
+    try:
+        if os.getpriority(os.PRIO_PROCESS, 0) != value:
+            os.setpriority(os.PRIO_PROCESS, 0, value)
+    except OSError as e:                               # EPERM/EACCES: a negative value without the privilege
+        log.warning("cannot set nice %s (%s): priority unchanged", want, e.strerror)
 
 
 def _watch_lifeline() -> None:

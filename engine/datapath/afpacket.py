@@ -23,16 +23,28 @@ Costs measured on this machine (2 cores, noisy): plain recv ~140-190k pps, recvm
 recvmsg + auxdata + vnet header ~90-110k pps.  The vnet header is kept anyway: without it the MSS of a
 super frame and the checksum offsets would have to be guessed.
 
-No mmap ring.  Measured (bench/fastpath.py, one run, 60-byte frames, saturated): echo loop with plain recv
-~307k pps, with a TPACKET_V2 rx ring ~391k pps, with this class ~185k pps; cached-flow forwarding through
-RealDatapath ~110k pps.  A ring would pay on rx, but a TPACKET_V2 slot is fixed-size: a 64 KB GSO super frame
-would be truncated (TP_STATUS_COPY) unless every slot were 64 KB.  Doing it right needs TPACKET_V3 (variable
-frames in blocks) with the vnet header in the ring: left for later.
+The rx path is an mmap ring (``PACKET_RX_RING``, TPACKET_V2) by default (``ring_slots``; 0: one
+``recvmsg`` per frame as before).  The kernel writes each frame into a fixed 2 KB slot with the virtio-net
+header right in front of it (PACKET_VNET_HDR applies to the ring: tests/e2e/test_datapath_ring.py reads the
+NEEDS_CSUM offsets and the GSO fields from ring slots), the auxdata fields are in the slot's tpacket2_hdr
+(tp_status, tp_vlan_tci, tp_vlan_tpid), so ``recv_batch`` runs the same repair on a ring frame as on a
+recvmsg'd one, without a system call per frame.  A frame larger than a slot (a 64 KB GSO super frame) is not
+truncated: with PACKET_COPY_THRESH the kernel queues a full copy on the socket's ordinary receive queue and
+marks the slot TP_STATUS_COPY; at that slot ``recv_batch`` takes the frame with ``recvmsg`` (the old path;
+``afpacket_rx_copied`` counts them).  TPACKET_V3's variable-size frames would hold super frames too, but its
+blocks reach the reader only when full or after a retire timeout of a millisecond or more: latency at low
+rates.  A truncated frame without a copy (the receive buffer was full) is dropped and counted
+(``afpacket_rx_dropped``).
+
+Costs measured on this machine (bench/fastpath.py, one run, 60-byte frames, saturated): echo loop with plain
+recv ~307k pps, with a TPACKET_V2 rx ring ~391k pps, with the recvmsg path of this class ~185k pps;
+cached-flow forwarding through RealDatapath ~110k pps with the recvmsg path.
 """
 
 from __future__ import annotations
 
 import errno
+import mmap
 import socket
 import struct
 
@@ -43,7 +55,15 @@ PACKET_AUXDATA = 8
 PACKET_STATISTICS = 6
 PACKET_VNET_HDR = 15
 PACKET_IGNORE_OUTGOING = 23
+PACKET_COPY_THRESH = 7
+PACKET_RX_RING = 5
+PACKET_VERSION = 10
+TPACKET_V2 = 1
 ETH_P_ALL = 0x0003
+
+TP_STATUS_KERNEL = 0
+TP_STATUS_USER = 0x1
+TP_STATUS_COPY = 0x2
 
 TP_STATUS_CSUMNOTREADY = 0x8
 TP_STATUS_VLAN_VALID = 0x10
@@ -59,10 +79,17 @@ VNET_HDR_LEN = 10
 
 RX_BUF = 65536 + 64          # a 64 KB GSO frame + vnet header; stays under malloc's mmap threshold
 ANC_BUF = socket.CMSG_SPACE(20)
+RING_SLOTS = 4096            # rx ring slots per port (8 MB); 0: no ring, one recvmsg per frame
+RING_SLOT = 2048             # a slot: tpacket2_hdr, vnet header and a frame of up to ~1.9 KB (more: a copy)
+RING_BLOCK = 1 << 16
+SHED_SAMPLE = 16             # while shedding, 1 in this many unknown frames is read all the same
 
 _AUX = struct.Struct("=IIIHHHH")           # tpacket_auxdata: status len snaplen mac net vlan_tci vlan_tpid
 _VNET = struct.Struct("=BBHHHH")           # virtio_net_hdr: flags gso_type hdr_len gso_size csum_start/off
 _TPSTATS = struct.Struct("=II")            # tpacket_stats: packets drops
+_T2HDR = struct.Struct("=IIIHHIIHH")       # tpacket2_hdr: status len snaplen mac net sec nsec vlan_tci vlan_tpid
+_T2VLAN = struct.Struct("=24xHH")          # ... and vlan_tci vlan_tpid
+_IPV4 = b"\x08\x00"
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _VLAN_TPIDS = (0x8100, 0x88A8)
@@ -74,14 +101,16 @@ class AfPacketError(OSError):
 
 
 class AfPacketPort:
-    """AF_PACKET I/O on one interface.  ``recv_batch`` reads until EAGAIN or ``max_n`` reads."""
+    """AF_PACKET I/O on one interface.  ``recv_batch`` reads until EAGAIN (or an empty ring slot) or ``max_n``
+    reads.  ``ring_slots`` 0: no rx ring (a recvmsg per frame)."""
 
-    def __init__(self, ifname: str, rcvbuf: int = 4 << 20, sndbuf: int = 4 << 20):
+    def __init__(self, ifname: str, rcvbuf: int = 4 << 20, sndbuf: int = 4 << 20, ring_slots: int = RING_SLOTS):
         self.ifname = ifname
         self.counters = {"afpacket_rx": 0, "afpacket_tx": 0, "afpacket_rx_csum_fixed": 0,
                          "afpacket_rx_gso_segmented": 0, "afpacket_rx_vlan_restored": 0,
-                         "afpacket_rx_dropped": 0, "afpacket_rx_errors": 0, "afpacket_tx_errors": 0}
-        rx = tx = None
+                         "afpacket_rx_dropped": 0, "afpacket_rx_errors": 0, "afpacket_tx_errors": 0,
+                         "afpacket_rx_copied": 0, "afpacket_rx_shed": 0}
+        rx = tx = ring = None
         try:
             # protocol 0: nothing is queued before bind
             rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
@@ -89,6 +118,7 @@ class AfPacketPort:
             rx.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
             rx.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
             rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            ring, ring_slots = _rx_ring(rx, ring_slots) if ring_slots > 0 else (None, 0)
             rx.bind((ifname, ETH_P_ALL))
             rx.setblocking(False)
             tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
@@ -96,6 +126,8 @@ class AfPacketPort:
             tx.bind((ifname, 0))
             tx.setblocking(False)
         except (OSError, ValueError) as e:              # ValueError: a name the kernel cannot take (a NUL)
+            if ring is not None:
+                ring.close()
             for s in (rx, tx):
                 if s is not None:
                     s.close()
@@ -104,12 +136,26 @@ class AfPacketPort:
         self._rx, self._tx = rx, tx
         self._recvmsg = rx.recvmsg
         self._send = tx.send
+        self._ring = ring
+        self._slots = ring_slots
+        self._head = 0
+        self._shed_seq = 0
+        if ring is not None:                             # the slot headers as words (_recv_ring)
+            self._u32 = memoryview(ring).cast("I")
+            self._u16 = memoryview(ring).cast("H")
 
     def fileno(self) -> int:
         return self._rx.fileno()
 
-    def recv_batch(self, max_n: int = 64) -> list[bytes]:
-        """Wire frames read until EAGAIN or ``max_n`` reads (a segmented super frame yields several)."""
+    def recv_batch(self, max_n: int = 64, shed: set | None = None) -> list[bytes]:
+        """Wire frames read until EAGAIN or ``max_n`` reads (a segmented super frame yields several).
+
+        ``shed`` (the caller is saturated: see RealDatapath.poll_ready): the addresses and ports (bytes 26..38)
+        of the IPv4 flows worth reading; any other untagged IPv4 frame is dropped before it is repaired or
+        copied (``afpacket_rx_shed``), but for 1 in SHED_SAMPLE, so that a flow the caller has not remembered
+        yet still gets through.  Other frames are never shed."""
+        if self._ring is not None:
+            return self._recv_ring(max_n, shed)
         out: list[bytes] = []
         append = out.append
         recvmsg = self._recvmsg
@@ -124,19 +170,98 @@ class AfPacketPort:
                 break
             n += 1
             status = _AUX.unpack_from(anc[0][2])[0] if anc else 0
+            if shed is not None and self._unknown(data, status, shed) and self._shed_one():
+                continue
             if not status & (TP_STATUS_CSUMNOTREADY | TP_STATUS_VLAN_VALID | TP_STATUS_GSO_TCP) and not (
                     data[0] & VNET_F_NEEDS_CSUM or data[1]):
                 append(data[VNET_HDR_LEN:])
             elif flags & socket.MSG_TRUNC:
                 self.counters["afpacket_rx_dropped"] += 1
             else:
-                self._repair(data, anc, out)
+                aux = _AUX.unpack_from(anc[0][2]) if anc else (0,) * 7
+                self._repair(data, aux[0], aux[5], aux[6], out)
         self.counters["afpacket_rx"] += n
         return out
 
-    def _repair(self, data: bytes, anc, out: list) -> None:
-        vflags, gso_type, _hl, gso_size, cstart, coff = _VNET.unpack_from(data, 0)
+    def _recv_ring(self, max_n: int, shed: set | None) -> list[bytes]:
+        """``recv_batch`` on the rx ring: the slots the kernel handed over (TP_STATUS_USER), in order, each given
+        back at once; a TP_STATUS_COPY slot's frame is read from the socket queue (the full copy).  With
+        ``shed``, an unknown IPv4 frame is dropped in its slot, before it is even copied out.  The slot
+        headers are read and written through word views of the ring (``_u32``/``_u16``: tp_status at word 0,
+        tp_len 1, tp_snaplen 2, tp_mac at half-word 6): no struct call per frame on the common paths."""
+        out: list[bytes] = []
+        append = out.append
+        ring, u32, u16, slots, head = self._ring, self._u32, self._u16, self._slots, self._head
+        words = RING_SLOT // 4
+        n = shed_n = 0
+        seq = self._shed_seq
+        while n < max_n:
+            w = head * words
+            status = u32[w]
+            if not status & TP_STATUS_USER:
+                break
+            n += 1
+            off = w * 4
+            m = off + u16[w * 2 + 6]
+            if status & TP_STATUS_COPY:
+                self._recv_copy(out, shed)
+            elif u32[w + 2] < u32[w + 1]:        # truncated, and no copy was queued (receive buffer full)
+                self.counters["afpacket_rx_dropped"] += 1
+            elif shed is not None and ring[m + 12] == 8 and ring[m + 13] == 0 and not status & TP_STATUS_VLAN_VALID \
+                    and ring[m + 26:m + 38] not in shed and (seq := seq + 1) % SHED_SAMPLE:
+                shed_n += 1
+            elif not status & (TP_STATUS_CSUMNOTREADY | TP_STATUS_VLAN_VALID | TP_STATUS_GSO_TCP) and not (
+                    ring[m - VNET_HDR_LEN] & VNET_F_NEEDS_CSUM or ring[m - VNET_HDR_LEN + 1]):
+                append(ring[m:m + u32[w + 2]])
+            else:
+                tci, tpid = _T2VLAN.unpack_from(ring, off)
+                self._repair(ring[m - VNET_HDR_LEN:m + u32[w + 2]], status, tci, tpid, out)
+            u32[w] = TP_STATUS_KERNEL
+            head += 1
+            if head == slots:
+                head = 0
+        self._head = head
+        self._shed_seq = seq
+        c = self.counters
+        c["afpacket_rx"] += n
+        if shed_n:
+            c["afpacket_rx_shed"] += shed_n
+        return out
+
+    def _shed_one(self) -> bool:
+        """An unknown frame while shedding: True (drop it, counted) but for 1 in SHED_SAMPLE."""
+        self._shed_seq += 1
+        if self._shed_seq % SHED_SAMPLE:
+            self.counters["afpacket_rx_shed"] += 1
+            return True
+        return False
+
+    def _recv_copy(self, out: list, shed: set | None = None) -> None:
+        try:
+            data, anc, flags, _addr = self._recvmsg(RX_BUF, ANC_BUF)
+        except BlockingIOError:                  # the copy was not queued after all
+            self.counters["afpacket_rx_dropped"] += 1
+            return
+        except OSError:
+            self.counters["afpacket_rx_errors"] += 1
+            return
+        if flags & socket.MSG_TRUNC:
+            self.counters["afpacket_rx_dropped"] += 1
+            return
+        self.counters["afpacket_rx_copied"] += 1
         status, _l, _s, _m, _n, tci, tpid = _AUX.unpack_from(anc[0][2]) if anc else (0,) * 7
+        if shed is not None and self._unknown(data, status, shed) and self._shed_one():
+            return
+        self._repair(data, status, tci, tpid, out)
+
+    @staticmethod
+    def _unknown(data: bytes, status: int, shed: set) -> bool:
+        """``data`` (vnet header + frame) is an untagged IPv4 frame whose addresses and ports are not in
+        ``shed``."""
+        return data[22:24] == _IPV4 and not status & TP_STATUS_VLAN_VALID and data[36:48] not in shed
+
+    def _repair(self, data: bytes, status: int, tci: int, tpid: int, out: list) -> None:
+        vflags, gso_type, _hl, gso_size, cstart, coff = _VNET.unpack_from(data, 0)
         frame = bytearray(data[VNET_HDR_LEN:])
         if status & TP_STATUS_VLAN_VALID:
             if not status & TP_STATUS_VLAN_TPID_VALID or not tpid:
@@ -172,7 +297,16 @@ class AfPacketPort:
         """(packets, drops) the kernel counted for the rx socket since the last call (PACKET_STATISTICS)."""
         return _TPSTATS.unpack(self._rx.getsockopt(SOL_PACKET, PACKET_STATISTICS, _TPSTATS.size))
 
+    @property
+    def ring(self) -> bool:
+        """True when frames are read from the mmap rx ring."""
+        return self._ring is not None
+
     def close(self) -> None:
+        if self._ring is not None:
+            self._u32.release()
+            self._u16.release()
+            self._ring.close()
         self._rx.close()
         self._tx.close()
 
@@ -181,6 +315,19 @@ class AfPacketPort:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _rx_ring(rx: socket.socket, slots: int) -> tuple[mmap.mmap, int]:
+    """A TPACKET_V2 rx ring of ``slots`` RING_SLOT-byte slots on ``rx`` (before bind: nothing is lost), mapped.
+    Needs PACKET_VNET_HDR set already (the kernel refuses it once a ring exists).  PACKET_COPY_THRESH: a frame
+    longer than a slot is also queued whole on the receive queue (TP_STATUS_COPY in its slot)."""
+    per_block = RING_BLOCK // RING_SLOT
+    slots = max(per_block, -(-slots // per_block) * per_block)
+    rx.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
+    rx.setsockopt(SOL_PACKET, PACKET_COPY_THRESH, 1)
+    rx.setsockopt(SOL_PACKET, PACKET_RX_RING, struct.pack("=IIII", RING_BLOCK, slots // per_block, RING_SLOT,
+                                                          slots))
+    return mmap.mmap(rx.fileno(), slots * RING_SLOT, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE), slots
 
 
 def complete_checksum(frame: bytearray, cstart: int, coff: int) -> bool:

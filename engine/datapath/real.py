@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from engine.datapath.afpacket import AfPacketPort
+from engine.datapath.afpacket import RING_SLOTS, AfPacketPort
 from engine.datapath.memory import MemoryDatapath
 from engine.datapath.tunnel import VxlanTunnel
 from packet.codec import ParseError, parse
@@ -35,6 +35,9 @@ _TUNNEL = object()
 
 class RealDatapath(MemoryDatapath):
     """MemoryDatapath's flow handling (receive, output, kept outputs) on real interfaces and a tunnel."""
+
+    ring_slots = RING_SLOTS                # each port's rx ring (afpacket.py); 0: a recvmsg per frame
+    max_seen = 65_536                      # IPv4 address/port headers remembered per port for shedding
 
     def __init__(self, ports: dict, tunnel: VxlanTunnel | None = None, key_to_port: dict | None = None,
                  max_flows: int = 200_000, keep_outputs: bool = False,
@@ -48,6 +51,7 @@ class RealDatapath(MemoryDatapath):
         self.tunnel = tunnel
         self.on_state = on_state
         self.batch = batch
+        self._seen: dict = {}                  # port id → IPv4 headers (addresses + ports) of recent hits
         self._by_fd: dict[int, object] = {}
         self._closed_port_counters: dict[str, int] = {}
         if tunnel is not None:
@@ -66,7 +70,7 @@ class RealDatapath(MemoryDatapath):
         poll.  ``tunnel_key``, when given, maps that VNI to this port."""
         if port_id in self.ports:
             self.remove_port(port_id)
-        p = AfPacketPort(ifname)
+        p = AfPacketPort(ifname, ring_slots=self.ring_slots)
         self.ports[port_id] = p
         self._by_fd[p.fileno()] = port_id
         if tunnel_key is not None:
@@ -80,6 +84,7 @@ class RealDatapath(MemoryDatapath):
         if p is None:
             return False
         self._by_fd.pop(p.fileno(), None)
+        self._seen.pop(port_id, None)
         for k, v in p.counters.items():
             self._closed_port_counters[k] = self._closed_port_counters.get(k, 0) + v
         p.close()
@@ -113,19 +118,31 @@ class RealDatapath(MemoryDatapath):
 
     # --- the I/O shell ------------------------------------------------------------------------------------
 
-    def poll_ready(self, fd: int, now: float) -> list[tuple]:
+    def poll_ready(self, fd: int, now: float, shed: bool = False) -> list[tuple]:
         """Drain up to ``batch`` reads from a readable fd.  Returns the misses as (port_id, frame, packet,
-        key); hits, tunnel frames and flow-state messages are handled inside."""
+        key); hits, tunnel frames and flow-state messages are handled inside.
+
+        ``shed`` (the caller's dispatcher has no room for an upcall: every worker's queue is full): the port
+        drops an IPv4 frame whose addresses and ports (bytes 26..38) were not seen in a hit on this port lately
+        before it is copied out or parsed (AfPacketPort.recv_batch, ``afpacket_rx_shed``) — its miss would be
+        refused anyway, and the parse is most of a frame's cost.  The remembered headers only decide what is
+        worth parsing, never an action: a frame that passes takes the full path (parse, flow key, lookup); 1 in
+        afpacket.SHED_SAMPLE unknown frames passes too, so a cached flow not remembered yet is found again."""
         pid = self._by_fd.get(fd)
         if pid is None:
             return []
         if pid is _TUNNEL:
             self._drain_tunnel()
             return []
-        frames = self.ports[pid].recv_batch(self.batch)
+        seen = self._seen.get(pid)
+        if seen is None:
+            seen = self._seen[pid] = set()
+        port = self.ports[pid]
+        shed0 = port.counters["afpacket_rx_shed"]
+        frames = port.recv_batch(self.batch, seen if shed else None)
         misses = []
         c = self.counters
-        c["datapath_rx"] += len(frames)
+        c["datapath_rx"] += len(frames) + port.counters["afpacket_rx_shed"] - shed0   # every frame read
         lookup, execute = self.cache.lookup, self.cache.execute
         for frame in frames:
             try:
@@ -139,6 +156,10 @@ class RealDatapath(MemoryDatapath):
             if flow is None:
                 misses.append((pid, frame, pkt, key))
             else:
+                if frame[12:14] == b"\x08\x00":
+                    if len(seen) >= self.max_seen:
+                        seen.clear()
+                    seen.add(frame[26:38])
                 execute(flow.compiled, frame, pkt)
         return misses
 

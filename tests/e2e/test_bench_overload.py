@@ -56,6 +56,7 @@ def test_overload_counts_and_cleans_up(e2e_ready):
     check_cached(lo, 400, 2.0)
     new = lo["new"]
     assert new["sent"] == 2000 and new["senders"] == 2 and new["send_errors"] == 0
+    assert new["sender"] == "ring" and new["sender_cpu_s"] > 0 and new["sender_cpu_sampled_s"] > 0
     assert new["delivered_distinct"] == new["sent"]
     c = lo["counters"]
     assert c["datapath.dispatcher_upcalls"] == new["sent"]              # one upcall per new 5-tuple

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 
@@ -65,10 +66,12 @@ SUPERVISOR_ONLY = {"store", "topology", "runtime_base", "restart_workers", "stat
                    "flow_state_keys", "metrics", "ctl"}
 # AgentConfig fields every child gets on its command line next to its config (engine/procmain.py: "log")
 COMMAND_LINE = {"log_level", "log_file", "log_repeat_s"}
+# AgentConfig fields every child gets in its environment (engine/pool.py NICE_ENV): test below
+ENVIRONMENT = {"datapath_nice", "worker_nice"}
 
 
 @pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(AgentConfig)      # the mode: parametrized
-                                  if f.name not in SUPERVISOR_ONLY | COMMAND_LINE | {"datapath"}])
+                                  if f.name not in SUPERVISOR_ONLY | COMMAND_LINE | ENVIRONMENT | {"datapath"}])
 @pytest.mark.parametrize("datapath", ["memory", "real"])
 def test_a_changed_agent_setting_reaches_a_child_config(name, datapath):
     base = AgentConfig(workers=2, host="host-a", datapath=datapath, cpus=[0, 1], datapath_cpu=0,
@@ -78,6 +81,37 @@ def test_a_changed_agent_setting_reaches_a_child_config(name, datapath):
         assert _children(changed) == _children(base)   # the real datapath keeps no outputs
         return
     assert _children(changed) != _children(base), f"AgentConfig.{name} reaches no child config"
+
+
+def test_the_nice_settings_reach_every_child_environment():
+    class Fake:
+        pid = 4242
+
+    envs: list[dict] = []
+
+    def popen(argv, **kw):
+        envs.append(kw["env"])
+        return Fake()
+
+    cfg = AgentConfig(workers=2, datapath_nice=-3, worker_nice=4)
+    procs = pool.ProcessPool(cfg, {})
+    procs.popen = popen
+    p2 = None
+    procs.start(pool.datapath_config(cfg, "/run/x", portmap.PortMap({}, {}, {}), None), "/run/x")
+    try:
+        dp, *workers = envs
+        assert dp[pool.NICE_ENV] == "-3" and dp[pool.OWN_GROUP_ENV] == "1"
+        assert [w[pool.NICE_ENV] for w in workers] == ["4", "4"] and not any(pool.OWN_GROUP_ENV in w for w in workers)
+        envs.clear()
+        same = AgentConfig(workers=1, datapath_nice=0, worker_nice=0)      # no priority: no group of its own
+        p2 = pool.ProcessPool(same, {})
+        p2.popen = popen
+        p2.start(pool.datapath_config(same, "/run/x", portmap.PortMap({}, {}, {}), None), "/run/x")
+        assert envs[0][pool.NICE_ENV] == "0" and pool.OWN_GROUP_ENV not in envs[0]
+    finally:
+        for p in (procs, p2):
+            for fd in (p._lifeline or ()) if p is not None else ():
+                os.close(fd)
 
 
 def test_the_log_settings_reach_every_child_command_line():

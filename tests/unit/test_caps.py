@@ -48,6 +48,31 @@ def test_held_back_frames_are_capped_per_flow_and_in_all():
     assert d.held_frames == 0 and not d.held
 
 
+def test_the_dispatcher_is_saturated_only_when_every_worker_is_full():
+    d = Dispatcher(2, lambda w, b: True, max_inflight=1, batch=1)
+    assert not d.saturated()
+    seqs, sport = [], 0
+    while len(seqs) < 2 and sport < 100:                # one upcall in flight on each worker
+        sport += 1
+        pkt = _pkt(sport)
+        w = d.worker_for(pkt, "p")
+        if d.inflight[w] == 0:
+            assert d.upcall("p", b"x", pkt, (sport,), 0.0)
+            seqs.append(d.seq)
+            assert d.saturated() == (len(seqs) == 2)
+    assert d.saturated()
+    d.answered(seqs[0])
+    assert not d.saturated()
+    m = Dispatcher(1, lambda w, b: True, max_inflight=20, batch=16)     # a margin of batch // 4 = 4 upcalls
+    for sport in range(1, 17):
+        assert not m.saturated()
+        assert m.upcall("p", b"x", _pkt(sport), (sport,), 0.0)
+    assert m.saturated() and m.inflight == [16]
+    small = Dispatcher(1, lambda w, b: True, max_inflight=2, batch=64)  # a margin never past max_inflight / 4
+    assert small.upcall("p", b"x", _pkt(1), (1,), 0.0) and not small.saturated()
+    assert small.upcall("p", b"x", _pkt(2), (2,), 0.0) and small.saturated()
+
+
 def test_the_held_back_caps_come_from_the_agent_config():
     cfg = AgentConfig(max_held=3, max_held_total=99)
     dp_cfg = pool.datapath_config(cfg, "/run/x", PortMap({}, {}, {}), None)
