@@ -90,6 +90,20 @@ _TPSTATS = struct.Struct("=II")            # tpacket_stats: packets drops
 _T2HDR = struct.Struct("=IIIHHIIHH")       # tpacket2_hdr: status len snaplen mac net sec nsec vlan_tci vlan_tpid
 _T2VLAN = struct.Struct("=24xHH")          # ... and vlan_tci vlan_tpid
 _IPV4 = b"\x08\x00"
+_IPV6 = b"\x86\xdd"
+
+
+def shed_key(frame) -> bytes | None:
+    """What shedding remembers of a frame that hit (RealDatapath.poll_ready) and compares unknown ones by: an
+    IPv4 frame's addresses and ports (bytes 26..38), an IPv6 frame's addresses and the 4 bytes after its fixed
+    header (22..58: its ports when it has no extension header; a flow's frames agree either way); None for other
+    frames, which are never shed."""
+    et = frame[12:14]
+    if et == _IPV4:
+        return frame[26:38]
+    if et == _IPV6:
+        return frame[22:58]
+    return None
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _VLAN_TPIDS = (0x8100, 0x88A8)
@@ -150,8 +164,8 @@ class AfPacketPort:
     def recv_batch(self, max_n: int = 64, shed: set | None = None) -> list[bytes]:
         """Wire frames read until EAGAIN or ``max_n`` reads (a segmented super frame yields several).
 
-        ``shed`` (the caller is saturated: see RealDatapath.poll_ready): the addresses and ports (bytes 26..38)
-        of the IPv4 flows worth reading; any other untagged IPv4 frame is dropped before it is repaired or
+        ``shed`` (the caller is saturated: see RealDatapath.poll_ready): the ``shed_key`` of the IPv4 and IPv6
+        flows worth reading; any other untagged IPv4 or IPv6 frame is dropped before it is repaired or
         copied (``afpacket_rx_shed``), but for 1 in SHED_SAMPLE, so that a flow the caller has not remembered
         yet still gets through.  Other frames are never shed."""
         if self._ring is not None:
@@ -186,7 +200,7 @@ class AfPacketPort:
     def _recv_ring(self, max_n: int, shed: set | None) -> list[bytes]:
         """``recv_batch`` on the rx ring: the slots the kernel handed over (TP_STATUS_USER), in order, each given
         back at once; a TP_STATUS_COPY slot's frame is read from the socket queue (the full copy).  With
-        ``shed``, an unknown IPv4 frame is dropped in its slot, before it is even copied out.  The slot
+        ``shed``, an unknown IPv4 or IPv6 frame is dropped in its slot, before it is even copied out.  The slot
         headers are read and written through word views of the ring (``_u32``/``_u16``: tp_status at word 0,
         tp_len 1, tp_snaplen 2, tp_mac at half-word 6): no struct call per frame on the common paths."""
         out: list[bytes] = []
@@ -207,8 +221,10 @@ class AfPacketPort:
                 self._recv_copy(out, shed)
             elif u32[w + 2] < u32[w + 1]:        # truncated, and no copy was queued (receive buffer full)
                 self.counters["afpacket_rx_dropped"] += 1
-            elif shed is not None and ring[m + 12] == 8 and ring[m + 13] == 0 and not status & TP_STATUS_VLAN_VALID \
-                    and ring[m + 26:m + 38] not in shed and (seq := seq + 1) % SHED_SAMPLE:
+            elif shed is not None and not status & TP_STATUS_VLAN_VALID and (
+                    (ring[m + 12] == 8 and ring[m + 13] == 0 and ring[m + 26:m + 38] not in shed)
+                    or (ring[m + 12] == 0x86 and ring[m + 13] == 0xDD and ring[m + 22:m + 58] not in shed)) \
+                    and (seq := seq + 1) % SHED_SAMPLE:
                 shed_n += 1
             elif not status & (TP_STATUS_CSUMNOTREADY | TP_STATUS_VLAN_VALID | TP_STATUS_GSO_TCP) and not (
                     ring[m - VNET_HDR_LEN] & VNET_F_NEEDS_CSUM or ring[m - VNET_HDR_LEN + 1]):
@@ -256,9 +272,14 @@ class AfPacketPort:
 
     @staticmethod
     def _unknown(data: bytes, status: int, shed: set) -> bool:
-        """``data`` (vnet header + frame) is an untagged IPv4 frame whose addresses and ports are not in
-        ``shed``."""
-        return data[22:24] == _IPV4 and not status & TP_STATUS_VLAN_VALID and data[36:48] not in shed
+        """``data`` (vnet header + frame) is an untagged IPv4 or IPv6 frame whose addresses and ports are not
+        in ``shed`` (``shed_key``)."""
+        if status & TP_STATUS_VLAN_VALID:
+            return False
+        et = data[22:24]
+        if et == _IPV4:
+            return data[36:48] not in shed
+        return et == _IPV6 and data[32:68] not in shed
 
     def _repair(self, data: bytes, status: int, tci: int, tpid: int, out: list) -> None:
         vflags, gso_type, _hl, gso_size, cstart, coff = _VNET.unpack_from(data, 0)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from engine.datapath.afpacket import RING_SLOTS, AfPacketPort
+from engine.datapath.afpacket import RING_SLOTS, AfPacketPort, shed_key
 from engine.datapath.memory import MemoryDatapath
 from engine.datapath.tunnel import VxlanTunnel
 from packet.codec import ParseError, parse
@@ -37,7 +37,7 @@ class RealDatapath(MemoryDatapath):
     """MemoryDatapath's flow handling (receive, output, kept outputs) on real interfaces and a tunnel."""
 
     ring_slots = RING_SLOTS                # each port's rx ring (afpacket.py); 0: a recvmsg per frame
-    max_seen = 65_536                      # IPv4 address/port headers remembered per port for shedding
+    max_seen = 65_536                      # address/port headers (afpacket.shed_key) remembered per port for shedding
 
     def __init__(self, ports: dict, tunnel: VxlanTunnel | None = None, key_to_port: dict | None = None,
                  max_flows: int = 200_000, keep_outputs: bool = False,
@@ -51,7 +51,7 @@ class RealDatapath(MemoryDatapath):
         self.tunnel = tunnel
         self.on_state = on_state
         self.batch = batch
-        self._seen: dict = {}                  # port id → IPv4 headers (addresses + ports) of recent hits
+        self._seen: dict = {}                  # port id → shed keys (addresses + ports) of recent hits
         self._by_fd: dict[int, object] = {}
         self._closed_port_counters: dict[str, int] = {}
         if tunnel is not None:
@@ -123,7 +123,8 @@ class RealDatapath(MemoryDatapath):
         key); hits, tunnel frames and flow-state messages are handled inside.
 
         ``shed`` (the caller's dispatcher has no room for an upcall: every worker's queue is full): the port
-        drops an IPv4 frame whose addresses and ports (bytes 26..38) were not seen in a hit on this port lately
+        drops an IPv4 or IPv6 frame whose addresses and ports (afpacket.shed_key) were not seen in a hit on this
+        port lately
         before it is copied out or parsed (AfPacketPort.recv_batch, ``afpacket_rx_shed``) — its miss would be
         refused anyway, and the parse is most of a frame's cost.  The remembered headers only decide what is
         worth parsing, never an action: a frame that passes takes the full path (parse, flow key, lookup); 1 in
@@ -156,10 +157,11 @@ class RealDatapath(MemoryDatapath):
             if flow is None:
                 misses.append((pid, frame, pkt, key))
             else:
-                if frame[12:14] == b"\x08\x00":
+                sk = shed_key(frame)
+                if sk is not None:
                     if len(seen) >= self.max_seen:
                         seen.clear()
-                    seen.add(frame[26:38])
+                    seen.add(sk)
                 execute(flow.compiled, frame, pkt)
         return misses
 

@@ -19,6 +19,7 @@ import time
 
 import pytest
 from scapy.layers.inet import IP, UDP, Ether
+from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Dot1Q
 
 from engine.datapath import afpacket
@@ -175,11 +176,12 @@ def test_vlan_tag_restored_recvmsg_path(netns_factory, dp_threads, recvmsg_path)
     io.test_vlan_tag_restored(netns_factory, dp_threads)
 
 
+@pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
 @pytest.mark.parametrize("slots", [afpacket.RING_SLOTS, 0], ids=["ring", "recvmsg"])
-def test_a_saturated_datapath_sheds_unknown_ipv4_frames_before_parsing_them(netns_factory, monkeypatch, slots):
+def test_a_saturated_datapath_sheds_unknown_ip_frames_before_parsing_them(netns_factory, monkeypatch, slots, family):
     """poll_ready(shed=True): frames of a flow that hit lately are parsed and executed as always; frames of
-    unknown IPv4 flows are dropped unparsed and counted, but for 1 in SHED_SAMPLE (returned as a miss);
-    non-IPv4 frames are never shed.  shed=False: every unknown frame is a miss."""
+    unknown IPv4 / IPv6 flows are dropped unparsed and counted, but for 1 in SHED_SAMPLE (returned as a miss);
+    other frames (ARP) are never shed.  shed=False: every unknown frame is a miss."""
     vm1, vm2 = two_vms(netns_factory)
     monkeypatch.setattr(RealDatapath, "ring_slots", slots)
     dp = RealDatapath({"vm1": vm1.host_if, "vm2": vm2.host_if})
@@ -189,8 +191,8 @@ def test_a_saturated_datapath_sheds_unknown_ipv4_frames_before_parsing_them(netn
         tx.bind((vm1.ifname, 0))
 
         def udp_frame(sport: int) -> bytes:
-            return bytes(Ether(src=MAC1, dst=MAC2) / IP(src="10.5.0.1", dst="10.5.0.2") / UDP(sport=sport, dport=9)
-                         / b"s")
+            ip = IP(src="10.5.0.1", dst="10.5.0.2") if family == 4 else IPv6(src="2001:db8:5::1", dst="2001:db8:5::2")
+            return bytes(Ether(src=MAC1, dst=MAC2) / ip / UDP(sport=sport, dport=9) / b"s")
 
         def poll(frames: list[bytes], shed: bool) -> list[tuple]:
             for f in frames:
@@ -216,7 +218,7 @@ def test_a_saturated_datapath_sheds_unknown_ipv4_frames_before_parsing_them(netn
         shed = dp.refresh_counters()["afpacket_rx_shed"]
         assert shed == 32 - len(misses) and len(misses) == 32 // afpacket.SHED_SAMPLE
         arp = bytes(Ether(src=MAC1, dst="ff:ff:ff:ff:ff:ff") / ARP(psrc="10.5.0.1", pdst="10.5.0.2"))
-        assert len(poll([arp], shed=True)) == 1                         # not IPv4: never shed
+        assert len(poll([arp], shed=True)) == 1                         # not IP: never shed
         assert len(poll([udp_frame(32000 + i) for i in range(8)], shed=False)) == 8
         assert dp.refresh_counters()["afpacket_rx_shed"] == shed
     finally:
