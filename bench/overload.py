@@ -75,6 +75,7 @@ class OverloadConfig:
     cached_rate: int = 2000                     # frames/s of the cached flows, round robin
     unloaded_s: float = 10.0
     sample_s: float | None = None               # overload 0.5, soak 10
+    highwater_s: float = 60.0                   # soak: RSS high-water windows (``highwater``)
     workers: int = 2
     flow_idle_s: float | None = None            # overload 10, soak 2
     flow_state_idle_s: float | None = None      # overload 60, soak 5
@@ -282,11 +283,29 @@ def fd_count(pid: int) -> int | None:
         return None
 
 
-class Sampler:
-    """A thread reading every agent process's VmRSS (and open fds) every ``every`` seconds, bounded in count."""
+TABLE_GAUGES = {"datapath": ("datapath_flows", "datapath_inflight"),
+                "worker": ("worker_flows", "worker_state_entries", "worker_state_replicas", "worker_parked_now")}
 
-    def __init__(self, agent: AgentProcess, every: float, fds: bool, max_samples: int):
+
+def table_sizes(flat: dict) -> dict[str, dict[str, int]]:
+    """The table-size gauges of a ``stats`` answer, by the sampler's process names ("datapath", "worker 0")."""
+    out: dict[str, dict[str, int]] = {}
+    for k, v in flat.items():
+        proc, _, name = k.partition(".")
+        kind = "worker" if proc.startswith("worker-") else proc
+        if name in TABLE_GAUGES.get(kind, ()):
+            out.setdefault(proc.replace("-", " "), {})[name] = v
+    return out
+
+
+class Sampler:
+    """A thread reading every agent process's VmRSS (and open fds) every ``every`` seconds, bounded in count;
+    with ``tables``, also the sizes of the tables each process holds (``TABLE_GAUGES``, one ctl ``stats``), so
+    a reader can tell RSS that follows the live tables from RSS that grows with time."""
+
+    def __init__(self, agent: AgentProcess, every: float, fds: bool, max_samples: int, tables: bool = False):
         self.agent, self.every, self.fds, self.max_samples = agent, every, fds, max_samples
+        self.tables = tables
         self.samples: list[dict] = []                # {"t": s, "rss_kib": {name: kib}, "fds": {name: n}}
         self.stop_ev = threading.Event()
         self.t0 = time.monotonic()
@@ -309,6 +328,11 @@ class Sampler:
             s["pids"][name] = pid
             if self.fds:
                 s["fds"][name] = fd_count(pid)
+        if self.tables:
+            try:
+                s["tables"] = table_sizes(self.agent.flat_counters())
+            except (OSError, OverloadError, ValueError):
+                s["tables"] = None
         self.samples.append(s)
 
     def _run(self) -> None:
@@ -390,6 +414,39 @@ def flatness(samples: list[dict], key: str, tolerance: float) -> dict:
         out[name] = {"n": len(pts), "slope_per_min": round(sl, 2) if sl is not None else None,
                      "growth_over_half": round(growth, 1), "max_minus_min": max(vs) - min(vs),
                      "min": min(vs), "max": max(vs), "mean": round(mean, 1), "flat": abs(growth) <= bound}
+    return out
+
+
+def highwater(samples: list[dict], key: str, tolerance: float, window_s: float) -> dict:
+    """Per process: the maximum of each ``window_s`` window after the first half of the run, and whether that
+    high-water mark climbs (least-squares growth over those windows at most ``tolerance`` × their mean).
+
+    A table that fills and expires moves RSS up and down within a window; a leak raises every window's
+    maximum.  The windows start after the first half so that warm-up growth (pools, dict sizes reaching
+    their steady state) is not counted; at least three windows, or the verdict is None."""
+    if not samples:
+        return {}
+    t_half = samples[-1]["t"] / 2
+    names = sorted({n for s in samples for n in s.get(key, {})})
+    out = {}
+    for name in names:
+        wins: dict[int, int] = {}
+        for s in samples:
+            v = s.get(key, {}).get(name)
+            if v is None or s["t"] < t_half:
+                continue
+            w = int((s["t"] - t_half) // window_s)
+            wins[w] = max(wins.get(w, 0), v)
+        keys = sorted(wins)
+        if len(keys) < 3:
+            out[name] = {"windows": len(keys), "flat": None}
+            continue
+        ts, vs = [(k + 0.5) * window_s for k in keys], [wins[k] for k in keys]
+        sl = slope_per_min(ts, vs) or 0.0
+        growth = sl * (ts[-1] - ts[0]) / 60.0
+        mean = sum(vs) / len(vs)
+        out[name] = {"windows": len(keys), "window_s": window_s, "maxima": vs, "slope_per_min": round(sl, 2),
+                     "growth": round(growth, 1), "flat": abs(growth) <= tolerance * mean}
     return out
 
 
@@ -584,7 +641,7 @@ class OverloadBench:
                 res["rss_peak_kib"] = peaks(samples)
             else:
                 self._say(f"soak {cfg.duration:g} s")
-                sampler = Sampler(system, cfg.sample_s, fds=True,
+                sampler = Sampler(system, cfg.sample_s, fds=True, tables=True,
                                   max_samples=int((cfg.duration + 120) / cfg.sample_s) + 10).start()
                 res["soak"] = self.cached_run(cfirst, cfg.duration, self.new_flows(cfg.new_rate, cfg.duration))
                 time.sleep(max(cfg.sample_s, cfg.flow_state_idle_s) + 1)   # the state of the last flows expires
@@ -594,6 +651,7 @@ class OverloadBench:
                 res["samples"] = samples
                 res["rss_peak_kib"] = peaks(samples)
                 res["flatness"] = {"rss_kib": flatness(samples, "rss_kib", 0.05),
+                                   "rss_highwater": highwater(samples, "rss_kib", 0.05, cfg.highwater_s),
                                    "fds": flatness(samples, "fds", 2)}
             try:
                 system.refresh_names()
@@ -660,6 +718,26 @@ def summarize(res: dict, cfg: OverloadConfig) -> dict:
         fl = res["flatness"]
         out["rss_flat"] = all(v["flat"] for v in fl["rss_kib"].values()) if fl["rss_kib"] else None
         out["fds_flat"] = all(v["flat"] for v in fl["fds"].values()) if fl["fds"] else None
+        hw = fl.get("rss_highwater") or {}
+        out["rss_highwater_flat"] = all(v["flat"] for v in hw.values()) if hw and \
+            all(v["flat"] is not None for v in hw.values()) else None
+        out["tables_second_half"] = table_ranges(res["samples"])
+    return out
+
+
+def table_ranges(samples: list[dict]) -> dict[str, dict[str, list[int]]]:
+    """Per process and gauge, [min, max] over the second half of a soak's samples."""
+    if not samples:
+        return {}
+    t_half = samples[-1]["t"] / 2
+    out: dict[str, dict[str, list[int]]] = {}
+    for s in samples:
+        if s["t"] < t_half or not s.get("tables"):
+            continue
+        for proc, gauges in s["tables"].items():
+            for g, v in gauges.items():
+                r = out.setdefault(proc, {}).setdefault(g, [v, v])
+                r[0], r[1] = min(r[0], v), max(r[1], v)
     return out
 
 
@@ -696,11 +774,20 @@ def table(res: dict) -> str:
                      f"(target >= {cfg['target_ratio'] * 100:.0f} %: {'MET' if s['cached_target_met'] else 'NOT MET'})")
     else:
         lines.append(f"cached flows delivered {(s['cached_delivered_ratio'] or 0) * 100:.2f} % of sent; "
-                     f"RSS flat: {s['rss_flat']}, fds flat: {s['fds_flat']}")
+                     f"RSS flat (second-half slope): {s['rss_flat']}, RSS high-water flat: "
+                     f"{s['rss_highwater_flat']}, fds flat: {s['fds_flat']}")
+        hw_all = res["flatness"].get("rss_highwater", {})
         for name, f in res["flatness"]["rss_kib"].items():
             fd = res["flatness"]["fds"].get(name, {})
+            hw = hw_all.get(name, {})
             lines.append(f"  {name:<11} RSS second half: slope {f.get('slope_per_min')} KiB/min, max-min "
-                         f"{f.get('max_minus_min')} KiB; fds {fd.get('min')}..{fd.get('max')}")
+                         f"{f.get('max_minus_min')} KiB; {hw.get('window_s', 0):g}-s maxima slope "
+                         f"{hw.get('slope_per_min')} KiB/min over {hw.get('windows')} windows; "
+                         f"fds {fd.get('min')}..{fd.get('max')}")
+            tabs = s.get("tables_second_half", {}).get(name)
+            if tabs:
+                lines.append(f"  {'':<11} tables (second half, min..max): " + ", ".join(
+                    f"{g} {lo:,}..{hi:,}" for g, (lo, hi) in sorted(tabs.items())))
     for name, r in s["rss"].items():
         lines.append(f"  {name:<11} RSS idle {r['idle_kib'] / 1024:.1f} MiB, peak "
                      f"{(r['peak_kib'] or 0) / 1024:.1f} MiB, ceiling {r['ceiling_kib'] / 1024:.1f} MiB"
