@@ -747,6 +747,9 @@ def run_overload(cfg: OverloadConfig, progress: Callable[[str], None] | None = N
     cfg = cfg.resolved()
     if cfg.mode not in ("overload", "soak"):
         raise OverloadError(f"mode: overload or soak, not {cfg.mode!r}")
+    if cfg.mode == "soak" and cfg.new_rate * cfg.duration > DISTINCT - 10_000:
+        raise OverloadError(f"a soak of {cfg.duration:g} s at {cfg.new_rate:,} new flows/s needs more distinct "
+                            f"5-tuples than the frame layout has ({DISTINCT:,}): lower --new-rate or --duration")
     res: dict = {"mode": cfg.mode, "pipeline": cfg.pipeline, "datapath": "real", "config": asdict(cfg),
                  "machine": probes.machine()}
     with WireRig(cfg.pipeline) as rig, tempfile.TemporaryDirectory(prefix="shardnet-overload-") as tmp:
