@@ -10,7 +10,7 @@ from workers.arp import ArpBroker
 from workers.flowtable import FlowTable
 from workers.parking import ParkingLot
 from workers.simulation.result import FlowStateWrite, NeedArp, NeedFragment
-from workers.simulation.state import MISSING, LocalState
+from workers.simulation.state import MISSING, TAG_COST, LocalState
 
 
 def test_flow_table_invalidates_by_tag_and_evicts_oldest():
@@ -135,3 +135,52 @@ def test_a_routed_ipv6_packet_plans_its_hop_limit_and_macs():
     v4 = Packet(eth_src=1, eth_dst=2, ip_src=10, ip_dst=11, ttl=64, tos=0, proto=17, tp_src=1, tp_dst=2)
     assert output_actions(v4, (Output("r.p", "h", None, v4._replace(ttl=63)),), None) == (
         ("set", "ttl", 63), ("output", "r.p"))
+
+
+def _ct(i: int) -> tuple:
+    return (0x0A000001, 1024 + i, 6, 0xC6336402, 80, "br")
+
+
+def test_a_sweep_spread_over_turns_expires_what_is_idle_keeps_what_is_used_and_skips_what_changed():
+    s = LocalState(flow_state_idle_s=10)
+    s.apply([FlowStateWrite("conntrack", _ct(i), None) for i in range(100)], now=0)
+    entries = list(s.flow_state.values())
+    in_use = {"used"}
+    for i, e in enumerate(entries):
+        e.tag = f"t{i}"
+    entries[3].tag = "used"                                    # an installed flow still uses entry 3
+    del s.flow_state[("conntrack", _ct(5))]                    # removed after the pass began
+    s.apply([FlowStateWrite("conntrack", _ct(7), None)], now=20)   # replaced after the pass began (a new entry)
+    gone, pos = s.sweep(entries, 0, 40, 20, in_use, None)
+    assert pos == 40 and len(gone) == 37                       # 40 visited − used (3) − removed (5) − replaced (7)
+    assert {e.key for e in gone}.isdisjoint({_ct(3), _ct(5), _ct(7)})
+    assert entries[3].last_used == 20 and ("conntrack", _ct(3)) in s.flow_state
+    assert s.flow_state[("conntrack", _ct(7))].last_used == 20
+    gone2, pos = s.sweep(entries, pos, None, 20, in_use, None)
+    assert pos == 100 and len(gone2) == 60
+    assert sorted(s.flow_state) == [("conntrack", _ct(3)), ("conntrack", _ct(7))]
+
+
+def test_making_a_tag_counts_against_the_sweeps_budget():
+    s = LocalState(flow_state_idle_s=10)
+    s.apply([FlowStateWrite("conntrack", _ct(i), None) for i in range(10)], now=0)
+    made = []
+    gone, pos = s.sweep(list(s.flow_state.values()), 0, 2 * (1 + TAG_COST), 20, set(),
+                        lambda e: made.append(e) or f"t{len(made)}")
+    assert pos == 2 and len(made) == 2 and len(gone) == 2
+
+
+def test_the_worker_sweeps_a_large_shard_in_turns_and_does_not_sleep_meanwhile():
+    from workers.worker import SWEEP_PER_TURN, Worker, WorkerConfig
+
+    w = Worker(WorkerConfig(index=0, n_workers=1, runtime_dir="", flow_state_idle_s=10))
+    n = SWEEP_PER_TURN * 2 + 10
+    w.state.apply([FlowStateWrite("conntrack", _ct(i), None) for i in range(n)], now=0)
+    w.housekeeping(20.0)                                       # the pass begins: one turn's worth is done
+    assert n - SWEEP_PER_TURN <= len(w.state.flow_state) < n and w.background
+    turns = 1
+    while w.background and turns < n:
+        w.housekeeping(20.0 + turns / 100)
+        turns += 1
+    assert turns > 2 and not w.state.flow_state and not w.background and w.c["state_expired"] == n
+    assert w.c["state_sweeps"] == 1

@@ -334,20 +334,60 @@ class LocalState:
 
     def expire(self, now: float) -> list[StateEntry]:
         """Remove idle flow-state entries, stale MACs and ARP entries; return the flow-state entries removed
-        (their keys are the tags of the flows to invalidate; NAT entries release their ports)."""
-        gone = [e for e in self.flow_state.values() if now - e.last_used > e.idle_s]
-        for e in gone:
-            k = (e.kind, e.key)
-            del self.flow_state[k]
-            if e.replica:
-                self.replicas.pop(k, None)
+        (their keys are the tags of the flows to invalidate; NAT entries release their ports).  One pass over
+        the whole shard: the worker's shell sweeps in slices instead (``sweep``, ``expire_tables``)."""
+        gone, _ = self.sweep(list(self.flow_state.values()), 0, None, now)
+        self.expire_tables(now)
+        return gone
+
+    def expire_tables(self, now: float) -> None:
+        """Stale MACs and ARP entries (tables bounded by their caps: one pass is short)."""
         for k in [k for k, (_, t) in self.macs.items() if now - t > self.mac_expiry_s]:
             self.forget_mac(*k)
         for k in [k for k, (_, t) in self.arps.items() if now - t > self.arp_expiry_s]:
             self.forget_arp(*k)
-        return gone
+
+    def sweep(self, entries: list[StateEntry], start: int, budget: int | None, now: float,
+              in_use=None, tag_of=None) -> tuple[list[StateEntry], int]:
+        """Visit ``entries`` from ``start`` (a list taken from ``flow_state`` when the pass began, so the pass can
+        be spread over many loop turns while the table changes): an entry no longer held, or replaced since, is
+        skipped; one used by an installed flow (its tag in ``in_use``; ``tag_of(entry)`` makes the tag, once per
+        entry) is alive and its idle time restarts; one idle longer than its ``idle_s`` is removed.  Only
+        entries past half their idle time are looked up in ``in_use``.  ``budget``: a visit costs 1 and making
+        a tag ``TAG_COST`` more (string formatting); None visits every entry.  Returns (the entries removed,
+        where to go on)."""
+        fs, replicas = self.flow_state, self.replicas
+        end = len(entries)
+        left = end if budget is None else budget
+        gone = []
+        i = start
+        while i < end and left > 0:
+            e = entries[i]
+            i += 1
+            left -= 1
+            age = now - e.last_used
+            if age < e.idle_s / 2:                      # young: no keep-alive, no expiry yet
+                continue
+            k = (e.kind, e.key)
+            if fs.get(k) is not e:                      # removed or replaced since the pass began
+                continue
+            if in_use is not None:
+                tag = e.tag
+                if tag is None:
+                    tag = e.tag = tag_of(e)
+                    left -= TAG_COST
+                if tag in in_use:
+                    e.last_used = now
+                    continue
+            if age > e.idle_s:
+                del fs[k]
+                if e.replica:
+                    replicas.pop(k, None)
+                gone.append(e)
+        return gone, i
 
 
+TAG_COST = 32                                        # a tag's formatting against one visit (sweep's budget)
 COUNTERS = ("state_writes_refused", "state_replicas_evicted", "state_replicas_refused", "macs_refused_port",
             "macs_refused_bridge", "arps_refused", "arps_evicted")
 
