@@ -99,11 +99,26 @@ def nat_block(device: str, ip: int) -> str:
     return f"nat_block:{device}:{ip}"
 
 
+_IP_TEXT: dict[int, str] = {}
+_MAX_IP_TEXT = 1 << 16
+
+
+def _ip(ip: int) -> str:
+    """An address as it stands before ``:port`` (IPv6 in brackets), cached: a new connection's key is a new key,
+    but its addresses are mostly ones formatted before (a VM, a gateway, a NAT address)."""
+    text = _IP_TEXT.get(ip)
+    if text is None:
+        if len(_IP_TEXT) >= _MAX_IP_TEXT:
+            _IP_TEXT.clear()
+        text = _IP_TEXT[ip] = ip_port_text(ip, 0)[:-2]
+    return text
+
+
 @lru_cache(maxsize=1 << 16)
 def key_str(key: tuple) -> str:
     """Human/tag form of a flow-state key: 'src:sport>dst:dport/proto@device' (cached: it is a hot tag)."""
     src, dst, proto, sp, dp, dev = key
-    return f"{ip_port_text(src, sp)}>{ip_port_text(dst, dp)}/{proto}@{dev}"
+    return f"{_ip(src)}:{sp}>{_ip(dst)}:{dp}/{proto}@{dev}"
 
 
 def flow_state(kind: str, key: tuple) -> str:
