@@ -12,6 +12,7 @@ routed like any packet leaving the router, through its outbound filter (``_send_
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 from packet.addr import is_ipv6_multicast
@@ -171,28 +172,48 @@ def process(ctx: Ctx, router: Router, in_port: Port, pkt: Packet) -> list[tuple[
         _icmp(ctx, pkt, in_port, ICMP_TIME_EXCEEDED, 0)
         raise Stop("ttl_exceeded")
 
+    return _route_out(ctx, router, in_port, pkt, _V4)
+
+
+class _Family(NamedTuple):
+    """What the routing tail (``_route_out``) does differently per address family."""
+
+    icmp: Callable                  # _icmp or _icmp6: an error back out of the ingress port
+    unreach: int                    # the destination-unreachable type
+    no_route: int                   # its code for "no route"
+    reject_route: int               # its code for a reject route
+    dst: str                        # the destination field (the next hop when the route has no gateway)
+    hops: str                       # the field decremented on the way through (ttl, hop_limit)
+
+
+def _route_out(ctx: Ctx, router: Router, in_port: Port, pkt: Packet, fam: _Family) -> list[tuple[Port, Packet]]:
+    """The tail of both walks, after the packet is known to be routed: route choice → out port → outbound
+    filter → next hop → MAC rewrite and the hop count decremented.  No route and a reject route answer an error
+    of the family; a blackhole drops silently."""
     route = lookup_route(ctx, router, pkt)
     if route is None:
-        _icmp(ctx, pkt, in_port, ICMP_UNREACH, UNREACH_NET)
+        fam.icmp(ctx, pkt, in_port, fam.unreach, fam.no_route)
         raise Stop("no_route")
     if route.type == ROUTE_BLACKHOLE:
         raise Stop("blackhole")
     if route.type == ROUTE_REJECT:
-        _icmp(ctx, pkt, in_port, ICMP_UNREACH, UNREACH_ADMIN_PROHIBITED)
+        fam.icmp(ctx, pkt, in_port, fam.unreach, fam.reject_route)
         raise Stop("reject_route")
     out_port = router.ports[route.port]
     ctx.tags.add(tags.port(out_port.id))
 
     if router.outbound_filter:
-        verdict, pkt = run_chain(ctx, router.outbound_filter, pkt, name, in_port.id, out_port.id)
+        verdict, pkt = run_chain(ctx, router.outbound_filter, pkt, router.name, in_port.id, out_port.id)
         _verdict(ctx, verdict, pkt, in_port)
 
-    if route.gateway is None:
-        ctx.read("ip_dst")                             # the next hop is the destination itself (its ARP entry)
-    next_hop = route.gateway if route.gateway is not None else pkt.ip_dst
+    next_hop = route.gateway
+    if next_hop is None:
+        ctx.read(fam.dst)                              # the next hop is the destination itself (its ARP/ND entry)
+        next_hop = getattr(pkt, fam.dst)
     mac = _next_hop_mac(ctx, router, out_port, next_hop)
-    ttl = pkt.ttl - 1 if pkt.ttl is not None else None
-    return [(out_port, pkt._replace(ttl=ttl, eth_src=out_port.mac, eth_dst=mac))]
+    hops = getattr(pkt, fam.hops)
+    return [(out_port, pkt._replace(**{fam.hops: hops - 1 if hops is not None else None},
+                                    eth_src=out_port.mac, eth_dst=mac))]
 
 
 def _send_local(ctx: Ctx, router: Router, in_port: Port, request: Packet, pkt: Packet) -> None:
@@ -354,28 +375,7 @@ def _process6(ctx: Ctx, router: Router, in_port: Port, pkt: Packet) -> list[tupl
         _icmp6(ctx, pkt, in_port, ICMPV6_TIME_EXCEEDED, 0)
         raise Stop("hop_limit_exceeded")
 
-    route = lookup_route(ctx, router, pkt)
-    if route is None:
-        _icmp6(ctx, pkt, in_port, ICMPV6_UNREACH, UNREACH6_NO_ROUTE)
-        raise Stop("no_route")
-    if route.type == ROUTE_BLACKHOLE:
-        raise Stop("blackhole")
-    if route.type == ROUTE_REJECT:
-        _icmp6(ctx, pkt, in_port, ICMPV6_UNREACH, UNREACH6_REJECT_ROUTE)
-        raise Stop("reject_route")
-    out_port = router.ports[route.port]
-    ctx.tags.add(tags.port(out_port.id))
-
-    if router.outbound_filter:
-        verdict, pkt = run_chain(ctx, router.outbound_filter, pkt, name, in_port.id, out_port.id)
-        _verdict(ctx, verdict, pkt, in_port)
-
-    if route.gateway is None:
-        ctx.read("ipv6_dst")                         # the next hop is the destination itself (its neighbor entry)
-    next_hop = route.gateway if route.gateway is not None else pkt.ipv6_dst
-    mac = _next_hop_mac(ctx, router, out_port, next_hop)
-    hop_limit = pkt.hop_limit - 1 if pkt.hop_limit is not None else None
-    return [(out_port, pkt._replace(hop_limit=hop_limit, eth_src=out_port.mac, eth_dst=mac))]
+    return _route_out(ctx, router, in_port, pkt, _V6)
 
 
 def _to_router6(ctx: Ctx, router: Router, in_port: Port, pkt: Packet) -> None:
@@ -434,3 +434,7 @@ def _icmp6(ctx: Ctx, pkt: Packet, in_port: Port, icmp_type: int, code: int) -> N
             or is_ipv6_multicast(pkt.ipv6_src) or is_ipv6_multicast(pkt.ipv6_dst)):
         return
     ctx.emit(in_port.id, generate.icmp6_error(pkt, icmp_type, code, in_port.mac, src))
+
+
+_V4 = _Family(_icmp, ICMP_UNREACH, UNREACH_NET, UNREACH_ADMIN_PROHIBITED, "ip_dst", "ttl")
+_V6 = _Family(_icmp6, ICMPV6_UNREACH, UNREACH6_NO_ROUTE, UNREACH6_REJECT_ROUTE, "ipv6_dst", "hop_limit")
