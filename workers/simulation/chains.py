@@ -171,12 +171,16 @@ def run_chain(ctx: Ctx, name: str, pkt: Packet, device: str, in_port: str | None
               out_port: str | None) -> tuple[str, Packet]:
     """Walk chain ``name``.  Returns (accept | drop | reject, packet after NAT rewrites).  Neighbor discovery
     is accepted without a walk (see the module comment)."""
-    if is_nd(ctx, pkt):
-        return ACCEPT, pkt
-    stack: list[tuple[Chain, int]] = []
-    chain = _load(ctx, name)
+    fields = ctx.fields
+    fields.add("eth_type")                              # is_nd, inline: every packet meets a chain or three
+    if pkt.eth_type == ETH_TYPE_IPV6:
+        fields.update(_ND_READS)
+        if pkt.icmpv6_type in ND_TYPES:
+            return ACCEPT, pkt
+    stack: list[tuple[Chain, int]] | None = None        # made at the first jump: most chains never jump
+    on_stack: set[str] = _NO_NAMES                       # replaced at the first jump too
+    chain = ctx.chain(name)
     rules = _compiled(chain)
-    on_stack = {name}
     i = 0
     while True:
         if i >= len(rules):
@@ -212,10 +216,12 @@ def run_chain(ctx: Ctx, name: str, pkt: Packet, device: str, in_port: str | None
             rules = _compiled(chain)
             continue
         if a == "jump":
+            if stack is None:
+                stack, on_stack = [], {name}
             if rule.chain in on_stack or len(stack) >= MAX_JUMP_DEPTH:
                 raise Stop("chain_loop")
             stack.append((chain, i))
-            chain = _load(ctx, rule.chain)
+            chain = ctx.chain(rule.chain)
             rules = _compiled(chain)
             on_stack.add(rule.chain)
             i = 0
@@ -227,6 +233,10 @@ def run_chain(ctx: Ctx, name: str, pkt: Packet, device: str, in_port: str | None
             return ACCEPT, new
 
 
+_ND_READS = ("proto", "icmpv6_type")
+_NO_NAMES: frozenset = frozenset()
+
+
 def is_nd(ctx: Ctx, pkt: Packet) -> bool:
     """An IPv6 neighbor discovery message (router/neighbor solicitation or advertisement)."""
     ctx.read("eth_type")
@@ -236,7 +246,3 @@ def is_nd(ctx: Ctx, pkt: Packet) -> bool:
     return pkt.icmpv6_type in ND_TYPES
 
 
-def _load(ctx: Ctx, name: str) -> Chain:
-    chain = ctx.need("chain", name)
-    ctx.tags.add(tags.chain(name))
-    return chain
