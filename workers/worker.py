@@ -114,6 +114,13 @@ class WorkerConfig:
     poll_spin_us: int = 0                  # busy-poll this long after work before blocking (0: off)
 
 
+def _all_bound(outputs) -> bool:
+    for o in outputs:
+        if not o.bound:
+            return False
+    return True
+
+
 class Worker:
     """The worker's logic; what it sends waits in ``out_dp`` / ``out_sup`` for the loop to send."""
 
@@ -186,7 +193,7 @@ class Worker:
             self._park((up, pkt), res, now)
             return
         outputs = res.outputs
-        if res.result == FORWARD and not all(o.bound for o in outputs):
+        if res.result == FORWARD and not _all_bound(outputs):
             outputs = tuple(o for o in outputs if o.bound)      # ports no host binds yet: dropped, counted
             self.c["unbound_outputs"] += len(res.outputs) - len(outputs)
             if not outputs:                                    # as a drop: no state, nothing learned
@@ -371,10 +378,12 @@ class Worker:
         for e in written:
             if e.kind == FWD_STICK_DNAT:
                 return self.others
-            k = StateKey(*e.key)
-            targets.add(tuple_hash(k.proto, k.src, k.sport, k.dst, k.dport) % n)
+            src, dst, proto, sport, dport, _device = e.key          # a StateKey's order (no record made)
+            targets.add(tuple_hash(proto, src, sport, dst, dport) % n)
         targets.discard(self.i)
-        return tuple(sorted(targets))
+        if not targets:
+            return ()
+        return tuple(targets) if len(targets) == 1 else tuple(sorted(targets))
 
     def _invalidate(self, tags) -> None:
         keys = self.flows.invalidate(tags)

@@ -52,9 +52,9 @@ BROADCAST = 0xFFFFFFFFFFFF
 
 
 class _Tables(NamedTuple):
-    routes: tuple[Route, ...]       # IPv4 routes, most specific first
+    routes: tuple[tuple, ...]       # IPv4 routes, most specific first, as _lookup walks them (_walk_form)
     own: dict[int, Port]            # own IPv4 address → port
-    routes6: tuple[Route, ...]      # IPv6 routes, most specific first
+    routes6: tuple[tuple, ...]      # IPv6 routes, most specific first, likewise
     own6: dict[int, Port]           # own global IPv6 address → port (link-local ones are per port)
 
 
@@ -70,11 +70,17 @@ def _tables(router: Router) -> _Tables:
     order = sorted(router.all_routes(), key=lambda r: (-r.dst_len, -r.src_len, r.weight))
     own = {p.address: p for p in router.ports.values() if p.address is not None}
     own6 = {a: p for p in router.ports.values() for a, _plen in p.addresses6}
-    t = _Tables(tuple(r for r in order if not r.v6), own, tuple(r for r in order if r.v6), own6)
+    t = _Tables(tuple(_walk_form(r, _mask) for r in order if not r.v6), own,
+                tuple(_walk_form(r, _mask6) for r in order if r.v6), own6)
     if len(_ROUTES) > 4096:
         _ROUTES.clear()
     _ROUTES[id(router)] = (router, t)
     return t
+
+
+def _walk_form(r: Route, mask) -> tuple:
+    """(route, its sort key, destination mask, source mask): computed once per router record, not per lookup."""
+    return (r, (r.dst_len, r.src_len, r.weight), mask(r.dst_len), mask(r.src_len))
 
 
 def lookup_route(ctx: Ctx, router: Router, pkt: Packet) -> Route | None:
@@ -88,23 +94,21 @@ def lookup_route(ctx: Ctx, router: Router, pkt: Packet) -> Route | None:
     return _lookup(ctx, _tables(router).routes, pkt.ip_dst, pkt.ip_src, 32, "ip_dst", "ip_src")
 
 
-def _lookup(ctx: Ctx, routes: tuple[Route, ...], dst: int, src: int, bits: int, dst_field: str,
+def _lookup(ctx: Ctx, routes: tuple[tuple, ...], dst: int, src: int, bits: int, dst_field: str,
             src_field: str) -> Route | None:
-    mask = _mask if bits == 32 else _mask6
     best: list[Route] = []
     best_key = None
     need = 0
     read_src = False
-    for r in routes:
-        key = (r.dst_len, r.src_len, r.weight)
+    for r, key, dst_mask, src_mask in routes:
         if best_key is not None and key != best_key:
             break                                      # sorted: nothing later is as good
-        if (dst & mask(r.dst_len)) == r.dst:
+        if (dst & dst_mask) == r.dst:
             if r.dst_len > need:
                 need = r.dst_len
             if r.src_len:
                 read_src = True
-            if (src & mask(r.src_len)) == r.src:
+            if (src & src_mask) == r.src:
                 best.append(r)
                 best_key = key
         else:

@@ -77,8 +77,7 @@ def _simulate(pkt: Packet, in_port: str, topo, state, now: float, local_host: st
         conntrack.finish(ctx, [(dev, p) for dev, _, p in egress])
         if not outputs:
             raise Stop("no_egress_port")
-        interested = _interested(ctx, in_port, egress) if any(
-            type(e) is FlowStateWrite for e in ctx.effects) else frozenset()
+        interested = _interested(ctx, in_port, egress) if _writes_state(ctx.effects) else frozenset()
     except Consumed:
         # answered by the agent itself: no connection goes through (a NAT rule may have run on the way)
         ctx.effects = [e for e in ctx.effects if type(e) is not FlowStateWrite]
@@ -143,6 +142,13 @@ def _carry_generated(ctx: Ctx, res: SimResult, depth: int) -> SimResult:
     return out
 
 
+def _writes_state(effects) -> bool:
+    for e in effects:
+        if type(e) is FlowStateWrite:
+            return True
+    return False
+
+
 def _result(ctx: Ctx, kind: str, **kw) -> SimResult:
     return SimResult(kind, path=tuple(ctx.path), generated=tuple(ctx.generated), effects=tuple(ctx.effects),
                      tags=frozenset(ctx.tags), fields_read=frozenset(ctx.fields),
@@ -152,13 +158,19 @@ def _result(ctx: Ctx, kind: str, **kw) -> SimResult:
 
 def _enter(ctx: Ctx, port: Port, pkt: Packet, egress: list) -> None:
     ctx.hop(port.id)
-    kind = ctx.device_kind(port.device)
+    kind = ctx.topo.device_kind(port.device)
+    if kind is None:
+        kind = ctx.device_kind(port.device)              # parks on the device fragment
     if kind == "bridge":
-        dev = ctx.need("bridge", port.device)
+        dev = ctx.topo.bridge(port.device)
+        if dev is None:
+            dev = ctx.need("bridge", port.device)
         ctx.path.append(dev.name)
         outs = bridge.process(ctx, dev, port, pkt)
     elif kind == "router":
-        dev = ctx.need("router", port.device)
+        dev = ctx.topo.router(port.device)
+        if dev is None:
+            dev = ctx.need("router", port.device)
         ctx.path.append(dev.name)
         outs = router.process(ctx, dev, port, pkt)
     else:
