@@ -1,11 +1,13 @@
 """A worker's flow table: the flows this worker installed in the datapath, their tags and expiry.
 
 Owns, for this worker only: flow key → (tags, installed_at, hard expiry), the reverse index tag → keys, and a
-max-flow bound with eviction of the oldest flow.  In the index a tag only one flow carries (a connection's
-flow-state entries: most tags of a stateful flow) maps to that flow's key itself, not to a set of one: no set
-is made and kept per connection, and the collector has fewer objects to walk.  It decides which flows must go (invalidation by tag, hard
+max-flow bound with eviction of the oldest flow.  It decides which flows must go (invalidation by tag, hard
 expiry, eviction) and returns their keys; the worker loop sends the FlowDelete.  Idle expiry happens in the
 datapath, which reports removals (FlowRemoved) so the table forgets them.
+
+In the index a tag only one flow carries (a connection's flow-state entries: most tags of a stateful flow) maps
+to that flow's key itself, not to a set of one: no set is made and kept per connection, and the collector has
+fewer objects to walk.
 """
 
 from __future__ import annotations

@@ -188,7 +188,7 @@ class Worker:
 
     def _simulate(self, up: m.Upcall, pkt, now: float) -> None:
         self.c["simulations"] += 1
-        res = simulate(pkt, up.port, self.topo, self.state, now, self.cfg.host)
+        res = simulate(pkt, up.port, self.topo, self.state, now, self.cfg.host, self.cfg.replicate_hosts)
         if res.result == PARKED:
             self._park((up, pkt), res, now)
             return

@@ -19,6 +19,7 @@ from packet.addr import is_ipv6_multicast
 from packet.packet import (
     ARP_REPLY,
     ARP_REQUEST,
+    ETH_TYPE_ARP,
     ICMP_ECHO_REQUEST,
     ICMP_TIME_EXCEEDED,
     ICMP_UNREACH,
@@ -142,7 +143,7 @@ def process(ctx: Ctx, router: Router, in_port: Port, pkt: Packet) -> list[tuple[
         if pkt.vlan:
             raise Stop("vlan_tagged")                   # routers are VLAN-unaware
         pkt = pkt._replace(vlan=None, vlan_pcp=0)       # a priority tag (VID 0) is popped
-    if pkt.is_arp:
+    if pkt.eth_type == ETH_TYPE_ARP:
         _arp(ctx, router, in_port, pkt)
     if pkt.is_ipv6:
         return _process6(ctx, router, in_port, pkt)
@@ -168,9 +169,9 @@ def process(ctx: Ctx, router: Router, in_port: Port, pkt: Packet) -> list[tuple[
         raise Stop("to_router")
 
     # not one of our addresses: that much of ip_dst tells it from each of them
-    dst = pkt.ip_dst
-    for a in own:
-        ctx.read_prefix("ip_dst", 33 - (dst ^ a).bit_length())
+    if own:
+        dst = pkt.ip_dst
+        ctx.read_prefix("ip_dst", max(33 - (dst ^ a).bit_length() for a in own))
     ctx.read("ttl", "eth_src")                         # ttl is decremented; eth_src and eth_dst are rewritten
     if pkt.ttl is not None and pkt.ttl <= 1:
         _icmp(ctx, pkt, in_port, ICMP_TIME_EXCEEDED, 0)

@@ -47,10 +47,13 @@ from workers.simulation.state import PendingState
 MAX_GENERATED_DEPTH = 4          # a generated packet's walk may generate packets, and so on, this deep
 
 
-def simulate(pkt: Packet, in_port: str, topo, state, now: float, local_host: str | None = None) -> SimResult:
+def simulate(pkt: Packet, in_port: str, topo, state, now: float, local_host: str | None = None,
+             hosts: bool = True) -> SimResult:
     """Simulate ``pkt`` arriving at exterior port ``in_port``.  ``local_host`` is the agent's host (defaults
-    to the host the ingress port is bound to); outputs on other hosts carry the egress port's tunnel key."""
-    return _simulate(pkt, in_port, topo, state, now, local_host, 0)
+    to the host the ingress port is bound to); outputs on other hosts carry the egress port's tunnel key.
+    ``hosts=False``: the caller does not replicate flow state to other hosts, and ``interested_hosts`` is left
+    empty (it is not worked out)."""
+    return _simulate(pkt, in_port, topo, state, now, local_host, 0, hosts)
 
 
 def simulate_generated(pkt: Packet, port_id: str, topo, state, now: float,
@@ -65,7 +68,7 @@ def simulate_generated(pkt: Packet, port_id: str, topo, state, now: float,
 
 
 def _simulate(pkt: Packet, in_port: str, topo, state, now: float, local_host: str | None,
-              depth: int) -> SimResult:
+              depth: int, hosts: bool = True) -> SimResult:
     ctx = Ctx(topo, state, now, local_host, in_port, pkt)
     egress: list[tuple[str, Port, Packet]] = []
     try:
@@ -77,7 +80,7 @@ def _simulate(pkt: Packet, in_port: str, topo, state, now: float, local_host: st
         conntrack.finish(ctx, [(dev, p) for dev, _, p in egress])
         if not outputs:
             raise Stop("no_egress_port")
-        interested = _interested(ctx, in_port, egress) if _writes_state(ctx.effects) else frozenset()
+        interested = _interested(ctx, in_port, egress) if hosts and _writes_state(ctx.effects) else frozenset()
     except Consumed:
         # answered by the agent itself: no connection goes through (a NAT rule may have run on the way)
         ctx.effects = [e for e in ctx.effects if type(e) is not FlowStateWrite]
