@@ -28,7 +28,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from packet.addr import ip_port_text
-from workers.simulation.result import CONNTRACK
+from workers.simulation.result import CONNTRACK, NAT_KINDS
 
 # tag kinds: topology objects (the kinds of TopologyChanged and of the topology store)
 BRIDGE = "bridge"
@@ -50,6 +50,7 @@ SEP = ":"
 _BRIDGE, _ROUTER, _PORT, _CHAIN = BRIDGE + SEP, ROUTER + SEP, PORT + SEP, CHAIN + SEP
 _LOAD_BALANCER, _PORT_GROUP = LOAD_BALANCER + SEP, PORT_GROUP + SEP
 _CT, _NAT = CT + SEP, NAT + SEP
+_FLOW_STATE_PREFIX = {CONNTRACK: _CT, **{k: _NAT + k + SEP for k in NAT_KINDS}}
 
 
 # -- topology objects --------------------------------------------------------------------------------------
@@ -124,7 +125,10 @@ def key_str(key: tuple) -> str:
 def flow_state(kind: str, key: tuple) -> str:
     """The tag of a flow-state entry (conntrack, or a NAT kind): flows that read or wrote it carry it, and its
     expiry or replacement invalidates them."""
-    return (_CT if kind == CONNTRACK else _NAT + kind + SEP) + key_str(key)
+    prefix = _FLOW_STATE_PREFIX.get(kind)
+    if prefix is None:
+        prefix = _CT if kind == CONNTRACK else _NAT + kind + SEP
+    return prefix + key_str(key)
 
 
 def kind_of(tag: str) -> str:

@@ -201,11 +201,17 @@ def _interested(ctx: Ctx, in_port: str, egress) -> frozenset[str]:
     """Hosts that may see the return flow: those of the ingress and egress ports and of every port in
     their stateful port groups."""
     hosts: set[str] = set()
-    for pid in {in_port, *(p.id for _, p, _ in egress)}:
+    pids = {in_port}
+    for _, p, _ in egress:
+        pids.add(p.id)
+    for pid in pids:
         port = ctx.port(pid)
         if port.host:
             hosts.add(port.host)
-        for gname in ctx.groups_of_port(pid):
+        groups = ctx.groups_of_port(pid)
+        if not groups:
+            continue
+        for gname in groups:
             group = ctx.need("port_group", gname)
             if group.stateful:
                 for member in group.ports:
