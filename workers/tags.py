@@ -20,8 +20,10 @@ InvalidateTags): ``<kind>:<what>``.
     nat_block(device, ip)   "nat_block:r1:3405803777"                    the SNAT blocks held for (device, ip)
     kind_of(tag)            "bridge", "port", "mac", "arp", "ct", "nat", "nat_block", ...
 
-These run for every simulated packet: plain concatenation; the formatted ones (MAC and NAT block tags, the
-flow-state key text and its addresses) are cached, as the same stations and addresses recur flow after flow.
+These run for every simulated packet, and are cached: the same devices, ports, stations and addresses recur flow
+after flow, and a cached tag is one string object (its hash computed once) that every flow carrying it shares,
+in the worker's flow table and in the sets and dicts the simulation adds it to.  The flow-state key text and
+its addresses are cached too (a new connection's key is new, its addresses mostly not).
 """
 
 from __future__ import annotations
@@ -61,26 +63,32 @@ def device(kind: str, name: str) -> str:
     return kind + SEP + name
 
 
+@lru_cache(maxsize=1 << 16)
 def bridge(name: str) -> str:
     return _BRIDGE + name
 
 
+@lru_cache(maxsize=1 << 16)
 def router(name: str) -> str:
     return _ROUTER + name
 
 
+@lru_cache(maxsize=1 << 16)
 def port(port_id: str) -> str:
     return _PORT + port_id
 
 
+@lru_cache(maxsize=1 << 16)
 def chain(name: str) -> str:
     return _CHAIN + name
 
 
+@lru_cache(maxsize=1 << 16)
 def load_balancer(name: str) -> str:
     return _LOAD_BALANCER + name
 
 
+@lru_cache(maxsize=1 << 16)
 def port_group(name: str) -> str:
     return _PORT_GROUP + name
 
