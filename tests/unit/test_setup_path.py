@@ -149,3 +149,21 @@ def test_a_kept_flow_reinstalls_under_the_datapath_key():
     assert sorted(got) == [1, 2, 3]
     for seq, f in zip(itertools.count(1), frames):
         assert got[seq].key == flow_key(parse(f), "b.p1") and got[seq].actions == (("output", "b.p2"),)
+
+
+def test_forward_result_by_position_is_the_keyword_result():
+    from workers.simulation import simulate as sim
+    from workers.simulation.result import FORWARD, Generated, MacTableWrite
+
+    ctx = _ctx(_PACKETS[0])
+    ctx.path.extend(["b.p1", "b"])
+    ctx.tags.update({"bridge:b", "port:b.p1"})
+    ctx.fields.update({"eth_src", "eth_dst"})
+    ctx.effects.append(MacTableWrite("b", 0, 1, "b.p1"))
+    for prefixes, generated in (({}, []), ({"ip_dst": 24}, [Generated("b.p1", _PACKETS[1])])):
+        ctx.prefixes, ctx.generated = prefixes, generated
+        outputs, hosts = ("o",), frozenset({"h"})
+        assert sim._forward_result(ctx, outputs, hosts) == sim._result(ctx, FORWARD, outputs=outputs,
+                                                                        interested_hosts=hosts)
+        assert sim._forward_result(ctx, outputs, hosts)._asdict() == sim._result(
+            ctx, FORWARD, outputs=outputs, interested_hosts=hosts)._asdict()

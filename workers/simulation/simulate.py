@@ -32,6 +32,7 @@ from workers.simulation.context import Consumed, Ctx, Stop
 from workers.simulation.result import (
     CONSUMED,
     DROP,
+    EXPIRY_NORMAL,
     EXPIRY_TEMPORARY,
     FORWARD,
     PARKED,
@@ -95,7 +96,7 @@ def _simulate(pkt: Packet, in_port: str, topo, state, now: float, local_host: st
         res = _result(ctx, kind, drop_reason=None if s.needs is not None else s.reason,
                       expiry=s.expiry if s.needs is None else EXPIRY_TEMPORARY, needs=s.needs)
     else:
-        res = _result(ctx, FORWARD, outputs=tuple(outputs), interested_hosts=interested)
+        res = _forward_result(ctx, tuple(outputs), interested)
     return _carry_generated(ctx, res, depth) if res.generated else res
 
 
@@ -157,6 +158,18 @@ def _result(ctx: Ctx, kind: str, **kw) -> SimResult:
                      tags=frozenset(ctx.tags), fields_read=frozenset(ctx.fields),
                      prefixes_read=tuple(ctx.prefixes.items()) if ctx.prefixes else (),
                      exact=bool(ctx.generated), **kw)
+
+
+_tuple_new = tuple.__new__
+
+
+def _forward_result(ctx: Ctx, outputs: tuple, interested: frozenset) -> SimResult:
+    """``_result(ctx, FORWARD, outputs=..., interested_hosts=...)`` built by position (the setup path's result;
+    the NamedTuple constructor with keywords costs more than the rest of this function)."""
+    return _tuple_new(SimResult, (FORWARD, tuple(ctx.path), outputs, tuple(ctx.generated), tuple(ctx.effects),
+                                  None, EXPIRY_NORMAL, None, frozenset(ctx.tags), frozenset(ctx.fields),
+                                  tuple(ctx.prefixes.items()) if ctx.prefixes else (), interested, (),
+                                  bool(ctx.generated)))
 
 
 def _enter(ctx: Ctx, port: Port, pkt: Packet, egress: list) -> None:
