@@ -27,7 +27,7 @@ from packet.packet import (
 from topology.model import Bridge, Port
 from workers import tags
 from workers.simulation import generate
-from workers.simulation.chains import DROP, REJECT, run_chain
+from workers.simulation.chains import ACCEPT, DROP, REJECT, run_chain
 from workers.simulation.context import Consumed, Ctx, Stop
 from workers.simulation.result import ArpTableWrite, MacTableWrite
 
@@ -86,7 +86,8 @@ def process(ctx: Ctx, bridge: Bridge, in_port: Port, pkt: Packet) -> list[tuple[
 
     if bridge.inbound_filter:
         verdict, pkt = run_chain(ctx, bridge.inbound_filter, pkt, name, in_port.id, None)
-        _verdict(ctx, verdict, pkt, in_port)
+        if verdict != ACCEPT:
+            _verdict(ctx, verdict, pkt, in_port)
 
     src = pkt.eth_src
     if not src & _GROUP_BIT:

@@ -158,7 +158,8 @@ def process(ctx: Ctx, router: Router, in_port: Port, pkt: Packet) -> list[tuple[
         pkt, skip_inbound = lb.process_inbound(ctx, router, pkt)
     if router.inbound_filter and not skip_inbound:
         verdict, pkt = run_chain(ctx, router.inbound_filter, pkt, name, in_port.id, None)
-        _verdict(ctx, verdict, pkt, in_port)
+        if verdict != ACCEPT:
+            _verdict(ctx, verdict, pkt, in_port)
 
     own = _tables(router).own
     if pkt.ip_dst in own:
@@ -209,7 +210,8 @@ def _route_out(ctx: Ctx, router: Router, in_port: Port, pkt: Packet, fam: _Famil
 
     if router.outbound_filter:
         verdict, pkt = run_chain(ctx, router.outbound_filter, pkt, router.name, in_port.id, out_port.id)
-        _verdict(ctx, verdict, pkt, in_port)
+        if verdict != ACCEPT:
+            _verdict(ctx, verdict, pkt, in_port)
 
     next_hop = route.gateway
     if next_hop is None:
@@ -359,7 +361,8 @@ def _process6(ctx: Ctx, router: Router, in_port: Port, pkt: Packet) -> list[tupl
         pkt, skip_inbound = lb.process_inbound(ctx, router, pkt)
     if router.inbound_filter and not skip_inbound:
         verdict, pkt = run_chain(ctx, router.inbound_filter, pkt, name, in_port.id, None)
-        _verdict(ctx, verdict, pkt, in_port)
+        if verdict != ACCEPT:
+            _verdict(ctx, verdict, pkt, in_port)
 
     dst = pkt.ipv6_dst
     own6 = _tables(router).own6

@@ -78,7 +78,8 @@ def _simulate(pkt: Packet, in_port: str, topo, state, now: float, local_host: st
             ctx.local_host = port.host
         _enter(ctx, port, pkt, egress)
         outputs = _outputs(ctx, egress)
-        conntrack.finish(ctx, [(dev, p) for dev, _, p in egress])
+        if ctx.ct is not None:                         # conntrack was read: its return keys (else a no-op)
+            conntrack.finish(ctx, [(dev, p) for dev, _, p in egress])
         if not outputs:
             raise Stop("no_egress_port")
         interested = _interested(ctx, in_port, egress) if hosts and _writes_state(ctx.effects) else frozenset()
