@@ -196,6 +196,26 @@ class Packet(NamedTuple):
         return self.proto == PROTO_ICMPV6 and self.icmpv6_type in ICMPV6_ERROR_TYPES
 
 
+# ``_replace`` is on the flow-setup path (every rewrite: TTL, MACs, NAT): NamedTuple's generic one rebuilds the
+# record through a map over all of its ~70 fields and a keyword dict; this one copies the tuple and sets the
+# slots by index.  Same contract: an unknown field is a ValueError and the result is a Packet.
+_SLOT = {name: i for i, name in enumerate(Packet._fields)}
+_tuple_new = tuple.__new__
+
+
+def _fast_replace(self: Packet, /, **kw) -> Packet:
+    v = list(self)
+    slot = _SLOT
+    try:
+        for name, value in kw.items():
+            v[slot[name]] = value
+    except KeyError:
+        raise ValueError(f"Got unexpected field names: {[k for k in kw if k not in slot]!r}") from None
+    return _tuple_new(Packet, v)
+
+
+Packet._replace = _fast_replace
+
 def ext_frag(ext: tuple) -> int:
     """The fragment marker (FRAG_*) an IPv6 extension header chain (``Packet.ipv6_ext``) implies."""
     for t, body in ext:

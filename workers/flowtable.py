@@ -4,6 +4,10 @@ Owns, for this worker only: flow key → (tags, installed_at, hard expiry), the 
 max-flow bound with eviction of the oldest flow.  It decides which flows must go (invalidation by tag, hard
 expiry, eviction) and returns their keys; the worker loop sends the FlowDelete.  Idle expiry happens in the
 datapath, which reports removals (FlowRemoved) so the table forgets them.
+
+In the index a tag only one flow carries (a connection's flow-state entries: most tags of a stateful flow) maps
+to that flow's key itself, not to a set of one: no set is made and kept per connection, and the collector has
+fewer objects to walk.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ class FlowTable:
         self.max_flows = max_flows
         self.hard_s = hard_s
         self.flows: OrderedDict[tuple, tuple[frozenset[str], float]] = OrderedDict()
-        self.by_tag: dict[str, set[tuple]] = {}
+        self.by_tag: dict[str, set | object] = {}   # tag → the keys carrying it (a set), or the one key
         self.specs: dict = {}                       # flow key → how it was installed (re-installed from here)
         self.counters = {"flows_installed": 0, "flows_invalidated": 0, "flows_evicted": 0,
                          "flows_hard_expired": 0, "flows_removed_by_datapath": 0}
@@ -43,9 +47,11 @@ class FlowTable:
         for t in tags:
             keys = by_tag.get(t)
             if keys is None:
-                by_tag[t] = {key}
-            else:
+                by_tag[t] = key
+            elif type(keys) is set:
                 keys.add(key)
+            elif keys != key:
+                by_tag[t] = {keys, key}
         self.counters["flows_installed"] += 1
         return evicted
 
@@ -54,12 +60,17 @@ class FlowTable:
         if entry is None:
             return False
         self.specs.pop(key, None)
+        by_tag = self.by_tag
         for t in entry[0]:
-            keys = self.by_tag.get(t)
-            if keys is not None:
+            keys = by_tag.get(t)
+            if keys is None:
+                continue
+            if type(keys) is set:
                 keys.discard(key)
                 if not keys:
-                    del self.by_tag[t]
+                    del by_tag[t]
+            elif keys == key:
+                del by_tag[t]
         return True
 
     def invalidate(self, tags) -> list[tuple]:
@@ -68,8 +79,12 @@ class FlowTable:
         by_tag = self.by_tag
         for t in tags:
             hit = by_tag.get(t)
-            if hit:
+            if hit is None:
+                continue
+            if type(hit) is set:
                 keys |= hit
+            else:
+                keys.add(hit)
         if not keys:
             return []
         for k in keys:

@@ -29,9 +29,8 @@ def output_actions(ingress: Packet, outputs: tuple[Output, ...], tunnel_ip_of) -
     for o in outputs:
         new = _rewritable(o.packet)
         if new != cur:                                  # else: nothing rewritten (a bridge): no field loop
-            for f, v, old in zip(REWRITABLE, new, cur, strict=True):
-                if v != old:
-                    actions.append(("set", f, v))
+            actions.extend([("set", f, v) for f, v, old in zip(REWRITABLE, new, cur, strict=True)
+                            if v != old])
         cur = new
         if o.tunnel_key is None:
             actions.append(("output", o.port))

@@ -20,7 +20,10 @@ InvalidateTags): ``<kind>:<what>``.
     nat_block(device, ip)   "nat_block:r1:3405803777"                    the SNAT blocks held for (device, ip)
     kind_of(tag)            "bridge", "port", "mac", "arp", "ct", "nat", "nat_block", ...
 
-These run for every simulated packet: plain concatenation, and the flow-state key text is cached.
+These run for every simulated packet, and are cached: the same devices, ports, stations and addresses recur flow
+after flow, and a cached tag is one string object (its hash computed once) that every flow carrying it shares,
+in the worker's flow table and in the sets and dicts the simulation adds it to.  The flow-state key text and
+its addresses are cached too (a new connection's key is new, its addresses mostly not).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from packet.addr import ip_port_text
-from workers.simulation.result import CONNTRACK
+from workers.simulation.result import CONNTRACK, NAT_KINDS
 
 # tag kinds: topology objects (the kinds of TopologyChanged and of the topology store)
 BRIDGE = "bridge"
@@ -50,6 +53,7 @@ SEP = ":"
 _BRIDGE, _ROUTER, _PORT, _CHAIN = BRIDGE + SEP, ROUTER + SEP, PORT + SEP, CHAIN + SEP
 _LOAD_BALANCER, _PORT_GROUP = LOAD_BALANCER + SEP, PORT_GROUP + SEP
 _CT, _NAT = CT + SEP, NAT + SEP
+_FLOW_STATE_PREFIX = {CONNTRACK: _CT, **{k: _NAT + k + SEP for k in NAT_KINDS}}
 
 
 # -- topology objects --------------------------------------------------------------------------------------
@@ -59,31 +63,38 @@ def device(kind: str, name: str) -> str:
     return kind + SEP + name
 
 
+@lru_cache(maxsize=1 << 16)
 def bridge(name: str) -> str:
     return _BRIDGE + name
 
 
+@lru_cache(maxsize=1 << 16)
 def router(name: str) -> str:
     return _ROUTER + name
 
 
+@lru_cache(maxsize=1 << 16)
 def port(port_id: str) -> str:
     return _PORT + port_id
 
 
+@lru_cache(maxsize=1 << 16)
 def chain(name: str) -> str:
     return _CHAIN + name
 
 
+@lru_cache(maxsize=1 << 16)
 def load_balancer(name: str) -> str:
     return _LOAD_BALANCER + name
 
 
+@lru_cache(maxsize=1 << 16)
 def port_group(name: str) -> str:
     return _PORT_GROUP + name
 
 
 # -- agent state -------------------------------------------------------------------------------------------
+@lru_cache(maxsize=1 << 16)
 def mac(bridge: str, vlan: int, mac: int) -> str:
     """A (learned or looked-up) entry of ``bridge``'s MAC table: MAC as 12 hex digits."""
     return f"mac:{bridge}:{vlan}:{mac:012x}"
@@ -94,22 +105,41 @@ def arp(router: str, ip: int) -> str:
     return f"arp:{router}:{ip}"
 
 
+@lru_cache(maxsize=1 << 12)
 def nat_block(device: str, ip: int) -> str:
     """The SNAT port blocks held for (device, ip): a new block may free a port a parked choice wanted."""
     return f"nat_block:{device}:{ip}"
+
+
+_IP_TEXT: dict[int, str] = {}
+_MAX_IP_TEXT = 1 << 16
+
+
+def _ip(ip: int) -> str:
+    """An address as it stands before ``:port`` (IPv6 in brackets), cached: a new connection's key is a new key,
+    but its addresses are mostly ones formatted before (a VM, a gateway, a NAT address)."""
+    text = _IP_TEXT.get(ip)
+    if text is None:
+        if len(_IP_TEXT) >= _MAX_IP_TEXT:
+            _IP_TEXT.clear()
+        text = _IP_TEXT[ip] = ip_port_text(ip, 0)[:-2]
+    return text
 
 
 @lru_cache(maxsize=1 << 16)
 def key_str(key: tuple) -> str:
     """Human/tag form of a flow-state key: 'src:sport>dst:dport/proto@device' (cached: it is a hot tag)."""
     src, dst, proto, sp, dp, dev = key
-    return f"{ip_port_text(src, sp)}>{ip_port_text(dst, dp)}/{proto}@{dev}"
+    return f"{_ip(src)}:{sp}>{_ip(dst)}:{dp}/{proto}@{dev}"
 
 
 def flow_state(kind: str, key: tuple) -> str:
     """The tag of a flow-state entry (conntrack, or a NAT kind): flows that read or wrote it carry it, and its
     expiry or replacement invalidates them."""
-    return (_CT if kind == CONNTRACK else _NAT + kind + SEP) + key_str(key)
+    prefix = _FLOW_STATE_PREFIX.get(kind)
+    if prefix is None:
+        prefix = _CT if kind == CONNTRACK else _NAT + kind + SEP
+    return prefix + key_str(key)
 
 
 def kind_of(tag: str) -> str:

@@ -116,6 +116,13 @@ class WorkerConfig:
     poll_spin_us: int = 0                  # busy-poll this long after work before blocking (0: off)
 
 
+def _all_bound(outputs) -> bool:
+    for o in outputs:
+        if not o.bound:
+            return False
+    return True
+
+
 class Worker:
     """The worker's logic; what it sends waits in ``out_dp`` / ``out_sup`` for the loop to send."""
 
@@ -184,23 +191,22 @@ class Worker:
 
     def _simulate(self, up: m.Upcall, pkt, now: float) -> None:
         self.c["simulations"] += 1
-        res = simulate(pkt, up.port, self.topo, self.state, now, self.cfg.host)
+        res = simulate(pkt, up.port, self.topo, self.state, now, self.cfg.host, self.cfg.replicate_hosts)
         if res.result == PARKED:
             self._park((up, pkt), res, now)
             return
         outputs = res.outputs
-        if res.result == FORWARD and not all(o.bound for o in outputs):
+        if res.result == FORWARD and not _all_bound(outputs):
             outputs = tuple(o for o in outputs if o.bound)      # ports no host binds yet: dropped, counted
             self.c["unbound_outputs"] += len(res.outputs) - len(outputs)
             if not outputs:                                    # as a drop: no state, nothing learned
                 self._drop("no_bound_egress_port")
                 self._answer(up.seq, DROP_ACTIONS, res.tags, now)
                 return
-        key = flow_key(pkt, up.port)                   # the datapath's key: re-installed from it after a restart
         if res.effects and not self._room_for_state(res.effects):
             # the flow-state table is full of this worker's own connections: the new one is dropped
             self._drop("flow_state_full")
-            self._answer(up.seq, DROP_ACTIONS, res.tags, now, temporary=True, key=key)
+            self._answer(up.seq, DROP_ACTIONS, res.tags, now, temporary=True, origin=up)
             return
         self._apply(res.effects, now, res.interested_hosts)
         self._emit(res, now)
@@ -208,19 +214,21 @@ class Worker:
             self.c["consumed"] += 1
             self._answer(up.seq, (), res.tags, now, install=False)
         elif res.result == FORWARD:
-            self._answer(up.seq, output_actions(pkt, outputs, self._tunnel_ip), res.tags, now, key=key,
+            self._answer(up.seq, output_actions(pkt, outputs, self._tunnel_ip), res.tags, now, origin=up,
                          match=flow_match(res) if self.cfg.megaflows else ())
         else:
             self._drop(res.drop_reason or "unknown")
-            self._answer(up.seq, DROP_ACTIONS, res.tags, now, temporary=res.expiry == EXPIRY_TEMPORARY, key=key,
-                         match=flow_match(res) if self.cfg.megaflows else ())
+            self._answer(up.seq, DROP_ACTIONS, res.tags, now, temporary=res.expiry == EXPIRY_TEMPORARY,
+                         origin=up, match=flow_match(res) if self.cfg.megaflows else ())
 
     def _answer(self, seq: int, actions, tags, now: float, temporary: bool = False, install: bool = True,
-                key: tuple | None = None, match: tuple = ()) -> None:
+                origin: m.Upcall | None = None, match: tuple = ()) -> None:
         """The one answer to upcall ``seq``: FlowPut (installed as flow ``seq``, matching ``match``) or Execute.
-        ``key`` (the datapath's flow key) and ``match`` are kept with the flow, to re-install it in a restarted
-        datapath.  An upcall of an earlier datapath incarnation is not answered: that datapath is gone, and so
-        is its packet."""
+        ``origin`` (the upcall: its port and frame give the datapath's flow key) and ``match`` are kept with the
+        flow, to re-install it in a restarted datapath; the key itself is made only then (``reinstall``), not on
+        every setup, and a frame is one uncollected bytes object where a key is a tuple of some 40 slots.  An
+        upcall of an earlier datapath incarnation is not answered: that datapath is gone, and so is its
+        packet."""
         if seq >> m.EPOCH_SHIFT < self.dp_epoch:
             self.c["upcalls_of_dead_datapath"] += 1
             return
@@ -233,7 +241,7 @@ class Worker:
             idle = hard = self.cfg.drop_flow_s
         else:
             idle, hard = self.cfg.flow_idle_s, self.cfg.flow_hard_s
-        evicted = self.flows.add(seq, tags, now, None if key is None else (key, actions, idle, hard, match))
+        evicted = self.flows.add(seq, tags, now, None if origin is None else (origin, actions, idle, hard, match))
         if evicted:
             self._dp(m.FlowDelete(tuple(evicted)))
         self._dp(m.FlowPut(seq, match, actions, tags, idle, hard))
@@ -302,7 +310,7 @@ class Worker:
             self._drop(f"generated_{reason}")
         else:
             self._drop(reason)
-            self._answer(first.seq, DROP_ACTIONS, (), now, temporary=True, key=flow_key(item[1], first.port))
+            self._answer(first.seq, DROP_ACTIONS, (), now, temporary=True, origin=first)
 
     # -- effects and replication ----------------------------------------------------------------------------
     def _room_for_state(self, effects) -> bool:
@@ -374,10 +382,12 @@ class Worker:
         for e in written:
             if e.kind == FWD_STICK_DNAT:
                 return self.others
-            k = StateKey(*e.key)
-            targets.add(tuple_hash(k.proto, k.src, k.sport, k.dst, k.dport) % n)
+            src, dst, proto, sport, dport, _device = e.key          # a StateKey's order (no record made)
+            targets.add(tuple_hash(proto, src, sport, dst, dport) % n)
         targets.discard(self.i)
-        return tuple(sorted(targets))
+        if not targets:
+            return ()
+        return tuple(targets) if len(targets) == 1 else tuple(sorted(targets))
 
     def _invalidate(self, tags) -> None:
         keys = self.flows.invalidate(tags)
@@ -554,7 +564,8 @@ class Worker:
         self.dp_epoch = max(self.dp_epoch, epoch)
         self.c["datapath_restarts_seen"] += 1
         specs, tags_of = self.flows.specs, self.flows.flows
-        for fid, (key, actions, idle, hard, match) in specs.items():
+        for fid, (origin, actions, idle, hard, match) in specs.items():
+            key = flow_key(parse(origin.frame), origin.port)     # the frame parsed when it came: it parses again
             self._dp(m.Reinstall(fid, self.i, key, match, actions, tags_of[fid][0], idle, hard))
         self.c["flows_reinstalled"] += len(specs)
 

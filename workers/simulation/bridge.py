@@ -15,6 +15,7 @@ from __future__ import annotations
 from packet.addr import is_ipv6_multicast
 from packet.packet import (
     ARP_REQUEST,
+    ETH_TYPE_ARP,
     ICMPV6_UNREACH,
     ND_NEIGHBOR_SOLICIT,
     PROTO_ICMPV6,
@@ -26,7 +27,7 @@ from packet.packet import (
 from topology.model import Bridge, Port
 from workers import tags
 from workers.simulation import generate
-from workers.simulation.chains import DROP, REJECT, run_chain
+from workers.simulation.chains import ACCEPT, DROP, REJECT, run_chain
 from workers.simulation.context import Consumed, Ctx, Stop
 from workers.simulation.result import ArpTableWrite, MacTableWrite
 
@@ -61,15 +62,20 @@ def _router_ports(ctx: Ctx, bridge: Bridge) -> tuple[dict[int, str], dict[int, t
     return macs, ips
 
 
+_GROUP_BIT = 0x010000000000                     # the I/G bit: a multicast or broadcast MAC
+_READS = ("eth_src", "eth_dst", "vlan", "eth_type")
+
+
 def _multicast(mac: int) -> bool:
-    return bool(mac & 0x010000000000)
+    return bool(mac & _GROUP_BIT)
 
 
 def process(ctx: Ctx, bridge: Bridge, in_port: Port, pkt: Packet) -> list[tuple[Port, Packet]]:
     name = bridge.name
     ctx.tags.add(tags.bridge(name))
-    ctx.read("eth_src", "eth_dst", "vlan", "eth_type")
-    if _multicast(pkt.eth_src):
+    ctx.fields.update(_READS)
+    src = pkt.eth_src
+    if src & _GROUP_BIT:
         raise Stop("bad_src_mac")                  # a group address is never a station's: drop, learn nothing
     if in_port.vlan is not None:
         if pkt.vlan is not None:
@@ -80,19 +86,21 @@ def process(ctx: Ctx, bridge: Bridge, in_port: Port, pkt: Packet) -> list[tuple[
 
     if bridge.inbound_filter:
         verdict, pkt = run_chain(ctx, bridge.inbound_filter, pkt, name, in_port.id, None)
-        _verdict(ctx, verdict, pkt, in_port)
+        if verdict != ACCEPT:
+            _verdict(ctx, verdict, pkt, in_port)
 
     src = pkt.eth_src
-    if not _multicast(src):
+    if not src & _GROUP_BIT:
         ctx.tags.add(tags.mac(name, vlan, src))
         known = bridge.mac_table.get((vlan, src)) or _learned(ctx, bridge, vlan, src)
         if known != in_port.name and (vlan, src) not in bridge.mac_table:
             ctx.effects.append(MacTableWrite(name, vlan, src, in_port.id))
 
     router_macs, router_ips = _router_ports(ctx, bridge)
-    if pkt.is_arp:
+    is_arp = pkt.eth_type == ETH_TYPE_ARP
+    if is_arp:
         ctx.read("arp_op")
-    if pkt.is_arp and pkt.arp_op == ARP_REQUEST:
+    if is_arp and pkt.arp_op == ARP_REQUEST:
         ctx.read("arp_tpa")
         hit = router_ips.get(pkt.arp_tpa)
         if hit is not None and hit[0] != in_port.name:

@@ -15,6 +15,9 @@ match field can pick it out from other ICMPv6; it never touches conntrack either
 
 from __future__ import annotations
 
+from operator import attrgetter
+from typing import NamedTuple
+
 from packet.addr import prefix_mask6
 from packet.packet import ETH_TYPE_IPV6, ND_TYPES, PROTO_TCP, PROTO_UDP, Packet
 from topology.model import Chain, Condition, Rule
@@ -88,37 +91,151 @@ _FIELD_READS = {
 }
 
 
-def matches(ctx: Ctx, rule: Rule, pkt: Packet, in_port: str | None, out_port: str | None) -> bool:
-    m = rule.match
-    result = True
-    for c in m.conditions:
-        t = _test(ctx, c, pkt, in_port, out_port)
-        if t is None or t == c.negate:
-            result = False
-            break
-    return result != m.invert
+# -- compiled conditions ------------------------------------------------------------------------------------
+# run_chain walks a chain's rules for every simulated packet: each condition is compiled once per Chain record
+# (cached by identity: a changed chain is a new record, so the cache never serves a stale rule) into a closure
+# ``passes(ctx, pkt, in_port, out_port) -> bool`` that reads exactly what ``_test`` reads and says whether the
+# condition holds (its negation applied; an absent field fails whatever the negation).  ``_test`` stays the
+# reference: a field without a compiled form goes through it.
+
+def _compile(c: Condition):
+    f, v, neg = c.field, c.value, c.negate
+    if f == "in_port":
+        return lambda ctx, pkt, i, o: (i in v) != neg
+    if f == "out_port":
+        return lambda ctx, pkt, i, o: (o in v) != neg
+    if (f == "src" or f == "dst") and len(v) == 2:
+        net, length = v
+        mask = (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF if length else 0
+        name = _FIELD_READS[f]
+        get = _GETTERS[name]
+
+        def passes(ctx, pkt, i, o):
+            ctx.fields.add("eth_type")
+            ctx.read_prefix(name, length)
+            ip = get(pkt)
+            return ip is not None and ((ip & mask) == net) != neg
+        return passes
+    if f == "src_port" or f == "dst_port":
+        lo, hi = v
+        name = _FIELD_READS[f]
+        src = f == "src_port"
+
+        def passes(ctx, pkt, i, o):
+            ctx.fields.update((name, "proto"))
+            if pkt.proto != PROTO_TCP and pkt.proto != PROTO_UDP:
+                return False
+            port = pkt.tp_src if src else pkt.tp_dst
+            return port is not None and (lo <= port <= hi) != neg
+        return passes
+    if f in _PLAIN:
+        name = _FIELD_READS[f]
+        get = _GETTERS[name]
+
+        def passes(ctx, pkt, i, o):
+            ctx.fields.add(name)
+            actual = get(pkt)
+            return actual is not None and (actual == v) != neg
+        return passes
+
+    def generic(ctx, pkt, i, o):
+        t = _test(ctx, c, pkt, i, o)
+        return t is not None and t != neg
+    return generic
+
+
+_PLAIN = frozenset({"eth_src", "eth_dst", "ethertype", "proto", "vlan"})   # one field, compared whole
+_GETTERS = {name: attrgetter(name) for name in (*_FIELD_READS.values(), "ip_src", "ip_dst")}
+
+
+class _Compiled(NamedTuple):
+    chain: Chain
+    rules: tuple[tuple[Rule, tuple, bool], ...]       # (rule, its conditions compiled, match inverted)
+
+
+_COMPILED: dict[int, _Compiled] = {}
+
+
+def _compiled(chain: Chain) -> tuple[tuple[Rule, tuple, bool], ...]:
+    hit = _COMPILED.get(id(chain))
+    if hit is not None and hit.chain is chain:
+        return hit.rules
+    rules = tuple((r, tuple(_compile(c) for c in r.match.conditions), r.match.invert) for r in chain.rules)
+    if len(_COMPILED) > 4096:
+        _COMPILED.clear()
+    _COMPILED[id(chain)] = _Compiled(chain, rules)
+    return rules
 
 
 def run_chain(ctx: Ctx, name: str, pkt: Packet, device: str, in_port: str | None,
               out_port: str | None) -> tuple[str, Packet]:
     """Walk chain ``name``.  Returns (accept | drop | reject, packet after NAT rewrites).  Neighbor discovery
-    is accepted without a walk (see the module comment)."""
-    if is_nd(ctx, pkt):
-        return ACCEPT, pkt
-    stack: list[tuple[Chain, int]] = []
-    chain = _load(ctx, name)
-    on_stack = {name}
+    is accepted without a walk (see the module comment).  The chain's own rules are walked in one loop; the
+    first jump hands the walk to ``_walk``, which keeps the jump stack (most chains never jump)."""
+    fields = ctx.fields
+    fields.add("eth_type")                              # is_nd, inline: every packet meets a chain or three
+    if pkt.eth_type == ETH_TYPE_IPV6:
+        fields.update(_ND_READS)
+        if pkt.icmpv6_type in ND_TYPES:
+            return ACCEPT, pkt
+    chain = ctx.chain(name)
+    rules = _compiled(chain)
+    for entry in rules:
+        rule, conds, invert = entry
+        hit = True
+        for passes in conds:
+            if not passes(ctx, pkt, in_port, out_port):
+                hit = False
+                break
+        if hit == invert:
+            continue
+        a = rule.action
+        if a == "accept":
+            return ACCEPT, pkt
+        if a == "drop":
+            return DROP, pkt
+        if a == "reject":
+            return REJECT, pkt
+        if a == "continue":
+            continue
+        if a == "return":                               # from the chain the walk started in: the end, accept
+            return ACCEPT, pkt
+        if a == "jump":
+            if rule.chain == name:                      # the one chain on the stack so far
+                raise Stop("chain_loop")
+            after = next(k for k, e in enumerate(rules) if e is entry) + 1
+            return _walk(ctx, pkt, device, in_port, out_port, ctx.chain(rule.chain), [(chain, after)],
+                         {name, rule.chain})
+        # NAT actions: a rewrite that applies ends the chain with accept (as MidoNet's NAT rules do);
+        # rev_* with no matching state falls through to the next rule.
+        new = nat.apply_rule(ctx, rule, pkt, device)
+        if new is not None:
+            return ACCEPT, new
+    return ACCEPT, pkt
+
+
+def _walk(ctx: Ctx, pkt: Packet, device: str, in_port: str | None, out_port: str | None, chain: Chain,
+          stack: list[tuple[Chain, int]], on_stack: set[str]) -> tuple[str, Packet]:
+    """The walk from the start of ``chain`` once a jump was taken: ``stack`` holds where each calling chain
+    resumes, ``on_stack`` their names (a jump to one of them is a loop)."""
+    rules = _compiled(chain)
     i = 0
     while True:
-        if i >= len(chain.rules):
+        if i >= len(rules):
             if not stack:
                 return ACCEPT, pkt
             on_stack.discard(chain.name)
             chain, i = stack.pop()
+            rules = _compiled(chain)
             continue
-        rule = chain.rules[i]
+        rule, conds, invert = rules[i]
         i += 1
-        if not matches(ctx, rule, pkt, in_port, out_port):
+        hit = True
+        for passes in conds:
+            if not passes(ctx, pkt, in_port, out_port):
+                hit = False
+                break
+        if hit == invert:
             continue
         a = rule.action
         if a == "continue":
@@ -134,20 +251,23 @@ def run_chain(ctx: Ctx, name: str, pkt: Packet, device: str, in_port: str | None
                 return ACCEPT, pkt
             on_stack.discard(chain.name)
             chain, i = stack.pop()
+            rules = _compiled(chain)
             continue
         if a == "jump":
             if rule.chain in on_stack or len(stack) >= MAX_JUMP_DEPTH:
                 raise Stop("chain_loop")
             stack.append((chain, i))
-            chain = _load(ctx, rule.chain)
+            chain = ctx.chain(rule.chain)
+            rules = _compiled(chain)
             on_stack.add(rule.chain)
             i = 0
             continue
-        # NAT actions: a rewrite that applies ends the chain with accept (as MidoNet's NAT rules do);
-        # rev_* with no matching state falls through to the next rule.
         new = nat.apply_rule(ctx, rule, pkt, device)
         if new is not None:
             return ACCEPT, new
+
+
+_ND_READS = ("proto", "icmpv6_type")
 
 
 def is_nd(ctx: Ctx, pkt: Packet) -> bool:
@@ -159,7 +279,3 @@ def is_nd(ctx: Ctx, pkt: Packet) -> bool:
     return pkt.icmpv6_type in ND_TYPES
 
 
-def _load(ctx: Ctx, name: str) -> Chain:
-    chain = ctx.need("chain", name)
-    ctx.tags.add(tags.chain(name))
-    return chain

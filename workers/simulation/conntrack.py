@@ -15,7 +15,16 @@ written for it (and chains accept it before any rule, workers.simulation.chains)
 
 from __future__ import annotations
 
-from packet.packet import ND_TYPES, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet
+from packet.packet import (
+    ICMP_ERROR_TYPES,
+    ICMPV6_ERROR_TYPES,
+    ND_TYPES,
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_TCP,
+    PROTO_UDP,
+    Packet,
+)
 from workers import tags
 from workers.simulation.context import Ctx
 from workers.simulation.result import CONNTRACK, FlowStateTouch, FlowStateWrite, state_key
@@ -34,12 +43,12 @@ def five_tuple(pkt: Packet) -> tuple | None:
             return None
         if p == PROTO_TCP or p == PROTO_UDP:
             return (pkt.ipv6_src, pkt.ipv6_dst, p, pkt.tp_src or 0, pkt.tp_dst or 0)
-        if p == PROTO_ICMPV6 and pkt.icmp_id is not None and not pkt.is_icmpv6_error:
+        if p == PROTO_ICMPV6 and pkt.icmp_id is not None and pkt.icmpv6_type not in ICMPV6_ERROR_TYPES:
             return (pkt.ipv6_src, pkt.ipv6_dst, p, pkt.icmp_id, pkt.icmp_id)
         return (pkt.ipv6_src, pkt.ipv6_dst, p, 0, 0)
     if p == PROTO_TCP or p == PROTO_UDP:
         return (pkt.ip_src, pkt.ip_dst, p, pkt.tp_src or 0, pkt.tp_dst or 0)
-    if p == PROTO_ICMP and pkt.icmp_id is not None and not pkt.is_icmp_error:
+    if p == PROTO_ICMP and pkt.icmp_id is not None and pkt.icmp_type not in ICMP_ERROR_TYPES:
         return (pkt.ip_src, pkt.ip_dst, p, pkt.icmp_id, pkt.icmp_id)
     return (pkt.ip_src, pkt.ip_dst, p, 0, 0)
 
@@ -61,8 +70,14 @@ def inner_five_tuple(pkt: Packet) -> tuple | None:
 
 
 def is_error(pkt: Packet) -> bool:
-    """An ICMP or ICMPv6 error (it reports a connection, it is none)."""
-    return pkt.is_icmp_error or pkt.is_icmpv6_error
+    """An ICMP or ICMPv6 error (it reports a connection, it is none).  (Packet.is_icmp_error or
+    Packet.is_icmpv6_error, without the two property calls: it runs a few times per setup.)"""
+    p = pkt.proto
+    if p == PROTO_ICMP:
+        return pkt.icmp_type in ICMP_ERROR_TYPES
+    if p == PROTO_ICMPV6:
+        return pkt.icmpv6_type in ICMPV6_ERROR_TYPES
+    return False
 
 
 def is_nd(pkt: Packet) -> bool:
@@ -91,7 +106,8 @@ def ct_state(ctx: Ctx) -> str:
     """forward | return, computed once per simulation from the ingress packet and device."""
     if ctx.ct is not None:
         return ctx.ct
-    ctx.read_five()
+    if not ctx._five:
+        ctx.read_five()
     pkt = ctx.ingress_packet
     t = lookup_tuple(pkt)
     state = FORWARD

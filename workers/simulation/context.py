@@ -81,9 +81,19 @@ class Ctx:
         return groups
 
     def port(self, port_id: str):
-        p = self.need("port", port_id)
+        p = self.topo.port(port_id)                 # need("port", ...) without its dispatch: the hottest read
+        if p is None:
+            raise Stop("fragment_missing", needs=NeedFragment("port", port_id))
         self.tags.add(tags.port(port_id))
         return p
+
+    def chain(self, name: str):
+        """need("chain", name) and its tag."""
+        c = self.topo.chain(name)
+        if c is None:
+            raise Stop("fragment_missing", needs=NeedFragment("chain", name))
+        self.tags.add(tags.chain(name))
+        return c
 
     def hop(self, element: str) -> None:
         self.hops += 1

@@ -12,12 +12,14 @@ routed like any packet leaving the router, through its outbound filter (``_send_
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 from packet.addr import is_ipv6_multicast
 from packet.packet import (
     ARP_REPLY,
     ARP_REQUEST,
+    ETH_TYPE_ARP,
     ICMP_ECHO_REQUEST,
     ICMP_TIME_EXCEEDED,
     ICMP_UNREACH,
@@ -51,9 +53,9 @@ BROADCAST = 0xFFFFFFFFFFFF
 
 
 class _Tables(NamedTuple):
-    routes: tuple[Route, ...]       # IPv4 routes, most specific first
+    routes: tuple[tuple, ...]       # IPv4 routes, most specific first, as _lookup walks them (_walk_form)
     own: dict[int, Port]            # own IPv4 address → port
-    routes6: tuple[Route, ...]      # IPv6 routes, most specific first
+    routes6: tuple[tuple, ...]      # IPv6 routes, most specific first, likewise
     own6: dict[int, Port]           # own global IPv6 address → port (link-local ones are per port)
 
 
@@ -69,11 +71,17 @@ def _tables(router: Router) -> _Tables:
     order = sorted(router.all_routes(), key=lambda r: (-r.dst_len, -r.src_len, r.weight))
     own = {p.address: p for p in router.ports.values() if p.address is not None}
     own6 = {a: p for p in router.ports.values() for a, _plen in p.addresses6}
-    t = _Tables(tuple(r for r in order if not r.v6), own, tuple(r for r in order if r.v6), own6)
+    t = _Tables(tuple(_walk_form(r, _mask) for r in order if not r.v6), own,
+                tuple(_walk_form(r, _mask6) for r in order if r.v6), own6)
     if len(_ROUTES) > 4096:
         _ROUTES.clear()
     _ROUTES[id(router)] = (router, t)
     return t
+
+
+def _walk_form(r: Route, mask) -> tuple:
+    """(route, its sort key, destination mask, source mask): computed once per router record, not per lookup."""
+    return (r, (r.dst_len, r.src_len, r.weight), mask(r.dst_len), mask(r.src_len))
 
 
 def lookup_route(ctx: Ctx, router: Router, pkt: Packet) -> Route | None:
@@ -87,23 +95,21 @@ def lookup_route(ctx: Ctx, router: Router, pkt: Packet) -> Route | None:
     return _lookup(ctx, _tables(router).routes, pkt.ip_dst, pkt.ip_src, 32, "ip_dst", "ip_src")
 
 
-def _lookup(ctx: Ctx, routes: tuple[Route, ...], dst: int, src: int, bits: int, dst_field: str,
+def _lookup(ctx: Ctx, routes: tuple[tuple, ...], dst: int, src: int, bits: int, dst_field: str,
             src_field: str) -> Route | None:
-    mask = _mask if bits == 32 else _mask6
     best: list[Route] = []
     best_key = None
     need = 0
     read_src = False
-    for r in routes:
-        key = (r.dst_len, r.src_len, r.weight)
+    for r, key, dst_mask, src_mask in routes:
         if best_key is not None and key != best_key:
             break                                      # sorted: nothing later is as good
-        if (dst & mask(r.dst_len)) == r.dst:
+        if (dst & dst_mask) == r.dst:
             if r.dst_len > need:
                 need = r.dst_len
             if r.src_len:
                 read_src = True
-            if (src & mask(r.src_len)) == r.src:
+            if (src & src_mask) == r.src:
                 best.append(r)
                 best_key = key
         else:
@@ -137,7 +143,7 @@ def process(ctx: Ctx, router: Router, in_port: Port, pkt: Packet) -> list[tuple[
         if pkt.vlan:
             raise Stop("vlan_tagged")                   # routers are VLAN-unaware
         pkt = pkt._replace(vlan=None, vlan_pcp=0)       # a priority tag (VID 0) is popped
-    if pkt.is_arp:
+    if pkt.eth_type == ETH_TYPE_ARP:
         _arp(ctx, router, in_port, pkt)
     if pkt.is_ipv6:
         return _process6(ctx, router, in_port, pkt)
@@ -152,7 +158,8 @@ def process(ctx: Ctx, router: Router, in_port: Port, pkt: Packet) -> list[tuple[
         pkt, skip_inbound = lb.process_inbound(ctx, router, pkt)
     if router.inbound_filter and not skip_inbound:
         verdict, pkt = run_chain(ctx, router.inbound_filter, pkt, name, in_port.id, None)
-        _verdict(ctx, verdict, pkt, in_port)
+        if verdict != ACCEPT:
+            _verdict(ctx, verdict, pkt, in_port)
 
     own = _tables(router).own
     if pkt.ip_dst in own:
@@ -163,36 +170,57 @@ def process(ctx: Ctx, router: Router, in_port: Port, pkt: Packet) -> list[tuple[
         raise Stop("to_router")
 
     # not one of our addresses: that much of ip_dst tells it from each of them
-    dst = pkt.ip_dst
-    for a in own:
-        ctx.read_prefix("ip_dst", 33 - (dst ^ a).bit_length())
+    if own:
+        dst = pkt.ip_dst
+        ctx.read_prefix("ip_dst", max(33 - (dst ^ a).bit_length() for a in own))
     ctx.read("ttl", "eth_src")                         # ttl is decremented; eth_src and eth_dst are rewritten
     if pkt.ttl is not None and pkt.ttl <= 1:
         _icmp(ctx, pkt, in_port, ICMP_TIME_EXCEEDED, 0)
         raise Stop("ttl_exceeded")
 
+    return _route_out(ctx, router, in_port, pkt, _V4)
+
+
+class _Family(NamedTuple):
+    """What the routing tail (``_route_out``) does differently per address family."""
+
+    icmp: Callable                  # _icmp or _icmp6: an error back out of the ingress port
+    unreach: int                    # the destination-unreachable type
+    no_route: int                   # its code for "no route"
+    reject_route: int               # its code for a reject route
+    dst: str                        # the destination field (the next hop when the route has no gateway)
+    hops: str                       # the field decremented on the way through (ttl, hop_limit)
+
+
+def _route_out(ctx: Ctx, router: Router, in_port: Port, pkt: Packet, fam: _Family) -> list[tuple[Port, Packet]]:
+    """The tail of both walks, after the packet is known to be routed: route choice → out port → outbound
+    filter → next hop → MAC rewrite and the hop count decremented.  No route and a reject route answer an error
+    of the family; a blackhole drops silently."""
     route = lookup_route(ctx, router, pkt)
     if route is None:
-        _icmp(ctx, pkt, in_port, ICMP_UNREACH, UNREACH_NET)
+        fam.icmp(ctx, pkt, in_port, fam.unreach, fam.no_route)
         raise Stop("no_route")
     if route.type == ROUTE_BLACKHOLE:
         raise Stop("blackhole")
     if route.type == ROUTE_REJECT:
-        _icmp(ctx, pkt, in_port, ICMP_UNREACH, UNREACH_ADMIN_PROHIBITED)
+        fam.icmp(ctx, pkt, in_port, fam.unreach, fam.reject_route)
         raise Stop("reject_route")
     out_port = router.ports[route.port]
     ctx.tags.add(tags.port(out_port.id))
 
     if router.outbound_filter:
-        verdict, pkt = run_chain(ctx, router.outbound_filter, pkt, name, in_port.id, out_port.id)
-        _verdict(ctx, verdict, pkt, in_port)
+        verdict, pkt = run_chain(ctx, router.outbound_filter, pkt, router.name, in_port.id, out_port.id)
+        if verdict != ACCEPT:
+            _verdict(ctx, verdict, pkt, in_port)
 
-    if route.gateway is None:
-        ctx.read("ip_dst")                             # the next hop is the destination itself (its ARP entry)
-    next_hop = route.gateway if route.gateway is not None else pkt.ip_dst
+    next_hop = route.gateway
+    if next_hop is None:
+        ctx.read(fam.dst)                              # the next hop is the destination itself (its ARP/ND entry)
+        next_hop = getattr(pkt, fam.dst)
     mac = _next_hop_mac(ctx, router, out_port, next_hop)
-    ttl = pkt.ttl - 1 if pkt.ttl is not None else None
-    return [(out_port, pkt._replace(ttl=ttl, eth_src=out_port.mac, eth_dst=mac))]
+    hops = getattr(pkt, fam.hops)
+    return [(out_port, pkt._replace(**{fam.hops: hops - 1 if hops is not None else None},
+                                    eth_src=out_port.mac, eth_dst=mac))]
 
 
 def _send_local(ctx: Ctx, router: Router, in_port: Port, request: Packet, pkt: Packet) -> None:
@@ -333,7 +361,8 @@ def _process6(ctx: Ctx, router: Router, in_port: Port, pkt: Packet) -> list[tupl
         pkt, skip_inbound = lb.process_inbound(ctx, router, pkt)
     if router.inbound_filter and not skip_inbound:
         verdict, pkt = run_chain(ctx, router.inbound_filter, pkt, name, in_port.id, None)
-        _verdict(ctx, verdict, pkt, in_port)
+        if verdict != ACCEPT:
+            _verdict(ctx, verdict, pkt, in_port)
 
     dst = pkt.ipv6_dst
     own6 = _tables(router).own6
@@ -354,28 +383,7 @@ def _process6(ctx: Ctx, router: Router, in_port: Port, pkt: Packet) -> list[tupl
         _icmp6(ctx, pkt, in_port, ICMPV6_TIME_EXCEEDED, 0)
         raise Stop("hop_limit_exceeded")
 
-    route = lookup_route(ctx, router, pkt)
-    if route is None:
-        _icmp6(ctx, pkt, in_port, ICMPV6_UNREACH, UNREACH6_NO_ROUTE)
-        raise Stop("no_route")
-    if route.type == ROUTE_BLACKHOLE:
-        raise Stop("blackhole")
-    if route.type == ROUTE_REJECT:
-        _icmp6(ctx, pkt, in_port, ICMPV6_UNREACH, UNREACH6_REJECT_ROUTE)
-        raise Stop("reject_route")
-    out_port = router.ports[route.port]
-    ctx.tags.add(tags.port(out_port.id))
-
-    if router.outbound_filter:
-        verdict, pkt = run_chain(ctx, router.outbound_filter, pkt, name, in_port.id, out_port.id)
-        _verdict(ctx, verdict, pkt, in_port)
-
-    if route.gateway is None:
-        ctx.read("ipv6_dst")                         # the next hop is the destination itself (its neighbor entry)
-    next_hop = route.gateway if route.gateway is not None else pkt.ipv6_dst
-    mac = _next_hop_mac(ctx, router, out_port, next_hop)
-    hop_limit = pkt.hop_limit - 1 if pkt.hop_limit is not None else None
-    return [(out_port, pkt._replace(hop_limit=hop_limit, eth_src=out_port.mac, eth_dst=mac))]
+    return _route_out(ctx, router, in_port, pkt, _V6)
 
 
 def _to_router6(ctx: Ctx, router: Router, in_port: Port, pkt: Packet) -> None:
@@ -434,3 +442,7 @@ def _icmp6(ctx: Ctx, pkt: Packet, in_port: Port, icmp_type: int, code: int) -> N
             or is_ipv6_multicast(pkt.ipv6_src) or is_ipv6_multicast(pkt.ipv6_dst)):
         return
     ctx.emit(in_port.id, generate.icmp6_error(pkt, icmp_type, code, in_port.mac, src))
+
+
+_V4 = _Family(_icmp, ICMP_UNREACH, UNREACH_NET, UNREACH_ADMIN_PROHIBITED, "ip_dst", "ttl")
+_V6 = _Family(_icmp6, ICMPV6_UNREACH, UNREACH6_NO_ROUTE, UNREACH6_REJECT_ROUTE, "ipv6_dst", "hop_limit")

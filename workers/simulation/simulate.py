@@ -32,6 +32,7 @@ from workers.simulation.context import Consumed, Ctx, Stop
 from workers.simulation.result import (
     CONSUMED,
     DROP,
+    EXPIRY_NORMAL,
     EXPIRY_TEMPORARY,
     FORWARD,
     PARKED,
@@ -47,10 +48,13 @@ from workers.simulation.state import PendingState
 MAX_GENERATED_DEPTH = 4          # a generated packet's walk may generate packets, and so on, this deep
 
 
-def simulate(pkt: Packet, in_port: str, topo, state, now: float, local_host: str | None = None) -> SimResult:
+def simulate(pkt: Packet, in_port: str, topo, state, now: float, local_host: str | None = None,
+             hosts: bool = True) -> SimResult:
     """Simulate ``pkt`` arriving at exterior port ``in_port``.  ``local_host`` is the agent's host (defaults
-    to the host the ingress port is bound to); outputs on other hosts carry the egress port's tunnel key."""
-    return _simulate(pkt, in_port, topo, state, now, local_host, 0)
+    to the host the ingress port is bound to); outputs on other hosts carry the egress port's tunnel key.
+    ``hosts=False``: the caller does not replicate flow state to other hosts, and ``interested_hosts`` is left
+    empty (it is not worked out)."""
+    return _simulate(pkt, in_port, topo, state, now, local_host, 0, hosts)
 
 
 def simulate_generated(pkt: Packet, port_id: str, topo, state, now: float,
@@ -65,7 +69,7 @@ def simulate_generated(pkt: Packet, port_id: str, topo, state, now: float,
 
 
 def _simulate(pkt: Packet, in_port: str, topo, state, now: float, local_host: str | None,
-              depth: int) -> SimResult:
+              depth: int, hosts: bool = True) -> SimResult:
     ctx = Ctx(topo, state, now, local_host, in_port, pkt)
     egress: list[tuple[str, Port, Packet]] = []
     try:
@@ -74,11 +78,11 @@ def _simulate(pkt: Packet, in_port: str, topo, state, now: float, local_host: st
             ctx.local_host = port.host
         _enter(ctx, port, pkt, egress)
         outputs = _outputs(ctx, egress)
-        conntrack.finish(ctx, [(dev, p) for dev, _, p in egress])
+        if ctx.ct is not None:                         # conntrack was read: its return keys (else a no-op)
+            conntrack.finish(ctx, [(dev, p) for dev, _, p in egress])
         if not outputs:
             raise Stop("no_egress_port")
-        interested = _interested(ctx, in_port, egress) if any(
-            type(e) is FlowStateWrite for e in ctx.effects) else frozenset()
+        interested = _interested(ctx, in_port, egress) if hosts and _writes_state(ctx.effects) else frozenset()
     except Consumed:
         # answered by the agent itself: no connection goes through (a NAT rule may have run on the way)
         ctx.effects = [e for e in ctx.effects if type(e) is not FlowStateWrite]
@@ -93,7 +97,7 @@ def _simulate(pkt: Packet, in_port: str, topo, state, now: float, local_host: st
         res = _result(ctx, kind, drop_reason=None if s.needs is not None else s.reason,
                       expiry=s.expiry if s.needs is None else EXPIRY_TEMPORARY, needs=s.needs)
     else:
-        res = _result(ctx, FORWARD, outputs=tuple(outputs), interested_hosts=interested)
+        res = _forward_result(ctx, tuple(outputs), interested)
     return _carry_generated(ctx, res, depth) if res.generated else res
 
 
@@ -143,6 +147,13 @@ def _carry_generated(ctx: Ctx, res: SimResult, depth: int) -> SimResult:
     return out
 
 
+def _writes_state(effects) -> bool:
+    for e in effects:
+        if type(e) is FlowStateWrite:
+            return True
+    return False
+
+
 def _result(ctx: Ctx, kind: str, **kw) -> SimResult:
     return SimResult(kind, path=tuple(ctx.path), generated=tuple(ctx.generated), effects=tuple(ctx.effects),
                      tags=frozenset(ctx.tags), fields_read=frozenset(ctx.fields),
@@ -150,15 +161,33 @@ def _result(ctx: Ctx, kind: str, **kw) -> SimResult:
                      exact=bool(ctx.generated), **kw)
 
 
+_tuple_new = tuple.__new__
+
+
+def _forward_result(ctx: Ctx, outputs: tuple, interested: frozenset) -> SimResult:
+    """``_result(ctx, FORWARD, outputs=..., interested_hosts=...)`` built by position (the setup path's result;
+    the NamedTuple constructor with keywords costs more than the rest of this function)."""
+    return _tuple_new(SimResult, (FORWARD, tuple(ctx.path), outputs, tuple(ctx.generated), tuple(ctx.effects),
+                                  None, EXPIRY_NORMAL, None, frozenset(ctx.tags), frozenset(ctx.fields),
+                                  tuple(ctx.prefixes.items()) if ctx.prefixes else (), interested, (),
+                                  bool(ctx.generated)))
+
+
 def _enter(ctx: Ctx, port: Port, pkt: Packet, egress: list) -> None:
     ctx.hop(port.id)
-    kind = ctx.device_kind(port.device)
+    kind = ctx.topo.device_kind(port.device)
+    if kind is None:
+        kind = ctx.device_kind(port.device)              # parks on the device fragment
     if kind == "bridge":
-        dev = ctx.need("bridge", port.device)
+        dev = ctx.topo.bridge(port.device)
+        if dev is None:
+            dev = ctx.need("bridge", port.device)
         ctx.path.append(dev.name)
         outs = bridge.process(ctx, dev, port, pkt)
     elif kind == "router":
-        dev = ctx.need("router", port.device)
+        dev = ctx.topo.router(port.device)
+        if dev is None:
+            dev = ctx.need("router", port.device)
         ctx.path.append(dev.name)
         outs = router.process(ctx, dev, port, pkt)
     else:
@@ -186,11 +215,17 @@ def _interested(ctx: Ctx, in_port: str, egress) -> frozenset[str]:
     """Hosts that may see the return flow: those of the ingress and egress ports and of every port in
     their stateful port groups."""
     hosts: set[str] = set()
-    for pid in {in_port, *(p.id for _, p, _ in egress)}:
+    pids = {in_port}
+    for _, p, _ in egress:
+        pids.add(p.id)
+    for pid in pids:
         port = ctx.port(pid)
         if port.host:
             hosts.add(port.host)
-        for gname in ctx.groups_of_port(pid):
+        groups = ctx.groups_of_port(pid)
+        if not groups:
+            continue
+        for gname in groups:
             group = ctx.need("port_group", gname)
             if group.stateful:
                 for member in group.ports:
