@@ -407,8 +407,11 @@ class DatapathProcess:
                 send_msg(self.to_workers[w], m.FlowRemoved(tuple(ids), reason))
 
     def _inject(self, msg: m.Inject, now: float) -> None:
-        for frame in msg.frames:
-            self.receive(msg.port, frame, now)
+        port, receive, upcall = msg.port, self.dp.receive, self.disp.upcall
+        for frame in msg.frames:                       # ``receive``, inline
+            miss = receive(port, frame, now)
+            if miss is not None:
+                upcall(port, frame, miss[0], miss[1], now)
 
     def _tunnel_frames(self, msg: m.TunnelFrames, now: float) -> None:
         for frame in msg.frames:
@@ -585,6 +588,7 @@ def datapath_main(cfg: DatapathConfig) -> None:
     gc.freeze()
     gc.set_threshold(50_000, 20, 50)
     spin_s, events = cfg.poll_spin_us / 1e6, []       # busy-poll after work (backchannel/spin.py; 0: off)
+    handle_all, poll_fd, housekeeping, monotonic = proc.handle_all, proc.poll_fd, proc.housekeeping, time.monotonic
     try:
         while proc.running:
             if proc.fds_changed:                       # ports came or went: poll their sockets
@@ -596,14 +600,19 @@ def datapath_main(cfg: DatapathConfig) -> None:
                     poller.register(fd, zmq.POLLIN)
                 polled = fds
             events = spin_poll(poller, 20, spin_s) if spin_s and events else poller.poll(20)
-            if events:
-                now = time.monotonic()
-                for sock, _ in events:
-                    if sock is inbox:
-                        proc.handle_all(recv_msgs(inbox, decoder, 256), now)
-                    elif sock in polled:
-                        guard.call("_poll", proc.poll_fd, sock, now)
-            guard.call("_housekeeping", proc.housekeeping, time.monotonic())
+            now = monotonic()
+            for sock, _ in events:
+                if sock is inbox:
+                    handle_all(recv_msgs(inbox, decoder, 256), now)
+                elif sock in polled:
+                    try:
+                        poll_fd(sock, now)
+                    except Exception as e:             # the guard's net, without its call per event
+                        guard.failed("_poll", e)
+            try:
+                housekeeping(now)                      # flushes the upcalls this turn queued
+            except Exception as e:
+                guard.failed("_housekeeping", e)
     finally:
         proc.close()
         for s in (inbox, to_sup, *to_workers):
