@@ -213,8 +213,16 @@ class FlowCache:
         sub.flows[mkey] = f
         if flow_id:
             self.by_id[flow_id] = key
-        if idle_s or hard_s:
-            self._schedule(f, _deadline(f))
+        if idle_s or hard_s:                       # _schedule, inline: into the wheel at its deadline's tick
+            t = int((now + (min(idle_s, hard_s) if idle_s and hard_s else idle_s or hard_s)) // EXPIRY_TICK)
+            if self._wheel_tick is not None and t < self._wheel_tick:
+                t = self._wheel_tick
+            lst = self._wheel.get(t)
+            if lst is None:
+                self._wheel[t] = [f]
+            else:
+                lst.append(f)
+            self._wheel_n += 1
         self.counters["datapath_installs"] += 1
         return f
 
@@ -337,6 +345,11 @@ class FlowCache:
         for f in self.flows.values():
             if f.idle_s or f.hard_s:
                 self._schedule(f, _deadline(f))
+
+    @property
+    def wheel_size(self) -> int:
+        """Entries in the expiry wheel (dead flows not yet reached included): at most about twice the flows."""
+        return self._wheel_n
 
     def purge_worker(self, worker: int) -> int:
         keys = [k for k, f in self.flows.items() if f.worker == worker]

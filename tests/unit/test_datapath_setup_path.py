@@ -59,7 +59,7 @@ def test_the_expiry_wheel_expires_what_a_full_scan_would_and_nothing_else():
         got = {f.id for f in c.expire(now)}
         assert got == want
         assert not _scan(c.flows.values(), now)
-        assert c._wheel_n <= 2 * len(c.flows) + 1024 + 6    # dead flows do not pile up in the wheel
+        assert c.wheel_size <= 2 * len(c.flows) + 1024 + 6    # dead flows do not pile up in the wheel
 
 
 def test_a_flow_used_within_its_idle_timeout_stays_however_long_it_lives():
