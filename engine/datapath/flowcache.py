@@ -25,6 +25,7 @@ Execution rewrites the raw frame with incremental checksum updates (packet.rewri
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -112,6 +113,7 @@ class FlowCache:
         self._wheel: dict[int, list[Flow]] = {}
         self._wheel_n = 0                          # entries in the wheel, dead flows included
         self._wheel_tick: int | None = None        # the first tick ``expire`` looks at next
+        self._order: deque[Flow] = deque()         # flows in install order, dead ones too (eviction)
         self.emit = emit
         self.max_flows = max_flows
         self.counters = {"datapath_hits": 0, "datapath_misses": 0, "datapath_installs": 0,
@@ -201,8 +203,13 @@ class FlowCache:
                 if old.id != flow_id:
                     self.removed.append((old, "replaced"))
         if len(flows) >= self.max_flows:
-            # evict the oldest flow (dicts keep insertion order)
-            gone = flows[next(iter(flows))]
+            # evict the oldest flow: the first live one of ``_order`` (install order, as ``flows`` keeps it).
+            # Not next(iter(flows)): after many deletions at its front a dict iterates past their empty slots
+            # until it is resized, ~50 µs an install with a full table of 200k flows.
+            order = self._order
+            gone = order.popleft()
+            while gone.dead:
+                gone = order.popleft()
             self._unlink(gone)
             self.removed.append((gone, "evicted"))
             self.counters["datapath_evicted"] += 1
@@ -211,6 +218,10 @@ class FlowCache:
         f = Flow(key, compiled, worker, idle_s, hard_s, now, now, tags, 0, flow_id, sub.mask, mkey)
         flows[key] = f
         sub.flows[mkey] = f
+        order = self._order
+        order.append(f)
+        if len(order) > 2 * len(flows) + 1024:     # mostly flows that left: rebuilt from the live ones
+            self._order = deque(flows.values())
         if flow_id:
             self.by_id[flow_id] = key
         if idle_s or hard_s:                       # _schedule, inline: into the wheel at its deadline's tick

@@ -84,3 +84,18 @@ def test_an_exact_flow_replaced_by_a_megaflow_of_the_same_key_and_back():
     e = c.install(key, (("output", "r"),), 0, 60, 0, 0.0, (), 3)
     assert b.dead and c.lookup(key, 0.0) is e and e.mask is EXACT_MASK and len(c.flows) == 1
     assert [r for _, r in c.take_removed()] == ["replaced", "replaced"]
+
+
+def test_a_full_table_evicts_its_oldest_flow_whatever_left_it_before():
+    rng = random.Random(11)
+    c = FlowCache(lambda *a: None, max_flows=50)
+    for i in range(1, 3000):
+        k = (rng.randrange(0, 120),)
+        full = len(c.flows) >= 50 and k not in c.flows
+        oldest = next(iter(c.flows.values())) if full else None     # what "oldest" means: install order
+        c.install(k, (("drop",),), 0, 0, 0, float(i), (), i)
+        evicted = [f for f, why in c.take_removed() if why == "evicted"]
+        assert evicted == ([oldest] if full else [])
+        if rng.random() < 0.2:
+            c.delete_ids([rng.choice(list(c.flows.values())).id])
+        assert len(c._order) <= 2 * len(c.flows) + 1024 + 1
