@@ -72,7 +72,7 @@ def _answers(scenario: str, flows: int, megaflows: bool, ipv6: bool):
 
 
 def measure(scenario: str = "l2", flows: int = 20000, megaflows: bool = False, ipv6: bool = False,
-            profile: bool = False) -> dict:
+            profile: bool = False, max_flows: int = 200_000) -> dict:
     from backchannel import messages as m
     from backchannel.codec import Decoder, decode_many, encode, encode_many
     from engine.dpproc import DatapathConfig, DatapathProcess
@@ -85,7 +85,8 @@ def measure(scenario: str = "l2", flows: int = 20000, megaflows: bool = False, i
             by_port.setdefault(p, []).append(f)
         injects.append([encode(m.Inject(p, tuple(fs))) for p, fs in by_port.items()])
     links = [_Link(), _Link()]
-    proc = DatapathProcess(DatapathConfig(runtime_dir="", n_workers=2, keep_outputs=False), links, _Link())
+    proc = DatapathProcess(DatapathConfig(runtime_dir="", n_workers=2, keep_outputs=False,
+                                                 max_flows=max_flows), links, _Link())
     decoder = Decoder(proc.counters)
     housekeeping = proc.housekeeping
     if hasattr(proc, "handle_all"):               # as datapath_main hands the inbox's messages over
@@ -142,6 +143,7 @@ def measure(scenario: str = "l2", flows: int = 20000, megaflows: bool = False, i
     installs = c["datapath_installs"]
     out = {"setups": installs, "us_per_setup": round(timed / 1000 / max(1, installs), 2),
            "upcalls": c["dispatcher_upcalls"], "batches": c["dispatcher_batches"], "tx": c["datapath_tx"]}
+    out["evicted"] = c["datapath_evicted"]
     if installs != len(frames) or c["datapath_tx"] < len(frames):
         out["error"] = f"{installs} installs, {c['datapath_tx']} outputs for {len(frames)} frames"
     if prof is not None:
@@ -156,14 +158,17 @@ def main() -> None:
     ap.add_argument("--flows", type=int, default=20000)
     ap.add_argument("--megaflows", action="store_true")
     ap.add_argument("--ipv6", action="store_true")
+    ap.add_argument("--max-flows", type=int, default=200_000,
+                    help="the flow cache's bound (below --flows: a full table, an eviction per install)")
     ap.add_argument("--profile", action="store_true", help="cProfile the timed part (to stderr)")
     ap.add_argument("--against", help="another tree: alternate with it (subprocesses)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--once", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     args = ["--scenario", a.scenario, "--flows", str(a.flows)] + ["--megaflows"] * a.megaflows + ["--ipv6"] * a.ipv6
+    args += ["--max-flows", str(a.max_flows)]
     if not a.against:
-        print(json.dumps(measure(a.scenario, a.flows, a.megaflows, a.ipv6, a.profile)))
+        print(json.dumps(measure(a.scenario, a.flows, a.megaflows, a.ipv6, a.profile, a.max_flows)))
         return
     trees = {"this": os.getcwd(), "other": os.path.abspath(a.against)}
     got: dict[str, list[float]] = {k: [] for k in trees}

@@ -307,29 +307,14 @@ class DatapathProcess:
 
     # -- the inbox -----------------------------------------------------------------------------------------
     def handle(self, msg, now: float) -> None:
+        if type(msg) is m.FlowPut:                     # most of what arrives: no dispatch by type
+            self.flow_put(msg, now)
+            return
         h = self._handlers.get(type(msg))
         if h is None:
             self.counters["datapath_unexpected"] += 1
         else:
             h(msg, now)
-
-    def handle_all(self, msgs, now: float) -> None:
-        """``handle`` each message under the loop guard (what one raises is counted, the rest go on); a
-        FlowPut, most of what arrives, goes to ``flow_put`` without the dispatch by type."""
-        flow_put, handlers, failed = self.flow_put, self._handlers, self.guard.failed
-        for msg in msgs:
-            try:
-                t = type(msg)
-                if t is m.FlowPut:
-                    flow_put(msg, now)
-                else:
-                    h = handlers.get(t)
-                    if h is None:
-                        self.counters["datapath_unexpected"] += 1
-                    else:
-                        h(msg, now)
-            except Exception as e:                     # the net (backchannel/guard.py): counted, logged, go on
-                failed(t.__name__, e)
 
     def _answered(self, seq: int):
         rec, held = self.disp.answered(seq)
@@ -365,8 +350,8 @@ class DatapathProcess:
         execute(compiled, rec.frame, rec.packet)
         for _port, frame, pkt in held:
             execute(compiled, frame, pkt)
-        if cache.removed:
-            self._removed(cache.take_removed())
+        # the flows this install replaced or evicted are told their workers by the housekeeping after this
+        # burst: one FlowRemoved per worker per burst, not one per install (a full table evicts at each)
 
     def execute(self, msg: m.Execute, now: float) -> None:
         """Execute upcall ``seq``'s packet without installing; the packets held back for its flow were not
@@ -558,6 +543,8 @@ class DatapathProcess:
     # -- housekeeping --------------------------------------------------------------------------------------
     def housekeeping(self, now: float) -> None:
         self.disp.flush()
+        if self.dp.cache.removed:                      # replaced / evicted by this burst's installs
+            self._removed(self.dp.cache.take_removed())
         if now < self._next_expiry:
             return
         self._next_expiry = now + 0.5
@@ -588,7 +575,6 @@ def datapath_main(cfg: DatapathConfig) -> None:
     gc.freeze()
     gc.set_threshold(50_000, 20, 50)
     spin_s, events = cfg.poll_spin_us / 1e6, []       # busy-poll after work (backchannel/spin.py; 0: off)
-    handle_all, poll_fd, housekeeping, monotonic = proc.handle_all, proc.poll_fd, proc.housekeeping, time.monotonic
     try:
         while proc.running:
             if proc.fds_changed:                       # ports came or went: poll their sockets
@@ -600,19 +586,14 @@ def datapath_main(cfg: DatapathConfig) -> None:
                     poller.register(fd, zmq.POLLIN)
                 polled = fds
             events = spin_poll(poller, 20, spin_s) if spin_s and events else poller.poll(20)
-            now = monotonic()
-            for sock, _ in events:
-                if sock is inbox:
-                    handle_all(recv_msgs(inbox, decoder, 256), now)
-                elif sock in polled:
-                    try:
-                        poll_fd(sock, now)
-                    except Exception as e:             # the guard's net, without its call per event
-                        guard.failed("_poll", e)
-            try:
-                housekeeping(now)                      # flushes the upcalls this turn queued
-            except Exception as e:
-                guard.failed("_housekeeping", e)
+            if events:
+                now = time.monotonic()
+                for sock, _ in events:
+                    if sock is inbox:
+                        guard.run(proc.handle, recv_msgs(inbox, decoder, 256), now)
+                    elif sock in polled:
+                        guard.call("_poll", proc.poll_fd, sock, now)
+            guard.call("_housekeeping", proc.housekeeping, time.monotonic())
     finally:
         proc.close()
         for s in (inbox, to_sup, *to_workers):
