@@ -50,6 +50,7 @@ import time
 from array import array
 from bisect import bisect_left
 from dataclasses import dataclass
+from time import monotonic_ns
 
 import zmq
 
@@ -306,6 +307,9 @@ class DatapathProcess:
 
     # -- the inbox -----------------------------------------------------------------------------------------
     def handle(self, msg, now: float) -> None:
+        if type(msg) is m.FlowPut:                     # most of what arrives: no dispatch by type
+            self.flow_put(msg, now)
+            return
         h = self._handlers.get(type(msg))
         if h is None:
             self.counters["datapath_unexpected"] += 1
@@ -317,7 +321,11 @@ class DatapathProcess:
         if rec is None:
             self.counters["datapath_late_answers"] += 1
             return rec, held
-        self.record_latency(time.monotonic_ns() - rec.sent_ns)
+        ns = monotonic_ns() - rec.sent_ns              # record_latency, inline (once per setup)
+        self.latency_buckets[bisect_left(_LATENCY_BOUNDS_NS, ns)] += 1
+        self.latency_sum_ns += ns
+        if self.keep_latencies and len(self.latencies) < MAX_LATENCY_SAMPLES:
+            self.latencies.append(ns)
         return rec, held
 
     def record_latency(self, ns: int) -> None:
@@ -333,16 +341,17 @@ class DatapathProcess:
         rec, held = self._answered(msg.seq)
         if rec is None:
             return
-        flow = self.dp.cache.install(rec.key, msg.actions, rec.worker, msg.idle_s, msg.hard_s, now, msg.tags,
-                                     msg.seq, msg.match)
+        cache = self.dp.cache
+        flow = cache.install(rec.key, msg.actions, rec.worker, msg.idle_s, msg.hard_s, now, msg.tags, msg.seq,
+                             msg.match)
         if flow is None:                               # bad actions or match (counted): nothing to execute with
             return
-        execute, compiled = self.dp.cache.execute, flow.compiled
+        execute, compiled = cache.execute, flow.compiled
         execute(compiled, rec.frame, rec.packet)
         for _port, frame, pkt in held:
             execute(compiled, frame, pkt)
-        if self.dp.cache.removed:
-            self._removed(self.dp.cache.take_removed())
+        # the flows this install replaced or evicted are told their workers by the housekeeping after this
+        # burst: one FlowRemoved per worker per burst, not one per install (a full table evicts at each)
 
     def execute(self, msg: m.Execute, now: float) -> None:
         """Execute upcall ``seq``'s packet without installing; the packets held back for its flow were not
@@ -383,8 +392,11 @@ class DatapathProcess:
                 send_msg(self.to_workers[w], m.FlowRemoved(tuple(ids), reason))
 
     def _inject(self, msg: m.Inject, now: float) -> None:
-        for frame in msg.frames:
-            self.receive(msg.port, frame, now)
+        port, receive, upcall = msg.port, self.dp.receive, self.disp.upcall
+        for frame in msg.frames:                       # ``receive``, inline
+            miss = receive(port, frame, now)
+            if miss is not None:
+                upcall(port, frame, miss[0], miss[1], now)
 
     def _tunnel_frames(self, msg: m.TunnelFrames, now: float) -> None:
         for frame in msg.frames:
@@ -531,6 +543,8 @@ class DatapathProcess:
     # -- housekeeping --------------------------------------------------------------------------------------
     def housekeeping(self, now: float) -> None:
         self.disp.flush()
+        if self.dp.cache.removed:                      # replaced / evicted by this burst's installs
+            self._removed(self.dp.cache.take_removed())
         if now < self._next_expiry:
             return
         self._next_expiry = now + 0.5

@@ -25,6 +25,7 @@ Execution rewrites the raw frame with incremental checksum updates (packet.rewri
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ from packet.packet import Packet
 from packet.rewrite import rewrite
 
 COMPILED_CACHE = 4096                  # distinct action lists kept compiled (cleared when full)
+EXPIRY_TICK = 0.5                      # s: the granularity of the expiry wheel (FlowCache.expire)
 
 # A compiled action list: ((fields to set, "output"|"tunnel", target, tunnel key), ...)
 Compiled = tuple[tuple[dict, str, object, int | None], ...]
@@ -71,6 +73,14 @@ class Flow:
     dead: bool = False         # left the cache (an EMC entry that still points here misses)
 
 
+def _deadline(f: Flow) -> float:
+    """When ``f`` expires, as of its last use: the earlier of its idle and hard deadlines (those it has)."""
+    if f.idle_s:
+        d = f.last_used + f.idle_s
+        return min(d, f.installed_at + f.hard_s) if f.hard_s else d
+    return f.installed_at + f.hard_s
+
+
 class Subtable:
     """The flows of one mask: masked key → Flow, and ``project`` (full key → masked key)."""
 
@@ -97,6 +107,13 @@ class FlowCache:
         self.emc: dict[tuple, Flow] = {}           # full key → flow (only flows of masked subtables)
         self.emc_max = emc_max
         self._compiled: dict[tuple, Compiled] = {}   # actions → compiled (flows of a megaflow, a bridge: alike)
+        self._masks: dict[tuple, tuple] = {}       # wire match → its slot mask (a bridge's matches: alike)
+        self._exact: Subtable | None = None        # the exact-match subtable, while there is one
+        # expiry: flows with a timeout by the tick their deadline falls in (``_schedule``, ``expire``)
+        self._wheel: dict[int, list[Flow]] = {}
+        self._wheel_n = 0                          # entries in the wheel, dead flows included
+        self._wheel_tick: int | None = None        # the first tick ``expire`` looks at next
+        self._order: deque[Flow] = deque()         # flows in install order, dead ones too (eviction)
         self.emit = emit
         self.max_flows = max_flows
         self.counters = {"datapath_hits": 0, "datapath_misses": 0, "datapath_installs": 0,
@@ -107,7 +124,7 @@ class FlowCache:
 
     def lookup(self, key: tuple, now: float) -> Flow | None:
         emc = self.emc
-        f = emc.get(key)
+        f = emc.get(key) if emc else None            # exact match only: the EMC stays empty, no probe
         if f is not None:
             if not f.dead:
                 c = self.counters
@@ -138,10 +155,22 @@ class FlowCache:
                 tags: tuple = (), flow_id: int = 0, match=()) -> Flow | None:
         """Install the flow of the upcall whose full key is ``key``, matching ``match`` (a wire match,
         packet.flowkey: () = exactly ``key``)."""
-        mask = slot_mask(match)
-        if mask is None:
-            self.counters["datapath_bad_matches"] += 1
-            return None
+        if not match:                              # exact match: its subtable without hashing the 36-slot mask
+            sub = self._exact or self._subtable(EXACT_MASK)
+        else:
+            try:
+                mask = self._masks.get(match)
+            except TypeError:                      # an unhashable element: not a wire match
+                mask = None
+            if mask is None:
+                mask = slot_mask(match)
+                if mask is None:
+                    self.counters["datapath_bad_matches"] += 1
+                    return None
+                if len(self._masks) >= COMPILED_CACHE:
+                    self._masks.clear()
+                self._masks[match] = mask
+            sub = self._subtable(mask)
         if type(actions) is not tuple:
             actions = tuple(actions)
         try:
@@ -158,26 +187,53 @@ class FlowCache:
             if len(self._compiled) >= COMPILED_CACHE:
                 self._compiled.clear()
             self._compiled[actions] = compiled
-        sub = self._subtable(mask)
         mkey = sub.project(key)
-        # a newer install replaces the flow of the same origin key and the one in the same masked slot
-        for old in (self.flows.get(key), sub.flows.get(mkey)):
+        flows = self.flows
+        # a newer install replaces the flow of the same origin key and the one in the same masked slot (in the
+        # exact subtable that is the same flow: its masked key is its origin key)
+        old = flows.get(key)
+        if old is not None and not old.dead:
+            self._unlink(old)
+            if old.id != flow_id:
+                self.removed.append((old, "replaced"))
+        if sub.mask is not EXACT_MASK:
+            old = sub.flows.get(mkey)
             if old is not None and not old.dead:
                 self._unlink(old)
                 if old.id != flow_id:
                     self.removed.append((old, "replaced"))
-        if len(self.flows) >= self.max_flows:
-            # evict the oldest flow (dicts keep insertion order)
-            gone = self.flows[next(iter(self.flows))]
+        if len(flows) >= self.max_flows:
+            # evict the oldest flow: the first live one of ``_order`` (install order, as ``flows`` keeps it).
+            # Not next(iter(flows)): after many deletions at its front a dict iterates past their empty slots
+            # until it is resized, ~50 µs an install with a full table of 200k flows.
+            order = self._order
+            gone = order.popleft()
+            while gone.dead:
+                gone = order.popleft()
             self._unlink(gone)
             self.removed.append((gone, "evicted"))
             self.counters["datapath_evicted"] += 1
-        sub = self._subtable(mask)                 # again: a subtable emptied just now is gone
+        if not sub.flows:                          # emptied just now, so gone from the cache: again
+            sub = self._subtable(sub.mask)
         f = Flow(key, compiled, worker, idle_s, hard_s, now, now, tags, 0, flow_id, sub.mask, mkey)
-        self.flows[key] = f
+        flows[key] = f
         sub.flows[mkey] = f
+        order = self._order
+        order.append(f)
+        if len(order) > 2 * len(flows) + 1024:     # mostly flows that left: rebuilt from the live ones
+            self._order = deque(flows.values())
         if flow_id:
             self.by_id[flow_id] = key
+        if idle_s or hard_s:                       # _schedule, inline: into the wheel at its deadline's tick
+            t = int((now + (min(idle_s, hard_s) if idle_s and hard_s else idle_s or hard_s)) // EXPIRY_TICK)
+            if self._wheel_tick is not None and t < self._wheel_tick:
+                t = self._wheel_tick
+            lst = self._wheel.get(t)
+            if lst is None:
+                self._wheel[t] = [f]
+            else:
+                lst.append(f)
+            self._wheel_n += 1
         self.counters["datapath_installs"] += 1
         return f
 
@@ -187,6 +243,8 @@ class FlowCache:
             if mask == EXACT_MASK:
                 mask = EXACT_MASK                  # the canonical object: lookup tells it by identity
             sub = self._by_mask[mask] = Subtable(mask)
+            if mask is EXACT_MASK:
+                self._exact = sub
             self.subtables.append(sub)
             self.counters["datapath_subtables"] = len(self.subtables)
         return sub
@@ -203,6 +261,8 @@ class FlowCache:
             del sub.flows[f.mkey]
             if not sub.flows:
                 del self._by_mask[f.mask]
+                if sub is self._exact:
+                    self._exact = None
                 self.subtables.remove(sub)
                 self.counters["datapath_subtables"] = len(self.subtables)
 
@@ -240,19 +300,67 @@ class FlowCache:
         by_id = self.by_id
         return self.delete([k for k in map(by_id.get, ids) if k is not None])
 
+    def _schedule(self, f: Flow, deadline: float) -> None:
+        """Put ``f`` in the wheel at the tick of ``deadline`` (the earliest it may expire)."""
+        t = int(deadline // EXPIRY_TICK)
+        if self._wheel_tick is not None and t < self._wheel_tick:
+            t = self._wheel_tick
+        lst = self._wheel.get(t)
+        if lst is None:
+            self._wheel[t] = [f]
+        else:
+            lst.append(f)
+        self._wheel_n += 1
+
     def expire(self, now: float) -> list[Flow]:
         """Remove the flows past their idle or hard timeout (returned), and re-sort the subtables by their hits
-        since the last call (the most hit first), as OVS's dpcls does periodically."""
-        gone = [f for f in self.flows.values()
-                if (f.idle_s and now - f.last_used > f.idle_s) or (f.hard_s and now - f.installed_at > f.hard_s)]
-        for f in gone:
-            self._unlink(f)
+        since the last call (the most hit first), as OVS's dpcls does periodically.
+
+        Only the flows whose deadline has come are looked at, not the whole table: each flow with a timeout
+        waits in a timer wheel at the tick (EXPIRY_TICK) of its deadline as of its install; when that tick is
+        reached it expires, or (used since) moves to the tick of its new deadline.  A flow is thus looked at
+        about once per idle timeout rather than at every call.  Flows that left meanwhile are skipped, and the
+        wheel is rebuilt from the live flows when they are most of it (bounded memory under churn)."""
+        gone = []
+        wheel = self._wheel
+        tick = int(now // EXPIRY_TICK)
+        start = self._wheel_tick
+        if start is None or tick - start > len(wheel):
+            due = sorted(t for t in wheel if t <= tick)
+        else:
+            due = [t for t in range(start, tick + 1) if t in wheel]
+        self._wheel_tick = tick                    # the current tick is looked at again next time
+        for t in due:
+            batch = wheel.pop(t)
+            self._wheel_n -= len(batch)
+            for f in batch:
+                if f.dead:
+                    continue
+                d = _deadline(f)
+                if now > d:
+                    self._unlink(f)
+                    gone.append(f)
+                else:
+                    self._schedule(f, d)
         self.counters["datapath_expired"] += len(gone)
+        if self._wheel_n > 2 * len(self.flows) + 1024:
+            self._rebuild_wheel()
         if len(self.subtables) > 1:
             self.subtables.sort(key=lambda s: -s.hits)
         for s in self.subtables:
             s.hits = 0
         return gone
+
+    def _rebuild_wheel(self) -> None:
+        self._wheel, self._wheel_n = {}, 0
+        for f in self.flows.values():
+            if f.idle_s or f.hard_s:
+                self._schedule(f, _deadline(f))
+
+    @property
+    def wheel_size(self) -> int:
+        """Entries in the expiry wheel (dead flows not yet reached included): at most about twice the flows."""
+        return self._wheel_n
 
     def purge_worker(self, worker: int) -> int:
         keys = [k for k, f in self.flows.items() if f.worker == worker]
