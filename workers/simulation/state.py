@@ -148,6 +148,12 @@ class LocalState:
     arps: dict[tuple[str, int], tuple[int, float]] = field(default_factory=dict)        # → (mac, learned_at)
     flow_state: dict[tuple[str, tuple], StateEntry] = field(default_factory=dict)
     blocks: dict[tuple[str, int], list[int]] = field(default_factory=dict)   # (device, ip) → held block starts
+    # SNAT port use, for the worker's lease-ahead and idle blocks (every REV_SNAT entry, replicas included: its
+    # key holds the translated (ip, port)): (device, ip, port) → bindings on that port; (device, ip, block) →
+    # ports of the block with a binding; (device, ip) → bindings written here since the worker last looked
+    snat_ports: dict[tuple[str, int, int], int] = field(default_factory=dict)
+    snat_block_used: dict[tuple[str, int, int], int] = field(default_factory=dict)
+    snat_new: dict[tuple[str, int], int] = field(default_factory=dict)
     replicas: dict[tuple[str, tuple], None] = field(default_factory=dict)   # replica keys, oldest first
     macs_per_bridge: dict[str, int] = field(default_factory=dict)
     macs_per_port: dict[str, int] = field(default_factory=dict)
@@ -199,6 +205,8 @@ class LocalState:
                             continue
                     elif old.replica:                   # written here now: ours
                         del self.replicas[k]
+                if e.kind == REV_SNAT and k not in fs:
+                    self._snat_port(e.key, 1, True)
                 fs[k] = StateEntry(e.kind, e.key, e.value, now, self.flow_state_idle_s)
             elif t is FlowStateTouch:
                 entry = self.flow_state.get((e.kind, e.key))
@@ -227,7 +235,10 @@ class LocalState:
         gone = []
         for k in list(itertools.islice(self.replicas, n)):
             del self.replicas[k]
-            gone.append(self.flow_state.pop(k))
+            e = self.flow_state.pop(k)
+            if e.kind == REV_SNAT:
+                self._snat_port(e.key, -1)
+            gone.append(e)
         self.counters["state_replicas_evicted"] += len(gone)
         return gone
 
@@ -255,6 +266,8 @@ class LocalState:
                 evicted.extend(self._evict_replicas(1))
             fs[k] = StateEntry(kind, key, value, now, idle, None, True)
             replicas[k] = None
+            if kind == REV_SNAT:
+                self._snat_port(key, 1)
             written.append(k)
         return written, evicted
 
@@ -318,9 +331,40 @@ class LocalState:
 
     def idle_nat_blocks(self) -> list[tuple[str, int, int]]:
         """Held (device, ip, block) with no SNAT binding left in them: candidates for release."""
-        used = {snat_block(e.kind, e.key, e.value) for e in self.flow_state.values() if e.kind == REV_SNAT}
+        used = self.snat_block_used
         return [(dev, ip, b) for (dev, ip), blocks in self.blocks.items() for b in blocks
                 if (dev, ip, b) not in used]
+
+    def free_snat_ports(self, device: str, ip: int) -> tuple[int, int]:
+        """(ports with no binding at all, blocks with no binding) among the blocks held for (device, ip).  A port
+        bound toward one destination may still serve another, so the free ports are a floor of what the NAT
+        can hand out before it needs a lease: the worker leases ahead from this (Worker._lease_ahead)."""
+        used = self.snat_block_used
+        free = empty = 0
+        for b in self.blocks.get((device, ip), ()):
+            n = used.get((device, ip, b), 0)
+            free += BLOCK_SIZE - n
+            empty += not n
+        return free, empty
+
+    def _snat_port(self, key: tuple, d: int, local: bool = False) -> None:
+        """A REV_SNAT entry with ``key`` (its destination: the translated ip and port) came (+1) or went (-1)."""
+        port = (key[5], key[1], key[4])
+        ports = self.snat_ports
+        n = ports.get(port, 0) + d
+        if n > 0:
+            ports[port] = n
+        else:
+            ports.pop(port, None)
+        if n == (1 if d > 0 else 0):                   # the port became used, or free
+            block = (port[0], port[1], port[2] - port[2] % BLOCK_SIZE)
+            if d > 0:
+                self.snat_block_used[block] = self.snat_block_used.get(block, 0) + 1
+            else:
+                _decrement(self.snat_block_used, block)
+        if local:
+            dev_ip = port[:2]
+            self.snat_new[dev_ip] = self.snat_new.get(dev_ip, 0) + 1
 
     def remove_nat_block(self, device: str, ip: int, block: int) -> None:
         held = self.blocks.get((device, ip))
@@ -341,6 +385,8 @@ class LocalState:
             del self.flow_state[k]
             if e.replica:
                 self.replicas.pop(k, None)
+            if e.kind == REV_SNAT:
+                self._snat_port(e.key, -1)
         for k in [k for k, (_, t) in self.macs.items() if now - t > self.mac_expiry_s]:
             self.forget_mac(*k)
         for k in [k for k, (_, t) in self.arps.items() if now - t > self.arp_expiry_s]:
