@@ -320,15 +320,17 @@ class Worker:
     def _lease_ahead(self, now: float) -> None:
         """Lease the next SNAT block of a (device, ip) before a simulation runs dry, so that at a steady rate no
         new connection parks on a lease (only the first block of a (device, ip) is leased by a park, which
-        names the port range).  For each (device, ip) that got new bindings since the last look: when the free
-        ports of its held blocks plus the blocks in flight fall below the low watermark — ``snat_low_ports``,
-        or the bindings two lease round trips take at the recent rate, whichever is more — one more block is
-        asked for; the blocks ahead (held with no binding, or in flight) never exceed ``snat_lease_ahead``.
-        Not while the store is down, nor for a while after a lease of that (device, ip) failed or found the
-        range exhausted: a park still asks, as without lease-ahead."""
+        names the port range).  For each (device, ip) that got new bindings since the last look: the free
+        ports are those of its held blocks (inside the range) not bound toward the remote end that got the
+        most of them (a port serves one connection per remote end: many clients of one server use up ports,
+        connections spread over many servers share them).  When those plus the blocks in flight fall below the
+        low watermark — ``snat_low_ports``, or the bindings two lease round trips take at the recent rate,
+        whichever is more — one more block is asked for; the blocks ahead (held with no binding, or in flight)
+        never exceed ``snat_lease_ahead``.  Not while the store is down, nor for a while after a lease of that
+        (device, ip) failed or found the range exhausted: a park still asks, as without lease-ahead."""
         new, self.state.snat_new = self.state.snat_new, {}
         ahead = self.cfg.snat_lease_ahead
-        for (device, ip), n in new.items():
+        for (device, ip), (n, most) in new.items():
             key = lease_need_key(device, ip)
             rate = self._binding_rate(key, n, now)
             rng = self._lease_range.get(key)
@@ -337,7 +339,10 @@ class Worker:
             if not self.store_ok or now < self._lease_hold_off.get(key, 0.0):
                 self.c["lease_ahead_held_off"] += 1
                 continue
-            free, empty = self.state.free_snat_ports(device, ip)
+            lo, hi = rng
+            free = sum(min(b + BLOCK_SIZE - 1, hi) - max(b, lo) + 1 for b in self.state.nat_blocks(device, ip)
+                       if b <= hi and b + BLOCK_SIZE > lo) - most
+            empty = self.state.empty_nat_blocks(device, ip)
             out = self.leases_out.get(key, 0)
             low = min(max(self.cfg.snat_low_ports, int(rate * self.lease_rtt * 2) + 1), ahead * BLOCK_SIZE)
             while free + BLOCK_SIZE * out < low and empty + out < ahead:

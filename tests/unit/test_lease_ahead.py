@@ -21,7 +21,7 @@ import pytest
 
 from backchannel import messages as m
 from backchannel.codec import encode
-from tests.inprocess import Wire, to_internet
+from tests.inprocess import VM1, Wire, frame, to_internet
 from topology.nat_leases import BLOCK_SIZE, random_free_blocks
 from workers.worker import LEASE_AHEAD_RETRY_S
 
@@ -82,8 +82,7 @@ def ahead_of(w) -> list[int]:
     """Per (device, ip) worker ``w`` uses: its blocks held with no binding plus its leases in flight."""
     out = []
     for (device, ip) in w.state.blocks:
-        _free, empty = w.state.free_snat_ports(device, ip)
-        out.append(empty + w.leases_out.get(("lease", device, ip), 0))
+        out.append(w.state.empty_nat_blocks(device, ip) + w.leases_out.get(("lease", device, ip), 0))
     return out
 
 
@@ -106,6 +105,23 @@ def test_at_a_steady_rate_only_the_first_block_is_leased_by_a_park(wire):
         held = sorted((d, ip, b) for (d, ip), blocks in w.state.blocks.items() for b in blocks)
         assert held == wire.leases.held_by(f"w{w.i}")
         assert w.c["lease_rtt_count"] == w.c["leases_granted"] and w.lease_rtt >= 0
+
+
+def test_connections_to_many_remote_ends_share_ports_and_lease_nothing_ahead(wire):
+    # 720 connections spread over 60 servers: 12 per server, all served by the first block of each worker
+    # (a port is bound once per remote end): nothing to lease ahead
+    sport = 1000
+    for _ in range(60):
+        wire.inject("tenant.vm1", *[frame(f"{VM1},eth_dst=02:0a:00:00:00:01,ip_src=10.0.0.2,ip_dst=203.0.113.5,"
+                                          f"proto=tcp,tp_src={p},tp_dst={1 + p % 60}")
+                                    for p in range(sport, sport + BURST)])
+        wire.answer_leases()
+        wire.now += GAP
+        sport += BURST
+    assert len(wire.outputs("r1.uplink")) == sport - 1000
+    assert total(wire, "lease_ahead_requests") == 0
+    assert total(wire, "leases_granted") == len(wire.workers)
+    assert all(max(w.state.snat_toward.values()) >= 5 for w in wire.workers)
 
 
 def test_without_lease_ahead_the_same_traffic_parks_whenever_a_block_runs_dry(wire):
@@ -143,7 +159,8 @@ def test_blocks_ahead_are_bounded_and_every_block_is_released_once_idle(wire):
         wire.pump()
     assert wire.leases.held_by("w0") == [] and wire.leases.held_by("w1") == []
     assert total(wire, "nat_blocks_released") == granted
-    assert all(not w.state.blocks and not w.state.snat_block_used for w in wire.workers)
+    assert all(not w.state.blocks and not w.state.snat_block_used and not w.state.snat_toward
+               and not w.state.snat_ports for w in wire.workers)
 
 
 def test_failed_leases_drop_softly_hold_lease_ahead_off_and_it_resumes_when_the_store_answers(wire):

@@ -148,12 +148,17 @@ class LocalState:
     arps: dict[tuple[str, int], tuple[int, float]] = field(default_factory=dict)        # → (mac, learned_at)
     flow_state: dict[tuple[str, tuple], StateEntry] = field(default_factory=dict)
     blocks: dict[tuple[str, int], list[int]] = field(default_factory=dict)   # (device, ip) → held block starts
-    # SNAT port use, for the worker's lease-ahead and idle blocks (every REV_SNAT entry, replicas included: its
-    # key holds the translated (ip, port)): (device, ip, port) → bindings on that port; (device, ip, block) →
-    # ports of the block with a binding; (device, ip) → bindings written here since the worker last looked
+    # SNAT port use, for idle blocks and the worker's lease-ahead, from the REV_SNAT entries (replicas too; the
+    # key holds the translated (ip, port) as its destination and the remote end as its source):
+    # (device, ip, port) → bindings on the port; (device, ip, block) → ports of the block with a binding;
+    # (device, ip, remote ip, proto, remote port) → bindings toward that remote end in the blocks held (a
+    # connection toward it finds no port once they fill every held port); (device, ip) → [bindings written
+    # here since the worker last looked, the most of them toward one remote end]
     snat_ports: dict[tuple[str, int, int], int] = field(default_factory=dict)
     snat_block_used: dict[tuple[str, int, int], int] = field(default_factory=dict)
-    snat_new: dict[tuple[str, int], int] = field(default_factory=dict)
+    snat_toward: dict[tuple, int] = field(default_factory=dict)
+    snat_new: dict[tuple[str, int], list[int]] = field(default_factory=dict)
+    held_blocks: set[tuple[str, int, int]] = field(default_factory=set)
     replicas: dict[tuple[str, tuple], None] = field(default_factory=dict)   # replica keys, oldest first
     macs_per_bridge: dict[str, int] = field(default_factory=dict)
     macs_per_port: dict[str, int] = field(default_factory=dict)
@@ -318,6 +323,7 @@ class LocalState:
         held = self.blocks.setdefault((device, ip), [])
         if start not in held:
             held.append(start)
+            self.held_blocks.add((device, ip, start))
 
     def forget_mac(self, bridge: str, vlan: int, mac: int) -> None:
         old = self.macs.pop((bridge, vlan, mac), None)
@@ -335,41 +341,52 @@ class LocalState:
         return [(dev, ip, b) for (dev, ip), blocks in self.blocks.items() for b in blocks
                 if (dev, ip, b) not in used]
 
-    def free_snat_ports(self, device: str, ip: int) -> tuple[int, int]:
-        """(ports with no binding at all, blocks with no binding) among the blocks held for (device, ip).  A port
-        bound toward one destination may still serve another, so the free ports are a floor of what the NAT
-        can hand out before it needs a lease: the worker leases ahead from this (Worker._lease_ahead)."""
+    def empty_nat_blocks(self, device: str, ip: int) -> int:
+        """How many of the blocks held for (device, ip) have no binding at all."""
         used = self.snat_block_used
-        free = empty = 0
-        for b in self.blocks.get((device, ip), ()):
-            n = used.get((device, ip, b), 0)
-            free += BLOCK_SIZE - n
-            empty += not n
-        return free, empty
+        return sum(1 for b in self.blocks.get((device, ip), ()) if (device, ip, b) not in used)
 
     def _snat_port(self, key: tuple, d: int, local: bool = False) -> None:
-        """A REV_SNAT entry with ``key`` (its destination: the translated ip and port) came (+1) or went (-1)."""
-        port = (key[5], key[1], key[4])
+        """A REV_SNAT entry with ``key`` came (+1) or went (-1).  A port bound toward one remote end still
+        serves the others, so what runs a NAT dry is the bindings toward one remote end (``snat_toward``); the
+        ports with none at all tell the blocks that are idle.  Bindings in blocks not held here (replicas of
+        another worker's) count only for idleness."""
+        device, ip, port = key[5], key[1], key[4]
+        block = (device, ip, port - port % BLOCK_SIZE)
+        p = (device, ip, port)
         ports = self.snat_ports
-        n = ports.get(port, 0) + d
+        n = ports.get(p, 0) + d
         if n > 0:
-            ports[port] = n
+            ports[p] = n
         else:
-            ports.pop(port, None)
+            ports.pop(p, None)
         if n == (1 if d > 0 else 0):                   # the port became used, or free
-            block = (port[0], port[1], port[2] - port[2] % BLOCK_SIZE)
             if d > 0:
                 self.snat_block_used[block] = self.snat_block_used.get(block, 0) + 1
             else:
                 _decrement(self.snat_block_used, block)
+        if block not in self.held_blocks:
+            return
+        toward = (device, ip, key[0], key[2], key[3])
+        n = self.snat_toward.get(toward, 0) + d
+        if n > 0:
+            self.snat_toward[toward] = n
+        else:
+            self.snat_toward.pop(toward, None)
         if local:
-            dev_ip = port[:2]
-            self.snat_new[dev_ip] = self.snat_new.get(dev_ip, 0) + 1
+            new = self.snat_new.get(block[:2])
+            if new is None:
+                self.snat_new[block[:2]] = [1, n]
+            else:
+                new[0] += 1
+                if n > new[1]:
+                    new[1] = n
 
     def remove_nat_block(self, device: str, ip: int, block: int) -> None:
         held = self.blocks.get((device, ip))
         if held and block in held:
             held.remove(block)
+            self.held_blocks.discard((device, ip, block))
             if not held:
                 del self.blocks[(device, ip)]
 
