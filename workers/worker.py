@@ -340,8 +340,12 @@ class Worker:
                 self.c["lease_ahead_held_off"] += 1
                 continue
             lo, hi = rng
-            free = sum(min(b + BLOCK_SIZE - 1, hi) - max(b, lo) + 1 for b in self.state.nat_blocks(device, ip)
-                       if b <= hi and b + BLOCK_SIZE > lo) - most
+            free = BLOCK_SIZE * len(self.state.nat_blocks(device, ip)) - most
+            held = self.state.held_blocks                       # the edge blocks may stick out of the range
+            if (device, ip, lo - lo % BLOCK_SIZE) in held:
+                free -= lo % BLOCK_SIZE
+            if (device, ip, hi - hi % BLOCK_SIZE) in held:
+                free -= BLOCK_SIZE - 1 - hi % BLOCK_SIZE
             empty = self.state.empty_nat_blocks(device, ip)
             out = self.leases_out.get(key, 0)
             low = min(max(self.cfg.snat_low_ports, int(rate * self.lease_rtt * 2) + 1), ahead * BLOCK_SIZE)

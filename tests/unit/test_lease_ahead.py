@@ -16,6 +16,7 @@ is new TCP connections from vm1 to the internet, each one needing its own SNAT p
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import pytest
 
@@ -86,6 +87,21 @@ def ahead_of(w) -> list[int]:
     return out
 
 
+def check_counts(w) -> None:
+    """The worker's incremental SNAT port counts equal those recounted from its flow state."""
+    st = w.state
+    revs = [e.key for e in st.flow_state.values() if e.kind == "rev_snat"]
+    ports = Counter((k[5], k[1], k[4]) for k in revs)
+    assert st.snat_ports == ports
+    assert st.snat_block_used == Counter((d, ip, p - p % BLOCK_SIZE) for d, ip, p in ports)
+    held = {(d, ip, b) for (d, ip), blocks in st.blocks.items() for b in blocks}
+    assert st.held_blocks == held
+    assert st.snat_toward == Counter((k[5], k[1], k[0], k[2], k[3]) for k in revs
+                                     if (k[5], k[1], k[4] - k[4] % BLOCK_SIZE) in held)
+    for d, ip in st.blocks:
+        assert st.empty_nat_blocks(d, ip) == sum(1 for b in st.blocks[(d, ip)] if (d, ip, b) not in st.snat_block_used)
+
+
 def test_at_a_steady_rate_only_the_first_block_is_leased_by_a_park(wire):
     burst(wire, 1000)                                         # no block yet: these park, one lease per worker
     first_parks = total(wire, "parked_lease")
@@ -96,6 +112,7 @@ def test_at_a_steady_rate_only_the_first_block_is_leased_by_a_park(wire):
         sport += BURST
         for w in wire.workers:
             assert all(n <= w.cfg.snat_lease_ahead for n in ahead_of(w)), ahead_of(w)
+            check_counts(w)
     assert total(wire, "parked_lease") == first_parks        # none parked after the first block
     assert total(wire, "lease_ahead_requests") >= (sport - 1000) // BLOCK_SIZE - 2
     assert len(wire.outputs("r1.uplink")) == sport - 1000     # every connection went out
@@ -160,7 +177,7 @@ def test_blocks_ahead_are_bounded_and_every_block_is_released_once_idle(wire):
     assert wire.leases.held_by("w0") == [] and wire.leases.held_by("w1") == []
     assert total(wire, "nat_blocks_released") == granted
     assert all(not w.state.blocks and not w.state.snat_block_used and not w.state.snat_toward
-               and not w.state.snat_ports for w in wire.workers)
+               and not w.state.snat_ports and not w.state.empty_blocks for w in wire.workers)
 
 
 def test_failed_leases_drop_softly_hold_lease_ahead_off_and_it_resumes_when_the_store_answers(wire):

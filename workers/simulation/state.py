@@ -159,6 +159,7 @@ class LocalState:
     snat_toward: dict[tuple, int] = field(default_factory=dict)
     snat_new: dict[tuple[str, int], list[int]] = field(default_factory=dict)
     held_blocks: set[tuple[str, int, int]] = field(default_factory=set)
+    empty_blocks: dict[tuple[str, int], int] = field(default_factory=dict)   # (device, ip) → held, no binding
     replicas: dict[tuple[str, tuple], None] = field(default_factory=dict)   # replica keys, oldest first
     macs_per_bridge: dict[str, int] = field(default_factory=dict)
     macs_per_port: dict[str, int] = field(default_factory=dict)
@@ -324,6 +325,8 @@ class LocalState:
         if start not in held:
             held.append(start)
             self.held_blocks.add((device, ip, start))
+            if (device, ip, start) not in self.snat_block_used:
+                self.empty_blocks[(device, ip)] = self.empty_blocks.get((device, ip), 0) + 1
 
     def forget_mac(self, bridge: str, vlan: int, mac: int) -> None:
         old = self.macs.pop((bridge, vlan, mac), None)
@@ -343,8 +346,7 @@ class LocalState:
 
     def empty_nat_blocks(self, device: str, ip: int) -> int:
         """How many of the blocks held for (device, ip) have no binding at all."""
-        used = self.snat_block_used
-        return sum(1 for b in self.blocks.get((device, ip), ()) if (device, ip, b) not in used)
+        return self.empty_blocks.get((device, ip), 0)
 
     def _snat_port(self, key: tuple, d: int, local: bool = False) -> None:
         """A REV_SNAT entry with ``key`` came (+1) or went (-1).  A port bound toward one remote end still
@@ -360,12 +362,18 @@ class LocalState:
             ports[p] = n
         else:
             ports.pop(p, None)
+        held = block in self.held_blocks
         if n == (1 if d > 0 else 0):                   # the port became used, or free
+            used = self.snat_block_used
             if d > 0:
-                self.snat_block_used[block] = self.snat_block_used.get(block, 0) + 1
+                u = used[block] = used.get(block, 0) + 1
+                if u == 1 and held:                    # the block is not empty any more
+                    _decrement(self.empty_blocks, block[:2])
             else:
-                _decrement(self.snat_block_used, block)
-        if block not in self.held_blocks:
+                _decrement(used, block)
+                if held and block not in used:
+                    self.empty_blocks[block[:2]] = self.empty_blocks.get(block[:2], 0) + 1
+        if not held:
             return
         toward = (device, ip, key[0], key[2], key[3])
         n = self.snat_toward.get(toward, 0) + d
@@ -387,6 +395,8 @@ class LocalState:
         if held and block in held:
             held.remove(block)
             self.held_blocks.discard((device, ip, block))
+            if (device, ip, block) not in self.snat_block_used:
+                _decrement(self.empty_blocks, (device, ip))
             if not held:
                 del self.blocks[(device, ip)]
 
