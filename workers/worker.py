@@ -23,6 +23,13 @@ simulated from there — and each goes out as a PacketOut.  One whose onward wal
 that port when its need is met (``emit_generated``: the same walk, simulate_generated); so are the ARP broker's
 retries and refreshes.
 
+SNAT port blocks (64 ports) come from the store through the supervisor, a round trip.  The first block of a
+(device, ip) is asked for by the simulation that found no port (it parks until the block comes); after that the
+worker leases ahead (``_lease_ahead``): when the free ports of its blocks fall below a low watermark it asks for
+the next block, at most ``snat_lease_ahead`` blocks ahead, so that at a steady rate no new connection parks.
+Blocks with no binding go back after a grace period (``_release_idle_blocks``); the per-(device, ip) tables of
+the lease-ahead are bounded by the topology's SNAT targets.
+
 Flow state a simulation created is relayed to the worker its packets hash to through the datapath *before*
 the install (same outbox, so in order): the datapath forwards it ahead of any later upcall, so no return flow
 is simulated without its state.  With real interfaces, state also goes to the other interested hosts first.
