@@ -41,7 +41,7 @@ class AgentConfig:
     max_macs_per_port: int = 1024          # learned MACs per bridge port
     max_arps_per_router: int = 4096        # ARP entries per router
     megaflows: bool = True                 # flows match only the fields their decision read (false: exact match)
-    snat_lease_ahead: int = 2              # SNAT port blocks a worker leases ahead per (device, ip): held unused
+    snat_lease_ahead: int = 4              # SNAT port blocks a worker leases ahead per (device, ip): held unused
                                            # or asked for (0: lease only when a new connection finds no port)
     snat_low_ports: int = 32               # ... the next one is asked for when the free ports of its blocks fall
                                            # below this (or below two lease round trips at the recent rate)

@@ -122,7 +122,7 @@ class WorkerConfig:
     restarted: bool = False                # started in place of a dead one: recovers its state first (Recover)
     megaflows: bool = True                 # install flows matching what the decision read (False: exact match)
     poll_spin_us: int = 0                  # busy-poll this long after work before blocking (0: off)
-    snat_lease_ahead: int = 2              # SNAT blocks leased ahead per (device, ip): unused or asked for (0: off)
+    snat_lease_ahead: int = 4              # SNAT blocks leased ahead per (device, ip): unused or asked for (0: off)
     snat_low_ports: int = 32               # ... leased when the free ports of the held blocks fall below this
 
 
@@ -346,13 +346,7 @@ class Worker:
             if not self.store_ok or now < self._lease_hold_off.get(key, 0.0):
                 self.c["lease_ahead_held_off"] += 1
                 continue
-            lo, hi = rng
-            free = BLOCK_SIZE * len(self.state.nat_blocks(device, ip)) - most
-            held = self.state.held_blocks                       # the edge blocks may stick out of the range
-            if (device, ip, lo - lo % BLOCK_SIZE) in held:
-                free -= lo % BLOCK_SIZE
-            if (device, ip, hi - hi % BLOCK_SIZE) in held:
-                free -= BLOCK_SIZE - 1 - hi % BLOCK_SIZE
+            free = self.state.snat_capacity(device, ip, rng[0], rng[1]) - most
             empty = self.state.empty_nat_blocks(device, ip)
             out = self.leases_out.get(key, 0)
             low = min(max(self.cfg.snat_low_ports, int(rate * self.lease_rtt * 2) + 1), ahead * BLOCK_SIZE)

@@ -24,6 +24,8 @@ from backchannel import messages as m
 from backchannel.codec import encode
 from tests.inprocess import VM1, Wire, frame, to_internet
 from topology.nat_leases import BLOCK_SIZE, random_free_blocks
+from workers.simulation.result import FlowStateWrite
+from workers.simulation.state import LocalState
 from workers.worker import LEASE_AHEAD_RETRY_S
 
 BURST = 12                     # new connections per burst (both workers together)
@@ -234,3 +236,26 @@ def test_free_blocks_are_drawn_at_random_lazily_each_once_and_never_a_taken_one(
     # two draws of a mostly free range start apart (agents sharing a store rarely race)
     firsts = {next(random_free_blocks(1024, 65535, lambda b: False, random.Random(s))) for s in range(20)}
     assert len(firsts) > 10
+
+
+def test_full_blocks_are_tried_last_and_a_dry_range_is_seen_without_a_walk():
+    st = LocalState()
+    for b in (4992, 5056, 5120):                              # 4992 sticks out of 5000-65535: 56 ports of it
+        st.add_nat_block("r1", 99, b)
+    assert st.snat_capacity("r1", 99, 5000, 65535) == 56 + 64 + 64
+    assert st.empty_nat_blocks("r1", 99) == 3
+
+    def bind(port: int, remote: int = 7) -> tuple:
+        return (remote, 99, 6, 443, port, "r1")              # the reply's key: remote → (99, port)
+
+    st.apply([FlowStateWrite("rev_snat", bind(p), (1, 1000)) for p in range(5120, 5184)], now=0)
+    assert st.blocks[("r1", 99)] == [5120, 4992, 5056]        # every port of 5120 bound: tried last
+    assert st.empty_nat_blocks("r1", 99) == 2 and not st.snat_dry("r1", 99, 7, 6, 443, 5000, 65535)
+    st.apply([FlowStateWrite("rev_snat", bind(p), (1, 1000)) for p in range(5000, 5120)], now=0)
+    assert st.snat_dry("r1", 99, 7, 6, 443, 5000, 65535)      # toward this remote end: no port left
+    assert not st.snat_dry("r1", 99, 8, 6, 443, 5000, 65535)  # toward another one: all of them
+    assert st.snat_new[("r1", 99)] == [184, 184]
+    # a binding idles out: its block is tried first again, and the range is not dry any more
+    st.flow_state[("rev_snat", bind(5130))].last_used = -1000
+    st.expire(0)
+    assert st.blocks[("r1", 99)][-1] == 5120 and not st.snat_dry("r1", 99, 7, 6, 443, 5000, 65535)

@@ -367,12 +367,17 @@ class LocalState:
             used = self.snat_block_used
             if d > 0:
                 u = used[block] = used.get(block, 0) + 1
-                if u == 1 and held:                    # the block is not empty any more
+                if held and u == 1:                    # the block is not empty any more
                     _decrement(self.empty_blocks, block[:2])
+                elif held and u == BLOCK_SIZE:         # every port bound: tried last (see below)
+                    self._move_block(block, first=True)
             else:
+                u = used.get(block, 0)
                 _decrement(used, block)
-                if held and block not in used:
+                if held and u == 1:
                     self.empty_blocks[block[:2]] = self.empty_blocks.get(block[:2], 0) + 1
+                if held and u == BLOCK_SIZE:           # a port of a full block came free: tried first
+                    self._move_block(block, first=False)
         if not held:
             return
         toward = (device, ip, key[0], key[2], key[3])
@@ -389,6 +394,37 @@ class LocalState:
                 new[0] += 1
                 if n > new[1]:
                     new[1] = n
+
+    def _move_block(self, block: tuple[str, int, int], first: bool) -> None:
+        """The NAT tries the blocks from the end of the list (the newest first, the likeliest to have room): a
+        block with every port bound goes to the front, one whose port came free back to the end.  Else, once
+        the newest block is full, every new connection would walk the full blocks (64 lookups each) to reach
+        the ports that expiry freed in an old one.  Only the order changes: every block is still tried."""
+        held = self.blocks.get(block[:2])
+        if held is None or len(held) < 2:
+            return
+        held.remove(block[2])
+        if first:
+            held.insert(0, block[2])
+        else:
+            held.append(block[2])
+
+    def snat_capacity(self, device: str, ip: int, lo: int, hi: int) -> int:
+        """The ports of the blocks held for (device, ip) inside [lo, hi] (the edge blocks may stick out)."""
+        cap = BLOCK_SIZE * len(self.blocks.get((device, ip), ()))
+        held = self.held_blocks
+        if (device, ip, lo - lo % BLOCK_SIZE) in held:
+            cap -= lo % BLOCK_SIZE
+        if (device, ip, hi - hi % BLOCK_SIZE) in held:
+            cap -= BLOCK_SIZE - 1 - hi % BLOCK_SIZE
+        return cap
+
+    def snat_dry(self, device: str, ip: int, remote: int, proto: int, rport: int, lo: int, hi: int) -> bool:
+        """Every port of the held blocks inside [lo, hi] is bound toward (remote, proto, rport): a connection
+        toward it would walk them all to find none (the NAT asks for a lease at once instead).  An idle entry
+        not swept yet still counts as bound: at worst a block is leased a sweep (a second) early."""
+        n = self.snat_toward.get((device, ip, remote, proto, rport))
+        return n is not None and n >= self.snat_capacity(device, ip, lo, hi)
 
     def remove_nat_block(self, device: str, ip: int, block: int) -> None:
         held = self.blocks.get((device, ip))
