@@ -380,7 +380,10 @@ def _interesting(key: str) -> bool:
     return key in ("datapath_rx", "datapath_tx",
                    "dispatcher_upcalls", "worker_upcalls", "flows_installed", "datapath_hits", "datapath_misses",
                    "parked", "miss_with_success_upcall", "miss_with_failed_upcall", "megaflow_hits",
-                   "emc_hits", "packets_received", "packet_recirculations") or key.startswith(DROP_PREFIXES)
+                   "emc_hits", "packets_received", "packet_recirculations", "worker_lease_requests",
+                   "worker_lease_ahead_requests", "worker_leases_granted", "worker_leases_failed",
+                   "worker_parked_lease", "worker_lease_rtt_us_sum", "worker_lease_rtt_count",
+                   "supervisor_lease_requests") or key.startswith(DROP_PREFIXES)
 
 
 def _pcts(samples) -> dict:

@@ -41,6 +41,10 @@ class AgentConfig:
     max_macs_per_port: int = 1024          # learned MACs per bridge port
     max_arps_per_router: int = 4096        # ARP entries per router
     megaflows: bool = True                 # flows match only the fields their decision read (false: exact match)
+    snat_lease_ahead: int = 4              # SNAT port blocks a worker leases ahead per (device, ip): held unused
+                                           # or asked for (0: lease only when a new connection finds no port)
+    snat_low_ports: int = 32               # ... the next one is asked for when the free ports of its blocks fall
+                                           # below this (or below two lease round trips at the recent rate)
     learn_rate: float = 20.0               # store writes of learned entries per second, per port (MAC) / router (ARP)
     learn_burst: float = 100.0             # ... and their burst
     arp_retry_s: float = 1.0
@@ -192,6 +196,8 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "max_macs_per_bridge": (1, _BIG),
     "max_macs_per_port": (1, _BIG),
     "max_arps_per_router": (1, _BIG),
+    "snat_lease_ahead": (0, 16),                    # blocks of 64 ports; 0: off (a park asks, as before)
+    "snat_low_ports": (1, 1024),                    # free ports; what it asks is capped at snat_lease_ahead blocks
     "learn_rate": (_POSITIVE, 1e9),
     "learn_burst": (1.0, 1e9),
     "arp_retry_s": (_POSITIVE, _FOREVER),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 BLOCK_SIZE = 64
@@ -20,6 +21,30 @@ def blocks_in_range(port_start: int, port_end: int) -> list[int]:
     """Starts of the blocks that overlap [port_start, port_end]."""
     first = port_start - port_start % BLOCK_SIZE
     return list(range(first, port_end + 1, BLOCK_SIZE))
+
+
+def random_free_blocks(port_start: int, port_end: int, taken: Callable[[int], bool], rng: random.Random,
+                       probes: int = 8) -> Iterator[int]:
+    """The blocks of [port_start, port_end] that are not ``taken``, in a random order (agents sharing a store
+    then rarely race for one), drawn lazily: a lease takes the first one it can claim, so shuffling the whole
+    range first (~1,000 blocks: more than a millisecond of the supervisor's CPU per lease) is waste.  A few
+    random probes find a free block at once while the range is mostly free; after them, the free blocks left,
+    in a random order (a Fisher-Yates shuffle done one draw at a time)."""
+    blocks = range(port_start - port_start % BLOCK_SIZE, port_end + 1, BLOCK_SIZE)
+    tried: set[int] = set()
+    for _ in range(probes):
+        b = blocks[rng.randrange(len(blocks))]
+        if b not in tried:
+            tried.add(b)
+            if not taken(b):
+                yield b
+    free = [b for b in blocks if b not in tried and not taken(b)]
+    n = len(free)
+    while n:
+        i = rng.randrange(n)
+        n -= 1
+        free[i], free[n] = free[n], free[i]
+        yield free[n]
 
 
 class NatAllocator(Protocol):
@@ -39,12 +64,13 @@ class MemoryNatAllocator:
 
     def lease(self, owner: str, device: str, ip: int, port_start: int, port_end: int) -> int | None:
         with self._lock:
-            free = [b for b in blocks_in_range(port_start, port_end) if (device, ip, b) not in self._held]
-            if not free:
+            held = self._held
+            block = next(random_free_blocks(port_start, port_end, lambda b: (device, ip, b) in held, self._rng),
+                         None)
+            if block is None:
                 self.counters["nat_exhausted"] += 1
                 return None
-            block = self._rng.choice(free)
-            self._held[(device, ip, block)] = owner
+            held[(device, ip, block)] = owner
             self.counters["nat_leases"] += 1
             return block
 

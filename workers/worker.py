@@ -23,6 +23,13 @@ simulated from there — and each goes out as a PacketOut.  One whose onward wal
 that port when its need is met (``emit_generated``: the same walk, simulate_generated); so are the ARP broker's
 retries and refreshes.
 
+SNAT port blocks (64 ports) come from the store through the supervisor, a round trip.  The first block of a
+(device, ip) is asked for by the simulation that found no port (it parks until the block comes); after that the
+worker leases ahead (``_lease_ahead``): when the free ports of its blocks fall below a low watermark it asks for
+the next block, at most ``snat_lease_ahead`` blocks ahead, so that at a steady rate no new connection parks.
+Blocks with no binding go back after a grace period (``_release_idle_blocks``); the per-(device, ip) tables of
+the lease-ahead are bounded by the topology's SNAT targets.
+
 Flow state a simulation created is relayed to the worker its packets hash to through the datapath *before*
 the install (same outbox, so in order): the datapath forwards it ahead of any later upcall, so no return flow
 is simulated without its state.  With real interfaces, state also goes to the other interested hosts first.
@@ -31,7 +38,7 @@ is simulated without its state.  With real interfaces, state also goes to the ot
 from __future__ import annotations
 
 import os
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 
 from backchannel import messages as m
@@ -86,6 +93,9 @@ SWEEP_PER_TURN = 8192                               # a loop turn's budget of th
                                                     # 8192 visits, or 256 tags made (~1.5 ms either way)
 DUMP_IDLE_S = 30.0                                  # a paged dump not continued for this long is forgotten
 STORE_NEEDS = ("lease", "fragment")                 # what a parked simulation waits for from the store
+LEASE_AHEAD_RETRY_S = 1.0                           # after a failed lease, no lease-ahead on its (device, ip) for
+LEASE_AHEAD_EXHAUSTED_S = 10.0                      # ... this long after the range was exhausted
+RATE_WINDOW_S = 0.1                                 # the SNAT binding rate is measured over windows this long
 
 
 @dataclass
@@ -114,6 +124,8 @@ class WorkerConfig:
     restarted: bool = False                # started in place of a dead one: recovers its state first (Recover)
     megaflows: bool = True                 # install flows matching what the decision read (False: exact match)
     poll_spin_us: int = 0                  # busy-poll this long after work before blocking (0: off)
+    snat_lease_ahead: int = 4              # SNAT blocks leased ahead per (device, ip): unused or asked for (0: off)
+    snat_low_ports: int = 32               # ... leased when the free ports of the held blocks fall below this
 
 
 def _all_bound(outputs) -> bool:
@@ -150,6 +162,14 @@ class Worker:
         self._next_blocks = 0.0
         self._idle_since: dict[tuple[str, int, int], float] = {}
         self.leases_out: dict[tuple, int] = {}          # lease requests in flight per (device, ip)
+        # lease-ahead (_lease_ahead), per lease key: the port range its NAT target asks for (from the first
+        # NeedLease), when its requests in flight left, [window start, bindings in it, bindings/s, last binding],
+        # no lease-ahead before (after a failure); and the lease round trip (seconds, averaged)
+        self._lease_range: dict[tuple, tuple[int, int]] = {}
+        self._lease_sent: dict[tuple, deque] = {}
+        self._lease_rate: dict[tuple, list] = {}
+        self._lease_hold_off: dict[tuple, float] = {}
+        self.lease_rtt = 0.0
         self.dp_epoch = 0                               # the datapath's incarnation (seq >> EPOCH_SHIFT)
         # a restarted worker holds its upcalls until its flow state is back: the peers whose answer it awaits
         # (None: not recovering), whether the supervisor's Recover came, the deadline, the upcalls held
@@ -275,10 +295,12 @@ class Worker:
             if req is None or self.arp.request(need.router, need.ip, need.port, req, now):
                 self._emit(res, now)
         elif type(need) is NeedLease:
-            # one block (64 ports) per request: ask for as many as the waiting packets need
+            # one block (64 ports) per request: ask for as many as the waiting packets need (a block leased
+            # ahead and still in flight counts: these packets wait for it)
+            self.c["parked_lease"] += 1
             key = need_key(need)
             if self.parking.waiting_on(key) > BLOCK_SIZE * self.leases_out.get(key, 0):
-                self._request_lease(need)
+                self._request_lease(need, now)
         elif new and type(need) is NeedFragment:
             if not self.topo.is_absent(need.kind, need.name):
                 self.c["fragment_requests"] += 1
@@ -287,11 +309,74 @@ class Worker:
             # else: the supervisor said it does not exist and will push it if it appears: wait (deadline)
         self._apply(res.effects, now)
 
-    def _request_lease(self, need: NeedLease) -> None:
+    def _request_lease(self, need: NeedLease, now: float, ahead: bool = False) -> None:
         key = need_key(need)
         self.leases_out[key] = self.leases_out.get(key, 0) + 1
+        self._lease_range[key] = (need.port_start, need.port_end)
+        sent = self._lease_sent.get(key)
+        if sent is None:
+            sent = self._lease_sent[key] = deque()
+        sent.append(now)
         self.c["lease_requests"] += 1
+        if ahead:
+            self.c["lease_ahead_requests"] += 1
         self._sup(m.LeaseRequest(self.i, need.device, need.ip, need.port_start, need.port_end))
+
+    def _lease_answered(self, key: tuple, now: float) -> None:
+        """A LeaseGranted or LeaseFailed for ``key`` came: one request fewer in flight, its round trip noted."""
+        self.leases_out[key] = max(0, self.leases_out.get(key, 0) - 1)
+        sent = self._lease_sent.get(key)
+        if sent:                                       # else: pushed unasked (a restarted worker's blocks)
+            rtt = max(0.0, now - sent.popleft())
+            self.lease_rtt = rtt if not self.lease_rtt else 0.8 * self.lease_rtt + 0.2 * rtt
+            us = int(rtt * 1e6)
+            self.c["lease_rtt_us_sum"] += us
+            self.c["lease_rtt_count"] += 1
+            if us > self.c["lease_rtt_us_max"]:
+                self.c["lease_rtt_us_max"] = us
+
+    def _lease_ahead(self, now: float) -> None:
+        """Lease the next SNAT block of a (device, ip) before a simulation runs dry, so that at a steady rate no
+        new connection parks on a lease (only the first block of a (device, ip) is leased by a park, which
+        names the port range).  For each (device, ip) that got new bindings since the last look: the free
+        ports are those of its held blocks (inside the range) not bound toward the remote end that got the
+        most of them (a port serves one connection per remote end: many clients of one server use up ports,
+        connections spread over many servers share them).  When those plus the blocks in flight fall below the
+        low watermark — ``snat_low_ports``, or the bindings two lease round trips take at the recent rate,
+        whichever is more — one more block is asked for; the blocks ahead (held with no binding, or in flight)
+        never exceed ``snat_lease_ahead``.  Not while the store is down, nor for a while after a lease of that
+        (device, ip) failed or found the range exhausted: a park still asks, as without lease-ahead."""
+        new, self.state.snat_new = self.state.snat_new, {}
+        ahead = self.cfg.snat_lease_ahead
+        for (device, ip), (n, most) in new.items():
+            key = lease_need_key(device, ip)
+            rate = self._binding_rate(key, n, now)
+            rng = self._lease_range.get(key)
+            if not ahead or rng is None:
+                continue
+            if not self.store_ok or now < self._lease_hold_off.get(key, 0.0):
+                self.c["lease_ahead_held_off"] += 1
+                continue
+            free = self.state.snat_capacity(device, ip, rng[0], rng[1]) - most
+            empty = self.state.empty_nat_blocks(device, ip)
+            out = self.leases_out.get(key, 0)
+            low = min(max(self.cfg.snat_low_ports, int(rate * self.lease_rtt * 2) + 1), ahead * BLOCK_SIZE)
+            while free + BLOCK_SIZE * out < low and empty + out < ahead:
+                self._request_lease(NeedLease(device, ip, rng[0], rng[1]), now, ahead=True)
+                out += 1
+
+    def _binding_rate(self, key: tuple, n: int, now: float) -> float:
+        """Count ``n`` new bindings of ``key``; its recent rate (bindings/s, averaged over RATE_WINDOW_S windows)."""
+        r = self._lease_rate.get(key)
+        if r is None:
+            r = self._lease_rate[key] = [now, 0, 0.0, now]
+        r[1] += n
+        r[3] = now
+        dt = now - r[0]
+        if dt >= RATE_WINDOW_S:
+            r[2] = r[1] / dt if not r[2] else 0.5 * r[2] + 0.5 * r[1] / dt
+            r[0], r[1] = now, 0
+        return r[2]
 
     def _resume(self, key: tuple, now: float, limit: int | None = None) -> None:
         for first, pkt in self.parking.satisfy(key, limit):
@@ -453,6 +538,8 @@ class Worker:
         if t is m.UpcallBatch:
             for up in msg.upcalls:
                 self.upcall(up, now)
+            if self.state.snat_new:
+                self._lease_ahead(now)
         elif t is m.FlowStateBatch:
             self.c["state_received"] += len(msg.entries)
             written, evicted = self.state.add_replicas([(e.kind, e.key, e.value) for e in msg.entries], now)
@@ -489,7 +576,9 @@ class Worker:
                 self.topo.add(msg.request_kind, msg.request_name, None)
         elif t is m.LeaseFailed:                       # the store did not answer: the waiting packets drop
             key = lease_need_key(msg.device, msg.ip)
-            self.leases_out[key] = max(0, self.leases_out.get(key, 0) - 1)
+            self._lease_answered(key, now)
+            self.c["leases_failed"] += 1
+            self._lease_hold_off[key] = now + LEASE_AHEAD_RETRY_S
             self._fail(key, f"lease_{msg.reason}", now)
         elif t is m.StoreStatus:
             self.store_ok = msg.state == "connected"
@@ -497,11 +586,16 @@ class Worker:
             self._sup(m.Answer(msg.req_id, self.i, self.state_page(msg.cursor, msg.limit, now)))
         elif t is m.LeaseGranted:
             key = lease_need_key(msg.device, msg.ip)
-            self.leases_out[key] = max(0, self.leases_out.get(key, 0) - 1)
+            self._lease_answered(key, now)
             if msg.block >= 0:
+                self.c["leases_granted"] += 1
                 self.state.add_nat_block(msg.device, msg.ip, msg.block)
                 self._resume(key, now, BLOCK_SIZE)   # a block serves at most 64 of the waiting packets
+                if self.state.snat_new:
+                    self._lease_ahead(now)
             else:
+                self.c["leases_exhausted"] += 1
+                self._lease_hold_off[key] = now + LEASE_AHEAD_EXHAUSTED_S
                 self._fail(key, "nat_exhausted", now)
         elif t is m.TopologyChanged:
             self.topo.forget(msg.kind, msg.name)
@@ -699,6 +793,9 @@ class Worker:
         out.update(self.state.counters)
         out["worker_flows"] = len(self.flows)
         out["worker_parked_now"] = self.parking.size
+        out["worker_leases_out"] = sum(self.leases_out.values())
+        out["worker_nat_blocks"] = sum(len(b) for b in self.state.blocks.values())
+        out["worker_lease_rtt_us"] = int(self.lease_rtt * 1e6)
         out["worker_recovering"] = int(self._recover is not None)
         out["worker_state_entries"] = len(self.state.flow_state)
         out["worker_state_replicas"] = len(self.state.replicas)
@@ -765,13 +862,28 @@ class Worker:
         self._refresh_arp(now)
 
     def _release_idle_blocks(self, now: float) -> None:
-        """SNAT blocks with no binding left go back to the allocator (after a grace period)."""
-        idle = set(self.state.idle_nat_blocks())
+        """SNAT blocks with no binding left go back to the allocator (after a grace period).  A (device, ip)
+        that made a binding within the grace period keeps its newest idle blocks up to its lease-ahead
+        (``snat_lease_ahead``, at most ``snat_low_ports`` worth): released, they would be leased again at once;
+        once it makes none for that long, they go too."""
+        listed = self.state.idle_nat_blocks()             # per (device, ip), oldest block first
+        idle = set(listed)
         for blk in list(self._idle_since):
             if blk not in idle:
                 del self._idle_since[blk]
-        for blk in idle:
+        keep: set = set()
+        spare = min(self.cfg.snat_lease_ahead, -(-self.cfg.snat_low_ports // BLOCK_SIZE))
+        if spare:
+            kept: Counter = Counter()
+            for blk in reversed(listed):
+                r = self._lease_rate.get(lease_need_key(blk[0], blk[1]))
+                if r is not None and now - r[3] < self.cfg.flow_state_idle_s and kept[blk[:2]] < spare:
+                    kept[blk[:2]] += 1
+                    keep.add(blk)
+        for blk in listed:
             since = self._idle_since.setdefault(blk, now)
+            if blk in keep:
+                continue
             if now - since >= self.cfg.flow_state_idle_s:
                 device, ip, block = blk
                 self.state.remove_nat_block(device, ip, block)

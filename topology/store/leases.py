@@ -33,7 +33,7 @@ import threading
 from collections.abc import Callable
 
 from packet.addr import int2ip
-from topology.nat_leases import BLOCK_SIZE, blocks_in_range
+from topology.nat_leases import BLOCK_SIZE, random_free_blocks
 from topology.store.base import BadVersion, ConnState, NodeExists, NoNode, Store
 from topology.store.session import OwnedEntries
 from topology.store.topo import node_name
@@ -115,9 +115,7 @@ class StoreNatAllocator:
             present = set(self.store.children(directory))
         except NoNode:
             present = set()
-        free = [b for b in blocks_in_range(port_start, port_end) if str(b) not in present]
-        self._rng.shuffle(free)
-        for block in free:
+        for block in random_free_blocks(port_start, port_end, lambda b: str(b) in present, self._rng):
             key = (device, ip, block)
             try:
                 self.owned.create(f"{directory}/{block}", self._value(owner), self._lost(key))

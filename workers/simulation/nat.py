@@ -204,6 +204,9 @@ def choose_snat_port(ctx: Ctx, device: str, ip: int, target: NatTarget, t: tuple
     now = ctx.now
     h = ctx.flow_hash()
     dst, proto, dport = t[1], t[2], t[4]
+    dry = getattr(ctx.state, "snat_dry", None)        # LocalState's port counts: no walk when none is free
+    if dry is not None and dry(device, ip, dst, proto, dport, lo, hi):
+        raise Stop("nat_lease_needed", needs=NeedLease(device, ip, lo, hi))
     for b in reversed(ctx.state.nat_blocks(device, ip)):
         first, last = max(b, lo), min(b + BLOCK_SIZE - 1, hi)
         if first > last:

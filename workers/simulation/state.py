@@ -148,6 +148,18 @@ class LocalState:
     arps: dict[tuple[str, int], tuple[int, float]] = field(default_factory=dict)        # → (mac, learned_at)
     flow_state: dict[tuple[str, tuple], StateEntry] = field(default_factory=dict)
     blocks: dict[tuple[str, int], list[int]] = field(default_factory=dict)   # (device, ip) → held block starts
+    # SNAT port use, for idle blocks and the worker's lease-ahead, from the REV_SNAT entries (replicas too; the
+    # key holds the translated (ip, port) as its destination and the remote end as its source):
+    # (device, ip, port) → bindings on the port; (device, ip, block) → ports of the block with a binding;
+    # (device, ip, remote ip, proto, remote port) → bindings toward that remote end in the blocks held (a
+    # connection toward it finds no port once they fill every held port); (device, ip) → [bindings written
+    # here since the worker last looked, the most of them toward one remote end]
+    snat_ports: dict[tuple[str, int, int], int] = field(default_factory=dict)
+    snat_block_used: dict[tuple[str, int, int], int] = field(default_factory=dict)
+    snat_toward: dict[tuple, int] = field(default_factory=dict)
+    snat_new: dict[tuple[str, int], list[int]] = field(default_factory=dict)
+    held_blocks: set[tuple[str, int, int]] = field(default_factory=set)
+    empty_blocks: dict[tuple[str, int], int] = field(default_factory=dict)   # (device, ip) → held, no binding
     replicas: dict[tuple[str, tuple], None] = field(default_factory=dict)   # replica keys, oldest first
     macs_per_bridge: dict[str, int] = field(default_factory=dict)
     macs_per_port: dict[str, int] = field(default_factory=dict)
@@ -199,6 +211,8 @@ class LocalState:
                             continue
                     elif old.replica:                   # written here now: ours
                         del self.replicas[k]
+                if e.kind == REV_SNAT and k not in fs:
+                    self._snat_port(e.key, 1, True)
                 fs[k] = StateEntry(e.kind, e.key, e.value, now, self.flow_state_idle_s)
             elif t is FlowStateTouch:
                 entry = self.flow_state.get((e.kind, e.key))
@@ -227,7 +241,10 @@ class LocalState:
         gone = []
         for k in list(itertools.islice(self.replicas, n)):
             del self.replicas[k]
-            gone.append(self.flow_state.pop(k))
+            e = self.flow_state.pop(k)
+            if e.kind == REV_SNAT:
+                self._snat_port(e.key, -1)
+            gone.append(e)
         self.counters["state_replicas_evicted"] += len(gone)
         return gone
 
@@ -255,6 +272,8 @@ class LocalState:
                 evicted.extend(self._evict_replicas(1))
             fs[k] = StateEntry(kind, key, value, now, idle, None, True)
             replicas[k] = None
+            if kind == REV_SNAT:
+                self._snat_port(key, 1)
             written.append(k)
         return written, evicted
 
@@ -305,6 +324,9 @@ class LocalState:
         held = self.blocks.setdefault((device, ip), [])
         if start not in held:
             held.append(start)
+            self.held_blocks.add((device, ip, start))
+            if (device, ip, start) not in self.snat_block_used:
+                self.empty_blocks[(device, ip)] = self.empty_blocks.get((device, ip), 0) + 1
 
     def forget_mac(self, bridge: str, vlan: int, mac: int) -> None:
         old = self.macs.pop((bridge, vlan, mac), None)
@@ -318,14 +340,99 @@ class LocalState:
 
     def idle_nat_blocks(self) -> list[tuple[str, int, int]]:
         """Held (device, ip, block) with no SNAT binding left in them: candidates for release."""
-        used = {snat_block(e.kind, e.key, e.value) for e in self.flow_state.values() if e.kind == REV_SNAT}
+        used = self.snat_block_used
         return [(dev, ip, b) for (dev, ip), blocks in self.blocks.items() for b in blocks
                 if (dev, ip, b) not in used]
+
+    def empty_nat_blocks(self, device: str, ip: int) -> int:
+        """How many of the blocks held for (device, ip) have no binding at all."""
+        return self.empty_blocks.get((device, ip), 0)
+
+    def _snat_port(self, key: tuple, d: int, local: bool = False) -> None:
+        """A REV_SNAT entry with ``key`` came (+1) or went (-1).  A port bound toward one remote end still
+        serves the others, so what runs a NAT dry is the bindings toward one remote end (``snat_toward``); the
+        ports with none at all tell the blocks that are idle.  Bindings in blocks not held here (replicas of
+        another worker's) count only for idleness."""
+        device, ip, port = key[5], key[1], key[4]
+        block = (device, ip, port - port % BLOCK_SIZE)
+        p = (device, ip, port)
+        ports = self.snat_ports
+        n = ports.get(p, 0) + d
+        if n > 0:
+            ports[p] = n
+        else:
+            ports.pop(p, None)
+        held = block in self.held_blocks
+        if n == (1 if d > 0 else 0):                   # the port became used, or free
+            used = self.snat_block_used
+            if d > 0:
+                u = used[block] = used.get(block, 0) + 1
+                if held and u == 1:                    # the block is not empty any more
+                    _decrement(self.empty_blocks, block[:2])
+                elif held and u == BLOCK_SIZE:         # every port bound: tried last (see below)
+                    self._move_block(block, first=True)
+            else:
+                u = used.get(block, 0)
+                _decrement(used, block)
+                if held and u == 1:
+                    self.empty_blocks[block[:2]] = self.empty_blocks.get(block[:2], 0) + 1
+                if held and u == BLOCK_SIZE:           # a port of a full block came free: tried first
+                    self._move_block(block, first=False)
+        if not held:
+            return
+        toward = (device, ip, key[0], key[2], key[3])
+        n = self.snat_toward.get(toward, 0) + d
+        if n > 0:
+            self.snat_toward[toward] = n
+        else:
+            self.snat_toward.pop(toward, None)
+        if local:
+            new = self.snat_new.get(block[:2])
+            if new is None:
+                self.snat_new[block[:2]] = [1, n]
+            else:
+                new[0] += 1
+                if n > new[1]:
+                    new[1] = n
+
+    def _move_block(self, block: tuple[str, int, int], first: bool) -> None:
+        """The NAT tries the blocks from the end of the list (the newest first, the likeliest to have room): a
+        block with every port bound goes to the front, one whose port came free back to the end.  Else, once
+        the newest block is full, every new connection would walk the full blocks (64 lookups each) to reach
+        the ports that expiry freed in an old one.  Only the order changes: every block is still tried."""
+        held = self.blocks.get(block[:2])
+        if held is None or len(held) < 2:
+            return
+        held.remove(block[2])
+        if first:
+            held.insert(0, block[2])
+        else:
+            held.append(block[2])
+
+    def snat_capacity(self, device: str, ip: int, lo: int, hi: int) -> int:
+        """The ports of the blocks held for (device, ip) inside [lo, hi] (the edge blocks may stick out)."""
+        cap = BLOCK_SIZE * len(self.blocks.get((device, ip), ()))
+        held = self.held_blocks
+        if (device, ip, lo - lo % BLOCK_SIZE) in held:
+            cap -= lo % BLOCK_SIZE
+        if (device, ip, hi - hi % BLOCK_SIZE) in held:
+            cap -= BLOCK_SIZE - 1 - hi % BLOCK_SIZE
+        return cap
+
+    def snat_dry(self, device: str, ip: int, remote: int, proto: int, rport: int, lo: int, hi: int) -> bool:
+        """Every port of the held blocks inside [lo, hi] is bound toward (remote, proto, rport): a connection
+        toward it would walk them all to find none (the NAT asks for a lease at once instead).  An idle entry
+        not swept yet still counts as bound: at worst a block is leased a sweep (a second) early."""
+        n = self.snat_toward.get((device, ip, remote, proto, rport))
+        return n is not None and n >= self.snat_capacity(device, ip, lo, hi)
 
     def remove_nat_block(self, device: str, ip: int, block: int) -> None:
         held = self.blocks.get((device, ip))
         if held and block in held:
             held.remove(block)
+            self.held_blocks.discard((device, ip, block))
+            if (device, ip, block) not in self.snat_block_used:
+                _decrement(self.empty_blocks, (device, ip))
             if not held:
                 del self.blocks[(device, ip)]
 
@@ -383,6 +490,8 @@ class LocalState:
                 del fs[k]
                 if e.replica:
                     replicas.pop(k, None)
+                if e.kind == REV_SNAT:                  # the lease-ahead's free-port count
+                    self._snat_port(e.key, -1)
                 gone.append(e)
         return gone, i
 
