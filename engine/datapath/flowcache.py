@@ -224,16 +224,8 @@ class FlowCache:
             self._order = deque(flows.values())
         if flow_id:
             self.by_id[flow_id] = key
-        if idle_s or hard_s:                       # _schedule, inline: into the wheel at its deadline's tick
-            t = int((now + (min(idle_s, hard_s) if idle_s and hard_s else idle_s or hard_s)) // EXPIRY_TICK)
-            if self._wheel_tick is not None and t < self._wheel_tick:
-                t = self._wheel_tick
-            lst = self._wheel.get(t)
-            if lst is None:
-                self._wheel[t] = [f]
-            else:
-                lst.append(f)
-            self._wheel_n += 1
+        if idle_s or hard_s:                       # into the wheel at its deadline's tick
+            self._schedule(f, now + (min(idle_s, hard_s) if idle_s and hard_s else idle_s or hard_s))
         self.counters["datapath_installs"] += 1
         return f
 

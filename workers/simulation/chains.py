@@ -170,54 +170,20 @@ def _compiled(chain: Chain) -> tuple[tuple[Rule, tuple, bool], ...]:
 def run_chain(ctx: Ctx, name: str, pkt: Packet, device: str, in_port: str | None,
               out_port: str | None) -> tuple[str, Packet]:
     """Walk chain ``name``.  Returns (accept | drop | reject, packet after NAT rewrites).  Neighbor discovery
-    is accepted without a walk (see the module comment).  The chain's own rules are walked in one loop; the
-    first jump hands the walk to ``_walk``, which keeps the jump stack (most chains never jump)."""
+    is accepted without a walk (see the module comment)."""
     fields = ctx.fields
     fields.add("eth_type")                              # is_nd, inline: every packet meets a chain or three
     if pkt.eth_type == ETH_TYPE_IPV6:
         fields.update(_ND_READS)
         if pkt.icmpv6_type in ND_TYPES:
             return ACCEPT, pkt
-    chain = ctx.chain(name)
-    rules = _compiled(chain)
-    for entry in rules:
-        rule, conds, invert = entry
-        hit = True
-        for passes in conds:
-            if not passes(ctx, pkt, in_port, out_port):
-                hit = False
-                break
-        if hit == invert:
-            continue
-        a = rule.action
-        if a == "accept":
-            return ACCEPT, pkt
-        if a == "drop":
-            return DROP, pkt
-        if a == "reject":
-            return REJECT, pkt
-        if a == "continue":
-            continue
-        if a == "return":                               # from the chain the walk started in: the end, accept
-            return ACCEPT, pkt
-        if a == "jump":
-            if rule.chain == name:                      # the one chain on the stack so far
-                raise Stop("chain_loop")
-            after = next(k for k, e in enumerate(rules) if e is entry) + 1
-            return _walk(ctx, pkt, device, in_port, out_port, ctx.chain(rule.chain), [(chain, after)],
-                         {name, rule.chain})
-        # NAT actions: a rewrite that applies ends the chain with accept (as MidoNet's NAT rules do);
-        # rev_* with no matching state falls through to the next rule.
-        new = nat.apply_rule(ctx, rule, pkt, device)
-        if new is not None:
-            return ACCEPT, new
-    return ACCEPT, pkt
+    return _walk(ctx, pkt, device, in_port, out_port, ctx.chain(name), [], {name})
 
 
 def _walk(ctx: Ctx, pkt: Packet, device: str, in_port: str | None, out_port: str | None, chain: Chain,
           stack: list[tuple[Chain, int]], on_stack: set[str]) -> tuple[str, Packet]:
-    """The walk from the start of ``chain`` once a jump was taken: ``stack`` holds where each calling chain
-    resumes, ``on_stack`` their names (a jump to one of them is a loop)."""
+    """The walk from the start of ``chain``: ``stack`` holds where each calling chain resumes, ``on_stack``
+    the names of the chains being walked (a jump to one of them is a loop)."""
     rules = _compiled(chain)
     i = 0
     while True:
