@@ -53,12 +53,12 @@ def _pin(cpu: int | None) -> None:
         pass
 
 
-def flush(w: Worker, to_dp, to_sup) -> bool:
+def flush(w: Worker, to_dp, to_sup=None) -> bool:
     """Send what the worker's outboxes hold.  A full peer queue keeps the rest for later (every upcall must
     get its answer); returns False while something is left, and the loop stops reading its inbox until the
-    peer drains: back-pressure instead of loss."""
+    peer drains: back-pressure instead of loss.  Without ``to_sup`` only the datapath's outbox is sent."""
     done = True
-    for sock, box in ((to_dp, w.out_dp), (to_sup, w.out_sup)):
+    for sock, box in ((to_dp, w.out_dp), (to_sup, w.out_sup)) if to_sup is not None else ((to_dp, w.out_dp),):
         sent = 0
         while sent < len(box):
             chunk = box[sent:sent + FLUSH_CHUNK]
@@ -109,6 +109,8 @@ def worker_main(cfg: WorkerConfig) -> None:
             if busy:
                 msgs = recv_msgs(inbox, decoder, cfg.batch)
                 guard.run(w.handle, msgs, time.monotonic())
+                if w.out_dp:                          # the answers leave before the housekeeping runs (what
+                    flush(w, to_dp)                   # goes to the supervisor waits for the end of the turn)
             guard.call("housekeeping", w.housekeeping, time.monotonic())
             flush(w, to_dp, to_sup)
     finally:

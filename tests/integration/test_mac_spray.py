@@ -101,6 +101,19 @@ def test_a_vm_spraying_100k_source_macs(agent):
     elapsed = time.monotonic() - t0
     wait_for(lambda: dp_stats(a)["datapath_inflight"] == 0, timeout=30, what="every upcall answered")
     drain()
+    # the workers' MacLearned reach the supervisor after their answers reach the datapath: wait until it has
+    # taken them all (its count of learned + refused entries stops moving over two reads 0.3 s apart)
+    taken = [None]
+
+    def supervisor_settled() -> bool:
+        sup = a.stats()["supervisor"]
+        n = sum(sup.get(k, 0) for k in ("tables_learned", "tables_moves", "tables_refreshed",
+                                        "tables_learn_rate_limited", "tables_full_refused"))
+        settled, taken[0] = n == taken[0], n
+        time.sleep(0.3)
+        return settled
+
+    wait_for(supervisor_settled, timeout=30, what="the supervisor to take every learned MAC")
     stats = a.stats()
     dp = stats["datapath"]
     print(f"\nsprayed {sent} frames in {elapsed:.1f}s; datapath {dp['datapath_rx']} rx, "
