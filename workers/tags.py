@@ -126,19 +126,37 @@ def _ip(ip: int) -> str:
     return text
 
 
-@lru_cache(maxsize=1 << 16)
+_KEY_TEXT: dict[tuple, str] = {}
+_CT_TAG: dict[tuple, str] = {}
+_MAX_KEYS = 1 << 16
+
+
 def key_str(key: tuple) -> str:
-    """Human/tag form of a flow-state key: 'src:sport>dst:dport/proto@device' (cached: it is a hot tag)."""
-    src, dst, proto, sp, dp, dev = key
-    return f"{_ip(src)}:{sp}>{_ip(dst)}:{dp}/{proto}@{dev}"
+    """Human/tag form of a flow-state key: 'src:sport>dst:dport/proto@device' (cached: it is a hot tag; a
+    plain dict, emptied when it holds ``_MAX_KEYS``, costs less per new key than an LRU's bookkeeping)."""
+    text = _KEY_TEXT.get(key)
+    if text is None:
+        if len(_KEY_TEXT) >= _MAX_KEYS:
+            _KEY_TEXT.clear()
+        src, dst, proto, sp, dp, dev = key
+        text = _KEY_TEXT[key] = f"{_ip(src)}:{sp}>{_ip(dst)}:{dp}/{proto}@{dev}"
+    return text
 
 
 def flow_state(kind: str, key: tuple) -> str:
     """The tag of a flow-state entry (conntrack, or a NAT kind): flows that read or wrote it carry it, and its
-    expiry or replacement invalidates them."""
+    expiry or replacement invalidates them.  A conntrack tag is cached whole: a new connection's reverse key
+    is tagged when it is written and again when the write invalidates."""
+    if kind == CONNTRACK:
+        tag = _CT_TAG.get(key)
+        if tag is None:
+            if len(_CT_TAG) >= _MAX_KEYS:
+                _CT_TAG.clear()
+            tag = _CT_TAG[key] = _CT + key_str(key)
+        return tag
     prefix = _FLOW_STATE_PREFIX.get(kind)
     if prefix is None:
-        prefix = _CT if kind == CONNTRACK else _NAT + kind + SEP
+        prefix = _NAT + kind + SEP
     return prefix + key_str(key)
 
 

@@ -154,6 +154,11 @@ class Worker:
         self.others = tuple(j for j in range(cfg.n_workers) if j != cfg.index)
         self.out_dp: list = []
         self.out_sup: list = []
+        # flow state for the other workers, gathered over one inbound message (an UpcallBatch: one Fanout per
+        # worker, not one per setup) and sent from the outbox slot of the first entry's, ahead of every install
+        # that wrote one (_relay_state, seal)
+        self._relay: dict[int, list] = {}
+        self._relay_at = -1
         self.c = Counter()
         self.drops = Counter()
         self.running = True
@@ -441,10 +446,8 @@ class Worker:
         if written:
             self.c["state_written"] += len(written)
             self._invalidate([tags.flow_state(w.kind, w.key) for w in written])
-            targets = self._state_targets(written)
-            if targets:
-                self.c["state_relayed"] += 1
-                self._dp(m.Fanout(targets, encode(m.FlowStateBatch(tuple(written), self.i))))
+            if self.others:
+                self._relay_state(written)
             remote = tuple(sorted(h for h in hosts if h != self.cfg.host)) if self.cfg.replicate_hosts else ()
             if remote:                                 # other hosts: before the install, on the same socket
                 self.c["state_sent_hosts"] += 1
@@ -454,25 +457,44 @@ class Worker:
                 self.c["tables_relayed"] += 1
                 self._dp(m.Fanout(self.others, encode(msg)))
 
-    def _state_targets(self, written) -> tuple[int, ...]:
-        """The other workers that may simulate a packet needing this state: the worker each key's packets
-        hash to (a reply's tuple hashes to the worker that will see the reply).  Sticky LB entries serve any
-        connection of a client, and pinned ports bypass the hash: those go to every worker."""
-        if not self.others:
-            return ()
-        if self.cfg.pinned_ports:
-            return self.others
-        targets = set()
-        n = self.cfg.n_workers
+    def _relay_state(self, written) -> None:
+        """Queue ``written`` for the other workers that may simulate a packet needing it: the worker each
+        key's packets hash to (a reply's tuple hashes to the worker that will see the reply).  Sticky LB
+        entries serve any connection of a client, and pinned ports bypass the hash: those go to every worker.
+        The first entry queued takes a slot in the outbox, which ``seal`` fills: the state leaves before the
+        install of every packet that wrote it, on the same socket, so it reaches the other worker first."""
+        relay, n, me = self._relay, self.cfg.n_workers, self.i
+        everyone = self.cfg.pinned_ports
         for e in written:
-            if e.kind == FWD_STICK_DNAT:
-                return self.others
-            src, dst, proto, sport, dport, _device = e.key          # a StateKey's order (no record made)
-            targets.add(tuple_hash(proto, src, sport, dst, dport) % n)
-        targets.discard(self.i)
-        if not targets:
-            return ()
-        return tuple(targets) if len(targets) == 1 else tuple(sorted(targets))
+            if everyone or e.kind == FWD_STICK_DNAT:
+                targets = self.others
+            else:
+                src, dst, proto, sport, dport, _device = e.key          # a StateKey's order (no record made)
+                j = tuple_hash(proto, src, sport, dst, dport) % n
+                if j == me:
+                    continue
+                targets = (j,)
+            for j in targets:
+                entries = relay.get(j)
+                if entries is None:
+                    relay[j] = [e]
+                else:
+                    entries.append(e)
+        if relay and self._relay_at < 0:
+            self._relay_at = len(self.out_dp)
+            self.out_dp.append(None)
+
+    def seal(self) -> None:
+        """Turn the flow state gathered by ``_relay_state`` into one Fanout per worker (chunks of STATE_CHUNK
+        entries), in the outbox slot it holds."""
+        at = self._relay_at
+        if at < 0:
+            return
+        relay, self._relay, self._relay_at = self._relay, {}, -1
+        msgs = [m.Fanout((j,), encode(m.FlowStateBatch(tuple(entries[i:i + STATE_CHUNK]), self.i)))
+                for j, entries in sorted(relay.items()) for i in range(0, len(entries), STATE_CHUNK)]
+        self.c["state_relayed"] += len(msgs)
+        self.out_dp[at:at + 1] = msgs
 
     def _invalidate(self, tags) -> None:
         keys = self.flows.invalidate(tags)
@@ -534,6 +556,11 @@ class Worker:
 
     # -- inbox ----------------------------------------------------------------------------------------------
     def handle(self, msg, now: float) -> None:
+        self._handle(msg, now)
+        if self._relay_at >= 0:
+            self.seal()
+
+    def _handle(self, msg, now: float) -> None:
         t = type(msg)
         if t is m.UpcallBatch:
             for up in msg.upcalls:
@@ -670,7 +697,7 @@ class Worker:
         if not 0 <= requester < n or requester == self.i:
             self.c["state_recalls_refused"] += 1
             return
-        entries = []                                   # what _state_targets would have sent it
+        entries = []                                   # what _relay_state would have sent it
         everyone = self.cfg.pinned_ports
         for e in self.state.flow_state.values():
             k = StateKey(*e.key)
@@ -823,6 +850,11 @@ class Worker:
             self._invalidate([tags.flow_state(e.kind, e.key) for e in expired])
 
     def housekeeping(self, now: float) -> None:
+        self._housekeeping(now)
+        if self._relay_at >= 0:
+            self.seal()
+
+    def _housekeeping(self, now: float) -> None:
         if self._sweep is not None:
             self.sweep_state(now)
         if self._recover is not None:

@@ -61,11 +61,14 @@ def test_kind_of():
 
 def test_flow_state_key_text_is_cached():
     """It is the hot one (a tag per NAT lookup, per conntrack read, per entry at housekeeping)."""
-    tags.key_str.cache_clear()
     key = (1, 2, 6, 3, 4, "dev")
-    tags.flow_state(CONNTRACK, key)
-    tags.flow_state(FWD_SNAT, key)
-    assert tags.key_str.cache_info().hits == 1
+    tags._KEY_TEXT.pop(key, None)
+    tags._CT_TAG.pop(key, None)
+    a = tags.flow_state(CONNTRACK, key)
+    text = tags._KEY_TEXT[key]
+    assert tags.flow_state(FWD_SNAT, key) == "nat:" + FWD_SNAT + ":" + text     # the key's text made once
+    assert tags.flow_state(CONNTRACK, key) is a                                # the conntrack tag kept whole
+    assert text == "0.0.0.1:3>0.0.0.2:4/6@dev"
 
 
 # -- nobody spells a tag by hand -------------------------------------------------------------------------------
