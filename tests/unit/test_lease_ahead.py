@@ -259,3 +259,44 @@ def test_full_blocks_are_tried_last_and_a_dry_range_is_seen_without_a_walk():
     st.flow_state[("rev_snat", bind(5130))].last_used = -1000
     st.expire(0)
     assert st.blocks[("r1", 99)][-1] == 5120 and not st.snat_dry("r1", 99, 7, 6, 443, 5000, 65535)
+
+
+def test_connections_to_one_remote_end_take_the_ports_in_turn(wire):
+    """The NAT's search for a port toward a remote end starts after the port bound last toward it (RFC 6056's
+    per-destination increment): a few lookups per connection however full the blocks, where a random start in
+    a filling block probed ~36 bound ports per connection.  The cursor goes with the last binding."""
+    from workers.simulation import nat
+    from workers.simulation.state import LocalState as St
+    lookups, choices = Counter(), [0]
+    real_get, real_choose = St.flow_state_get, nat.choose_snat_port
+
+    def get(self, kind, key, now):
+        lookups[kind] += 1
+        return real_get(self, kind, key, now)
+
+    def choose(*a):
+        choices[0] += 1
+        return real_choose(*a)
+
+    St.flow_state_get, nat.choose_snat_port = get, choose
+    try:
+        for first in range(0, 3000, 50):
+            wire.inject("tenant.vm1", *[to_internet(p) for p in range(first, first + 50)])
+            wire.answer_leases()
+            wire.now += GAP
+    finally:
+        St.flow_state_get, nat.choose_snat_port = real_get, real_choose
+    assert choices[0] >= 3000
+    # one REV_SNAT lookup per simulation is the NAT's own check of the new binding's reply key
+    per_choice = (lookups["rev_snat"] - total(wire, "simulations")) / choices[0]
+    assert per_choice < 12, per_choice
+    for w in wire.workers:
+        check_counts(w)
+        bound = [e.key for e in w.state.flow_state.values() if e.kind == "rev_snat"]
+        assert len({(k[1], k[4]) for k in bound}) == len(bound)           # never one port twice toward it
+        assert set(w.state.snat_next) == set(w.state.snat_toward)         # a cursor per remote end bound to
+    st = wire.workers[0].state
+    for e in list(st.flow_state.values()):
+        e.last_used = -1000.0
+    st.expire(wire.now)
+    assert not st.snat_next and not st.snat_toward                        # gone with the last binding

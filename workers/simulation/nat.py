@@ -33,6 +33,10 @@ from workers.simulation.result import (
 )
 from workers.simulation.state import MISSING
 
+# ports looked at past the first free one for a free port the state prefers (its reply hashes to this worker):
+# preferences come in runs of a few ports (the low bits of a port move the flow hash's low bit in groups), so a
+# few more find one when there is one, and a block whose preferred ports are all bound costs 8 lookups, not 64
+PREFER_LOOKAHEAD = 8
 
 def _has_ports(pkt: Packet) -> bool:
     p = pkt.proto
@@ -194,9 +198,11 @@ def choose_snat_port(ctx: Ctx, device: str, ip: int, target: NatTarget, t: tuple
     """A port in a held block, inside the target's range, whose binding toward this destination is free.
 
     Blocks are tried newest first (a block just leased is the likeliest to have room), so the usual cost is a
-    few lookups however many blocks are held.  Ports the state prefers (e.g. whose reply hashes to this
-    worker) are taken first; a block with room but no preferred port ends the search with its first free
-    port."""
+    few lookups however many blocks are held.  In a block holding the port bound last toward this remote end,
+    the search starts right after it (the state's ``snat_next``: RFC 6056's per-destination increment), so
+    connections to one busy remote end take the ports in turn instead of probing a filling block from random
+    starts over and over.  Ports the state prefers (e.g. whose reply hashes to this worker) are taken first,
+    looking at most ``PREFER_LOOKAHEAD`` ports past the first free one; then that one is taken."""
     lo, hi = target.port_start, target.port_end
     ctx.tags.add(tags.nat_block(device, ip))
     prefer = getattr(ctx.state, "prefer_snat_port", None)
@@ -207,21 +213,26 @@ def choose_snat_port(ctx: Ctx, device: str, ip: int, target: NatTarget, t: tuple
     dry = getattr(ctx.state, "snat_dry", None)        # LocalState's port counts: no walk when none is free
     if dry is not None and dry(device, ip, dst, proto, dport, lo, hi):
         raise Stop("nat_lease_needed", needs=NeedLease(device, ip, lo, hi))
+    nxt = getattr(ctx.state, "snat_next", None)
+    cursor = nxt.get((device, ip, dst, proto, dport)) if nxt else None
     for b in reversed(ctx.state.nat_blocks(device, ip)):
         first, last = max(b, lo), min(b + BLOCK_SIZE - 1, hi)
         if first > last:
             continue
         n = last - first + 1
-        fallback = None
+        start = cursor - first + 1 if cursor is not None and first <= cursor <= last else h
+        fallback, stop = None, n
         for i in range(n):
-            port = first + (h + i) % n
+            if i == stop:
+                break
+            port = first + (start + i) % n
             reply = (dst, ip, proto, dport, port)        # the reply's 5-tuple if this port is chosen
             if taken(REV_SNAT, state_key(reply, device), now) is not MISSING:
                 continue
             if prefer is None or prefer(reply):
                 return port
             if fallback is None:
-                fallback = port
+                fallback, stop = port, i + 1 + PREFER_LOOKAHEAD
         if fallback is not None:
             return fallback
     raise Stop("nat_lease_needed", needs=NeedLease(device, ip, lo, hi))

@@ -157,6 +157,10 @@ class LocalState:
     snat_ports: dict[tuple[str, int, int], int] = field(default_factory=dict)
     snat_block_used: dict[tuple[str, int, int], int] = field(default_factory=dict)
     snat_toward: dict[tuple, int] = field(default_factory=dict)
+    # per remote end (as snat_toward): the port bound last toward it; the NAT's next search for that remote end
+    # starts right after it (RFC 6056's per-destination increment) instead of at a random port of a filling
+    # block; forgotten with the remote end's last binding
+    snat_next: dict[tuple, int] = field(default_factory=dict)
     snat_new: dict[tuple[str, int], list[int]] = field(default_factory=dict)
     held_blocks: set[tuple[str, int, int]] = field(default_factory=set)
     empty_blocks: dict[tuple[str, int], int] = field(default_factory=dict)   # (device, ip) → held, no binding
@@ -384,8 +388,11 @@ class LocalState:
         n = self.snat_toward.get(toward, 0) + d
         if n > 0:
             self.snat_toward[toward] = n
+            if d > 0:
+                self.snat_next[toward] = port
         else:
             self.snat_toward.pop(toward, None)
+            self.snat_next.pop(toward, None)
         if local:
             new = self.snat_new.get(block[:2])
             if new is None:
