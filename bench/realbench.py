@@ -16,9 +16,10 @@ datapath, N workers — or a private OVS instance, bench.ovspeer), the child pro
 4. rates: at each offered rate, ``rate × duration`` frames, every one a new 5-tuple, paced by the sender;
    delivered = distinct frames of that step counted at the sink; loss = 1 − delivered/sent; CPU = utime +
    stime (/proc/<pid>/stat) of the forwarder's processes over the step (sender start to ``drain_s`` after it
-   ended) divided by the new 5-tuples it read (``setups``: frames its counters say it read off the sender's
-   end, every one a new 5-tuple; frames the kernel dropped before it read them cost it nothing), and net of
-   its idle CPU (measured for 2 s with no traffic);
+   ended) divided by the new 5-tuples it set up (``setups``: frames delivered at the sink, every one a new
+   5-tuple forwarded, and at most what its counters say it read off the sender's end: frames the kernel dropped
+   before it read them cost it nothing, and frames it read and then dropped — admission control, shedding —
+   cost it some CPU but set nothing up), and net of its idle CPU (measured for 2 s with no traffic);
 5. search: the highest lossless rate of the sweep and the lowest lossy one above it are bisected
    ``search_steps`` times (to 500/s): the sustained rate without loss.
 
@@ -237,8 +238,10 @@ class RealBench:
         if read is not None:                         # frames the forwarder read off the sender's end
             out["read_by_forwarder"] = read
             out["lost_before_read"] = max(0, n - read)     # its socket buffer overflowed (the kernel dropped them)
-        # per setup: per new 5-tuple the forwarder handled (read), not per frame the kernel dropped before it
-        setups = min(n, read) if read is not None else n
+        # per setup: per new 5-tuple the forwarder set up (delivered at the sink), not per frame the kernel
+        # dropped before it read it, nor per frame it read and refused (a step with loss divided by the frames
+        # read made an overloaded forwarder look cheaper per setup than it is)
+        setups = min(n, read, got["unique"]) if read is not None else min(n, got["unique"])
         out["setups"] = setups
         out["cpu_us_per_setup"] = round(cpu * 1e6 / setups, 1) if setups else None
         out["cpu_us_per_setup_net"] = (round(max(0.0, cpu - self.idle_cpu * window) * 1e6 / setups, 1)
