@@ -1,23 +1,60 @@
-import os, sys, time, zmq, multiprocessing as mp
+import multiprocessing as mp
+import os
+import sys
+import time
+
+import zmq
+
+
 def echo(addr_in, addr_out, cpu):
-    if cpu is not None: os.sched_setaffinity(0, {cpu})
-    ctx = zmq.Context(); i = ctx.socket(zmq.PULL); i.bind(addr_in); o = ctx.socket(zmq.PUSH); o.connect(addr_out)
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    ctx = zmq.Context()
+    i = ctx.socket(zmq.PULL)
+    i.bind(addr_in)
+    o = ctx.socket(zmq.PUSH)
+    o.connect(addr_out)
     while True:
         msg = i.recv()
-        if msg == b'q': break
+        if msg == b"q":
+            break
         o.send(msg)
-def main(cpu_a, cpu_b, n=300, spacing=float(sys.argv[1]) if len(sys.argv)>1 else 0.005):
-    import tempfile; d = tempfile.mkdtemp(); a_in = f'ipc://{d}/a'; b_in = f'ipc://{d}/b'
-    p = mp.Process(target=echo, args=(b_in, a_in, cpu_b)); p.start()
-    if cpu_a is not None: os.sched_setaffinity(0, {cpu_a})
-    ctx = zmq.Context(); i = ctx.socket(zmq.PULL); i.bind(a_in); o = ctx.socket(zmq.PUSH); o.connect(b_in)
-    time.sleep(0.3); o.send(b'x'); i.recv()
+
+
+SPACING = float(sys.argv[1]) if len(sys.argv) > 1 else 0.005
+
+
+def main(cpu_a, cpu_b, n=300, spacing=SPACING):
+    import tempfile
+
+    d = tempfile.mkdtemp()
+    a_in = f"ipc://{d}/a"
+    b_in = f"ipc://{d}/b"
+    p = mp.Process(target=echo, args=(b_in, a_in, cpu_b))
+    p.start()
+    if cpu_a is not None:
+        os.sched_setaffinity(0, {cpu_a})
+    ctx = zmq.Context()
+    i = ctx.socket(zmq.PULL)
+    i.bind(a_in)
+    o = ctx.socket(zmq.PUSH)
+    o.connect(b_in)
+    time.sleep(0.3)
+    o.send(b"x")
+    i.recv()
     ts = []
     for _ in range(n):
         time.sleep(spacing)
-        t = time.perf_counter_ns(); o.send(b'x'*64); i.recv(); ts.append((time.perf_counter_ns()-t)/1000)
-    o.send(b'q'); p.join()
-    ts.sort(); return ts[len(ts)//2], ts[int(len(ts)*.9)]
-if __name__ == '__main__':
-    for a, b in [(None,None),(0,1),(0,0),(1,0),(None,None),(0,1),(0,0)]:
-        print(a, b, ['%.0f' % x for x in main(a, b)], flush=True)
+        t = time.perf_counter_ns()
+        o.send(b"x" * 64)
+        i.recv()
+        ts.append((time.perf_counter_ns() - t) / 1000)
+    o.send(b"q")
+    p.join()
+    ts.sort()
+    return ts[len(ts) // 2], ts[int(len(ts) * 0.9)]
+
+
+if __name__ == "__main__":
+    for a, b in [(None, None), (0, 1), (0, 0), (1, 0), (None, None), (0, 1), (0, 0)]:
+        print(a, b, [f"{x:.0f}" for x in main(a, b)], flush=True)
