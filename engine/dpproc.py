@@ -60,7 +60,6 @@ from backchannel.guard import Guard
 from backchannel.sockets import (
     DATAPATH,
     SUPERVISOR,
-    EpollPoller,
     RuntimeDir,
     pull_bind,
     push_connect,
@@ -568,7 +567,7 @@ def datapath_main(cfg: DatapathConfig) -> None:
     proc = DatapathProcess(cfg, to_workers, to_sup)
     decoder = Decoder(proc.counters)
     guard = proc.guard
-    poller = EpollPoller()
+    poller = zmq.Poller()
     poller.register(inbox, zmq.POLLIN)
     polled: set[int] = set()
     send_msg(to_sup, m.Ready(DP, os.getpid()))
@@ -581,9 +580,9 @@ def datapath_main(cfg: DatapathConfig) -> None:
             if proc.fds_changed:                       # ports came or went: poll their sockets
                 proc.fds_changed = False
                 fds = set(proc.dp.fds())
-                for fd in polled:                      # all of them again: a closed port's fd number may be
-                    poller.unregister(fd)              # a new port's now (epoll forgot the closed one)
-                for fd in fds:
+                for fd in polled - fds:
+                    poller.unregister(fd)
+                for fd in fds - polled:
                     poller.register(fd, zmq.POLLIN)
                 polled = fds
             events = spin_poll(poller, 20, spin_s) if spin_s and events else poller.poll(20)
@@ -597,7 +596,6 @@ def datapath_main(cfg: DatapathConfig) -> None:
             guard.call("_housekeeping", proc.housekeeping, time.monotonic())
     finally:
         proc.close()
-        poller.close()
         for s in (inbox, to_sup, *to_workers):
             s.close(0)
         ctx.term()
