@@ -128,6 +128,14 @@ def _compile(c: Condition):
             port = pkt.tp_src if src else pkt.tp_dst
             return port is not None and (lo <= port <= hi) != neg
         return passes
+    if f == "ct":
+        ct_state = conntrack.ct_state
+
+        def passes(ctx, pkt, i, o):
+            if not ctx._five:
+                ctx.read_five()
+            return (ct_state(ctx) == v) != neg
+        return passes
     if f in _PLAIN:
         name = _FIELD_READS[f]
         get = _GETTERS[name]
