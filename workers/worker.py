@@ -556,9 +556,11 @@ class Worker:
 
     # -- inbox ----------------------------------------------------------------------------------------------
     def handle(self, msg, now: float) -> None:
-        self._handle(msg, now)
-        if self._relay_at >= 0:
-            self.seal()
+        try:
+            self._handle(msg, now)
+        finally:                                       # also when a message raised (the loop's guard counts
+            if self._relay_at >= 0:                    # it): what was applied is relayed, no slot stays empty
+                self.seal()
 
     def _handle(self, msg, now: float) -> None:
         t = type(msg)
@@ -850,9 +852,11 @@ class Worker:
             self._invalidate([tags.flow_state(e.kind, e.key) for e in expired])
 
     def housekeeping(self, now: float) -> None:
-        self._housekeeping(now)
-        if self._relay_at >= 0:
-            self.seal()
+        try:
+            self._housekeeping(now)
+        finally:
+            if self._relay_at >= 0:
+                self.seal()
 
     def _housekeeping(self, now: float) -> None:
         if self._sweep is not None:

@@ -82,3 +82,26 @@ def test_one_worker_relays_nothing():
                                             for p in range(100, 110)]), 10.0)
     assert not [x for x in w.out_dp if type(x) is m.Fanout] and None not in w.out_dp
     assert w.c["state_relayed"] == 0
+
+
+def test_a_message_that_raises_midway_still_relays_what_it_applied_and_leaves_no_empty_slot():
+    w0 = _worker(0, 2)
+    port = ingress_port("ct")
+    sports = [p for p in range(40000, 40400) if tuple_hash(PROTO_UDP, SINK, 5000, SENDER, p) % 2 == 1][:4]
+    real, seen = w0.upcall, []
+
+    def upcall(up, now):                               # the third upcall of the batch raises (a bug, say)
+        seen.append(up.seq)
+        if len(seen) == 3:
+            raise RuntimeError("boom")
+        real(up, now)
+
+    w0.upcall = upcall
+    try:
+        w0.handle(_batch(port, 1, [_frame(SENDER_MAC, SINK_MAC, SENDER, SINK, p, 5000) for p in sports]), 10.0)
+    except RuntimeError:
+        pass
+    assert None not in w0.out_dp
+    relayed = [decode(x.payload) for x in w0.out_dp
+               if type(x) is m.Fanout and type(decode(x.payload)) is m.FlowStateBatch]
+    assert [len(b.entries) for b in relayed] == [2]    # the two setups applied before it

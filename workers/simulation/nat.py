@@ -38,6 +38,7 @@ from workers.simulation.state import MISSING
 # few more find one when there is one, and a block whose preferred ports are all bound costs 8 lookups, not 64
 PREFER_LOOKAHEAD = 8
 
+
 def _has_ports(pkt: Packet) -> bool:
     p = pkt.proto
     return p in (PROTO_TCP, PROTO_UDP) or (p in (PROTO_ICMP, PROTO_ICMPV6) and pkt.icmp_id is not None
