@@ -6,7 +6,9 @@ import time
 import zmq
 
 
-def echo(addr_in, addr_out, cpu):
+def _end(addr_in, addr_out, cpu):
+    """One end: pinned to ``cpu`` (None: unpinned) before its context exists, so its I/O thread is pinned too;
+    a PULL bound on ``addr_in`` and a PUSH connected to ``addr_out``."""
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
     ctx = zmq.Context()
@@ -14,6 +16,11 @@ def echo(addr_in, addr_out, cpu):
     i.bind(addr_in)
     o = ctx.socket(zmq.PUSH)
     o.connect(addr_out)
+    return i, o
+
+
+def echo(addr_in, addr_out, cpu):
+    i, o = _end(addr_in, addr_out, cpu)
     while True:
         msg = i.recv()
         if msg == b"q":
@@ -32,13 +39,7 @@ def main(cpu_a, cpu_b, n=300, spacing=SPACING):
     b_in = f"ipc://{d}/b"
     p = mp.Process(target=echo, args=(b_in, a_in, cpu_b))
     p.start()
-    if cpu_a is not None:
-        os.sched_setaffinity(0, {cpu_a})
-    ctx = zmq.Context()
-    i = ctx.socket(zmq.PULL)
-    i.bind(a_in)
-    o = ctx.socket(zmq.PUSH)
-    o.connect(b_in)
+    i, o = _end(a_in, b_in, cpu_a)
     time.sleep(0.3)
     o.send(b"x")
     i.recv()
