@@ -146,7 +146,7 @@ class SharedTables:
     def _admit(self, table, have, cap: int, bucket_key: tuple[str, str]) -> bool:
         """Whether a store write for a learned entry may happen: room in ``table`` for a new key, and a token of
         ``bucket_key``'s write rate."""
-        if have is None and len(table) >= cap:
+        if have is None and table.held() >= cap:      # writes in flight count: the mirror lags behind them
             self.counters["tables_full_refused"] += 1
             return False
         now = self.clock()

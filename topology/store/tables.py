@@ -107,6 +107,9 @@ class _OwnedTable:
         self.counters = {f"tables_{n}": 0 for n in (
             "learned", "moves", "refreshed", "deleted", "expired", "bad_entries", "lost_to_other")}
         self._entries: dict[object, object] = {}
+        # keys this agent wrote that the mirror has not delivered yet: counted by ``held`` (a cap checked
+        # against the mirror alone lets every write in flight past it)
+        self._unmirrored: set[object] = set()
         with self._lock:    # changes delivered meanwhile wait for the lock, then apply on top of the snapshot
             self.mirror = TreeMirror(store, base, depth, self._on_raw_change)
             for raw_key, data in self.mirror.items():
@@ -134,6 +137,7 @@ class _OwnedTable:
         if key is None:
             return
         with self._lock:
+            self._unmirrored.discard(key)
             old = self._entries.get(key)
             if entry is None:
                 self._entries.pop(key, None)
@@ -166,6 +170,12 @@ class _OwnedTable:
         with self._lock:
             return len(self._entries)
 
+    def held(self) -> int:
+        """The entries the table holds plus this agent's writes the mirror has not delivered yet: what a cap on
+        the table's size is checked against."""
+        with self._lock:
+            return len(self._entries) + len(self._unmirrored)
+
     def entry(self, key: object) -> object | None:
         with self._lock:
             return self._entries.get(key)
@@ -185,6 +195,7 @@ class _OwnedTable:
     def _on_conflict(self, key: object) -> Callable[[str], None]:
         def lost(_path: str) -> None:
             with self._lock:
+                self._unmirrored.discard(key)
                 self._mine.pop(key, None)
                 self._forgotten(key)
             self.counters["tables_lost_to_other"] += 1
@@ -218,6 +229,8 @@ class _OwnedTable:
                     continue
             with self._lock:
                 self._mine[key] = self._decode(value)
+                if key not in self._entries:
+                    self._unmirrored.add(key)
             self.owned.add(path, data, self._on_conflict(key))
             return result
         raise TableConflict(f"{path}: lost {WRITE_ATTEMPTS} races with other agents")
@@ -252,6 +265,7 @@ class _OwnedTable:
 
     def _disown(self, key: object, path: str) -> None:
         with self._lock:
+            self._unmirrored.discard(key)
             self._mine.pop(key, None)
             self._forgotten(key)
         self.owned.discard(path)
