@@ -327,7 +327,7 @@ class FlowDelete(NamedTuple):
 @message
 class FlowRemoved(NamedTuple):
     """Datapath → worker: these flows (ids) left the cache (``reason``: "idle", "hard", "evicted",
-    "replaced")."""
+    "replaced"; "refused": a Reinstall or FlowAhead with bad actions or match, never installed)."""
 
     TAG = 13
     flows: tuple[int, ...]
@@ -746,6 +746,25 @@ class Reinstall(NamedTuple):
     flow) is left alone."""
 
     TAG = 86
+    flow_id: int
+    worker: int
+    key: Annotated[tuple, FLOW_KEY]
+    match: Match
+    actions: Actions
+    tags: tuple[str, ...]
+    idle_s: Seconds
+    hard_s: Seconds
+
+
+@message
+class FlowAhead(NamedTuple):
+    """Worker → datapath: install flow ``flow_id`` (a worker's own id, below 0) for a packet that has not
+    come yet: the reply a connection's first packet will draw (a SYN's SYN-ACK, an echo request's reply), set up
+    by the worker that set up the first packet (workers/worker.py ``_reply_ahead``).  Fields as in Reinstall; a
+    key installed already (its reply came first and was upcalled) is left alone and the worker told
+    (FlowRemoved "replaced")."""
+
+    TAG = 90
     flow_id: int
     worker: int
     key: Annotated[tuple, FLOW_KEY]

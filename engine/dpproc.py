@@ -178,6 +178,7 @@ class DatapathProcess:
             m.PurgeWorker: self._purge_worker, m.SetStateAuth: self._set_state_auth, m.Shutdown: self._shutdown,
             m.SetLiveHosts: self._set_live_hosts, m.DumpFlowTable: self._dump_flow_table,
             m.DelFlows: self._del_flows, m.SetLogLevel: self._log_level, m.Reinstall: self._reinstall,
+            m.FlowAhead: self._flow_ahead,
         }
         self._suspects: dict[tuple, int] = {}          # flow key → deaths of its worker while it was in flight
 
@@ -501,16 +502,28 @@ class DatapathProcess:
     def _reinstall(self, msg: m.Reinstall, now: float) -> None:
         """A worker's flow, installed again after this datapath (re)started; a key installed already is a newer
         flow (an upcall answered meanwhile) and stays."""
+        self._install_given(msg, now, "datapath_reinstalled", "datapath_reinstall_skipped")
+
+    def _flow_ahead(self, msg: m.FlowAhead, now: float) -> None:
+        """A worker's flow for a reply that has not come yet; a key installed already (the reply came first,
+        was upcalled and answered) stays."""
+        self._install_given(msg, now, "datapath_flows_ahead", "datapath_flows_ahead_skipped")
+
+    def _install_given(self, msg, now: float, done: str, skipped: str) -> None:
+        """Install a flow whose key the worker gives (Reinstall, FlowAhead), not one of an upcall."""
+        c = self.counters
         if not 0 <= msg.worker < self.cfg.n_workers:
-            self.counters["datapath_bad_worker"] = self.counters.get("datapath_bad_worker", 0) + 1
+            c["datapath_bad_worker"] = c.get("datapath_bad_worker", 0) + 1
             return
-        if msg.key in self.dp.cache.flows:             # the worker forgets the old id (it would never expire)
-            self.counters["datapath_reinstall_skipped"] = self.counters.get("datapath_reinstall_skipped", 0) + 1
+        if msg.key in self.dp.cache.flows:             # the worker forgets the id (it would never expire)
+            c[skipped] = c.get(skipped, 0) + 1
             send_msg(self.to_workers[msg.worker], m.FlowRemoved((msg.flow_id,), "replaced"))
             return
         if self.dp.cache.install(msg.key, msg.actions, msg.worker, msg.idle_s, msg.hard_s, now, msg.tags,
                                  msg.flow_id, msg.match) is not None:
-            self.counters["datapath_reinstalled"] = self.counters.get("datapath_reinstalled", 0) + 1
+            c[done] = c.get(done, 0) + 1
+        else:                                          # bad actions or match (counted): the worker forgets it
+            send_msg(self.to_workers[msg.worker], m.FlowRemoved((msg.flow_id,), "refused"))
         if self.dp.cache.removed:
             self._removed(self.dp.cache.take_removed())
 

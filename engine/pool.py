@@ -106,6 +106,7 @@ def worker_config(cfg: AgentConfig, index: int, runtime_dir: str) -> WorkerConfi
         max_macs_per_port=cfg.max_macs_per_port,
         max_arps_per_router=cfg.max_arps_per_router,
         megaflows=cfg.megaflows,
+        replies_ahead=cfg.replies_ahead,
         snat_lease_ahead=cfg.snat_lease_ahead,
         snat_low_ports=cfg.snat_low_ports,
         arp_retry_s=cfg.arp_retry_s,

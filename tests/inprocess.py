@@ -123,7 +123,7 @@ class Link:
 
 class Wire:
     def __init__(self, n_workers: int = 2, host: str = "host-a", port_workers: dict | None = None,
-                 topo: str = TOPO, megaflows: bool = True):
+                 topo: str = TOPO, megaflows: bool = True, replies_ahead: bool = True):
         self.store = open_store(f"memory://inproc-{next(_names)}")
         write_topology(self.store, loads_topology(topo))
         self.mirror = StoreMirror(self.store, lambda kind, name: None)
@@ -134,7 +134,8 @@ class Wire:
         self.dp_config = DatapathConfig(runtime_dir="", n_workers=n_workers, port_workers=port_workers)
         self.dp = DatapathProcess(self.dp_config, self.to_workers, self.to_sup)
         self.worker_config = lambda i: WorkerConfig(index=i, n_workers=n_workers, runtime_dir="", host=host,
-                                                    pinned_ports=bool(port_workers), megaflows=megaflows)
+                                                    pinned_ports=bool(port_workers), megaflows=megaflows,
+                                                    replies_ahead=replies_ahead)
         self.workers = [Worker(self.worker_config(i)) for i in range(n_workers)]
         self.decoders = [Decoder(w.c) for w in self.workers]       # what each worker's loop counts its rejects in
         self.seen: list[list] = [[] for _ in range(n_workers)]    # every message each worker received

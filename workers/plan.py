@@ -9,7 +9,18 @@ from __future__ import annotations
 
 from operator import itemgetter
 
-from packet.packet import Packet
+from packet.packet import (
+    FRAG_NONE,
+    ICMP_ECHO_REPLY,
+    ICMP_ECHO_REQUEST,
+    ICMPV6_ECHO_REPLY,
+    ICMPV6_ECHO_REQUEST,
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_TCP,
+    TCP_FLAGS,
+    Packet,
+)
 from workers.simulation.result import Output
 
 # The fields a simulation rewrites, in the order actions set them: a subset of what the datapath can rewrite in
@@ -37,3 +48,43 @@ def output_actions(ingress: Packet, outputs: tuple[Output, ...], tunnel_ip_of) -
         else:
             actions.append(("tunnel", tunnel_ip_of(o.host), o.tunnel_key))
     return tuple(actions) if actions else DROP_ACTIONS
+
+
+# -- the reply a connection's first packet draws (set up ahead: workers/worker.py _reply_ahead) ----------------
+REPLY_TTL = 64          # the TTL / hop limit of the expected reply: Linux's default (ip_default_ttl); a reply sent
+                        # with another misses the flow set up for it (where the key holds it) and is upcalled
+_SYN = TCP_FLAGS["syn"]
+_OPENING = TCP_FLAGS["syn"] | TCP_FLAGS["ack"] | TCP_FLAGS["rst"] | TCP_FLAGS["fin"]
+
+
+def draws_reply(pkt: Packet) -> bool:
+    """Whether ``pkt`` draws a reply near certainly: a TCP SYN (without ACK, RST or FIN) or an ICMP / ICMPv6 echo
+    request, not a fragment."""
+    if pkt.frag != FRAG_NONE:
+        return False
+    proto = pkt.proto
+    if proto == PROTO_TCP:
+        return (pkt.tcp_flags or 0) & _OPENING == _SYN
+    if proto == PROTO_ICMP:
+        return pkt.icmp_type == ICMP_ECHO_REQUEST and pkt.icmp_code == 0
+    return proto == PROTO_ICMPV6 and pkt.icmpv6_type == ICMPV6_ECHO_REQUEST and pkt.icmpv6_code == 0
+
+
+def expected_reply(out: Packet) -> Packet:
+    """The reply to ``out``, a packet of ``draws_reply`` as it leaves its egress port, as its receiver sends it
+    back: MACs, addresses and ports swapped; a SYN-ACK (TOS / traffic class 0, as Linux sends one) or an echo
+    reply (same id; the TOS reflected, as Linux does); TTL / hop limit REPLY_TTL.  Only the flow key's fields
+    matter (packet/flowkey.py): the rest are the reply's plausible values."""
+    v6 = out.ipv6_src is not None
+    if out.proto == PROTO_TCP:
+        rep = out._replace(tp_src=out.tp_dst, tp_dst=out.tp_src, tcp_flags=_SYN | TCP_FLAGS["ack"],
+                           tcp_ack=((out.tcp_seq or 0) + 1) & 0xFFFFFFFF, tcp_seq=0, tos=None if v6 else 0,
+                           tclass=0 if v6 else None)
+    elif v6:
+        rep = out._replace(icmpv6_type=ICMPV6_ECHO_REPLY)
+    else:
+        rep = out._replace(icmp_type=ICMP_ECHO_REPLY)
+    rep = rep._replace(eth_src=out.eth_dst, eth_dst=out.eth_src, payload=b"")
+    if v6:
+        return rep._replace(ipv6_src=out.ipv6_dst, ipv6_dst=out.ipv6_src, hop_limit=REPLY_TTL, flow_label=0)
+    return rep._replace(ip_src=out.ip_dst, ip_dst=out.ip_src, ttl=REPLY_TTL, ip_id=0)

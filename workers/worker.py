@@ -52,7 +52,7 @@ from workers.flowtable import FlowTable
 from workers.logs import set_level
 from workers.megaflow import flow_match
 from workers.parking import ParkingLot
-from workers.plan import DROP_ACTIONS, output_actions
+from workers.plan import DROP_ACTIONS, draws_reply, expected_reply, output_actions
 from workers.simulation import generate
 from workers.simulation.result import (
     CONSUMED,
@@ -62,6 +62,7 @@ from workers.simulation.result import (
     FWD_STICK_DNAT,
     PARKED,
     ArpTableWrite,
+    FlowStateTouch,
     FlowStateWrite,
     MacTableWrite,
     NeedArp,
@@ -84,6 +85,7 @@ from workers.simulation.state import (
 from workers.topocache import TopologyCache
 from workers.trace import result_json
 
+AHEAD_IDLE_S = 10.0                                 # a flow set up ahead of its reply idles out (OVS's max-idle)
 STATE_CHUNK = 500                                   # flow-state entries per message to another host
 RECOVER_S = 1.0                                     # a restarted worker waits at most this long for its state
 STATE_CHUNKS_PER_TURN = 8                           # of a state transfer, per loop turn (the loop goes on between)
@@ -123,6 +125,7 @@ class WorkerConfig:
     max_arps_per_router: int = DEFAULT_MAX_ARPS_PER_ROUTER
     restarted: bool = False                # started in place of a dead one: recovers its state first (Recover)
     megaflows: bool = True                 # install flows matching what the decision read (False: exact match)
+    replies_ahead: bool = True             # set up the flow of a SYN's / echo request's reply with the first packet
     poll_spin_us: int = 0                  # busy-poll this long after work before blocking (0: off)
     snat_lease_ahead: int = 4              # SNAT blocks leased ahead per (device, ip): unused or asked for (0: off)
     snat_low_ports: int = 32               # ... leased when the free ports of the held blocks fall below this
@@ -159,6 +162,7 @@ class Worker:
         # that wrote one (_relay_state, seal)
         self._relay: dict[int, list] = {}
         self._relay_at = -1
+        self._ahead_id = -1 - cfg.index                 # ids of the flows set up ahead: below 0, apart per worker
         self.c = Counter()
         self.drops = Counter()
         self.running = True
@@ -241,6 +245,8 @@ class Worker:
         elif res.result == FORWARD:
             self._answer(up.seq, output_actions(pkt, outputs, self._tunnel_ip), res.tags, now, origin=up,
                          match=flow_match(res) if self.cfg.megaflows else ())
+            if len(outputs) == 1 and self.cfg.replies_ahead and draws_reply(pkt):
+                self._reply_ahead(outputs[0], now)
         else:
             self._drop(res.drop_reason or "unknown")
             self._answer(up.seq, DROP_ACTIONS, res.tags, now, temporary=res.expiry == EXPIRY_TEMPORARY,
@@ -271,6 +277,37 @@ class Worker:
             self._dp(m.FlowDelete(tuple(evicted)))
         self._dp(m.FlowPut(seq, match, actions, tags, idle, hard))
         self.c["installs"] += 1
+
+    def _reply_ahead(self, out, now: float) -> None:
+        """Set up, with a connection's first packet, the flow of the reply it draws (a SYN's SYN-ACK, an echo
+        request's reply) when that reply comes back in through a port of this host: the reply is then no upcall
+        (a TCP connect through the agent is one setup, not two).  The reply's packet is the one its receiver
+        sends (plan.expected_reply), simulated by the one ``simulate()`` with the state the first packet just
+        wrote; the flow is installed only if that walk forwards and changes nothing (no state written, no MAC
+        or ARP entry learned, nothing generated or parked): then it is what a fresh simulation of that reply
+        decides, and its match and tags are the walk's, so a reply that differs in a field the walk read, or a
+        change to what it read, takes the usual upcall.  It idles out after AHEAD_IDLE_S if no reply comes."""
+        if out.tunnel_key is not None:                 # the reply comes back to the other host
+            return
+        reply = expected_reply(out.packet)
+        res = simulate(reply, out.port, self.topo, self.state, now, self.cfg.host, self.cfg.replicate_hosts)
+        self.c["reply_simulations"] += 1
+        if (res.result != FORWARD or res.generated or res.waiting or not res.outputs
+                or not _all_bound(res.outputs) or any(type(e) is not FlowStateTouch for e in res.effects)):
+            self.c["replies_not_ahead"] += 1
+            return
+        key = flow_key(reply, out.port)
+        actions = output_actions(reply, res.outputs, self._tunnel_ip)
+        match = flow_match(res) if self.cfg.megaflows else ()
+        fid = self._ahead_id
+        self._ahead_id -= self.cfg.n_workers
+        flow_tags = tuple(res.tags)
+        idle, hard = min(self.cfg.flow_idle_s, AHEAD_IDLE_S) or AHEAD_IDLE_S, self.cfg.flow_hard_s
+        evicted = self.flows.add(fid, flow_tags, now, (key, actions, idle, hard, match))
+        if evicted:
+            self._dp(m.FlowDelete(tuple(evicted)))
+        self._dp(m.FlowAhead(fid, self.i, key, match, actions, flow_tags, idle, hard))
+        self.c["replies_ahead"] += 1
 
     def _drop(self, reason: str) -> None:
         self.drops[reason] += 1
@@ -688,7 +725,10 @@ class Worker:
         self.c["datapath_restarts_seen"] += 1
         specs, tags_of = self.flows.specs, self.flows.flows
         for fid, (origin, actions, idle, hard, match) in specs.items():
-            key = flow_key(parse(origin.frame), origin.port)     # the frame parsed when it came: it parses again
+            if type(origin) is tuple:                  # a flow set up ahead (_reply_ahead): its key
+                key = origin
+            else:                                      # the frame parsed when it came: it parses again
+                key = flow_key(parse(origin.frame), origin.port)
             self._dp(m.Reinstall(fid, self.i, key, match, actions, tags_of[fid][0], idle, hard))
         self.c["flows_reinstalled"] += len(specs)
 

@@ -36,6 +36,7 @@ from backchannel.messages import (
     DumpTable,
     Execute,
     Fanout,
+    FlowAhead,
     FlowDelete,
     FlowPut,
     FlowRemoved,
@@ -202,6 +203,8 @@ def message_strategies(name=any_name, frame=any_frame, seq=i64, index=i64,
         SetLogLevel: st.builds(SetLogLevel, index, name.filter(lambda t: t.upper() not in (*LEVELS, "WARN"))),
         DatapathRestarted: st.builds(DatapathRestarted, ranged(0, 2**22)),
         Reinstall: st.builds(Reinstall, seq, index, flow_key, match, actions, tags, seconds, seconds),
+        FlowAhead: st.builds(FlowAhead, st.integers(-2**40, -1), index, flow_key, match, actions, tags, seconds,
+                             seconds),
         StateRecall: st.builds(StateRecall, index),
         Recover: st.builds(Recover, st.lists(index, max_size=4).map(tuple)),
         RecallDone: st.builds(RecallDone, index),
@@ -256,6 +259,10 @@ BREAKERS = {
                                                                       (("ip_dst", 2**32),), (("payload", -1),)])),
     (Reinstall, "key"): lambda v, data: data.draw(st.sampled_from([
         v[:-1], (*v, 0), (1, *v[1:]), (v[0], "x", *v[2:]), (v[0], 1.5, *v[2:]), (v[0], 2**63, *v[2:])])),
+    (FlowAhead, "key"): lambda v, data: data.draw(st.sampled_from([
+        v[:-1], (*v, 0), (1, *v[1:]), (v[0], "x", *v[2:]), (v[0], 1.5, *v[2:]), (v[0], 2**63, *v[2:])])),
+    (FlowAhead, "match"): lambda v, data: data.draw(st.sampled_from([(1,), ("in_port",), ((),), (("in_port", 0),),
+                                                                      (("ip_dst", 2**32),), (("payload", -1),)])),
     (DatapathRestarted, "epoch"): lambda v, data: data.draw(st.sampled_from([-1, 2**22 + 1])),
     (StatsReply, "counters"): lambda v, data: {**v, data.draw(st.sampled_from(["a", "b"])): data.draw(
         st.sampled_from([1.5, "x", None, (1,)]))},
@@ -283,7 +290,7 @@ def malformed(msg: tuple, data) -> tuple | None:
     cls = type(msg)
     fields = list(msg)
     choices = [f for c, f in BREAKERS if c is cls]
-    if cls in (FlowPut, Execute, PacketOut, Reinstall):
+    if cls in (FlowPut, Execute, PacketOut, Reinstall, FlowAhead):
         choices.append("actions")
     if cls is FlowStateBatch and msg.entries:
         choices.append("entries")

@@ -45,7 +45,7 @@ def test_the_control_socket_is_private(agent):
 
 def test_dump_flows_stats_and_workers(agent):
     out = Outputs(agent)
-    agent.inject("tenant.vm1", [vm1_to_vm2(p) for p in range(3000, 3010)])
+    agent.inject("tenant.vm1", [vm1_to_vm2(p, "ack") for p in range(3000, 3010)])   # no reply set up ahead
     out.wait("tenant.vm2", 10)
     flows = ctl(agent, "dump-flows")
     assert len(flows) == 10
@@ -61,7 +61,7 @@ def test_dump_flows_stats_and_workers(agent):
     assert stats["datapath.datapath_flows"] == 10
     assert stats["worker-0.flows_installed"] + stats["worker-1.flows_installed"] == 10
     ctl(agent, "stats", "--rate")
-    agent.inject("tenant.vm1", [vm1_to_vm2(p) for p in range(3000, 3010)])    # hits
+    agent.inject("tenant.vm1", [vm1_to_vm2(p, "ack") for p in range(3000, 3010)])    # hits
     out.wait("tenant.vm2", 20)
     rates = ctl(agent, "stats", "--rate")
     assert rates["rates"]["datapath.datapath_hits"] > 0

@@ -30,9 +30,10 @@ def frame(spec: str) -> bytes:
     return build(parse_spec(spec))
 
 
-def vm1_to_vm2(sport: int) -> bytes:
+def vm1_to_vm2(sport: int, flags: str = "syn") -> bytes:
+    """A TCP SYN (``flags`` other than syn: a packet that sets up no reply ahead, README "Replies set up ahead")."""
     return frame(f"{VM1},eth_dst=02:00:00:00:00:02,ip_src=10.0.0.2,ip_dst=10.0.0.3,proto=tcp,tp_src={sport},"
-                 "tp_dst=80")
+                 f"tp_dst=80,tcp_flags={flags}")
 
 
 def vm2_to_vm1(sport: int) -> bytes:
@@ -40,9 +41,9 @@ def vm2_to_vm1(sport: int) -> bytes:
                  f"tp_dst={sport},tcp_flags=syn|ack")
 
 
-def to_internet(sport: int) -> bytes:
+def to_internet(sport: int, flags: str = "syn") -> bytes:
     return frame(f"{VM1},eth_dst=02:0a:00:00:00:01,ip_src=10.0.0.2,ip_dst=203.0.113.5,proto=tcp,"
-                 f"tp_src={sport},tp_dst=443")
+                 f"tp_src={sport},tp_dst=443,tcp_flags={flags}")
 
 
 def wait_for(fn, timeout: float = 10.0, what: str = "condition"):
@@ -92,13 +93,20 @@ def test_flows_are_set_up_through_the_workers(topo_file, tmp_path, workers):
         frames = out.wait("tenant.vm2", 40)
         assert {parse(f).tp_src for f in frames} == set(range(2000, 2040))
         stats = agent.stats()
+        # every SYN's flow, and its SYN-ACK's set up with it (README "Replies set up ahead")
         installed = [w["flows_installed"] for w in stats["workers"]]
-        assert sum(installed) == 40 and all(n > 0 for n in installed)
-        assert stats["datapath"]["datapath_flows"] == 40
-        # the same packets again are cache hits: no new upcall
+        assert sum(installed) == 80 and all(n > 0 for n in installed)
+        assert sum(w["worker_replies_ahead"] for w in stats["workers"]) == 40
+        assert stats["datapath"]["datapath_flows"] == 80 and stats["datapath"]["datapath_flows_ahead"] == 40
+        assert stats["datapath"]["datapath_misses"] == 40
+        # the same packets again are cache hits: no new upcall; and so are the SYN-ACKs
         agent.inject("tenant.vm1", [vm1_to_vm2(p) for p in range(2000, 2040)])
         out.wait("tenant.vm2", 80)
-        assert agent.stats()["datapath"]["datapath_hits"] == 40
+        agent.inject("tenant.vm2", [vm2_to_vm1(p) for p in range(2000, 2040)])
+        back = out.wait("tenant.vm1", 40)
+        assert {parse(f).tp_dst for f in back} == set(range(2000, 2040))
+        dp = agent.stats()["datapath"]
+        assert dp["datapath_hits"] == 80 and dp["datapath_misses"] == 40
 
 
 def test_return_flow_on_another_worker_finds_its_conntrack_state(topo_file, tmp_path):
@@ -137,8 +145,8 @@ def test_return_flow_on_another_worker_finds_its_nat_state(topo_file, tmp_path):
 def test_topology_edit_invalidates_exactly_the_flows_tagged_with_it(topo_file, tmp_path):
     with make_agent(topo_file, tmp_path) as agent:
         out = Outputs(agent)
-        agent.inject("tenant.vm1", [vm1_to_vm2(p) for p in range(5000, 5010)])
-        agent.inject("tenant.vm1", [to_internet(p) for p in range(6000, 6010)])
+        agent.inject("tenant.vm1", [vm1_to_vm2(p, "ack") for p in range(5000, 5010)])    # no reply set up ahead
+        agent.inject("tenant.vm1", [to_internet(p, "ack") for p in range(6000, 6010)])
         out.wait("tenant.vm2", 10)
         out.wait("r1.uplink", 10)
         flows = agent.flows()
@@ -154,7 +162,7 @@ def test_topology_edit_invalidates_exactly_the_flows_tagged_with_it(topo_file, t
         left = agent.flows()
         assert all("router:r1" not in f[3] for f in left) and all(f[0][0] == "tenant.vm1" for f in left)
         # the routed flows are simulated again against the new router
-        agent.inject("tenant.vm1", [to_internet(6000)])
+        agent.inject("tenant.vm1", [to_internet(6000, "ack")])
         out.wait("r1.uplink", 11)
 
 

@@ -60,9 +60,9 @@ def test_a_scrape_of_a_real_agent_moves_with_its_traffic(topo_file, tmp_path):
                      datapath="memory", workers="2") == 1
 
         out = Outputs(agent)
-        agent.inject("tenant.vm1", [vm1_to_vm2(p) for p in range(9000, 9040)])
+        agent.inject("tenant.vm1", [vm1_to_vm2(p, "ack") for p in range(9000, 9040)])
         out.wait("tenant.vm2", 40)
-        agent.inject("tenant.vm1", [vm1_to_vm2(p) for p in range(9000, 9040)])    # the same again: hits
+        agent.inject("tenant.vm1", [vm1_to_vm2(p, "ack") for p in range(9000, 9040)])    # the same again: hits
         agent.inject("tenant.vm2", [vm2_to_vm1(9999)])                            # a reply to nothing: dropped
         out.wait("tenant.vm2", 80)
         wait_for(lambda: agent.stats()["workers"][1].get("worker_drops_filter_drop") == 1, what="the drop")

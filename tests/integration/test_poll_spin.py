@@ -26,11 +26,11 @@ def test_a_spinning_agent_forwards_parks_expires_and_stops_cleanly(topo_file, tm
         assert sum(w.get("worker_drops_parked_timeout_fragment", 0) for w in agent.stats()["workers"]) == 1
         installed = sum(w["flows_installed"] for w in agent.stats()["workers"])
         out = Outputs(agent)
-        agent.inject("tenant.vm1", [vm1_to_vm2(p) for p in range(3000, 3040)])
+        agent.inject("tenant.vm1", [vm1_to_vm2(p, "ack") for p in range(3000, 3040)])
         frames = out.wait("tenant.vm2", 40)
         assert {parse(f).tp_src for f in frames} == set(range(3000, 3040))
         assert sum(w["flows_installed"] for w in agent.stats()["workers"]) == installed + 40
-        agent.inject("tenant.vm1", [vm1_to_vm2(p) for p in range(3000, 3040)])
+        agent.inject("tenant.vm1", [vm1_to_vm2(p, "ack") for p in range(3000, 3040)])
         out.wait("tenant.vm2", 80)
         assert agent.stats()["datapath"]["datapath_hits"] == 40
         # idle flows expire in the datapath and in the workers

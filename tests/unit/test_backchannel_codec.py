@@ -51,7 +51,8 @@ def _sample(cls):
         values["keys"] = (b"k" * 32,)
     # fields of one name that hold different things in different messages
     values.update({"TableEntryRemoved.kind": "mac", "SetPortMap.hosts": (("host-b", 0x7F00000C),),
-                   "Reinstall.key": ("b.p", *range(FLOW_KEY_LEN)), "StateRecall.requester": 1,
+                   "Reinstall.key": ("b.p", *range(FLOW_KEY_LEN)),
+                   "FlowAhead.key": ("b.p", *range(FLOW_KEY_LEN)), "FlowAhead.flow_id": -1, "StateRecall.requester": 1,
                    "LeaseFailed.reason": "store_unavailable"})
     return cls(*(values.get(f"{cls.__name__}.{f}", values[f]) for f in cls._fields))
 

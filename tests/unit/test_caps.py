@@ -197,7 +197,7 @@ def test_replicas_beyond_the_cap_evict_the_oldest_replicas_never_local_state(wir
     wire1.inject("tenant.vm2", vm2_to_vm1(4000))
     [back] = wire1.outputs("tenant.vm1")
     assert back.tp_dst == 4000
-    [used] = [f for f in wire1.dp.dp.cache.flows.values() if f.key[0] == "tenant.vm2"]
+    [used] = [f for f in wire1.dp.dp.cache.flows.values() if f.key[0] == "tenant.vm2" and 4000 in f.key]
     wire1.to_workers[0].send(_replica_batch([4003, 4004]))         # evicts 4000 and 4001, oldest first
     wire1.pump()
     assert w.state.counters["state_replicas_evicted"] == 2
