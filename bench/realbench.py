@@ -343,13 +343,15 @@ class RealBench:
             lat = self.latency()
             lat["zmq_rtt_next_to_it_us"] = self.zmq_floor()
             self._say(f"{system.name}: tcp connect")
+            c0 = system.counters()
             tcp = self.tcp_connect()
+            tcp_counters = {k: v for k, v in probes.delta(system.counters(), c0).items() if v and _interesting(k)}
             steps, sustained = self.sweep(system)
         finally:
             system.stop()
         return {"warmup": warm, "idle_cpu_per_s": idle, "latency": lat,
                 "tcp_connect": {**_pcts(tcp["connect_us"]), "failures": tcp["failures"],
-                                "_samples_us": tcp["connect_us"]},
+                                "_samples_us": tcp["connect_us"], "counters": tcp_counters},
                 "rates": steps, "sustained": sustained}
 
     def zmq_floor(self) -> dict:
@@ -386,7 +388,8 @@ def _interesting(key: str) -> bool:
                    "emc_hits", "packets_received", "packet_recirculations", "worker_lease_requests",
                    "worker_lease_ahead_requests", "worker_leases_granted", "worker_leases_failed",
                    "worker_parked_lease", "worker_lease_rtt_us_sum", "worker_lease_rtt_count",
-                   "supervisor_lease_requests") or key.startswith(DROP_PREFIXES)
+                   "supervisor_lease_requests", "datapath_flows_ahead", "datapath_flows_ahead_skipped",
+                   "worker_replies_ahead", "worker_replies_not_ahead") or key.startswith(DROP_PREFIXES)
 
 
 def _pcts(samples) -> dict:

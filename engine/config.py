@@ -74,6 +74,8 @@ class AgentConfig:
     log_file: str | None = None            # every process appends its log lines here (default: stderr)
     log_repeat_s: float = 10.0             # a repeated log message: one "… repeated N times" line per interval
     poll_spin_us: int = 0                  # after work, busy-poll this long before blocking (0: off; pinned cores)
+    keep_warm_ms: int = 0                  # idle this long: each process runs its setup path once on the last
+                                           # upcall, changing nothing (0: off; costs CPU when idle)
     poll_spin_workers: bool = True         # ... in the workers too (false: only the datapath spins)
     datapath_nice: int = -10               # the datapath's nice value (ovs-ctl's for ovs-vswitchd): under overload
                                            # it gets the CPU before the workers (negative: needs root, else 0)
@@ -216,6 +218,7 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "max_pending_requests": (1, _BIG),
     "log_repeat_s": (0.0, _FOREVER),
     "poll_spin_us": (0, 10_000),                    # 0: never spin; at most 10 ms of spinning per round
+    "keep_warm_ms": (0, 1000),                      # 0: off
     "datapath_nice": (-20, 19),                     # setpriority(2)'s range
     "worker_nice": (-20, 19),
 }

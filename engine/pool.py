@@ -83,6 +83,7 @@ def datapath_config(cfg: AgentConfig, runtime_dir: str, pm: PortMap, tunnel_ip: 
         hosts=dict(pm.hosts),
         epoch=0,                                       # restarts count up (ProcessPool.restart_dead)
         poll_spin_us=cfg.poll_spin_us,
+        keep_warm_ms=cfg.keep_warm_ms,
     )
 
 
@@ -107,6 +108,7 @@ def worker_config(cfg: AgentConfig, index: int, runtime_dir: str) -> WorkerConfi
         max_arps_per_router=cfg.max_arps_per_router,
         megaflows=cfg.megaflows,
         replies_ahead=cfg.replies_ahead,
+        keep_warm_ms=cfg.keep_warm_ms,
         snat_lease_ahead=cfg.snat_lease_ahead,
         snat_low_ports=cfg.snat_low_ports,
         arp_retry_s=cfg.arp_retry_s,

@@ -94,6 +94,7 @@ def worker_main(cfg: WorkerConfig) -> None:
     gc.freeze()                                    # start-up objects never need scanning again
     gc.set_threshold(50_000, 20, 50)               # fewer collections: flow state is many small tuples
     spin_s, busy = cfg.poll_spin_us / 1e6, False   # busy-poll after work (backchannel/spin.py; 0: off)
+    warm_ms = min(100, cfg.keep_warm_ms)
     try:
         while w.running:
             if w.out_dp or w.out_sup:                  # a peer was full: drain before reading more
@@ -102,15 +103,18 @@ def worker_main(cfg: WorkerConfig) -> None:
                 guard.call("housekeeping", w.housekeeping, time.monotonic())
                 continue
             deadline = w.parking.next_deadline()
-            wait_ms = 0 if w.background else 100      # a state transfer under way: no sleep
+            now = time.monotonic()
+            wait_ms = 0 if w.background else warm_ms if warm_ms and now < w.warm_until else 100
             if deadline is not None:
-                wait_ms = max(0, min(wait_ms, int((deadline - time.monotonic()) * 1000) + 1))
+                wait_ms = max(0, min(wait_ms, int((deadline - now) * 1000) + 1))
             busy = bool(spin_poll(poller, wait_ms, spin_s) if spin_s and busy else poller.poll(wait_ms))
             if busy:
                 msgs = recv_msgs(inbox, decoder, cfg.batch)
                 guard.run(w.handle, msgs, time.monotonic())
                 if w.out_dp:                          # the answers leave before the housekeeping runs (what
                     flush(w, to_dp)                   # goes to the supervisor waits for the end of the turn)
+            elif warm_ms and wait_ms == warm_ms:       # idle for keep_warm_ms, soon after an upcall
+                guard.call("keep_warm", w.keep_warm, time.monotonic())
             guard.call("housekeeping", w.housekeeping, time.monotonic())
             flush(w, to_dp, to_sup)
     finally:

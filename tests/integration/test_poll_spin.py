@@ -61,3 +61,26 @@ def test_spin_poll_returns_a_message_that_is_there_and_nothing_when_none_comes()
         for s in (pull, push):
             s.close(0)
         ctx.term()
+
+
+def test_a_warm_kept_agent_runs_its_setup_path_while_idle_and_forwards_and_stops_as_before(topo_file, tmp_path):  # noqa: F811
+    agent = make_agent(topo_file, tmp_path, keep_warm_ms=1).start()
+    try:
+        assert all(w.get("worker_warm_runs", 0) == 0 for w in agent.stats()["workers"])   # no upcall yet
+        out = Outputs(agent)
+        agent.inject("tenant.vm1", [vm1_to_vm2(p, "ack") for p in range(3000, 3020)])
+        frames = out.wait("tenant.vm2", 20)
+        assert {parse(f).tp_src for f in frames} == set(range(3000, 3020))
+        # idle after the upcalls: the workers that had one run their setup path (the in-memory datapath reads
+        # no port, so it has no miss to keep warm), and that changes no flow and sends nothing
+        wait_for(lambda: all(w.get("worker_warm_runs", 0) >= 5 for w in agent.stats()["workers"]
+                             if w.get("worker_upcalls")), what="warm runs")
+        stats = agent.stats()
+        assert stats["datapath"]["datapath_flows"] == 20 and sum(w["worker_upcalls"] for w in stats["workers"]) == 20
+        agent.inject("tenant.vm1", [vm1_to_vm2(p, "ack") for p in range(3000, 3020)])       # hits, as before
+        out.wait("tenant.vm2", 40)
+        assert agent.stats()["datapath"]["datapath_hits"] == 20
+        procs = dict(agent.pool.procs)
+    finally:
+        agent.stop()
+    assert {i: p.returncode for i, p in procs.items()} == {i: 0 for i in procs}
