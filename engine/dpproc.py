@@ -77,11 +77,11 @@ from packet.codec import ParseError, parse
 from packet.flowkey import flow_key, masked_key
 from topology.model import TUNNEL_KEY_FLOW_STATE
 from workers.logs import set_level
+from workers.warm import KEEP_WARM_FOR_S, WarmGate
 
 DP = m.DATAPATH_INDEX
 MAX_LATENCY_SAMPLES = 2_000_000
 MAX_FLOW_PAGE = 5000                                   # flows per DumpFlowTable answer (messages are ≤ 4 MiB)
-KEEP_WARM_FOR_S = 10.0                                 # keep_warm runs this long after the last miss
 QUARANTINE_AFTER = 2                                   # worker deaths a flow key was in flight at
 QUARANTINE_S = 600                                     # how long its packets are dropped then
 MAX_SUSPECTS = 4096                                    # flow keys remembered from workers' deaths
@@ -172,6 +172,7 @@ class DatapathProcess:
         self.running = True
         self._warm_up = None                           # keep_warm's: the last upcall, the last FlowPut,
         self.warm_until = 0.0                          # and until when it runs (KEEP_WARM_FOR_S after it)
+        self._warm_gate = WarmGate()
         self._warm_put = None
         self._warm_decoder = Decoder({})
         self.counters["datapath_warm_runs"] = 0
@@ -310,9 +311,10 @@ class DatapathProcess:
         nothing (keep_warm_ms): parse, flow key, the masked lookup, the upcall's encode, the answer's decode and
         its actions' compile.  A setup after an idle gap then finds its code and data in the caches (on this
         machine one runs ~1.6x slower after 5 ms idle than 1 ms after the last run: bench/RESULTS.md).  Only
-        for KEEP_WARM_FOR_S after the last miss read off a port."""
+        for KEEP_WARM_FOR_S after the last miss read off a port, and not while misses come often (WarmGate)."""
         up, put = self._warm_up, self._warm_put
-        if up is None or time.monotonic() > self.warm_until:
+        now = time.monotonic()
+        if up is None or now > self.warm_until or self._warm_gate.busy(now, self.counters["datapath_misses"]):
             return
         port, frame = up[0], up[1]
         key = flow_key(parse(frame), port)

@@ -84,8 +84,8 @@ from workers.simulation.state import (
 )
 from workers.topocache import TopologyCache
 from workers.trace import result_json
+from workers.warm import KEEP_WARM_FOR_S, WarmGate
 
-KEEP_WARM_FOR_S = 10.0                              # keep_warm runs this long after the last upcall
 AHEAD_IDLE_S = 10.0                                 # a flow set up ahead of its reply idles out (OVS's max-idle)
 STATE_CHUNK = 500                                   # flow-state entries per message to another host
 RECOVER_S = 1.0                                     # a restarted worker waits at most this long for its state
@@ -166,6 +166,7 @@ class Worker:
         self._relay_at = -1
         self._warm_up: m.Upcall | None = None           # keep_warm's upcall: the last one that parsed
         self.warm_until = 0.0                           # ... and until when it runs (KEEP_WARM_FOR_S after it)
+        self._warm_gate = WarmGate()
         self._ahead_id = -1 - cfg.index                 # ids of the flows set up ahead: below 0, apart per worker
         self.c = Counter()
         self.drops = Counter()
@@ -229,9 +230,10 @@ class Worker:
         parse, ``simulate()`` (pure: what ``trace`` runs on the live state), the actions, the match and the
         answer's encode; nothing is applied, sent or installed.  A setup after an idle gap then finds its code
         and data in the caches (bench/RESULTS.md, "Keeping the setup path warm").  Only for KEEP_WARM_FOR_S
-        after the last upcall: a worker with no new flows for that long sleeps as before."""
+        after the last upcall (a worker with no new flows for that long sleeps as before), and not while
+        upcalls come often (WarmGate: they keep it warm themselves, and the CPU is theirs)."""
         up = self._warm_up
-        if up is None or now > self.warm_until:
+        if up is None or now > self.warm_until or self._warm_gate.busy(now, self.c["upcalls"]):
             return
         pkt = parse(up.frame)
         res = simulate(pkt, up.port, self.topo, self.state, now, self.cfg.host, self.cfg.replicate_hosts)
