@@ -119,9 +119,6 @@ def worker_main(cfg: WorkerConfig) -> None:
             elif warm_ms and wait_ms == warm_ms:       # idle for keep_warm_ms, soon after an upcall
                 guard.call("keep_warm", w.keep_warm, time.monotonic())
             guard.call("housekeeping", w.housekeeping, time.monotonic())
-            if w.replies_due:                          # first packets resumed by the housekeeping
-                flush(w, to_dp)
-                guard.call("replies_ahead", w.replies_ahead, time.monotonic())
             flush(w, to_dp, to_sup)
     finally:
         for s in (inbox, to_dp, to_sup):
