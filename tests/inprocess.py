@@ -164,15 +164,13 @@ class Wire:
                     self.seen[i].append(msg)
                     w.handle(msg, self.now)
             for w in self.workers:
-                if w.replies_due:                        # as the loop does, after the answers (a second frame)
-                    self._deliver(w.out_dp)
-                    w.out_dp = []
-                    w.replies_ahead(self.now)
                 out_dp, w.out_dp = w.out_dp, []
                 out_sup, w.out_sup = w.out_sup, []
                 if out_dp:                               # across the codec, as the loop sends them
                     busy = True
-                    self._deliver(out_dp)
+                    for msg in decode_many(encode_many(out_dp)):
+                        self.to_dp.append(msg)
+                        self.dp.handle(msg, self.now)
                 if out_sup:
                     busy = True
                     for msg in decode_many(encode_many(out_sup)):
@@ -182,12 +180,6 @@ class Wire:
             if not busy:
                 return
         raise AssertionError("the messages never settled")
-
-    def _deliver(self, out_dp: list) -> None:
-        if out_dp:
-            for msg in decode_many(encode_many(out_dp)):
-                self.to_dp.append(msg)
-                self.dp.handle(msg, self.now)
 
     def serve(self, msg) -> None:
         """What the supervisor's service loop does for a worker's request."""

@@ -113,9 +113,6 @@ def worker_main(cfg: WorkerConfig) -> None:
                 guard.run(w.handle, msgs, time.monotonic())
                 if w.out_dp:                          # the answers leave before the housekeeping runs (what
                     flush(w, to_dp)                   # goes to the supervisor waits for the end of the turn)
-                if w.replies_due:                      # then the flows of their replies (FlowAhead)
-                    guard.call("replies_ahead", w.replies_ahead, time.monotonic())
-                    flush(w, to_dp)
             elif warm_ms and wait_ms == warm_ms:       # idle for keep_warm_ms, soon after an upcall
                 guard.call("keep_warm", w.keep_warm, time.monotonic())
             guard.call("housekeeping", w.housekeeping, time.monotonic())

@@ -164,7 +164,6 @@ class Worker:
         # that wrote one (_relay_state, seal)
         self._relay: dict[int, list] = {}
         self._relay_at = -1
-        self.replies_due: list = []                     # first packets' outputs whose reply is set up next
         self._warm_up: m.Upcall | None = None           # keep_warm's upcall: the last one that parsed
         self.warm_until = 0.0                           # ... and until when it runs (KEEP_WARM_FOR_S after it)
         self._warm_gate = WarmGate()
@@ -272,7 +271,7 @@ class Worker:
             self._answer(up.seq, output_actions(pkt, outputs, self._tunnel_ip), res.tags, now, origin=up,
                          match=flow_match(res) if self.cfg.megaflows else ())
             if len(outputs) == 1 and self.cfg.replies_ahead and draws_reply(pkt):
-                self.replies_due.append(outputs[0])    # after this answer has left (replies_ahead)
+                self._reply_ahead(outputs[0], now)
         else:
             self._drop(res.drop_reason or "unknown")
             self._answer(up.seq, DROP_ACTIONS, res.tags, now, temporary=res.expiry == EXPIRY_TEMPORARY,
@@ -303,17 +302,6 @@ class Worker:
             self._dp(m.FlowDelete(tuple(evicted)))
         self._dp(m.FlowPut(seq, match, actions, tags, idle, hard))
         self.c["installs"] += 1
-
-    def replies_ahead(self, now: float) -> None:
-        """Set up the replies of the first packets just answered (``_reply_ahead``).  The loop calls this right
-        after it sent those answers, so the first packet's own setup does not wait for its reply's walk; its
-        FlowAhead follows on the same socket, well before the reply can come back.  If the reply does come
-        first, it is upcalled as before, and the flow installed for that upcall replaces this one."""
-        due, self.replies_due = self.replies_due, []
-        for out in due:
-            self._reply_ahead(out, now)
-        if self._relay_at >= 0:                        # (a reply's walk writes no state: never, kept safe)
-            self.seal()
 
     def _reply_ahead(self, out, now: float) -> None:
         """Set up, with a connection's first packet, the flow of the reply it draws (a SYN's SYN-ACK, an echo

@@ -190,20 +190,3 @@ def test_a_restarted_datapath_gets_the_flows_set_up_ahead_again(wire):
     wire.inject("tenant.vm2", vm2_to_vm1(2000))
     assert len(wire.outputs("tenant.vm1")) == 1 and _upcalls(wire) == n
 
-
-
-def test_the_first_packets_answer_does_not_wait_for_its_replys_walk(wire):
-    # the worker answers the SYN; the reply's walk runs after that answer has left (the loop calls
-    # replies_ahead after its flush), and its FlowAhead follows on the same socket
-    for sport in range(1000, 1008):                # both workers load the topology
-        wire.inject("tenant.vm1", vm1_to_vm2(sport, "ack"))
-    wire.dp.handle(m.Inject("tenant.vm1", (vm1_to_vm2(2000),)), wire.now)
-    wire.dp.housekeeping(wire.now)
-    [(i, batch)] = [(i, msg) for i, link in enumerate(wire.to_workers) for msg in link.take()]
-    w = wire.workers[i]
-    w.handle(batch, wire.now)
-    assert [type(x) for x in w.out_dp] == [m.FlowPut] and len(w.replies_due) == 1
-    assert w.c["reply_simulations"] == 0
-    w.out_dp.clear()
-    w.replies_ahead(wire.now)
-    assert [type(x) for x in w.out_dp] == [m.FlowAhead] and not w.replies_due
