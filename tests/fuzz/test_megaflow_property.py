@@ -16,6 +16,12 @@ IPv6: the drawn topologies may carry IPv6 addresses, routes and neighbor entries
 and ``routed6_topologies`` routes IPv6 by prefixes of every length (0..128) where prefix tracking on ipv6_dst
 decides.
 
+The flows a worker sets up ahead for the reply of a SYN or an echo request (workers/worker.py
+``_reply_ahead``) are checked the same way (``check_replies_ahead``): the first packet is simulated on the
+host of its ingress port and its effects applied; the reply its receiver sends (workers.plan.expected_reply)
+is simulated from the egress port; where the worker would install that walk's flow, every packet its megaflow
+matches must be simulated to its actions.
+
 ``test_the_check_catches_a_forgotten_field`` shows the check has teeth: with the bridge's eth_src or the
 router's prefix (IPv4 or IPv6) recorded too short, it finds a counterexample.
 """
@@ -29,16 +35,17 @@ from hypothesis import strategies as st
 from packet.codec import ParseError, build, parse
 from packet.flowkey import ADDR_BITS, KEY_SLOTS, flow_key, projector, slot_mask
 from packet.packet import Packet
-from tests.fuzz.topology_strategies import NEAR6, add_ipv6, aimed_packets, topologies
+from tests.fuzz.topology_strategies import NEAR6, add_ipv6, aimed_packets, flow_packets, topologies
 from topology.loader import topology_from_dict
 from topology.nat_leases import BLOCK_SIZE
 from workers.megaflow import flow_match
-from workers.plan import DROP_ACTIONS, REWRITABLE, output_actions
+from workers.plan import DROP_ACTIONS, REWRITABLE, draws_reply, expected_reply, output_actions
 from workers.simulation.result import (
     DROP,
     FORWARD,
     PARKED,
     ArpTableWrite,
+    FlowStateTouch,
     FlowStateWrite,
     MacTableWrite,
     NeedLease,
@@ -220,10 +227,10 @@ def routed6_packets(draw, topo) -> Packet:
     return Packet(**kw)
 
 
-def _settle(pkt: Packet, port: str, topo, state: LocalState):
-    """Simulate as a worker does: a needed NAT block is granted and the packet simulated again."""
+def _settle(pkt: Packet, port: str, topo, state: LocalState, host: str | None = None):
+    """Simulate as a worker does (on ``host``): a needed NAT block is granted and the packet simulated again."""
     for attempt in range(3):
-        res = simulate(pkt, port, topo, state, NOW)
+        res = simulate(pkt, port, topo, state, NOW, host)
         if type(res.needs) is NeedLease:
             state.add_nat_block(res.needs.device, res.needs.ip,
                                 res.needs.port_start - res.needs.port_start % BLOCK_SIZE + BLOCK_SIZE * attempt)
@@ -321,7 +328,12 @@ def check_megaflows(topo_dict: dict, data, record=flow_match, aimed=aimed_packet
         # exact match or not — not the megaflow's business
         event("the first packet's effects change its own decision")
         return
-    match = record(res)
+    _check_matching(first, port, res, record(res), topo, state, data, aimed)
+
+
+def _check_matching(first: Packet, port: str, res, match: tuple, topo, state: LocalState, data, aimed,
+                    host: str | None = None) -> None:
+    """Packets the megaflow (``match``) of ``first``'s flow matches are simulated to that flow's actions."""
     if not match:
         event("exact match")
         return
@@ -347,7 +359,7 @@ def check_megaflows(topo_dict: dict, data, record=flow_match, aimed=aimed_packet
         if project(flow_key(cand, port)) != want_key:  # building changed a kept field: not in the megaflow
             continue
         checked += 1
-        again = _settle(cand, port, topo, state)
+        again = _settle(cand, port, topo, state, host)
         note(f"first {first} -> {res.result} {actions}\nmatch {match}\nother {cand} -> {again.result} "
              f"{again.drop_reason} {again.outputs}")
         kind = res.result
@@ -413,3 +425,67 @@ def test_the_check_catches_a_forgotten_field(record, topologies, aimed):
 
     with pytest.raises(AssertionError):
         broken()
+
+
+def check_replies_ahead(topo_dict: dict, data, aimed=aimed_packets, firsts=flow_packets) -> None:
+    """The flow a worker sets up ahead for the reply of a SYN or an echo request (workers/worker.py
+    ``_reply_ahead``) keeps the invariant: every packet it matches, the reply its receiver sends among them, is
+    simulated to its actions, against the state the first packet left."""
+    note(f"topology: {topo_dict}")
+    topo = topology_from_dict(topo_dict)
+    ports = sorted(pid for pid, p in topo.all_ports().items() if p.peer is None)
+    state = LocalState()
+    for _ in range(data.draw(st.integers(0, 6), label="warm-up packets")):
+        res = _settle(data.draw(aimed(topo), label="warm"), data.draw(st.sampled_from(ports)), topo, state)
+        if res.result != PARKED:
+            state.apply(res.effects, NOW)
+    port = data.draw(st.sampled_from(ports), label="port")
+    drawn = data.draw(firsts(topo), label="first packet")       # a connection's packet
+    if drawn.proto in (6, 17) and data.draw(st.integers(0, 3), label="a SYN"):     # most: a SYN
+        drawn = drawn._replace(proto=6, tcp_flags=0x02, tcp_seq=1, tcp_ack=0, tcp_window=1024)
+    try:
+        first = parse(build(drawn))
+    except (ParseError, ValueError):
+        return
+    if not draws_reply(first):
+        event("draws no reply")
+        return
+    host = topo.all_ports()[port].host                # the agent of the host the first packet comes in at
+    res = _settle(first, port, topo, state, host)
+    outs = _bound(res) if res.result == FORWARD else ()
+    if len(outs) != 1 or outs[0].tunnel_key is not None:
+        event(f"first packet: {res.result} {res.drop_reason or ''}" if not outs else
+              "first packet: through a tunnel" if len(outs) == 1 else "first packet: flooded")
+        return
+    state.apply(res.effects, NOW)
+    try:
+        reply = parse(build(expected_reply(outs[0].packet)))   # as the receiver's frame reaches the datapath
+    except (ParseError, ValueError):
+        event("the expected reply does not build")
+        return
+    back = simulate(reply, outs[0].port, topo, state, NOW, host)
+    if back.effects and all(type(e) in (MacTableWrite, ArpTableWrite, FlowStateTouch) for e in back.effects):
+        state.apply(back.effects, NOW)                # an earlier connection's reply taught the agent that
+        back = simulate(reply, outs[0].port, topo, state, NOW, host)
+        event("an earlier reply taught the agent")
+    if (back.result != FORWARD or back.generated or back.waiting or not _bound(back)
+            or len(_bound(back)) != len(back.outputs)
+            or any(type(e) is not FlowStateTouch for e in back.effects)):
+        event("reply not set up ahead")              # the worker installs nothing for it
+        return
+    event("reply set up ahead")
+    _check_matching(reply, outs[0].port, back, flow_match(back), topo, state, data, aimed, host)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
+          max_examples=300)
+@given(megaflow_topologies(), st.data())
+def test_every_packet_a_flow_set_up_ahead_matches_is_simulated_to_its_actions(topo_dict, data):
+    check_replies_ahead(topo_dict, data)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
+          max_examples=300)
+@given(routed_topologies(), st.data())
+def test_every_packet_a_routed_flow_set_up_ahead_matches_is_simulated_to_its_actions(topo_dict, data):
+    check_replies_ahead(topo_dict, data, aimed=routed_packets, firsts=routed_packets)
