@@ -12,6 +12,7 @@ import pytest
 from backchannel import messages as m
 from packet.addr import ip2int
 from packet.codec import parse
+from packet.flowkey import SLOT_INDEX
 from tests.inprocess import TOPO, VM1, VM2, Wire, frame, from_internet, vm1_to_vm2, vm2_to_vm1
 from workers.megaflow import flow_match
 from workers.plan import output_actions
@@ -190,3 +191,24 @@ def test_a_restarted_datapath_gets_the_flows_set_up_ahead_again(wire):
     wire.inject("tenant.vm2", vm2_to_vm1(2000))
     assert len(wire.outputs("tenant.vm1")) == 1 and _upcalls(wire) == n
 
+
+
+def test_an_ipv6_syn_and_an_icmpv6_echo_set_up_their_replies(wire):
+    v6 = "ipv6_src=2001:db8::2,ipv6_dst=2001:db8::3"
+    back6 = "ipv6_src=2001:db8::3,ipv6_dst=2001:db8::2"
+    wire.inject("tenant.vm1", frame(f"{VM1},eth_dst=02:00:00:00:00:02,{v6},proto=tcp,tp_src=4000,tp_dst=80,"
+                                    "tcp_flags=syn"),
+                frame(f"{VM1},eth_dst=02:00:00:00:00:02,{v6},proto=icmpv6,icmpv6_type=128,icmpv6_code=0,"
+                      "icmp_id=9"))
+    assert len(wire.outputs("tenant.vm2")) == 2
+    aheads = wire.answers(m.FlowAhead)
+    assert len(aheads) == 2 and all(a.key[0] == "tenant.vm2" for a in aheads)
+    replies = (frame(f"{VM2},eth_dst=02:00:00:00:00:01,{back6},proto=tcp,tp_src=80,tp_dst=4000,tcp_flags=syn|ack"),
+               frame(f"{VM2},eth_dst=02:00:00:00:00:01,{back6},proto=icmpv6,icmpv6_type=129,icmpv6_code=0,"
+                     "icmp_id=9"))
+    by_proto = {a.key[SLOT_INDEX["proto"]]: a for a in aheads}
+    for ahead, reply in zip((by_proto[6], by_proto[58]), replies, strict=True):
+        assert (ahead.actions, ahead.match) == _fresh(wire, ahead.worker, "tenant.vm2", reply)
+    n = _upcalls(wire)
+    wire.inject("tenant.vm2", *replies)
+    assert len(wire.outputs("tenant.vm1")) == 2 and _upcalls(wire) == n
