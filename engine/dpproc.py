@@ -77,7 +77,7 @@ from packet.codec import ParseError, parse
 from packet.flowkey import flow_key, masked_key
 from topology.model import TUNNEL_KEY_FLOW_STATE
 from workers.logs import set_level
-from workers.warm import KEEP_WARM_FOR_S, WarmGate
+from workers.warm import KEEP_WARM_FOR_S, SparseGate
 
 DP = m.DATAPATH_INDEX
 MAX_LATENCY_SAMPLES = 2_000_000
@@ -172,7 +172,7 @@ class DatapathProcess:
         self.running = True
         self._warm_up = None                           # keep_warm's: the last upcall, the last FlowPut,
         self.warm_until = 0.0                          # and until when it runs (KEEP_WARM_FOR_S after it)
-        self._warm_gate = WarmGate()
+        self._warm_gate = SparseGate()
         self._warm_put = None
         self._warm_decoder = Decoder({})
         self.counters["datapath_warm_runs"] = 0
@@ -311,7 +311,7 @@ class DatapathProcess:
         nothing (keep_warm_ms): parse, flow key, the masked lookup, the upcall's encode, the answer's decode and
         its actions' compile.  A setup after an idle gap then finds its code and data in the caches (on this
         machine one runs ~1.6x slower after 5 ms idle than 1 ms after the last run: bench/RESULTS.md).  Only
-        for KEEP_WARM_FOR_S after the last miss read off a port, and not while misses come often (WarmGate)."""
+        for KEEP_WARM_FOR_S after the last miss read off a port, and not while misses come often (SparseGate)."""
         up, put = self._warm_up, self._warm_put
         now = time.monotonic()
         if up is None or now > self.warm_until or self._warm_gate.busy(now, self.counters["datapath_misses"]):

@@ -84,7 +84,7 @@ from workers.simulation.state import (
 )
 from workers.topocache import TopologyCache
 from workers.trace import result_json
-from workers.warm import KEEP_WARM_FOR_S, WarmGate
+from workers.warm import KEEP_WARM_FOR_S, SparseGate
 
 AHEAD_IDLE_S = 10.0                                 # a flow set up ahead of its reply idles out (OVS's max-idle)
 STATE_CHUNK = 500                                   # flow-state entries per message to another host
@@ -166,7 +166,8 @@ class Worker:
         self._relay_at = -1
         self._warm_up: m.Upcall | None = None           # keep_warm's upcall: the last one that parsed
         self.warm_until = 0.0                           # ... and until when it runs (KEEP_WARM_FOR_S after it)
-        self._warm_gate = WarmGate()
+        self._warm_gate = SparseGate()
+        self._ahead_gate = SparseGate()                 # replies are set up ahead only while setups are sparse
         self._ahead_id = -1 - cfg.index                 # ids of the flows set up ahead: below 0, apart per worker
         self.c = Counter()
         self.drops = Counter()
@@ -231,7 +232,7 @@ class Worker:
         answer's encode; nothing is applied, sent or installed.  A setup after an idle gap then finds its code
         and data in the caches (bench/RESULTS.md, "Keeping the setup path warm").  Only for KEEP_WARM_FOR_S
         after the last upcall (a worker with no new flows for that long sleeps as before), and not while
-        upcalls come often (WarmGate: they keep it warm themselves, and the CPU is theirs)."""
+        upcalls come often (SparseGate: they keep it warm themselves, and the CPU is theirs)."""
         up = self._warm_up
         if up is None or now > self.warm_until or self._warm_gate.busy(now, self.c["upcalls"]):
             return
@@ -270,7 +271,8 @@ class Worker:
         elif res.result == FORWARD:
             self._answer(up.seq, output_actions(pkt, outputs, self._tunnel_ip), res.tags, now, origin=up,
                          match=flow_match(res) if self.cfg.megaflows else ())
-            if len(outputs) == 1 and self.cfg.replies_ahead and draws_reply(pkt):
+            if (len(outputs) == 1 and self.cfg.replies_ahead and draws_reply(pkt)
+                    and not self._ahead_gate.busy(now, self.c["upcalls"])):
                 self._reply_ahead(outputs[0], now)
         else:
             self._drop(res.drop_reason or "unknown")
@@ -311,7 +313,9 @@ class Worker:
         wrote; the flow is installed only if that walk forwards and changes nothing (no state written, no MAC
         or ARP entry learned, nothing generated or parked): then it is what a fresh simulation of that reply
         decides, and its match and tags are the walk's, so a reply that differs in a field the walk read, or a
-        change to what it read, takes the usual upcall.  It idles out after AHEAD_IDLE_S if no reply comes."""
+        change to what it read, takes the usual upcall.  It idles out after AHEAD_IDLE_S if no reply comes.  Only
+        while this worker's setups are sparse (workers/warm.py SparseGate): under load a setup's CPU counts
+        more than its latency, and a SYN that draws no reply would cost two walks."""
         if out.tunnel_key is not None:                 # the reply comes back to the other host
             return
         reply = expected_reply(out.packet)

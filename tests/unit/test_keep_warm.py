@@ -69,26 +69,27 @@ def test_the_datapath_keeps_warm_on_its_last_miss_and_last_answer_and_changes_no
 
 
 def test_the_gate_says_busy_while_setups_come_often_and_not_once_they_are_sparse():
-    from workers.warm import KEEP_WARM_BUSY, KEEP_WARM_WINDOW_S, WarmGate
+    from workers.warm import SPARSE_PER_S, SPARSE_SPAN_S, SparseGate
 
-    g, now, n = WarmGate(), 100.0, 0
+    per_span = int(SPARSE_PER_S * SPARSE_SPAN_S)                       # setups in a span at the threshold
+    g, now, n = SparseGate(), 100.0, 0
     assert not g.busy(now, n)
-    step = KEEP_WARM_WINDOW_S * 1.01                   # a span a little over the window
+    step = SPARSE_SPAN_S * 1.01                   # a span a little over the window
     for _ in range(5):                                 # ~10x the threshold's rate
         now += step
-        n += 10 * KEEP_WARM_BUSY
+        n += 10 * per_span
         assert g.busy(now, n)
-    assert g.busy(now + KEEP_WARM_WINDOW_S / 2, n)     # within a span: the last verdict
+    assert g.busy(now + SPARSE_SPAN_S / 2, n)     # within a span: the last verdict
     now += step
-    n += KEEP_WARM_BUSY // 5                           # a fifth of it
+    n += per_span // 5                           # a fifth of it
     assert not g.busy(now, n)
     now += 10.0                                        # a long quiet span after a burst: its mean rate
-    n += 3 * KEEP_WARM_BUSY
+    n += 3 * per_span
     assert not g.busy(now, n)
 
 
 def test_a_busy_worker_does_not_keep_warm():
-    from workers.warm import KEEP_WARM_BUSY
+    from workers.warm import SPARSE_PER_S
 
     wire = Wire()
     try:
@@ -96,7 +97,7 @@ def test_a_busy_worker_does_not_keep_warm():
         [w] = [x for x in wire.workers if x._warm_up is not None]
         w.keep_warm(wire.now + 1.0)
         assert w.c["warm_runs"] == 1
-        w.c["upcalls"] += 100 * KEEP_WARM_BUSY         # as if a flood of upcalls came within the next second
+        w.c["upcalls"] += 10 * SPARSE_PER_S            # as if a flood of upcalls came within the next second
         w.keep_warm(wire.now + 2.0)
         assert w.c["warm_runs"] == 1
     finally:

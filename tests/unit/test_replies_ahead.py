@@ -212,3 +212,19 @@ def test_an_ipv6_syn_and_an_icmpv6_echo_set_up_their_replies(wire):
     n = _upcalls(wire)
     wire.inject("tenant.vm2", *replies)
     assert len(wire.outputs("tenant.vm1")) == 2 and _upcalls(wire) == n
+
+
+def test_under_load_replies_are_not_set_up_ahead(wire):
+    from workers.warm import SPARSE_PER_S
+
+    wire.inject("tenant.vm1", vm1_to_vm2(2000))
+    [ahead] = wire.answers(m.FlowAhead)
+    w = wire.workers[ahead.worker]
+    w.c["upcalls"] += 10 * SPARSE_PER_S              # as if a flood of upcalls came within the next second
+    wire.now += 1.0
+    sports = [p for p in range(2001, 2200) if wire.dp.disp.worker_for(parse(vm1_to_vm2(p)), "x") == ahead.worker]
+    wire.inject("tenant.vm1", *(vm1_to_vm2(p) for p in sports[:5]))
+    assert len(wire.answers(m.FlowAhead)) == 1 and w.c["replies_ahead"] == 1      # a setup's CPU counts now
+    wire.now += 10.0                                  # sparse again
+    wire.inject("tenant.vm1", vm1_to_vm2(sports[5]))
+    assert len(wire.answers(m.FlowAhead)) == 2
