@@ -299,7 +299,9 @@ def _matching(first: Packet, mask: tuple, fresh: Packet, flips: list[int]) -> Pa
     return fresh._replace(**kw)
 
 
-def check_megaflows(topo_dict: dict, data, record=flow_match, aimed=aimed_packets) -> None:
+def _warmed(topo_dict: dict, data, aimed):
+    """The drawn topology, an agent state warmed by a few packets whose effects are applied as a worker applies
+    them (MACs learned, conntrack and NAT entries, NAT blocks granted), and an exterior port."""
     note(f"topology: {topo_dict}")
     topo = topology_from_dict(topo_dict)
     ports = sorted(pid for pid, p in topo.all_ports().items() if p.peer is None)
@@ -308,7 +310,11 @@ def check_megaflows(topo_dict: dict, data, record=flow_match, aimed=aimed_packet
         res = _settle(data.draw(aimed(topo), label="warm"), data.draw(st.sampled_from(ports)), topo, state)
         if res.result != PARKED:
             state.apply(res.effects, NOW)
-    port = data.draw(st.sampled_from(ports), label="port")
+    return topo, state, data.draw(st.sampled_from(ports), label="port")
+
+
+def check_megaflows(topo_dict: dict, data, record=flow_match, aimed=aimed_packets) -> None:
+    topo, state, port = _warmed(topo_dict, data, aimed)
     try:
         first = parse(build(data.draw(aimed(topo), label="first packet")))
     except (ParseError, ValueError):
@@ -431,15 +437,7 @@ def check_replies_ahead(topo_dict: dict, data, aimed=aimed_packets, firsts=flow_
     """The flow a worker sets up ahead for the reply of a SYN or an echo request (workers/worker.py
     ``_reply_ahead``) keeps the invariant: every packet it matches, the reply its receiver sends among them, is
     simulated to its actions, against the state the first packet left."""
-    note(f"topology: {topo_dict}")
-    topo = topology_from_dict(topo_dict)
-    ports = sorted(pid for pid, p in topo.all_ports().items() if p.peer is None)
-    state = LocalState()
-    for _ in range(data.draw(st.integers(0, 6), label="warm-up packets")):
-        res = _settle(data.draw(aimed(topo), label="warm"), data.draw(st.sampled_from(ports)), topo, state)
-        if res.result != PARKED:
-            state.apply(res.effects, NOW)
-    port = data.draw(st.sampled_from(ports), label="port")
+    topo, state, port = _warmed(topo_dict, data, aimed)
     drawn = data.draw(firsts(topo), label="first packet")       # a connection's packet
     if drawn.proto in (6, 17) and data.draw(st.integers(0, 3), label="a SYN"):     # most: a SYN
         drawn = drawn._replace(proto=6, tcp_flags=0x02, tcp_seq=1, tcp_ack=0, tcp_window=1024)
