@@ -299,11 +299,11 @@ class DatapathProcess:
                 self.counters["datapath_state_tx"] += 1
 
     def poll_fd(self, fd: int, now: float) -> None:
-        up = None
-        for up in self.dp.poll_ready(fd, now, self.disp.saturated()):
-            self.disp.upcall(up[0], up[1], up[2], up[3], now)
-        if up is not None:
-            self._warm_up = up
+        misses = self.dp.poll_ready(fd, now, self.disp.saturated())
+        for pid, frame, pkt, key in misses:
+            self.disp.upcall(pid, frame, pkt, key, now)
+        if misses:
+            self._warm_up = misses[-1]
             self.warm_until = now + KEEP_WARM_FOR_S
 
     def keep_warm(self) -> None:
@@ -631,7 +631,8 @@ def datapath_main(cfg: DatapathConfig) -> None:
                 for fd in fds - polled:
                     poller.register(fd, zmq.POLLIN)
                 polled = fds
-            wait_ms = warm_ms if warm_ms and time.monotonic() < proc.warm_until else 20
+            warming = warm_ms and time.monotonic() < proc.warm_until
+            wait_ms = warm_ms if warming else 20
             events = spin_poll(poller, wait_ms, spin_s) if spin_s and events else poller.poll(wait_ms)
             if events:
                 now = time.monotonic()
@@ -640,7 +641,7 @@ def datapath_main(cfg: DatapathConfig) -> None:
                         guard.run(proc.handle, recv_msgs(inbox, decoder, 256), now)
                     elif sock in polled:
                         guard.call("_poll", proc.poll_fd, sock, now)
-            elif warm_ms and wait_ms == warm_ms:       # idle for keep_warm_ms, soon after a miss
+            elif warming:                              # idle for keep_warm_ms, soon after a miss
                 guard.call("keep_warm", proc.keep_warm)
             guard.call("_housekeeping", proc.housekeeping, time.monotonic())
     finally:

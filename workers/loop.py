@@ -103,17 +103,17 @@ def worker_main(cfg: WorkerConfig) -> None:
                 guard.call("housekeeping", w.housekeeping, time.monotonic())
                 continue
             deadline = w.parking.next_deadline()
-            now = time.monotonic()
-            wait_ms = 0 if w.background else warm_ms if warm_ms and now < w.warm_until else 100
+            warming = warm_ms and not w.background and time.monotonic() < w.warm_until
+            wait_ms = 0 if w.background else warm_ms if warming else 100      # a state transfer: no sleep
             if deadline is not None:
-                wait_ms = max(0, min(wait_ms, int((deadline - now) * 1000) + 1))
+                wait_ms = max(0, min(wait_ms, int((deadline - time.monotonic()) * 1000) + 1))
             busy = bool(spin_poll(poller, wait_ms, spin_s) if spin_s and busy else poller.poll(wait_ms))
             if busy:
                 msgs = recv_msgs(inbox, decoder, cfg.batch)
                 guard.run(w.handle, msgs, time.monotonic())
                 if w.out_dp:                          # the answers leave before the housekeeping runs (what
                     flush(w, to_dp)                   # goes to the supervisor waits for the end of the turn)
-            elif warm_ms and wait_ms == warm_ms:       # idle for keep_warm_ms, soon after an upcall
+            elif warming:                              # idle (for keep_warm_ms at most), soon after an upcall
                 guard.call("keep_warm", w.keep_warm, time.monotonic())
             guard.call("housekeeping", w.housekeeping, time.monotonic())
             flush(w, to_dp, to_sup)

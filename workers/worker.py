@@ -299,11 +299,16 @@ class Worker:
             idle = hard = self.cfg.drop_flow_s
         else:
             idle, hard = self.cfg.flow_idle_s, self.cfg.flow_hard_s
-        evicted = self.flows.add(seq, tags, now, None if origin is None else (origin, actions, idle, hard, match))
-        if evicted:
-            self._dp(m.FlowDelete(tuple(evicted)))
+        self._record(seq, tags, now, None if origin is None else (origin, actions, idle, hard, match))
         self._dp(m.FlowPut(seq, match, actions, tags, idle, hard))
         self.c["installs"] += 1
+
+    def _record(self, fid: int, flow_tags: tuple, now: float, spec) -> None:
+        """Enter flow ``fid`` in this worker's table (``spec`` re-installs it after a datapath restart); the
+        flows evicted to make room are deleted in the datapath, ahead of the install."""
+        evicted = self.flows.add(fid, flow_tags, now, spec)
+        if evicted:
+            self._dp(m.FlowDelete(tuple(evicted)))
 
     def _reply_ahead(self, out, now: float) -> None:
         """Set up, with a connection's first packet, the flow of the reply it draws (a SYN's SYN-ACK, an echo
@@ -332,9 +337,7 @@ class Worker:
         self._ahead_id -= self.cfg.n_workers
         flow_tags = tuple(res.tags)
         idle, hard = min(self.cfg.flow_idle_s, AHEAD_IDLE_S) or AHEAD_IDLE_S, self.cfg.flow_hard_s
-        evicted = self.flows.add(fid, flow_tags, now, (key, actions, idle, hard, match))
-        if evicted:
-            self._dp(m.FlowDelete(tuple(evicted)))
+        self._record(fid, flow_tags, now, (key, actions, idle, hard, match))
         self._dp(m.FlowAhead(fid, self.i, key, match, actions, flow_tags, idle, hard))
         self.c["replies_ahead"] += 1
 
