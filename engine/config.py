@@ -42,6 +42,7 @@ class AgentConfig:
     max_arps_per_router: int = 4096        # ARP entries per router
     megaflows: bool = True                 # flows match only the fields their decision read (false: exact match)
     replies_ahead: bool = True             # a TCP SYN's / echo request's setup also sets up its reply's flow
+    walk_memo: bool = True                 # a new connection through a walk already made: no walk (workers.memo)
     snat_lease_ahead: int = 4              # SNAT port blocks a worker leases ahead per (device, ip): held unused
                                            # or asked for (0: lease only when a new connection finds no port)
     snat_low_ports: int = 32               # ... the next one is asked for when the free ports of its blocks fall
@@ -94,7 +95,8 @@ class AgentConfig:
                 setattr(self, name, value)
             if value is not None and (not isinstance(value, str) or not value):
                 raise ConfigError(f"{name}: expected a non-empty string, got {value!r}")
-        for name in ("keep_outputs", "restart_workers", "megaflows", "replies_ahead", "poll_spin_workers"):
+        for name in ("keep_outputs", "restart_workers", "megaflows", "replies_ahead", "walk_memo",
+                     "poll_spin_workers"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: expected true or false, got {getattr(self, name)!r}")
         if self.datapath not in ("memory", "real"):

@@ -108,6 +108,7 @@ def worker_config(cfg: AgentConfig, index: int, runtime_dir: str) -> WorkerConfi
         max_arps_per_router=cfg.max_arps_per_router,
         megaflows=cfg.megaflows,
         replies_ahead=cfg.replies_ahead,
+        walk_memo=cfg.walk_memo,
         keep_warm_ms=cfg.keep_warm_ms,
         snat_lease_ahead=cfg.snat_lease_ahead,
         snat_low_ports=cfg.snat_low_ports,

@@ -160,6 +160,21 @@ def flow_state(kind: str, key: tuple) -> str:
     return prefix + key_str(key)
 
 
+def arp_entry(tag: str) -> tuple[str, int]:
+    """(router, ip) of an ``arp()`` tag."""
+    router, _, ip = tag[len(ARP) + 1:].rpartition(SEP)
+    return router, int(ip)
+
+
+_STATE_PREFIXES = (_CT, _NAT, NAT_BLOCK + SEP)
+
+
+def of_flow_state(tag: str) -> bool:
+    """A conntrack, NAT or NAT-block tag (what a connection's own setup writes), not a topology object's or a
+    MAC or ARP entry's."""
+    return tag.startswith(_STATE_PREFIXES)
+
+
 def kind_of(tag: str) -> str:
     """The kind of a tag: what precedes its first ':' ("bridge", "mac", "ct", "nat", ...)."""
     return tag.partition(SEP)[0]

@@ -51,6 +51,7 @@ from workers.arp import ArpBroker
 from workers.flowtable import FlowTable
 from workers.logs import set_level
 from workers.megaflow import flow_match
+from workers.memo import WalkMemo
 from workers.parking import ParkingLot
 from workers.plan import DROP_ACTIONS, draws_reply, expected_reply, output_actions
 from workers.simulation import generate
@@ -127,6 +128,7 @@ class WorkerConfig:
     restarted: bool = False                # started in place of a dead one: recovers its state first (Recover)
     megaflows: bool = True                 # install flows matching what the decision read (False: exact match)
     replies_ahead: bool = True             # set up the flow of a SYN's / echo request's reply with the first packet
+    walk_memo: bool = True                 # answer a connection through a walk already made from its template
     keep_warm_ms: int = 0                  # idle this long: run the setup path once on the last upcall (0: off)
     poll_spin_us: int = 0                  # busy-poll this long after work before blocking (0: off)
     snat_lease_ahead: int = 4              # SNAT blocks leased ahead per (device, ip): unused or asked for (0: off)
@@ -154,6 +156,7 @@ class Worker:
         n, i = cfg.n_workers, cfg.index
         self.state.prefer_snat_port = lambda t: tuple_hash(t[2], t[0], t[3], t[1], t[4]) % n == i
         self.flows = FlowTable(cfg.max_flows, cfg.flow_hard_s)
+        self.memo = WalkMemo(self.topo, self.state, cfg.host, cfg.replicate_hosts) if cfg.walk_memo else None
         self.parking = ParkingLot(cfg.park_timeout_s, cfg.max_parked)
         self.arp = ArpBroker(cfg.arp_retry_s, cfg.arp_timeout_s, seed=cfg.index)
         self.others = tuple(j for j in range(cfg.n_workers) if j != cfg.index)
@@ -246,7 +249,10 @@ class Worker:
 
     def _simulate(self, up: m.Upcall, pkt, now: float) -> None:
         self.c["simulations"] += 1
-        res = simulate(pkt, up.port, self.topo, self.state, now, self.cfg.host, self.cfg.replicate_hosts)
+        if self.memo is not None:
+            res = self.memo.simulate(pkt, up.port, now)
+        else:
+            res = simulate(pkt, up.port, self.topo, self.state, now, self.cfg.host, self.cfg.replicate_hosts)
         if res.result == PARKED:
             self._park((up, pkt), res, now)
             return
@@ -324,7 +330,10 @@ class Worker:
         if out.tunnel_key is not None:                 # the reply comes back to the other host
             return
         reply = expected_reply(out.packet)
-        res = simulate(reply, out.port, self.topo, self.state, now, self.cfg.host, self.cfg.replicate_hosts)
+        if self.memo is not None:
+            res = self.memo.simulate(reply, out.port, now)
+        else:
+            res = simulate(reply, out.port, self.topo, self.state, now, self.cfg.host, self.cfg.replicate_hosts)
         self.c["reply_simulations"] += 1
         if (res.result != FORWARD or res.generated or res.waiting or not res.outputs
                 or not _all_bound(res.outputs) or any(type(e) is not FlowStateTouch for e in res.effects)):
@@ -566,6 +575,8 @@ class Worker:
         self.out_dp[at:at + 1] = msgs
 
     def _invalidate(self, tags) -> None:
+        if self.memo is not None:
+            self.memo.invalidate(tags)
         keys = self.flows.invalidate(tags)
         if keys:
             self._dp(m.FlowDelete(tuple(keys)))
@@ -665,6 +676,8 @@ class Worker:
             if learned:
                 self._arp_learned(msg.router, msg.ip, now)
         elif t is m.Fragment:
+            if self.memo is not None:                  # what a walk did not find may be there now
+                self.memo.clear()
             taken = [self.topo.add(kind, name, data) for kind, name, data in msg.records]
             self.c["fragments"] += 1
             if msg.records and msg.records[0][2] is not None and taken[0]:
@@ -892,6 +905,9 @@ class Worker:
         out.update(self.arp.counters)
         out.update(self.topo.counters)
         out.update(self.state.counters)
+        if self.memo is not None:
+            out.update({f"worker_{k}": v for k, v in self.memo.c.items()})
+            out["worker_memo_templates"] = self.memo.size
         out["worker_flows"] = len(self.flows)
         out["worker_parked_now"] = self.parking.size
         out["worker_leases_out"] = sum(self.leases_out.values())
@@ -963,7 +979,8 @@ class Worker:
             self._sweep = [list(self.state.flow_state.values()), 0]
             self.c["state_sweeps"] += 1
             self.sweep_state(now)                      # a small shard: done in this turn
-        self.state.expire_tables(now)
+        if self.state.expire_tables(now) and self.memo is not None:
+            self.memo.clear()
         if now >= self._next_blocks:
             self._next_blocks = now + 10.0
             self._release_idle_blocks(now)

@@ -98,7 +98,7 @@ if "--prof" in sys.argv:
     pr.enable()
     run(w, 200, 200_000)
     pr.disable()
-    pstats.Stats(pr).sort_stats(sys.argv[3] if len(sys.argv) > 3 else "tottime").print_stats(45)
+    pstats.Stats(pr).sort_stats(sys.argv[4] if len(sys.argv) > 4 else "tottime").print_stats(45)
 if "--callers" in sys.argv:
     pr = cProfile.Profile()
     pr.enable()

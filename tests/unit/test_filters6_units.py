@@ -99,7 +99,7 @@ def test_an_ipv6_vip_dnats_to_an_ipv6_member_and_the_reply_is_translated_back():
     writes = {e.kind: e for e in ctx.effects if type(e) is FlowStateWrite}
     assert writes[FWD_DNAT].value == (new.ipv6_dst, 8080) and writes[FWD_DNAT].key.src == pkt.ipv6_src
     assert writes[REV_DNAT].value == (VIP6, 80)
-    assert {"ipv6_src", "ipv6_dst", "tp_src"} <= ctx.fields        # one connection's flow
+    assert {"ipv6_src", "ipv6_dst", "tp_src"} <= ctx.fields_read()  # one connection's flow
     # the same connection keeps its backend
     (again, _), _ = _run(topo, state, pkt)
     assert again == new

@@ -52,7 +52,6 @@ def _test(ctx: Ctx, c: Condition, pkt: Packet, in_port: str | None, out_port: st
         ctx.tags.add(tags.port_group(v))
         return in_port in g.ports or out_port in g.ports
     if f == "ct":
-        ctx.read_five()
         return conntrack.ct_state(ctx) == v
     if f == "src" or f == "dst":
         ctx.read("eth_type")                           # which family the packet is (whether the field exists)
@@ -132,8 +131,6 @@ def _compile(c: Condition):
         ct_state = conntrack.ct_state
 
         def passes(ctx, pkt, i, o):
-            if not ctx._five:
-                ctx.read_five()
             return (ct_state(ctx) == v) != neg
         return passes
     if f in _PLAIN:

@@ -106,8 +106,7 @@ def ct_state(ctx: Ctx) -> str:
     """forward | return, computed once per simulation from the ingress packet and device."""
     if ctx.ct is not None:
         return ctx.ct
-    if not ctx._five:
-        ctx.read_five()
+    ctx._five = True                                   # ctx.read_ct(), inline
     pkt = ctx.ingress_packet
     t = lookup_tuple(pkt)
     state = FORWARD

@@ -39,7 +39,7 @@ class Consumed(Exception):  # noqa: N818
 
 class Ctx:
     __slots__ = ("topo", "state", "now", "local_host", "path", "tags", "effects", "fields", "prefixes", "generated",
-                 "hops", "ingress_port", "ingress_packet", "ct", "_flow_hash", "_five")
+                 "hops", "ingress_port", "ingress_packet", "ct", "_flow_hash", "_five", "opaque")
 
     def __init__(self, topo, state: AgentState, now: float, local_host: str | None,
                  ingress_port: str, ingress_packet: Packet):
@@ -52,13 +52,15 @@ class Ctx:
         self.path: list[str] = []
         self.tags: set[str] = set()
         self.effects: list = []
-        self.fields: set[str] = set()       # packet fields read whole
+        self.fields: set[str] = set()       # packet fields read whole (the 5-tuple's: see _five)
         self.prefixes: dict[str, int] = {}  # address fields read only up to a prefix: field → its length
         self.generated: list[Generated] = []
         self.hops = 0
         self.ct: str | None = None          # conntrack state once read (conntrack.ct_state)
         self._flow_hash: int | None = None
-        self._five = False                  # FIVE_TUPLE_FIELDS recorded already
+        self._five = False                  # the whole 5-tuple was read: FIVE_TUPLE_FIELDS join the fields read
+        self.opaque = False                 # ... by something else than the ct state (NAT, LB, the flow hash): the
+                                            # walk depends on it beyond forward/return (workers.memo)
 
     # -- topology reads: a missing object parks the packet -------------------------------------------------
     def need(self, kind: str, name: str):
@@ -112,10 +114,17 @@ class Ctx:
             self.prefixes[field] = length
 
     def read_five(self) -> None:
-        """The decision depends on the whole 5-tuple (flow state, the flow hash)."""
-        if not self._five:
-            self._five = True
-            self.fields.update(FIVE_TUPLE_FIELDS)
+        """The decision depends on the whole 5-tuple (NAT and LB state, the flow hash)."""
+        self._five = True
+        self.opaque = True
+
+    def read_ct(self) -> None:
+        """The decision depends on the 5-tuple only through the connection's ct state (forward or return)."""
+        self._five = True
+
+    def fields_read(self) -> frozenset[str]:
+        """Every packet field the walk read whole."""
+        return frozenset(self.fields.union(FIVE_TUPLE_FIELDS)) if self._five else frozenset(self.fields)
 
     def emit(self, port_id: str, pkt: Packet) -> None:
         self.generated.append(Generated(port_id, pkt))

@@ -116,8 +116,7 @@ def _set_inner_dst(pkt: Packet, ip: int, port: int) -> Packet:
 
 # -- state helpers -----------------------------------------------------------------------------------------
 def lookup(ctx: Ctx, kind: str, key: StateKey):
-    if not ctx._five:
-        ctx.read_five()
+    ctx.read_five()
     v = ctx.state.flow_state_get(kind, key, ctx.now)
     ctx.tags.add(tags.flow_state(kind, key))
     return None if v is MISSING else v
@@ -144,8 +143,7 @@ def apply_rule(ctx: Ctx, rule: Rule, pkt: Packet, device: str) -> Packet | None:
     state (the chain goes on).  No NAT66: an IPv6 packet meeting a forward snat/dnat rule goes on untranslated
     (the rule does not apply to it, so a dual-stack router's IPv4 SNAT lets its IPv6 traffic be routed as it
     is; the loader refuses IPv6 NAT targets); rev_snat/rev_dnat find the IPv6 state the load balancer wrote."""
-    if not ctx._five:
-        ctx.read_five()
+    ctx.read_five()
     a = rule.action
     if a == "rev_snat":
         return reverse_snat(ctx, pkt, device)

@@ -57,6 +57,15 @@ def simulate(pkt: Packet, in_port: str, topo, state, now: float, local_host: str
     return _simulate(pkt, in_port, topo, state, now, local_host, 0, hosts)
 
 
+def simulate_seen(pkt: Packet, in_port: str, topo, state, now: float, local_host: str | None = None,
+                  hosts: bool = True) -> tuple[SimResult, Ctx]:
+    """``simulate()``, and the walk's context beside its result: what it read, and how (the walk memo,
+    workers.memo, keeps a walk only when it read the 5-tuple through the ct state alone)."""
+    seen: list[Ctx] = []
+    res = _simulate(pkt, in_port, topo, state, now, local_host, 0, hosts, seen)
+    return res, seen[0]
+
+
 def simulate_generated(pkt: Packet, port_id: str, topo, state, now: float,
                        local_host: str | None = None) -> SimResult:
     """A packet the agent generated, leaving by ``port_id`` (the port a device emitted it on).
@@ -69,8 +78,10 @@ def simulate_generated(pkt: Packet, port_id: str, topo, state, now: float,
 
 
 def _simulate(pkt: Packet, in_port: str, topo, state, now: float, local_host: str | None,
-              depth: int, hosts: bool = True) -> SimResult:
+              depth: int, hosts: bool = True, seen: list | None = None) -> SimResult:
     ctx = Ctx(topo, state, now, local_host, in_port, pkt)
+    if seen is not None:
+        seen.append(ctx)
     egress: list[tuple[str, Port, Packet]] = []
     try:
         port = ctx.port(in_port)
@@ -156,7 +167,7 @@ def _writes_state(effects) -> bool:
 
 def _result(ctx: Ctx, kind: str, **kw) -> SimResult:
     return SimResult(kind, path=tuple(ctx.path), generated=tuple(ctx.generated), effects=tuple(ctx.effects),
-                     tags=frozenset(ctx.tags), fields_read=frozenset(ctx.fields),
+                     tags=frozenset(ctx.tags), fields_read=ctx.fields_read(),
                      prefixes_read=tuple(ctx.prefixes.items()) if ctx.prefixes else (),
                      exact=bool(ctx.generated), **kw)
 
@@ -168,7 +179,7 @@ def _forward_result(ctx: Ctx, outputs: tuple, interested: frozenset) -> SimResul
     """``_result(ctx, FORWARD, outputs=..., interested_hosts=...)`` built by position (the setup path's result;
     the NamedTuple constructor with keywords costs more than the rest of this function)."""
     return _tuple_new(SimResult, (FORWARD, tuple(ctx.path), outputs, tuple(ctx.generated), tuple(ctx.effects),
-                                  None, EXPIRY_NORMAL, None, frozenset(ctx.tags), frozenset(ctx.fields),
+                                  None, EXPIRY_NORMAL, None, frozenset(ctx.tags), ctx.fields_read(),
                                   tuple(ctx.prefixes.items()) if ctx.prefixes else (), interested, (),
                                   bool(ctx.generated)))
 

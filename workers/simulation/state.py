@@ -181,6 +181,11 @@ class LocalState:
             return None
         return hit[0]
 
+    def arp_until(self, router: str, ip: int) -> float | None:
+        """Until when ``arp_lookup`` finds the learned entry for (router, ip), as it stands; None if none."""
+        hit = self.arps.get((router, ip))
+        return None if hit is None else hit[1] + self.arp_expiry_s
+
     def flow_state_get(self, kind: str, key: StateKey, now: float) -> object:
         e = self.flow_state.get((kind, key))
         if e is None or now - e.last_used > e.idle_s:
@@ -454,12 +459,15 @@ class LocalState:
         self.expire_tables(now)
         return gone
 
-    def expire_tables(self, now: float) -> None:
-        """Stale MACs and ARP entries (tables bounded by their caps: one pass is short)."""
-        for k in [k for k, (_, t) in self.macs.items() if now - t > self.mac_expiry_s]:
+    def expire_tables(self, now: float) -> int:
+        """Stale MACs and ARP entries (tables bounded by their caps: one pass is short); how many went."""
+        macs = [k for k, (_, t) in self.macs.items() if now - t > self.mac_expiry_s]
+        for k in macs:
             self.forget_mac(*k)
-        for k in [k for k, (_, t) in self.arps.items() if now - t > self.arp_expiry_s]:
+        arps = [k for k, (_, t) in self.arps.items() if now - t > self.arp_expiry_s]
+        for k in arps:
             self.forget_arp(*k)
+        return len(macs) + len(arps)
 
     def sweep(self, entries: list[StateEntry], start: int, budget: int | None, now: float,
               in_use=None, tag_of=None) -> tuple[list[StateEntry], int]:
