@@ -144,3 +144,39 @@ def test_an_interface_name_the_kernel_cannot_take_is_a_port_error_not_a_crash():
 
     with pytest.raises(AfPacketError):
         AfPacketPort("tap\x00x")
+
+
+def test_a_rejected_later_fragment_is_dropped_with_nothing_generated():
+    """A TCP fragment other than the first has no TCP header: a reject rule answers it with no RST (there is
+    nothing to build one from) and no ICMP error (none is about a later fragment), on a bridge and on a
+    router, IPv4 and IPv6.  Found by tests/unit/test_walk_memo.py's worker differential: the worker raised
+    building the RST."""
+    from packet.packet import ETH_TYPE_IPV6, Packet
+    from workers.simulation.result import DROP
+
+    topo = loads_topology("""
+version: 1
+hosts: {h: {tunnel_ip: 127.0.0.1}}
+bridges:
+  b0: {ports: {p0: {host: h, interface: i0}, p1: {host: h, interface: i1}}, inbound_filter: c}
+  b1: {ports: {p0: {host: h, interface: i2}, r: {peer: r0.b1}}}
+routers:
+  r0:
+    ports: {b1: {address: [198.51.100.1/24, "2001:db8:1::1/64"], mac: "02:0a:00:00:00:01"}}
+    inbound_filter: c
+chains:
+  c: [{match: {proto: tcp}, action: reject}]
+""")
+    v4 = Packet(eth_src=2, eth_dst=0x020A00000001, ip_src=0xC6336402, ip_dst=0xC6336403, proto=6, ttl=64, tos=0,
+                ip_id=5, frag=2, payload=b"abcdefgh")
+    v6 = Packet(eth_src=2, eth_dst=0x020A00000001, eth_type=ETH_TYPE_IPV6, ip_src=None, ip_dst=None,
+                ipv6_src=0x20010DB8000100000000000000000002, ipv6_dst=0x20010DB8000100000000000000000003, proto=6,
+                hop_limit=64, tclass=0, flow_label=0, ipv6_ext=((44, b"\x00\x00\t\x00\x00\x00\x02"),), frag=2,
+                payload=b"abcdefgh")
+    for pkt in (v4, v6):
+        pkt = parse(build_frame(pkt))
+        assert pkt.frag == 2 and pkt.tp_src is None
+        for port in ("b0.p0", "b1.p0"):
+            res = simulate(pkt, port, topo, LocalState(), 0.0)
+            assert (res.result, res.drop_reason, res.generated) == (DROP, "filter_reject", ())
+            assert "frag" in res.fields_read                  # a first fragment is answered: the flow says so

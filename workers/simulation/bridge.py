@@ -16,6 +16,7 @@ from packet.addr import is_ipv6_multicast
 from packet.packet import (
     ARP_REQUEST,
     ETH_TYPE_ARP,
+    FRAG_LATER,
     ICMPV6_UNREACH,
     ND_NEIGHBOR_SOLICIT,
     PROTO_ICMPV6,
@@ -190,9 +191,13 @@ def _flood(ctx: Ctx, bridge: Bridge, in_port: Port, vlan: int) -> list[str]:
 def _verdict(ctx: Ctx, verdict: str, pkt: Packet, in_port: Port) -> None:
     if verdict == DROP:
         raise Stop("filter_drop")
+    if verdict == REJECT and pkt.frag == FRAG_LATER:
+        ctx.read("frag")                               # a later fragment has no L4 header to answer: no RST,
+        raise Stop("filter_reject")                    # and no ICMP error is about one (RFC 1812 §4.3.2.7)
     if verdict == REJECT and pkt.ipv6_src is not None:
         _reject6(ctx, pkt, in_port)
     if verdict == REJECT:
+        ctx.read("frag")
         if pkt.proto == PROTO_TCP and pkt.ip_src is not None and not (pkt.tcp_flags or 0) & TCP_FLAGS["rst"]:
             ctx.emit(in_port.id, generate.tcp_rst(pkt, pkt.eth_dst))
         elif pkt.ip_src is not None:
@@ -205,7 +210,7 @@ def _reject6(ctx: Ctx, pkt: Packet, in_port: Port) -> None:
     """A reject of an IPv6 packet: a TCP RST (not to a RST), else ICMPv6 destination unreachable,
     administratively prohibited, as from the destination — not about an ICMPv6 error nor to or from a
     multicast address (RFC 4443 §2.4 e), where the reject is a plain drop."""
-    ctx.read("proto", "ipv6_src", "ipv6_dst", "icmpv6_type")
+    ctx.read("proto", "ipv6_src", "ipv6_dst", "icmpv6_type", "frag")
     if pkt.proto == PROTO_TCP:
         if not (pkt.tcp_flags or 0) & TCP_FLAGS["rst"]:
             ctx.emit(in_port.id, generate.tcp_rst6(pkt, pkt.eth_dst))

@@ -20,6 +20,7 @@ from packet.packet import (
     ARP_REPLY,
     ARP_REQUEST,
     ETH_TYPE_ARP,
+    FRAG_LATER,
     ICMP_ECHO_REQUEST,
     ICMP_TIME_EXCEEDED,
     ICMP_UNREACH,
@@ -306,13 +307,14 @@ def _verdict(ctx: Ctx, verdict: str, pkt: Packet, in_port: Port) -> None:
         return
     if verdict == DROP:
         raise Stop("filter_drop")
+    ctx.read("frag")                                   # a later fragment has no TCP header to answer with a RST
     if pkt.ipv6_dst is not None:
-        if pkt.proto == PROTO_TCP and not (pkt.tcp_flags or 0) & TCP_FLAGS["rst"]:
+        if pkt.proto == PROTO_TCP and pkt.frag != FRAG_LATER and not (pkt.tcp_flags or 0) & TCP_FLAGS["rst"]:
             ctx.emit(in_port.id, generate.tcp_rst6(pkt, in_port.mac))
         else:
             _icmp6(ctx, pkt, in_port, ICMPV6_UNREACH, UNREACH6_ADMIN_PROHIBITED)
         raise Stop("filter_reject")
-    if pkt.proto == PROTO_TCP and not (pkt.tcp_flags or 0) & TCP_FLAGS["rst"]:
+    if pkt.proto == PROTO_TCP and pkt.frag != FRAG_LATER and not (pkt.tcp_flags or 0) & TCP_FLAGS["rst"]:
         ctx.emit(in_port.id, generate.tcp_rst(pkt, in_port.mac))
     else:
         _icmp(ctx, pkt, in_port, ICMP_UNREACH, UNREACH_ADMIN_PROHIBITED)
