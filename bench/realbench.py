@@ -389,7 +389,8 @@ def _interesting(key: str) -> bool:
                    "worker_lease_ahead_requests", "worker_leases_granted", "worker_leases_failed",
                    "worker_parked_lease", "worker_lease_rtt_us_sum", "worker_lease_rtt_count",
                    "supervisor_lease_requests", "datapath_flows_ahead", "datapath_flows_ahead_skipped",
-                   "worker_replies_ahead", "worker_replies_not_ahead") or key.startswith(DROP_PREFIXES)
+                   "worker_replies_ahead", "worker_replies_not_ahead", "worker_memo_hits", "worker_memo_walks")\
+        or key.startswith(DROP_PREFIXES)
 
 
 def _pcts(samples) -> dict:
