@@ -125,16 +125,18 @@ class WalkMemo:
                     if by_ct is None:
                         continue
                     t = by_ct.get(None)
+                    five = None
                     if t is None:
+                        five = five_tuple(pkt)
                         ct = CT_RETURN if self.state.flow_state_get(
-                            CONNTRACK, state_key(five_tuple(pkt), device), now) is not MISSING else CT_FORWARD
+                            CONNTRACK, state_key(five, device), now) is not MISSING else CT_FORWARD
                         t = by_ct.get(ct)
                         if t is None:
                             break
                     if now > t.until:
                         break
                     self.c["memo_hits"] += 1
-                    return self._rebuild(t, pkt, device, now)
+                    return self._rebuild(t, pkt, device, five)
         self.c["memo_walks"] += 1
         res, ctx = simulate_seen(pkt, in_port, self.topo, self.state, now, self.host, self.hosts)
         if proto == PROTO_TCP or proto == PROTO_UDP:
@@ -159,11 +161,13 @@ class WalkMemo:
         self.size = 0
 
     # -- templates ------------------------------------------------------------------------------------------
-    def _rebuild(self, t: _Template, pkt: Packet, device: str, now: float) -> SimResult:
+    def _rebuild(self, t: _Template, pkt: Packet, device: str, five: tuple | None = None) -> SimResult:
+        """The result of ``t``'s walk for ``pkt`` (``five``: its 5-tuple, if made already)."""
         flow_tags = t.tags
         effects = ()
         if t.ct is not None:
-            five = five_tuple(pkt)
+            if five is None:
+                five = five_tuple(pkt)
             key = state_key(five, device)
             ct_tags = [tagmod.flow_state(CONNTRACK, key)]
             if t.ct == CT_RETURN:
@@ -189,7 +193,7 @@ class WalkMemo:
             return
         port = self.topo.port(in_port)
         device = port.device
-        if self._rebuild(t, pkt, device, now) != res:  # the template must make the very walk it came from
+        if self._rebuild(t, pkt, device) != res:  # the template must make the very walk it came from
             self.c["memo_unfit"] += 1
             return
         if self.size >= self.max_entries:

@@ -79,13 +79,19 @@ def _check(memo: WalkMemo, w: Worker, pkt: Packet, port: str, now: float):
     return got
 
 
-# -- a conntrack pipeline: every new connection but the first is a hit ---------------------------------------
-def test_new_connections_through_a_ct_filter_are_answered_from_one_walk():
+def _ct_worker(n: int):
+    """A worker with the memo on the bench's ct pipeline, after ``n`` new connections from the sender."""
     topo = load_topology(topology_yaml("ct", "eth-s", "eth-k").encode())
     w = _worker(topo, memo=True)
     port = ingress_port("ct")
-    for i in range(300):
+    for i in range(n):
         w.handle(m.UpcallBatch((m.Upcall(i + 1, port, build(_udp(1024 + i))),)), 1000.0)
+    return topo, w, port
+
+
+# -- a conntrack pipeline: every new connection but the first is a hit ---------------------------------------
+def test_new_connections_through_a_ct_filter_are_answered_from_one_walk():
+    _, w, port = _ct_worker(300)
     c = w.memo.c
     # the first packet learns the sender's MAC (not kept), the second is kept, the rest are hits
     assert (c["memo_walks"], c["memo_hits"], c["memo_kept"]) == (2, 298, 1)
@@ -129,11 +135,7 @@ def test_a_worker_with_the_memo_sends_what_one_without_it_sends():
 
 
 def test_a_topology_change_or_a_fragment_or_expiry_empties_the_memo():
-    topo = load_topology(topology_yaml("ct", "eth-s", "eth-k").encode())
-    w = _worker(topo, memo=True)
-    port = ingress_port("ct")
-    for i in range(3):
-        w.handle(m.UpcallBatch((m.Upcall(i + 1, port, build(_udp(1024 + i))),)), 1000.0)
+    topo, w, port = _ct_worker(3)
     assert w.memo.size == 1
     w.handle(m.TopologyChanged("chain", "fw"), 1000.0)
     assert w.memo.size == 0
