@@ -140,7 +140,7 @@ class WalkMemo:
         self.c["memo_walks"] += 1
         res, ctx = simulate_seen(pkt, in_port, self.topo, self.state, now, self.host, self.hosts)
         if proto == PROTO_TCP or proto == PROTO_UDP:
-            self._keep(pkt, in_port, res, ctx, now)
+            self._keep(pkt, in_port, res, ctx)
         return res
 
     # -- invalidation ---------------------------------------------------------------------------------------
@@ -186,7 +186,7 @@ class WalkMemo:
         return _tuple_new(SimResult, (DROP, t.path, (), (), effects, t.drop_reason, t.expiry, None, flow_tags,
                                       t.fields, t.prefixes, frozenset(), (), False))
 
-    def _keep(self, pkt: Packet, in_port: str, res: SimResult, ctx, now: float) -> None:
+    def _keep(self, pkt: Packet, in_port: str, res: SimResult, ctx) -> None:
         t = self._template(pkt, res, ctx)
         if t is None:
             self.c["memo_unfit"] += 1

@@ -106,7 +106,7 @@ def ct_state(ctx: Ctx) -> str:
     """forward | return, computed once per simulation from the ingress packet and device."""
     if ctx.ct is not None:
         return ctx.ct
-    ctx._five = True                                   # ctx.read_ct(), inline
+    ctx._five = True                                   # the 5-tuple read, through the ct state only
     pkt = ctx.ingress_packet
     t = lookup_tuple(pkt)
     state = FORWARD

@@ -59,6 +59,7 @@ class Ctx:
         self.ct: str | None = None          # conntrack state once read (conntrack.ct_state)
         self._flow_hash: int | None = None
         self._five = False                  # the whole 5-tuple was read: FIVE_TUPLE_FIELDS join the fields read
+                                            # (conntrack.ct_state sets it alone: the ct state is forward/return)
         self.opaque = False                 # ... by something else than the ct state (NAT, LB, the flow hash): the
                                             # walk depends on it beyond forward/return (workers.memo)
 
@@ -117,10 +118,6 @@ class Ctx:
         """The decision depends on the whole 5-tuple (NAT and LB state, the flow hash)."""
         self._five = True
         self.opaque = True
-
-    def read_ct(self) -> None:
-        """The decision depends on the 5-tuple only through the connection's ct state (forward or return)."""
-        self._five = True
 
     def fields_read(self) -> frozenset[str]:
         """Every packet field the walk read whole."""
