@@ -116,7 +116,9 @@ def test_pcap_replay_goes_through_the_same_pipeline(tmp_path):
     check_contract(r, "l2", 1, distinct)
     assert r["frames"] == len(frames) - 1 and r["repeat_frames"] == 50
     assert r["pcap_skipped"] == {"unknown_source_mac": 1}
-    assert r["counters"]["datapath"]["datapath_hits"] >= 50
+    # each repeat is a datapath hit, or (arriving before its flow's install) held behind its upcall: no setup
+    dp = r["counters"]["datapath"]
+    assert dp["datapath_hits"] + dp["dispatcher_held"] >= 50
 
 
 def test_pcap_with_a_fixed_port(tmp_path):
